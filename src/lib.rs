@@ -1,0 +1,11 @@
+//! dfast: text-to-image diffusion pipelines on ONNX Runtime.
+//!
+//! The library holds everything; `main.rs` only parses arguments (see `cli`) and prints errors.
+
+pub mod cli;
+mod error;
+pub mod pipeline;
+pub mod runtime;
+pub mod scheduler;
+
+pub use error::{Error, Result};

@@ -1,0 +1,129 @@
+//! Prompt conditioning: text encoders, SDXL's concatenated hidden states, pooled embeddings and
+//! `time_ids`, stacked `[negative, positive]` for classifier-free guidance as diffusers does.
+
+use ndarray::{Array2, ArrayD, Axis, IxDyn, concatenate};
+
+use super::tokenizer::ClipTokenizer;
+use crate::runtime::{HostTensor, Model};
+use crate::{Error, Result};
+
+/// What the UNet is conditioned on, batch-stacked (uncond first when guidance is on).
+pub struct Conditioning {
+    /// `[batch, 77, dim]`.
+    pub encoder_hidden_states: ArrayD<f32>,
+    /// SDXL: pooled `text_embeds` `[batch, dim]` and `time_ids` `[batch, 6]`.
+    pub added: Option<(ArrayD<f32>, ArrayD<f32>)>,
+}
+
+/// One text encoder with its tokenizer.
+pub struct TextEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub model: Model,
+    /// Warnings for the user (truncated prompts), collected for the caller to show.
+    pub warnings: Vec<String>,
+}
+
+impl TextEncoder {
+    /// Runs the encoder on one prompt; notes a warning when the prompt is truncated.
+    fn run(&mut self, prompt: &str) -> Result<std::collections::HashMap<String, ArrayD<f32>>> {
+        let encoded = self.tokenizer.encode(prompt)?;
+        if encoded.truncated {
+            self.warnings.push(format!(
+                "the prompt is longer than {} tokens; the text encoder only sees the first {}",
+                self.tokenizer.max_length() - 2,
+                self.tokenizer.max_length() - 2
+            ));
+        }
+        let n = encoded.ids.len();
+        let ids = ArrayD::from_shape_vec(IxDyn(&[1, n]), encoded.ids).expect("ids are 1 x n");
+        self.model.run(vec![("input_ids", HostTensor::I64(ids))])
+    }
+
+    fn output(&self, outputs: &mut std::collections::HashMap<String, ArrayD<f32>>, name: &str) -> Result<ArrayD<f32>> {
+        outputs
+            .remove(name)
+            .ok_or_else(|| Error::bad_file(self.model.path(), format!("the text encoder has no output `{name}`")))
+    }
+
+    /// The penultimate hidden state (`hidden_states[-2]`), which SDXL conditions on.
+    fn penultimate(&self, outputs: &mut std::collections::HashMap<String, ArrayD<f32>>) -> Result<ArrayD<f32>> {
+        let last = outputs
+            .keys()
+            .filter_map(|k| k.strip_prefix("hidden_states.").and_then(|i| i.parse::<usize>().ok()))
+            .max()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                Error::bad_file(
+                    self.model.path(),
+                    "the text encoder has no `hidden_states.N` outputs; SDXL needs the penultimate hidden state",
+                )
+            })?;
+        self.output(outputs, &format!("hidden_states.{}", last - 1))
+    }
+}
+
+/// SD 1.x/2.x: `last_hidden_state` of the one encoder.
+pub fn encode_sd(
+    encoder: &mut TextEncoder,
+    prompt: &str,
+    negative_prompt: Option<&str>,
+    guidance: bool,
+) -> Result<Conditioning> {
+    let mut pos = encoder.run(prompt)?;
+    let pos = encoder.output(&mut pos, "last_hidden_state")?;
+    let hidden = if guidance {
+        let mut neg = encoder.run(negative_prompt.unwrap_or(""))?;
+        let neg = encoder.output(&mut neg, "last_hidden_state")?;
+        stack(&neg, &pos)?
+    } else {
+        pos
+    };
+    Ok(Conditioning { encoder_hidden_states: hidden, added: None })
+}
+
+/// SDXL: both encoders' penultimate hidden states concatenated on the last axis, the second encoder's
+/// pooled `text_embeds`, and `time_ids` = original size + crop top-left + target size.
+pub fn encode_sdxl(
+    encoders: &mut [TextEncoder; 2],
+    prompt: &str,
+    negative_prompt: Option<&str>,
+    guidance: bool,
+    force_zeros_for_empty_prompt: bool,
+    (height, width): (usize, usize),
+) -> Result<Conditioning> {
+    let encode = |encoders: &mut [TextEncoder; 2], text: &str| -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+        let mut hidden = Vec::new();
+        let mut pooled = None;
+        for encoder in encoders.iter_mut() {
+            let mut out = encoder.run(text)?;
+            hidden.push(encoder.penultimate(&mut out)?);
+            // diffusers keeps the pooled output of the last encoder only.
+            let name = if out.contains_key("text_embeds") { "text_embeds" } else { "pooler_output" };
+            pooled = Some(encoder.output(&mut out, name)?);
+        }
+        let views: Vec<_> = hidden.iter().map(|h| h.view()).collect();
+        let hidden = concatenate(Axis(hidden[0].ndim() - 1), &views)
+            .map_err(|e| Error::bad_input(format!("text encoder outputs do not concatenate: {e}")))?;
+        Ok((hidden, pooled.expect("two encoders")))
+    };
+    let (pos_hidden, pos_pooled) = encode(encoders, prompt)?;
+    let time_ids = [height as f32, width as f32, 0.0, 0.0, height as f32, width as f32];
+    let batch = if guidance { 2 } else { 1 };
+    let time_ids = Array2::from_shape_fn((batch, 6), |(_, j)| time_ids[j]).into_dyn();
+    if !guidance {
+        return Ok(Conditioning { encoder_hidden_states: pos_hidden, added: Some((pos_pooled, time_ids)) });
+    }
+    let (neg_hidden, neg_pooled) = if negative_prompt.is_none() && force_zeros_for_empty_prompt {
+        (ArrayD::zeros(pos_hidden.raw_dim()), ArrayD::zeros(pos_pooled.raw_dim()))
+    } else {
+        encode(encoders, negative_prompt.unwrap_or(""))?
+    };
+    Ok(Conditioning {
+        encoder_hidden_states: stack(&neg_hidden, &pos_hidden)?,
+        added: Some((stack(&neg_pooled, &pos_pooled)?, time_ids)),
+    })
+}
+
+fn stack(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    concatenate(Axis(0), &[a.view(), b.view()]).map_err(|e| Error::bad_input(format!("cannot batch embeddings: {e}")))
+}

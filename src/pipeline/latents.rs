@@ -1,0 +1,39 @@
+//! Initial latents: drawn like torch's CPU generator, or read from a .npy file; final latents to .npy.
+
+use std::fs::File;
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+
+use super::torch_rng::TorchGenerator;
+use crate::{Error, Result};
+
+/// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`, as diffusers draws latents.
+pub fn seeded(seed: u64, shape: &[usize]) -> ArrayD<f32> {
+    let n = shape.iter().product();
+    let data = TorchGenerator::manual_seed(seed).randn(n);
+    ArrayD::from_shape_vec(IxDyn(shape), data).expect("randn gives one value per element")
+}
+
+/// Reads a float32 .npy of exactly `shape`.
+pub fn read(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
+    let file = File::open(path).map_err(|e| Error::bad_file(path, format!("cannot open the latents file: {e}")))?;
+    let array = ArrayD::<f32>::read_npy(file)
+        .map_err(|e| Error::bad_file(path, format!("expected a float32 .npy array of shape {shape:?} ({e})")))?;
+    if array.shape() != shape {
+        return Err(Error::bad_file(
+            path,
+            format!("latents have shape {:?}, expected {shape:?} for this size and model", array.shape()),
+        ));
+    }
+    Ok(array)
+}
+
+pub fn write(path: &Path, latents: &ArrayD<f32>) -> Result<()> {
+    let file = File::create(path).map_err(|e| Error::bad_file(path, format!("cannot write the latents: {e}")))?;
+    latents
+        .as_standard_layout()
+        .write_npy(std::io::BufWriter::new(file))
+        .map_err(|e| Error::bad_file(path, format!("cannot write the latents: {e}")))
+}

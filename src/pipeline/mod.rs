@@ -1,0 +1,265 @@
+//! Text-to-image: tokenizers, text encoders, the denoising loop over a scheduler, the VAE decoder.
+
+pub mod conditioning;
+pub mod image;
+pub mod latents;
+pub mod model_dir;
+pub mod tokenizer;
+pub mod torch_rng;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ::image::RgbImage;
+use ndarray::{ArrayD, Axis, IxDyn, concatenate, s};
+use serde_json::Value;
+
+use crate::runtime::{HostTensor, Model, Runtime};
+use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::{Error, Result};
+use conditioning::{Conditioning, TextEncoder};
+pub use model_dir::{PipelineDir, PipelineKind};
+use tokenizer::ClipTokenizer;
+
+/// What to generate. `None` fields take diffusers' pipeline defaults.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// Default 50.
+    pub steps: Option<usize>,
+    /// Default 7.5 (SD) or 5.0 (SDXL); guidance is off at 1 or below.
+    pub guidance: Option<f32>,
+    pub seed: u64,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Another scheduler class, configured from the pipeline's scheduler config.
+    pub scheduler: Option<SchedulerKind>,
+    /// A scheduler_config.json to use instead of the pipeline's own.
+    pub scheduler_config: Option<PathBuf>,
+    /// Initial noise as diffusers' `latents=` takes it; else drawn from `seed` as torch does.
+    pub latents: Option<PathBuf>,
+}
+
+/// Where the time went, in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub text_encoding: f64,
+    pub unet_steps: Vec<f64>,
+    pub vae_decode: f64,
+    pub total: f64,
+}
+
+/// A generated image with its final latents (before VAE scaling).
+pub struct Generated {
+    pub image: RgbImage,
+    pub latents: ArrayD<f32>,
+    pub timings: Timings,
+    pub warnings: Vec<String>,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+}
+
+/// A loaded pipeline: every session created once, reusable for many images.
+pub struct Pipeline {
+    dir: PipelineDir,
+    text_encoders: Vec<TextEncoder>,
+    unet: Model,
+    vae_decoder: Model,
+    /// `vae.config.scaling_factor`.
+    vae_scaling_factor: f32,
+    /// 2^(VAE blocks - 1): image pixels per latent pixel.
+    vae_scale_factor: usize,
+    latent_channels: usize,
+    default_size: usize,
+}
+
+impl Pipeline {
+    pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
+        let mut text_encoders = vec![TextEncoder {
+            tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?,
+            model: runtime.load(&dir.component_model("text_encoder"))?,
+            warnings: Vec::new(),
+        }];
+        if dir.kind == PipelineKind::StableDiffusionXl {
+            text_encoders.push(TextEncoder {
+                tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer_2"))?,
+                model: runtime.load(&dir.component_model("text_encoder_2"))?,
+                warnings: Vec::new(),
+            });
+        }
+        let unet = runtime.load(&dir.component_model("unet"))?;
+        let vae_decoder = runtime.load(&dir.component_model("vae_decoder"))?;
+        let vae_config = dir.component_config("vae_decoder")?;
+        let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
+        let blocks = vae_config.get("block_out_channels").and_then(Value::as_array).map_or(4, Vec::len);
+        let vae_scale_factor = 1usize << blocks.saturating_sub(1);
+        let unet_config = dir.component_config("unet").unwrap_or(Value::Null);
+        let latent_channels = unet_config.get("in_channels").and_then(Value::as_u64).unwrap_or(4) as usize;
+        let sample_size = unet_config.get("sample_size").and_then(Value::as_u64).map(|s| s as usize);
+        let default_size = sample_size.map_or(
+            match dir.kind {
+                PipelineKind::StableDiffusion => 512,
+                PipelineKind::StableDiffusionXl => 1024,
+            },
+            |s| s * vae_scale_factor,
+        );
+        Ok(Pipeline {
+            dir,
+            text_encoders,
+            unet,
+            vae_decoder,
+            vae_scaling_factor,
+            vae_scale_factor,
+            latent_channels,
+            default_size,
+        })
+    }
+
+    pub fn dir(&self) -> &PipelineDir {
+        &self.dir
+    }
+
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae_scale_factor
+    }
+
+    /// Shape of the initial latents for an image of `height` x `width`.
+    pub fn latents_shape(&self, height: usize, width: usize) -> [usize; 4] {
+        [1, self.latent_channels, height / self.vae_scale_factor, width / self.vae_scale_factor]
+    }
+
+    /// Checks the options against this pipeline before any work is done.
+    pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
+        let width = opts.width.unwrap_or(self.default_size);
+        let height = opts.height.unwrap_or(self.default_size);
+        let f = self.vae_scale_factor;
+        for (name, v) in [("width", width), ("height", height)] {
+            if v == 0 || v % f != 0 {
+                return Err(Error::bad_input(format!(
+                    "--{name} {v} is not a positive multiple of {f} (the VAE's scale factor)"
+                )));
+            }
+        }
+        Ok((height, width))
+    }
+
+    /// Generates one image; `on_step(i, n)` is called after each denoising step.
+    pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
+        let start = Instant::now();
+        let (height, width) = self.resolve_size(opts)?;
+        let steps = opts.steps.unwrap_or(50);
+        if steps == 0 {
+            return Err(Error::bad_input("--steps must be at least 1"));
+        }
+        let guidance_scale = opts.guidance.unwrap_or(match self.dir.kind {
+            PipelineKind::StableDiffusion => 7.5,
+            PipelineKind::StableDiffusionXl => 5.0,
+        });
+        let guidance = guidance_scale > 1.0;
+
+        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| self.dir.scheduler_config());
+        let config = SchedulerConfig::from_file(&config_path)?;
+        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
+        scheduler.set_timesteps(steps)?;
+
+        let shape = self.latents_shape(height, width);
+        let initial = match &opts.latents {
+            Some(path) => latents::read(path, &shape)?,
+            None => latents::seeded(opts.seed, &shape),
+        };
+
+        let t0 = Instant::now();
+        let cond = self.encode_prompt(opts, guidance, (height, width))?;
+        let text_encoding = t0.elapsed().as_secs_f64();
+        let mut warnings: Vec<String> = self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)).collect();
+        warnings.dedup();
+
+        let mut latents = initial * scheduler.init_noise_sigma() as f32;
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut unet_steps = Vec::with_capacity(timesteps.len());
+        for (i, &t) in timesteps.iter().enumerate() {
+            let t_step = Instant::now();
+            let model_input = if guidance { stack2(&latents)? } else { latents.clone() };
+            let model_input = scheduler.scale_model_input(model_input, i);
+            let noise_pred = self.run_unet(model_input, t, &cond)?;
+            let noise_pred = if guidance {
+                let uncond = noise_pred.slice_axis(Axis(0), (0..1).into());
+                let text = noise_pred.slice_axis(Axis(0), (1..2).into());
+                &uncond + &((&text - &uncond) * guidance_scale)
+            } else {
+                noise_pred
+            };
+            latents = scheduler.step(&noise_pred, i, &latents);
+            unet_steps.push(t_step.elapsed().as_secs_f64());
+            on_step(i + 1, timesteps.len());
+        }
+
+        let t_vae = Instant::now();
+        let image = self.decode(&latents)?;
+        let vae_decode = t_vae.elapsed().as_secs_f64();
+        let timings = Timings { text_encoding, unet_steps, vae_decode, total: start.elapsed().as_secs_f64() };
+        Ok(Generated { image, latents, timings, warnings, width, height, steps })
+    }
+
+    fn encode_prompt(&mut self, opts: &GenerateOptions, guidance: bool, size: (usize, usize)) -> Result<Conditioning> {
+        let negative = opts.negative_prompt.as_deref();
+        match self.dir.kind {
+            PipelineKind::StableDiffusion => {
+                conditioning::encode_sd(&mut self.text_encoders[0], &opts.prompt, negative, guidance)
+            }
+            PipelineKind::StableDiffusionXl => {
+                let force_zeros = self.dir.force_zeros_for_empty_prompt();
+                let encoders: &mut [TextEncoder; 2] = (&mut self.text_encoders[..])
+                    .try_into()
+                    .map_err(|_| Error::runtime("an SDXL pipeline needs two text encoders"))?;
+                conditioning::encode_sdxl(encoders, &opts.prompt, negative, guidance, force_zeros, size)
+            }
+        }
+    }
+
+    fn run_unet(&mut self, sample: ArrayD<f32>, t: f64, cond: &Conditioning) -> Result<ArrayD<f32>> {
+        let batch = sample.shape()[0];
+        let timestep = ArrayD::from_elem(IxDyn(&[batch]), t as f32);
+        let mut feeds = vec![
+            ("sample", HostTensor::F32(sample)),
+            ("timestep", HostTensor::F32(timestep)),
+            ("encoder_hidden_states", HostTensor::F32(cond.encoder_hidden_states.clone())),
+        ];
+        if let Some((text_embeds, time_ids)) = &cond.added {
+            feeds.push(("text_embeds", HostTensor::F32(text_embeds.clone())));
+            feeds.push(("time_ids", HostTensor::F32(time_ids.clone())));
+        }
+        let mut out = self.unet.run(feeds)?;
+        take_output(&mut out, &self.unet, "out_sample")
+    }
+
+    fn decode(&mut self, latents: &ArrayD<f32>) -> Result<RgbImage> {
+        let scaled = latents / self.vae_scaling_factor;
+        let mut out = self.vae_decoder.run(vec![("latent_sample", HostTensor::F32(scaled))])?;
+        let sample = take_output(&mut out, &self.vae_decoder, "sample")?;
+        image::to_rgb(&sample.slice(s![0..1, .., .., ..]).to_owned().into_dyn())
+    }
+}
+
+/// The named output, or the model's first output when it is named otherwise.
+fn take_output(
+    out: &mut std::collections::HashMap<String, ArrayD<f32>>,
+    model: &Model,
+    name: &str,
+) -> Result<ArrayD<f32>> {
+    if let Some(v) = out.remove(name) {
+        return Ok(v);
+    }
+    model
+        .output_names()
+        .first()
+        .and_then(|first| out.remove(first))
+        .ok_or_else(|| Error::bad_file(model.path(), format!("the model returned no float output `{name}`")))
+}
+
+fn stack2(latents: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    concatenate(Axis(0), &[latents.view(), latents.view()])
+        .map_err(|e| Error::runtime(format!("batching latents: {e}")))
+}

@@ -1,0 +1,156 @@
+//! Where a pipeline's files are: a folder in the ONNX layout Optimum exports, found on disk or offline
+//! in the Hugging Face cache by repo id.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// The pipeline families dfast runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineKind {
+    /// `StableDiffusionPipeline`: one CLIP text encoder (SD 1.x, 2.x).
+    StableDiffusion,
+    /// `StableDiffusionXLPipeline`: two text encoders and `text_time` added conditioning (SDXL, SSD-1B).
+    StableDiffusionXl,
+}
+
+/// The embedded tiny pipeline used when no `--model` is given.
+pub fn embedded_tiny_sd() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join("tiny-sd")
+}
+
+/// A checked pipeline folder.
+#[derive(Debug, Clone)]
+pub struct PipelineDir {
+    pub root: PathBuf,
+    pub kind: PipelineKind,
+    pub model_index: Value,
+}
+
+impl PipelineDir {
+    /// Resolves `--model`: None is the embedded tiny-sd, an existing path is a folder, anything else is
+    /// looked up as a repo id in the Hugging Face cache (offline).
+    pub fn resolve(model: Option<&str>) -> Result<Self> {
+        let root = match model {
+            None => embedded_tiny_sd(),
+            Some(spec) if Path::new(spec).exists() => PathBuf::from(spec),
+            Some(spec) => from_hf_cache(spec)?,
+        };
+        Self::open(&root)
+    }
+
+    /// Opens and checks a pipeline folder: model_index.json and every component dfast needs.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::bad_file(
+                root,
+                "not a folder; expected a diffusers pipeline folder with model_index.json",
+            ));
+        }
+        let index_path = root.join("model_index.json");
+        if !index_path.is_file() {
+            return Err(Error::bad_file(
+                root,
+                "not a diffusers pipeline folder: model_index.json is missing (expected the ONNX layout of an \
+                 Optimum export: model_index.json, tokenizer/, text_encoder/, unet/, vae_decoder/, scheduler/)",
+            ));
+        }
+        let model_index = read_json(&index_path)?;
+        let class = model_index.get("_class_name").and_then(Value::as_str).unwrap_or("");
+        let kind = if class.contains("XL") || root.join("text_encoder_2").is_dir() {
+            PipelineKind::StableDiffusionXl
+        } else if class.contains("StableDiffusion") || class.is_empty() {
+            PipelineKind::StableDiffusion
+        } else {
+            return Err(Error::bad_file(
+                &index_path,
+                format!(
+                    "pipeline class `{class}` is not supported; dfast runs StableDiffusion and StableDiffusionXL pipelines"
+                ),
+            ));
+        };
+        let dir = PipelineDir { root: root.to_path_buf(), kind, model_index };
+        for path in dir.required_files() {
+            if !path.is_file() {
+                return Err(Error::bad_file(&path, "missing pipeline file"));
+            }
+        }
+        Ok(dir)
+    }
+
+    fn required_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.scheduler_config(),
+            self.component_model("text_encoder"),
+            self.component_model("unet"),
+            self.component_model("vae_decoder"),
+            self.root.join("vae_decoder").join("config.json"),
+        ];
+        let mut tokenizers = vec!["tokenizer"];
+        if self.kind == PipelineKind::StableDiffusionXl {
+            files.push(self.component_model("text_encoder_2"));
+            tokenizers.push("tokenizer_2");
+        }
+        for tok in tokenizers {
+            let dir = self.root.join(tok);
+            if !dir.join("tokenizer.json").is_file() {
+                files.push(dir.join("vocab.json"));
+                files.push(dir.join("merges.txt"));
+            }
+        }
+        files
+    }
+
+    pub fn component_model(&self, component: &str) -> PathBuf {
+        self.root.join(component).join("model.onnx")
+    }
+
+    pub fn component_config(&self, component: &str) -> Result<Value> {
+        read_json(&self.root.join(component).join("config.json"))
+    }
+
+    pub fn scheduler_config(&self) -> PathBuf {
+        self.root.join("scheduler").join("scheduler_config.json")
+    }
+
+    /// SDXL's `force_zeros_for_empty_prompt` (true unless the pipeline says otherwise).
+    pub fn force_zeros_for_empty_prompt(&self) -> bool {
+        self.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true)
+    }
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))
+}
+
+/// The Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+fn hf_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+fn from_hf_cache(repo_id: &str) -> Result<PathBuf> {
+    let cache_dir = hf_cache_dir();
+    let looks_like_repo = repo_id.split('/').count() == 2 && !repo_id.starts_with('.') && !repo_id.ends_with('/');
+    if !looks_like_repo {
+        return Err(Error::bad_file(repo_id, "no such folder (expected a pipeline folder or a Hugging Face repo id)"));
+    }
+    let cache = hf_hub::Cache::new(cache_dir.clone());
+    match cache.model(repo_id.to_string()).get("model_index.json") {
+        Some(index) => Ok(index.parent().map(Path::to_path_buf).unwrap_or_default()),
+        None => Err(Error::bad_input(format!(
+            "model `{repo_id}` is not a folder and is not in the Hugging Face cache at {} (dfast works offline: \
+             download the repo first, or pass the folder)",
+            cache_dir.display()
+        ))),
+    }
+}

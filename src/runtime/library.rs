@@ -1,0 +1,101 @@
+//! Finding and loading ONNX Runtime's shared library (`ort` is built with `load-dynamic`).
+//!
+//! Lookup, first match wins: `--ort-lib PATH`, then `ORT_DYLIB_PATH`, then `.ort/<flavour>/` of the
+//! checkout the binary was built in (filled by `experiment-scripts/setup_ort.sh`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::{Error, Result};
+
+/// The ONNX Runtime version `experiment-scripts/setup_ort.sh` installs and dfast is built against.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Which build of ONNX Runtime a run needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Cpu,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Cpu => "cpu",
+        }
+    }
+}
+
+/// `.ort/<flavour>/` of the checkout this binary was built from.
+pub fn checkout_dir(flavour: Flavour) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort").join(flavour.name())
+}
+
+/// Resolves the library path: `explicit` (from `--ort-lib`), then `ORT_DYLIB_PATH`, then the checkout's
+/// `.ort/<flavour>/`.
+pub fn find(explicit: Option<&Path>, flavour: Flavour) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return existing(path, "--ort-lib");
+    }
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return existing(Path::new(&path), "ORT_DYLIB_PATH");
+    }
+    let dir = checkout_dir(flavour);
+    let candidate = dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    // Any other version someone dropped in the folder.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut libs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .collect();
+        libs.sort();
+        if let Some(lib) = libs.pop() {
+            return Ok(lib);
+        }
+    }
+    Err(Error::runtime(format!(
+        "ONNX Runtime library not found: run `experiment-scripts/setup_ort.sh {}` to put it in {}, \
+         or point ORT_DYLIB_PATH or --ort-lib at a libonnxruntime.so {ORT_VERSION}",
+        flavour.name(),
+        dir.display()
+    )))
+}
+
+fn existing(path: &Path, source: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(Error::runtime(format!(
+            "ONNX Runtime library not found at {} (from {source}): expected the path of a libonnxruntime.so {ORT_VERSION}",
+            path.display()
+        )))
+    }
+}
+
+static LOADED: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::new();
+
+/// Loads the library once per process and returns the ONNX Runtime environment.
+///
+/// A process holds one ONNX Runtime library: asking for another one later is an error.
+pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::environment::Environment> {
+    let path = find(explicit, flavour)?;
+    if let Some((loaded, env)) = LOADED.get() {
+        if loaded != &path {
+            return Err(Error::runtime(format!(
+                "this process already loaded ONNX Runtime from {}; it cannot also load {}",
+                loaded.display(),
+                path.display()
+            )));
+        }
+        return Ok(env.clone());
+    }
+    let builder = ort::init_from(&path)
+        .map_err(|e| Error::runtime(format!("could not load ONNX Runtime from {}: {e}", path.display())))?;
+    let env = builder
+        .with_name("dfast")
+        .build()
+        .map_err(|e| Error::runtime(format!("could not start ONNX Runtime from {}: {e}", path.display())))?;
+    Ok(LOADED.get_or_init(|| (path, env)).1.clone())
+}

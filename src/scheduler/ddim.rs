@@ -1,0 +1,117 @@
+//! diffusers' `DDIMScheduler` with `eta = 0` (deterministic DDIM).
+
+use ndarray::ArrayD;
+
+use super::Scheduler;
+use super::common::{alphas_cumprod, check_steps, check_timesteps_in_range, integer_timesteps, zip_map};
+use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::{Error, Result};
+
+const CLASS: &str = "DDIMScheduler";
+
+/// Denoising Diffusion Implicit Models (Song et al. 2020), deterministic variant.
+#[derive(Debug, Clone)]
+pub struct DdimScheduler {
+    num_train_timesteps: usize,
+    prediction_type: PredictionType,
+    timestep_spacing: TimestepSpacing,
+    steps_offset: i64,
+    clip_sample: bool,
+    clip_sample_range: f32,
+    alphas_cumprod: Vec<f32>,
+    /// alpha_cumprod used past the last timestep: 1 with `set_alpha_to_one`, else `alphas_cumprod[0]`.
+    final_alpha_cumprod: f32,
+    num_inference_steps: usize,
+    timesteps: Vec<i64>,
+    timesteps_f64: Vec<f64>,
+}
+
+impl DdimScheduler {
+    /// Builds the scheduler, applying DDIMScheduler's defaults to missing config keys.
+    pub fn new(config: &SchedulerConfig) -> Result<Self> {
+        config.reject_unsupported(CLASS)?;
+        let num_train_timesteps = config.train_timesteps()?;
+        let rescale = config.rescale_betas_zero_snr.unwrap_or(false);
+        // DDIM keeps the exact zero terminal alpha that the rescaling produces.
+        let alphas_cumprod = alphas_cumprod(config, rescale, false)?;
+        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) { 1.0 } else { alphas_cumprod[0] };
+        let timesteps: Vec<i64> = (0..num_train_timesteps as i64).rev().collect();
+        Ok(Self {
+            num_train_timesteps,
+            prediction_type: config.parsed_prediction_type()?,
+            timestep_spacing: config.parsed_timestep_spacing(TimestepSpacing::Leading)?,
+            steps_offset: config.steps_offset.unwrap_or(0),
+            clip_sample: config.clip_sample.unwrap_or(true),
+            clip_sample_range: config.clip_sample_range.unwrap_or(1.0) as f32,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            num_inference_steps: 0,
+            timesteps_f64: timesteps.iter().map(|&t| t as f64).collect(),
+            timesteps,
+        })
+    }
+}
+
+impl Scheduler for DdimScheduler {
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
+        check_steps(CLASS, num_inference_steps)?;
+        if num_inference_steps > self.num_train_timesteps {
+            return Err(Error::bad_input(format!(
+                "{CLASS}: {num_inference_steps} inference steps exceed the {} training timesteps.",
+                self.num_train_timesteps
+            )));
+        }
+        let timesteps =
+            integer_timesteps(self.timestep_spacing, self.num_train_timesteps, num_inference_steps, self.steps_offset);
+        check_timesteps_in_range(CLASS, &timesteps, self.num_train_timesteps)?;
+        self.num_inference_steps = num_inference_steps;
+        self.timesteps_f64 = timesteps.iter().map(|&t| t as f64).collect();
+        self.timesteps = timesteps;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps_f64
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: ArrayD<f32>, _step_index: usize) -> ArrayD<f32> {
+        sample
+    }
+
+    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+        let timestep = self.timesteps[step_index];
+        // diffusers steps back by the nominal ratio even when the spacing is not uniform (trailing/linspace).
+        let prev_timestep = timestep - (self.num_train_timesteps / self.num_inference_steps.max(1)) as i64;
+        let alpha_prod_t = self.alphas_cumprod[timestep as usize];
+        let alpha_prod_t_prev =
+            if prev_timestep >= 0 { self.alphas_cumprod[prev_timestep as usize] } else { self.final_alpha_cumprod };
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
+        let sqrt_alpha_t = alpha_prod_t.sqrt();
+        let sqrt_beta_t = beta_prod_t.sqrt();
+
+        // eta = 0, but diffusers still folds the (zero) noise level into the direction coefficient; keep it so
+        // degenerate schedules produce the same NaNs.
+        let variance = (beta_prod_t_prev / beta_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev);
+        let std_dev_t = 0.0 * variance.sqrt();
+        let direction_coeff = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
+        let sqrt_alpha_prev = alpha_prod_t_prev.sqrt();
+
+        let (clip, range) = (self.clip_sample, self.clip_sample_range);
+        let clamp = move |x: f32| if clip && !x.is_nan() { x.max(-range).min(range) } else { x };
+        let prediction_type = self.prediction_type;
+        zip_map(sample, model_output, |s, m| {
+            let (pred_original_sample, pred_epsilon) = match prediction_type {
+                PredictionType::Epsilon => ((s - sqrt_beta_t * m) / sqrt_alpha_t, m),
+                PredictionType::Sample => (m, (s - sqrt_alpha_t * m) / sqrt_beta_t),
+                PredictionType::VPrediction => (sqrt_alpha_t * s - sqrt_beta_t * m, sqrt_alpha_t * m + sqrt_beta_t * s),
+            };
+            let pred_original_sample = clamp(pred_original_sample);
+            sqrt_alpha_prev * pred_original_sample + direction_coeff * pred_epsilon
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! Noise schedulers, one per file, configured from a pipeline's `scheduler/scheduler_config.json`.
+//!
+//! Names follow diffusers (`sigmas`, `timesteps`, `init_noise_sigma`, `prediction_type`,
+//! `timestep_spacing`) so that each file can be read next to its Python counterpart.
+
+mod common;
+mod config;
+mod ddim;
+mod dpm_solver;
+mod euler;
+mod pndm;
+#[cfg(test)]
+mod tests;
+
+pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use ddim::DdimScheduler;
+pub use dpm_solver::DpmSolverMultistepScheduler;
+pub use euler::EulerDiscreteScheduler;
+pub use pndm::PndmScheduler;
+
+use ndarray::ArrayD;
+
+/// The scheduler classes dfast implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Euler,
+    Ddim,
+    Pndm,
+    DpmSolverPP,
+}
+
+/// What every scheduler offers the denoising loop.
+///
+/// The loop is: `set_timesteps(n)`; latents *= `init_noise_sigma()`; for each `t` in `timesteps()`:
+/// `x = scale_model_input(latents, i)`, run the UNet at `t` on `x`, `latents = step(out, i, latents)`.
+pub trait Scheduler {
+    /// Prepares the timesteps (and sigmas) for `num_inference_steps` steps.
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), crate::Error>;
+    /// The timesteps the UNet sees, in order. They may be fractional (Euler with `linspace` spacing).
+    fn timesteps(&self) -> &[f64];
+    /// Standard deviation of the initial noise.
+    fn init_noise_sigma(&self) -> f64;
+    /// Scales the UNet input at step `step_index` (Euler divides by sqrt(sigma^2 + 1)).
+    fn scale_model_input(&self, sample: ArrayD<f32>, step_index: usize) -> ArrayD<f32>;
+    /// One denoising step: the previous sample from the model output at step `step_index`.
+    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32>;
+}
+
+/// Builds a scheduler of `kind` from a config; `kind` None means the config's own `_class_name`.
+pub fn from_config(config: &SchedulerConfig, kind: Option<SchedulerKind>) -> Result<Box<dyn Scheduler>, crate::Error> {
+    let kind = match kind {
+        Some(k) => k,
+        None => config.class_kind()?,
+    };
+    Ok(match kind {
+        SchedulerKind::Euler => Box::new(EulerDiscreteScheduler::new(config)?),
+        SchedulerKind::Ddim => Box::new(DdimScheduler::new(config)?),
+        SchedulerKind::Pndm => Box::new(PndmScheduler::new(config)?),
+        SchedulerKind::DpmSolverPP => Box::new(DpmSolverMultistepScheduler::new(config)?),
+    })
+}

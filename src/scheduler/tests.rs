@@ -1,0 +1,378 @@
+//! Replays diffusers 0.42.1 scheduler runs recorded by `experiment-scripts/make_scheduler_references.py`.
+
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayD, IxDyn};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Scheduler, SchedulerConfig, SchedulerKind, from_config};
+use crate::Error;
+
+const REFERENCE: &str = include_str!("../../tests/data/scheduler_reference.json");
+
+/// Tolerance on every compared latent (relative L2) and per-step norm.
+const SAMPLE_RTOL: f64 = 1e-5;
+
+#[derive(Deserialize)]
+struct Reference {
+    base_configs: BTreeMap<String, Value>,
+    cases: Vec<RolloutCase>,
+    schedule_cases: Vec<ScheduleCase>,
+}
+
+/// A full denoising loop with the synthetic model output.
+#[derive(Deserialize)]
+struct RolloutCase {
+    name: String,
+    /// diffusers' effective config, `dict(scheduler.config)`.
+    config: Value,
+    num_inference_steps: usize,
+    timesteps: Vec<f64>,
+    init_noise_sigma: f64,
+    shape: Vec<usize>,
+    noise_index: usize,
+    model_input_norms: Vec<f64>,
+    sample_norms: Vec<f64>,
+    sample_projections: Vec<f64>,
+    /// Full latents after the step with this index.
+    samples: BTreeMap<usize, Vec<f32>>,
+}
+
+/// Timesteps and sigmas only, from a base config plus overrides.
+#[derive(Deserialize)]
+struct ScheduleCase {
+    class: String,
+    base: String,
+    overrides: serde_json::Map<String, Value>,
+    num_inference_steps: usize,
+    timesteps: Vec<f64>,
+    init_noise_sigma: f64,
+    sigmas: Option<Vec<f64>>,
+}
+
+fn reference() -> Reference {
+    serde_json::from_str(REFERENCE).expect("tests/data/scheduler_reference.json parses")
+}
+
+fn l2(values: impl Iterator<Item = f64>) -> f64 {
+    values.map(|v| v * v).sum::<f64>().sqrt()
+}
+
+fn relative_l2(actual: &ArrayD<f32>, expected: &[f32]) -> f64 {
+    let diff = l2(actual.iter().zip(expected).map(|(&a, &e)| f64::from(a) - f64::from(e)));
+    diff / l2(expected.iter().map(|&e| f64::from(e))).max(1e-30)
+}
+
+/// Whether `actual` is within relative `rtol` of `expected` (never for NaN).
+fn close(actual: f64, expected: f64, rtol: f64) -> bool {
+    relative(actual, expected) <= rtol
+}
+
+/// Whether an error is above the tolerance; NaN counts as above.
+fn exceeds(err: f64) -> bool {
+    err.is_nan() || err > SAMPLE_RTOL
+}
+
+fn relative(actual: f64, expected: f64) -> f64 {
+    (actual - expected).abs() / expected.abs().max(1e-30)
+}
+
+/// Must match `initial_noise` in the Python generator.
+fn initial_noise(index: usize, shape: &[usize]) -> ArrayD<f32> {
+    let numel: usize = shape.iter().product();
+    let values = (0..numel)
+        .map(|k| {
+            let k = k as f64;
+            let i = (index + 1) as f64;
+            (1.5 * (2.3 * k + 0.7 * i).sin() + 0.5 * (0.9 * k * i).cos()) as f32
+        })
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(shape), values).expect("noise shape")
+}
+
+/// Must match `projection_weights` in the Python generator.
+fn projection_weights(numel: usize) -> Vec<f64> {
+    (0..numel).map(|k| f64::from((0.37 * k as f64 + 0.5).cos() as f32)).collect()
+}
+
+/// The synthetic UNet of the reference: `0.5 * x + 0.1 * sin(3 * x + i)` in float32.
+fn synthetic_model_output(x: &ArrayD<f32>, step_index: usize) -> ArrayD<f32> {
+    let i = step_index as f32;
+    x.mapv(|v| 0.5 * v + 0.1 * (v * 3.0 + i).sin())
+}
+
+fn class_of(name: &str) -> &'static str {
+    match name.split('_').nth(1) {
+        Some("pndm") => "PNDM",
+        Some("ddim") => "DDIM",
+        Some("euler") => "Euler",
+        Some("dpmpp") => "DPM++",
+        _ => "other",
+    }
+}
+
+/// Replays one rollout; returns the failures and the worst relative latent error.
+fn replay(case: &RolloutCase) -> (Vec<String>, f64) {
+    let mut failures = Vec::new();
+    let config: SchedulerConfig = match serde_json::from_value(case.config.clone()) {
+        Ok(config) => config,
+        Err(e) => return (vec![format!("{}: config does not parse: {e}", case.name)], f64::INFINITY),
+    };
+    let mut scheduler = match from_config(&config, None).and_then(|mut s| {
+        s.set_timesteps(case.num_inference_steps)?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => return (vec![format!("{}: cannot build the scheduler: {e}", case.name)], f64::INFINITY),
+    };
+
+    let timesteps = scheduler.timesteps().to_vec();
+    if timesteps.len() != case.timesteps.len()
+        || timesteps.iter().zip(&case.timesteps).any(|(a, e)| (a - e).abs() > 1e-4)
+    {
+        failures.push(format!("{}: timesteps {timesteps:?} != diffusers {:?}", case.name, case.timesteps));
+        return (failures, f64::INFINITY);
+    }
+    if !close(scheduler.init_noise_sigma(), case.init_noise_sigma, 1e-6) {
+        failures.push(format!(
+            "{}: init_noise_sigma {} != diffusers {}",
+            case.name,
+            scheduler.init_noise_sigma(),
+            case.init_noise_sigma
+        ));
+    }
+
+    let noise = initial_noise(case.noise_index, &case.shape);
+    let weights = projection_weights(noise.len());
+    let sigma = scheduler.init_noise_sigma() as f32;
+    let mut latents = noise.mapv(|x| x * sigma);
+    let mut worst = 0.0f64;
+    for i in 0..timesteps.len() {
+        let x = scheduler.scale_model_input(latents.clone(), i);
+        let model_output = synthetic_model_output(&x, i);
+        latents = scheduler.step(&model_output, i, &latents);
+
+        let input_norm = l2(x.iter().map(|&v| f64::from(v)));
+        let err = relative(input_norm, case.model_input_norms[i]);
+        if exceeds(err) {
+            failures.push(format!("{} step {i}: model input norm off by {err:.2e}", case.name));
+        }
+        let norm = l2(latents.iter().map(|&v| f64::from(v)));
+        let err = relative(norm, case.sample_norms[i]);
+        worst = worst.max(err);
+        if exceeds(err) {
+            failures.push(format!("{} step {i}: sample norm off by {err:.2e}", case.name));
+        }
+        // |projection| <= |sample| |weights|, so that product is the natural scale of the projection's error.
+        let projection: f64 = latents.iter().zip(&weights).map(|(&v, w)| f64::from(v) * w).sum();
+        let scale = case.sample_norms[i] * l2(weights.iter().copied());
+        let err = (projection - case.sample_projections[i]).abs() / scale.max(1e-30);
+        worst = worst.max(err);
+        if exceeds(err) {
+            failures.push(format!("{} step {i}: sample projection off by {err:.2e}", case.name));
+        }
+        if let Some(expected) = case.samples.get(&i) {
+            let err = relative_l2(&latents, expected);
+            worst = worst.max(err);
+            if exceeds(err) {
+                failures.push(format!("{} step {i}: latents relative L2 error {err:.2e}", case.name));
+            }
+        }
+    }
+    (failures, worst)
+}
+
+#[test]
+fn rollouts_match_diffusers() {
+    let reference = reference();
+    assert!(!reference.cases.is_empty());
+    let mut failures = Vec::new();
+    let mut worst_by_class: BTreeMap<&str, (f64, &str)> = BTreeMap::new();
+    for case in &reference.cases {
+        let (case_failures, worst) = replay(case);
+        failures.extend(case_failures);
+        let entry = worst_by_class.entry(class_of(&case.name)).or_insert((0.0, ""));
+        if worst >= entry.0 {
+            *entry = (worst, &case.name);
+        }
+    }
+    for (class, (worst, name)) in &worst_by_class {
+        println!("{class:>6}: worst relative error {worst:.2e} ({name})");
+    }
+    println!("{} rollouts compared", reference.cases.len());
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn schedules_match_diffusers() {
+    let reference = reference();
+    let mut failures = Vec::new();
+    for case in &reference.schedule_cases {
+        let label = format!("{} {:?} steps={}", case.class, case.overrides, case.num_inference_steps);
+        let mut config = reference.base_configs[&case.base].clone();
+        if let Value::Object(map) = &mut config {
+            map.extend(case.overrides.clone());
+        }
+        let config: SchedulerConfig = serde_json::from_value(config).expect("schedule case config parses");
+        let kind = match case.class.as_str() {
+            "EulerDiscreteScheduler" => SchedulerKind::Euler,
+            "DDIMScheduler" => SchedulerKind::Ddim,
+            "PNDMScheduler" => SchedulerKind::Pndm,
+            "DPMSolverMultistepScheduler" => SchedulerKind::DpmSolverPP,
+            other => panic!("unexpected class {other}"),
+        };
+        let mut scheduler = match from_config(&config, Some(kind)) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = scheduler.set_timesteps(case.num_inference_steps) {
+            failures.push(format!("{label}: {e}"));
+            continue;
+        }
+        let timesteps = scheduler.timesteps();
+        if timesteps.len() != case.timesteps.len()
+            || timesteps.iter().zip(&case.timesteps).any(|(a, e)| (a - e).abs() > 1e-4)
+        {
+            failures.push(format!("{label}: timesteps {timesteps:?} != diffusers {:?}", case.timesteps));
+        }
+        if !close(scheduler.init_noise_sigma(), case.init_noise_sigma, 1e-6) {
+            failures.push(format!(
+                "{label}: init_noise_sigma {} != {}",
+                scheduler.init_noise_sigma(),
+                case.init_noise_sigma
+            ));
+        }
+        if let Some(expected) = &case.sigmas {
+            let sigmas = schedule_sigmas(&config, kind, case.num_inference_steps);
+            let ok = sigmas.len() == expected.len()
+                && sigmas.iter().zip(expected).all(|(&a, &e)| (f64::from(a) - e).abs() <= 1e-6 * e.abs().max(1e-3));
+            if !ok {
+                failures.push(format!("{label}: sigmas {sigmas:?} != diffusers {expected:?}"));
+            }
+        }
+    }
+    println!("{} schedules compared", reference.schedule_cases.len());
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The sigma schedule of the sigma-based classes (the trait does not expose sigmas).
+fn schedule_sigmas(config: &SchedulerConfig, kind: SchedulerKind, steps: usize) -> Vec<f32> {
+    match kind {
+        SchedulerKind::Euler => {
+            let mut s = super::EulerDiscreteScheduler::new(config).expect("euler");
+            s.set_timesteps(steps).expect("euler timesteps");
+            s.sigmas().to_vec()
+        }
+        SchedulerKind::DpmSolverPP => {
+            let mut s = super::DpmSolverMultistepScheduler::new(config).expect("dpm");
+            s.set_timesteps(steps).expect("dpm timesteps");
+            s.sigmas().to_vec()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn bad_input_message(result: Result<impl Sized, Error>) -> String {
+    match result {
+        Err(Error::BadInput(message)) => message,
+        Err(other) => panic!("expected a BadInput error, got {other:?}"),
+        Ok(_) => panic!("expected a BadInput error, got Ok"),
+    }
+}
+
+fn config_from(json: &str) -> SchedulerConfig {
+    SchedulerConfig::from_json_str(json).expect("test config parses")
+}
+
+#[test]
+fn unknown_class_names_the_class_and_the_supported_ones() {
+    let config = config_from(r#"{"_class_name": "LMSDiscreteScheduler"}"#);
+    let message = bad_input_message(config.class_kind());
+    assert!(message.contains("LMSDiscreteScheduler"), "{message}");
+    for supported in ["EulerDiscreteScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler"] {
+        assert!(message.contains(supported), "{message}");
+    }
+    let message = bad_input_message(from_config(&config, None));
+    assert!(message.contains("LMSDiscreteScheduler"), "{message}");
+}
+
+#[test]
+fn scheduler_names_parse_and_unknown_names_list_the_valid_ones() {
+    assert_eq!(SchedulerKind::from_name("euler").ok(), Some(SchedulerKind::Euler));
+    assert_eq!(SchedulerKind::from_name("ddim").ok(), Some(SchedulerKind::Ddim));
+    assert_eq!(SchedulerKind::from_name("pndm").ok(), Some(SchedulerKind::Pndm));
+    assert_eq!(SchedulerKind::from_name("dpm++").ok(), Some(SchedulerKind::DpmSolverPP));
+    assert_eq!(SchedulerKind::from_name("dpmsolver++").ok(), Some(SchedulerKind::DpmSolverPP));
+    let message = bad_input_message(SchedulerKind::from_name("heun"));
+    assert!(message.contains("heun") && message.contains("euler, ddim, pndm and dpm++"), "{message}");
+}
+
+#[test]
+fn unsupported_config_values_are_sentences() {
+    let cases = [
+        (r#"{"beta_schedule": "cosine"}"#, SchedulerKind::Euler, "cosine"),
+        (r#"{"beta_schedule": "cosine"}"#, SchedulerKind::Ddim, "beta_schedule"),
+        (r#"{"thresholding": true}"#, SchedulerKind::Ddim, "thresholding"),
+        (r#"{"algorithm_type": "sde-dpmsolver++"}"#, SchedulerKind::DpmSolverPP, "sde-dpmsolver++"),
+        (r#"{"solver_order": 4}"#, SchedulerKind::DpmSolverPP, "solver_order"),
+        (r#"{"prediction_type": "flow_prediction"}"#, SchedulerKind::DpmSolverPP, "flow_prediction"),
+        (r#"{"timestep_spacing": "uniform"}"#, SchedulerKind::Pndm, "uniform"),
+        (r#"{"final_sigmas_type": "one"}"#, SchedulerKind::Euler, "final_sigmas_type"),
+        (r#"{"use_beta_sigmas": true}"#, SchedulerKind::Euler, "use_beta_sigmas"),
+        (r#"{"num_train_timesteps": 0}"#, SchedulerKind::Ddim, "num_train_timesteps"),
+        (r#"{"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}"#, SchedulerKind::Pndm, "trained_betas"),
+    ];
+    for (json, kind, needle) in cases {
+        let message = bad_input_message(from_config(&config_from(json), Some(kind)));
+        assert!(message.contains(needle), "{json} with {kind:?}: {message}");
+        assert!(message.ends_with('.'), "not a sentence: {message}");
+    }
+}
+
+#[test]
+fn bad_step_counts_are_errors() {
+    let mut ddim = from_config(&SchedulerConfig::default(), Some(SchedulerKind::Ddim)).expect("ddim");
+    bad_input_message(ddim.set_timesteps(0));
+    bad_input_message(ddim.set_timesteps(1001));
+    let prk = config_from(r#"{"skip_prk_steps": false}"#);
+    let mut pndm = from_config(&prk, Some(SchedulerKind::Pndm)).expect("pndm");
+    let message = bad_input_message(pndm.set_timesteps(3));
+    assert!(message.contains("skip_prk_steps"), "{message}");
+    let offset = config_from(r#"{"steps_offset": 5000}"#);
+    let mut ddim = from_config(&offset, Some(SchedulerKind::Ddim)).expect("ddim");
+    bad_input_message(ddim.set_timesteps(10));
+}
+
+#[test]
+fn python_non_finite_tokens_read_as_defaults() {
+    let config = config_from(
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity,
+            "sigma_max": NaN, "timestep_spacing": "Infinity \" -Infinity"}"#,
+    );
+    assert_eq!(config.lambda_min_clipped, None);
+    assert_eq!(config.sigma_max, None);
+    assert_eq!(config.timestep_spacing.as_deref(), Some("Infinity \" -Infinity"));
+}
+
+#[test]
+fn from_file_reports_missing_and_malformed_files() {
+    let dir = std::env::temp_dir().join(format!("dfast-scheduler-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let missing = dir.join("missing.json");
+    assert!(matches!(SchedulerConfig::from_file(&missing), Err(Error::BadFile { .. })));
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, "{\"_class_name\": ").expect("write");
+    let err = SchedulerConfig::from_file(&malformed).expect_err("malformed JSON is an error");
+    assert!(matches!(err, Error::BadFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("malformed.json"), "{err}");
+    let good = dir.join("scheduler_config.json");
+    std::fs::write(&good, r#"{"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "skip_prk_steps": true}"#)
+        .expect("write");
+    let config = SchedulerConfig::from_file(&good).expect("valid config");
+    assert_eq!(config.class_kind().ok(), Some(SchedulerKind::Pndm));
+    let _ = std::fs::remove_dir_all(&dir);
+}

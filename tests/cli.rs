@@ -1,0 +1,185 @@
+//! The `dfast generate` command end to end: outputs against diffusers' references, and one clear
+//! sentence with a non-zero exit for each kind of bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ndarray::ArrayD;
+use ndarray_npy::WriteNpyExt;
+
+const PROMPT: &str = "a photo of an astronaut riding a horse on mars, highly detailed";
+const NEGATIVE: &str = "blurry, low quality";
+
+fn dfast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().expect("dfast runs")
+}
+
+fn generate_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["generate", "--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--steps", "10", "--out", out];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Asserts a failed run with one sentence on stderr that contains `needle`.
+fn assert_clear_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+fn assert_matches_reference(latents: &Path, image: &Path, reference: &str) {
+    let dir = common::references().join(reference);
+    let err = common::relative_l2(&common::read_npy(latents), &common::read_npy(&dir.join("latents.npy")));
+    assert!(err <= 1e-3, "{reference}: latents relative L2 {err:.2e}");
+    let got = image::open(image).unwrap().to_rgb8();
+    let want = image::open(dir.join("image.png")).unwrap().to_rgb8();
+    assert!(common::fraction_within_one_level(&got, &want) >= 0.999, "{reference}: image differs");
+}
+
+#[test]
+fn default_model_and_seed_reproduce_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let lat = tmp.path().join("x.npy");
+    let (out_s, lat_s) = (out.to_str().unwrap(), lat.to_str().unwrap());
+    // No --model: the embedded tiny-sd with its default scheduler (PNDM); seed 0 is the reference's noise.
+    let run = dfast(&generate_args(out_s, &["--seed", "0", "--save-latents", lat_s]));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("ms/step") && stdout.contains("total"), "summary line: {stdout}");
+    assert_matches_reference(&lat, &out, "tiny-sd/pndm");
+}
+
+#[test]
+fn given_latents_and_scheduler_override_reproduce_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.jpg");
+    let png = tmp.path().join("x.png");
+    let lat = tmp.path().join("x.npy");
+    let noise = common::references().join("noise_seed42_1x4x8x12.npy");
+    let model = common::model("tiny-sdxl");
+    let common_args = ["--model", model.to_str().unwrap(), "--latents", noise.to_str().unwrap(), "--width", "96"];
+    let mut extra = common_args.to_vec();
+    extra.extend(["--height", "64", "--scheduler", "euler", "--save-latents", lat.to_str().unwrap()]);
+    let run = dfast(&generate_args(png.to_str().unwrap(), &extra));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_matches_reference(&lat, &png, "tiny-sdxl/euler");
+
+    // JPEG output decodes to an image of the requested size.
+    let mut extra = common_args.to_vec();
+    extra.extend(["--height", "64"]);
+    let run = dfast(&generate_args(out.to_str().unwrap(), &extra));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (96, 64));
+
+    // --scheduler swaps the class and keeps the config's values (tiny-sd's PNDM config -> Euler).
+    let run = dfast(&generate_args(
+        png.to_str().unwrap(),
+        &["--seed", "0", "--scheduler", "euler", "--save-latents", lat.to_str().unwrap()],
+    ));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_matches_reference(&lat, &png, "tiny-sd/euler");
+}
+
+#[test]
+fn missing_component_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    common::copy_dir(&common::model("tiny-sd"), &model);
+    std::fs::remove_file(model.join("unet").join("model.onnx")).unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--model", model.to_str().unwrap()]));
+    assert_clear_error(&run, "unet/model.onnx: missing pipeline file");
+}
+
+#[test]
+fn missing_tokenizer_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    common::copy_dir(&common::model("tiny-sdxl"), &model);
+    std::fs::remove_file(model.join("tokenizer_2").join("merges.txt")).unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--model", model.to_str().unwrap()]));
+    assert_clear_error(&run, "tokenizer_2/merges.txt: missing pipeline file");
+}
+
+#[test]
+fn folder_that_is_not_a_pipeline_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--model", tmp.path().to_str().unwrap()]));
+    assert_clear_error(&run, "model_index.json is missing");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--model", "no-such-org/no-such-model"]));
+    assert_clear_error(&run, "not in the Hugging Face cache");
+}
+
+#[test]
+fn size_not_divisible_by_eight_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--width", "60"]));
+    assert_clear_error(&run, "--width 60 is not a positive multiple of 8");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--height", "100"]));
+    assert_clear_error(&run, "--height 100 is not a positive multiple of 8");
+}
+
+#[test]
+fn unknown_scheduler_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--scheduler", "lms"]));
+    assert_clear_error(&run, "lms");
+}
+
+#[test]
+fn latents_of_wrong_shape_or_dtype_are_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let wrong_shape = tmp.path().join("shape.npy");
+    ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 4, 4, 4]))
+        .write_npy(std::fs::File::create(&wrong_shape).unwrap())
+        .unwrap();
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--latents", wrong_shape.to_str().unwrap()]));
+    assert_clear_error(&run, "latents have shape [1, 4, 4, 4], expected [1, 4, 8, 8]");
+    let wrong_dtype = tmp.path().join("dtype.npy");
+    ArrayD::<f64>::zeros(ndarray::IxDyn(&[1, 4, 8, 8]))
+        .write_npy(std::fs::File::create(&wrong_dtype).unwrap())
+        .unwrap();
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--latents", wrong_dtype.to_str().unwrap()]));
+    assert_clear_error(&run, "expected a float32 .npy array");
+}
+
+#[test]
+fn missing_onnx_runtime_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let missing = tmp.path().join("libonnxruntime.so.1.31.1");
+    let mut args = vec!["--ort-lib", missing.to_str().unwrap()];
+    args.extend(generate_args(out.to_str().unwrap(), &[]));
+    assert_clear_error(&dfast(&args), "ONNX Runtime library not found");
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(generate_args(out.to_str().unwrap(), &[]))
+        .env("ORT_DYLIB_PATH", &missing)
+        .output()
+        .unwrap();
+    assert_clear_error(&run, "(from ORT_DYLIB_PATH)");
+}
+
+#[test]
+fn unwritable_output_is_a_clear_error() {
+    let run = dfast(&generate_args("/no/such/folder/x.png", &[]));
+    assert_clear_error(&run, "folder /no/such/folder does not exist");
+    let run = dfast(&generate_args("x.gif", &[]));
+    assert_clear_error(&run, "must end in .png, .jpg or .jpeg");
+}
+
+#[test]
+fn unknown_execution_provider_is_a_clear_error() {
+    let run = dfast(&generate_args("x.png", &["--ep", "tpu"]));
+    assert_clear_error(&run, "unknown execution provider `tpu`");
+}

@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests: paths, reference files, comparisons.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use ndarray_npy::ReadNpyExt;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model(name: &str) -> PathBuf {
+    root().join("models").join(name)
+}
+
+pub fn references() -> PathBuf {
+    root().join("tests").join("references")
+}
+
+pub fn read_npy(path: &Path) -> ArrayD<f32> {
+    ArrayD::<f32>::read_npy(std::fs::File::open(path).expect("reference file")).expect("float32 npy")
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reference json")).expect("valid json")
+}
+
+/// ||a - b|| / ||b||.
+pub fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    let num: f64 = a.iter().zip(b.iter()).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Fraction of RGB channel values that differ by at most one level.
+pub fn fraction_within_one_level(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions(), "image sizes differ");
+    let close = a.as_raw().iter().zip(b.as_raw().iter()).filter(|(x, y)| x.abs_diff(**y) <= 1).count();
+    close as f64 / a.as_raw().len() as f64
+}
+
+/// Copies a pipeline folder so that a test can break it.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+}
