@@ -5,7 +5,8 @@ Writes, relative to the repository root:
   models/tiny-sd/    StableDiffusionPipeline  (CLIPTextModel, UNet2DConditionModel, AutoencoderKL)
   models/tiny-sdxl/  StableDiffusionXLPipeline (two text encoders, `text_time` added conditioning)
 each in the ONNX layout that Optimum exports (model_index.json, scheduler/, tokenizer*/, text_encoder*/,
-unet/, vae_decoder/, vae_encoder/), exported with the TorchScript exporter at opset 17, and
+unet/, vae_decoder/, vae_encoder/), exported with the TorchScript exporter at opset 17;
+  models/tiny-sd-dynamo/, models/tiny-sdxl-dynamo/: the same weights through the dynamo exporter at opset 23;
   tests/references/  diffusers' own outputs: token ids, torch CPU noise per seed, and per pipeline and
                      scheduler the final latents and decoded uint8 image.
 
@@ -42,7 +43,9 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-OPSET = 17
+# The two exporter styles users have (FIELD.md): TorchScript at opset 17, as Optimum exports, and dynamo at
+# opset 23 with native Attention / GroupNormalization / LayerNormalization nodes. `export` reads this.
+EXPORT = {"dynamo": False, "opset": 17}
 
 # The real checkpoints' scheduler configs (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
 SD15_SCHEDULER = {
@@ -299,6 +302,19 @@ class VaeEncoderWrapper(torch.nn.Module):
 
 def export(module, args, path: Path, input_names, output_names, dynamic_axes):
     path.parent.mkdir(parents=True, exist_ok=True)
+    if EXPORT["dynamo"]:
+        # torch.export wants bounded, shared dimension objects: the UNet's upsampler branches on batch >= 64,
+        # and the downsampling makes height and width multiples that Dim.AUTO works out.
+        dims = {
+            "batch_size": torch.export.Dim.AUTO,
+            "sequence_length": torch.export.Dim("sequence", min=1, max=77),
+            "height": torch.export.Dim.AUTO,
+            "width": torch.export.Dim.AUTO,
+        }
+        shapes = {n: {a: dims[d] for a, d in dynamic_axes.get(n, {}).items()} or None for n in input_names}
+        style = {"dynamo": True, "external_data": False, "dynamic_shapes": shapes}
+    else:
+        style = {"dynamo": False, "do_constant_folding": True, "dynamic_axes": dynamic_axes}
     with torch.no_grad():
         torch.onnx.export(
             module,
@@ -306,10 +322,8 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes):
             str(path),
             input_names=input_names,
             output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
+            opset_version=EXPORT["opset"],
+            **style,
         )
     # The export must reproduce torch on its own example inputs.
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -404,8 +418,9 @@ def legacy_tokenizer_config(pad_token: str) -> dict:
     }
 
 
-def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path):
+def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path, dynamo: bool = False):
     """model_index.json, scheduler and tokenizers as the checkpoints hold them; then the ONNX components."""
+    EXPORT.update({"dynamo": dynamo, "opset": 23 if dynamo else 17})
     if dest.exists():
         shutil.rmtree(dest)
     with tempfile.TemporaryDirectory() as tmp:
@@ -531,6 +546,10 @@ def main():
         save_pipeline_layout(sd, models / "tiny-sd", sdxl=False, vocab_dir=vocab_dir)
         print("exporting tiny-sdxl ...")
         save_pipeline_layout(sdxl, models / "tiny-sdxl", sdxl=True, vocab_dir=vocab_dir)
+        # The same weights through the dynamo exporter: the same references apply.
+        print("exporting tiny-sd-dynamo, tiny-sdxl-dynamo (dynamo exporter, opset 23) ...")
+        save_pipeline_layout(sd, models / "tiny-sd-dynamo", sdxl=False, vocab_dir=vocab_dir, dynamo=True)
+        save_pipeline_layout(sdxl, models / "tiny-sdxl-dynamo", sdxl=True, vocab_dir=vocab_dir, dynamo=True)
 
     # References come from the saved folders' own tokenizers, loaded as diffusers loads them.
     toks = {

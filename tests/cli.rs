@@ -183,3 +183,52 @@ fn unknown_execution_provider_is_a_clear_error() {
     let run = dfast(&generate_args("x.png", &["--ep", "tpu"]));
     assert_clear_error(&run, "unknown execution provider `tpu`");
 }
+
+/// A Hugging Face hub cache under `cache` holding tiny-sd as the repo `dfast/tiny-sd`.
+fn fake_hub_cache(cache: &Path) {
+    let repo = cache.join("models--dfast--tiny-sd");
+    common::copy_dir(&common::model("tiny-sd"), &repo.join("snapshots").join("0123abcd"));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "0123abcd").unwrap();
+}
+
+#[test]
+fn repo_id_resolves_offline_from_the_hugging_face_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let lat = tmp.path().join("x.npy");
+    let args = generate_args(
+        out.to_str().unwrap(),
+        &["--model", "dfast/tiny-sd", "--seed", "0", "--save-latents", lat.to_str().unwrap()],
+    );
+
+    let hub_cache = tmp.path().join("hub-cache");
+    fake_hub_cache(&hub_cache);
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast")).args(&args).env("HF_HUB_CACHE", &hub_cache).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_matches_reference(&lat, &out, "tiny-sd/pndm");
+
+    // Without HF_HUB_CACHE, HF_HOME/hub is the cache.
+    let hf_home = tmp.path().join("hf-home");
+    fake_hub_cache(&hf_home.join("hub"));
+    std::fs::remove_file(&out).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(&args)
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", &hf_home)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.is_file());
+}
+
+#[test]
+fn truncated_prompt_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let long = "a very long prompt that keeps going ".repeat(16);
+    let run = dfast(&["generate", "--prompt", &long, "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("warning: the prompt is longer than 75 tokens"), "stderr: {stderr}");
+}

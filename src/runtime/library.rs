@@ -33,19 +33,23 @@ pub fn checkout_dir(flavour: Flavour) -> PathBuf {
 /// Resolves the library path: `explicit` (from `--ort-lib`), then `ORT_DYLIB_PATH`, then the checkout's
 /// `.ort/<flavour>/`.
 pub fn find(explicit: Option<&Path>, flavour: Flavour) -> Result<PathBuf> {
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()).map(PathBuf::from);
+    find_in(explicit, from_env.as_deref(), &checkout_dir(flavour), flavour)
+}
+
+fn find_in(explicit: Option<&Path>, from_env: Option<&Path>, dir: &Path, flavour: Flavour) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return existing(path, "--ort-lib");
     }
-    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return existing(Path::new(&path), "ORT_DYLIB_PATH");
+    if let Some(path) = from_env {
+        return existing(path, "ORT_DYLIB_PATH");
     }
-    let dir = checkout_dir(flavour);
     let candidate = dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
     if candidate.is_file() {
         return Ok(candidate);
     }
     // Any other version someone dropped in the folder.
-    if let Ok(entries) = std::fs::read_dir(&dir) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
         let mut libs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
@@ -98,4 +102,32 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
         .build()
         .map_err(|e| Error::runtime(format!("could not start ONNX Runtime from {}: {e}", path.display())))?;
     Ok(LOADED.get_or_init(|| (path, env)).1.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_order_is_flag_then_env_then_checkout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a.so"), tmp.path().join("b.so"));
+        std::fs::write(&a, b"").unwrap();
+        std::fs::write(&b, b"").unwrap();
+        let dir = tmp.path().join(".ort").join("cpu");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
+        std::fs::write(&lib, b"").unwrap();
+        assert_eq!(find_in(Some(&a), Some(&b), &dir, Flavour::Cpu).unwrap(), a);
+        assert_eq!(find_in(None, Some(&b), &dir, Flavour::Cpu).unwrap(), b);
+        assert_eq!(find_in(None, None, &dir, Flavour::Cpu).unwrap(), lib);
+    }
+
+    #[test]
+    fn nothing_found_says_how_to_get_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = find_in(None, None, &tmp.path().join("none"), Flavour::Cpu).unwrap_err().to_string();
+        assert!(err.contains("experiment-scripts/setup_ort.sh cpu"), "{err}");
+        assert!(!err.contains('\n'));
+    }
 }
