@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::convert::{self, ConvertOptions, ModelCard, Precision, Profile};
+use crate::passes::Target;
 use crate::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
 use crate::runtime::{ExecutionProvider, Runtime};
 use crate::scheduler::SchedulerKind;
@@ -25,6 +27,50 @@ pub struct Cli {
 pub enum Command {
     /// Generate an image from a prompt.
     Generate(GenerateArgs),
+    /// Rewrite an exported pipeline for one execution provider and precision, and save it.
+    Convert(ConvertArgs),
+    /// Show what is in an ONNX model or a pipeline folder.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Pipeline folder to convert (read only).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Optimization profile: baseline, sdpa, fuse-qkv, conv1x1, int8-dynamic, or a profile file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: String,
+    /// fp32, fp16 or bf16 (default: fp32 on cpu and openvino, fp16 on cuda and tensorrt).
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Execution provider the graphs are rewritten for: cpu, cuda, tensorrt or openvino.
+    #[arg(long, default_value = "cpu")]
+    pub ep: String,
+    /// Model card (sd15, sdxl, ssd-1b or a file); default: recognised from the UNet's config.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub card: Option<String>,
+    /// Convert the VAE decoder to fp16/bf16 even where the model card keeps it fp32 (SDXL).
+    #[arg(long)]
+    pub vae_half: bool,
+    /// Output folder: a complete pipeline plus dfast-manifest.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// An ONNX model file or a pipeline folder.
+    pub path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Image width FLOPs are counted at.
+    #[arg(long, default_value_t = 512)]
+    pub width: usize,
+    /// Image height FLOPs are counted at.
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
 }
 
 #[derive(Args, Debug)]
@@ -90,7 +136,81 @@ pub fn main() -> i32 {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(args, cli.ort_lib),
+        Command::Convert(args) => convert(args),
+        Command::Inspect(args) => inspect(args),
     }
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let target = Target::from_name(&args.ep)?;
+    let precision = match &args.precision {
+        Some(p) => Precision::from_name(p)?,
+        None => Precision::default_for(target),
+    };
+    let profile = Profile::load(&args.profile)?;
+    let card = args.card.as_deref().map(ModelCard::load).transpose()?;
+    let opts = ConvertOptions {
+        source: args.model,
+        out: args.out,
+        profile,
+        precision,
+        target,
+        card,
+        vae_half: args.vae_half,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} components, {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let result = convert::convert(&opts, &mut |event| match event {
+        convert::Event::Component { name, index, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(index as u64);
+            bar.set_message(name.to_string());
+        }
+        convert::Event::ComponentDone { .. } => bar.inc(1),
+    });
+    bar.finish_and_clear();
+    let manifest = result?;
+    for c in &manifest.components {
+        let changed: Vec<String> = c
+            .passes
+            .iter()
+            .filter(|p| !p.unchanged())
+            .map(|p| format!("{} ({} rewrites)", p.pass, p.rewrites))
+            .collect();
+        println!(
+            "{:16} {:5} -> {:5} nodes, {}{}",
+            c.component,
+            c.nodes_before,
+            c.nodes_after,
+            c.precision.name(),
+            if changed.is_empty() { String::new() } else { format!(", {}", changed.join(", ")) }
+        );
+    }
+    println!(
+        "{}: profile {}, {}, ep {}, {:.1} s",
+        opts.out.display(),
+        manifest.profile,
+        manifest.precision.name(),
+        manifest.execution_provider.name(),
+        manifest.seconds
+    );
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let size = crate::inspect::Size { width: args.width, height: args.height };
+    let reports = crate::inspect::inspect(&args.path, size)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&reports).map_err(|e| Error::runtime(format!("json: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", crate::inspect::render_text(&reports, size));
+    }
+    Ok(())
 }
 
 fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>) -> Result<()> {
@@ -144,13 +264,13 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>) -> Result<()> {
     let t = &out.timings;
     let per_step =
         if t.unet_steps.is_empty() { 0.0 } else { t.unet_steps.iter().sum::<f64>() / t.unet_steps.len() as f64 };
+    let calls = t.unet_steps.len();
+    let steps = if calls == out.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", out.steps) };
     println!(
-        "{}: {}x{}, {} steps, seed {}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
+        "{}: {}x{}, {steps}, seed {seed}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
         args.out.display(),
         out.width,
         out.height,
-        t.unet_steps.len(),
-        seed,
         per_step * 1e3,
         t.total,
         t.text_encoding * 1e3,

@@ -3,7 +3,11 @@
 //! The library holds everything; `main.rs` only parses arguments (see `cli`) and prints errors.
 
 pub mod cli;
+pub mod convert;
+pub mod inspect;
 mod error;
+pub mod onnx;
+pub mod passes;
 pub mod pipeline;
 pub mod runtime;
 pub mod scheduler;

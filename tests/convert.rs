@@ -1,0 +1,262 @@
+//! `dfast convert` on the tiny pipelines: every profile, both export styles, fp32 on the CPU EP. Every
+//! converted component must run in ONNX Runtime and match the unrewritten graph on random inputs, and a
+//! converted pipeline must still reproduce diffusers' references. Plus the clear errors of bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use dfast::convert::{self, ConvertOptions, Precision, Profile};
+use dfast::passes::Target;
+use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
+use dfast::runtime::{ExecutionProvider, HostTensor, Model, Runtime};
+use ndarray::{ArrayD, IxDyn};
+use ort::value::TensorElementType;
+
+const PIPELINES: [&str; 4] = ["tiny-sd", "tiny-sdxl", "tiny-sd-dynamo", "tiny-sdxl-dynamo"];
+const PROFILES: [&str; 5] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Random inputs for a component: batch 2, 77 tokens, 8x8 latents (64x64 images), timestep 500.
+fn random_inputs(model: &Model) -> Vec<(String, HostTensor)> {
+    model
+        .inputs()
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let rank = spec.dims.len();
+            let shape: Vec<usize> = spec
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| match (d, rank, axis) {
+                    (d, _, _) if d > 0 => d as usize,
+                    (_, _, 0) => 2,
+                    (_, 2 | 3, 1) => 77,
+                    _ => 8,
+                })
+                .collect();
+            let n = shape.iter().product();
+            let tensor = match spec.ty {
+                TensorElementType::Int32 | TensorElementType::Int64 => {
+                    let ids = noise(n, i as u64).iter().map(|v| ((v + 1.0) * 24000.0) as i64).collect();
+                    HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), ids).unwrap())
+                }
+                _ if spec.name == "timestep" => HostTensor::F32(ArrayD::from_elem(IxDyn(&shape), 500.0)),
+                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), noise(n, i as u64 + 7)).unwrap()),
+            };
+            (spec.name.clone(), tensor)
+        })
+        .collect()
+}
+
+fn run(runtime: &Runtime, path: &Path) -> std::collections::HashMap<String, ArrayD<f32>> {
+    let mut model = runtime.load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let inputs = random_inputs(&model);
+    let feeds = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    model.run(feeds).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn convert_to(pipeline: &str, profile: &str, out: &Path) -> convert::Manifest {
+    let opts = ConvertOptions {
+        source: common::model(pipeline),
+        out: out.to_path_buf(),
+        profile: Profile::load(profile).unwrap(),
+        precision: Precision::Fp32,
+        target: Target::Cpu,
+        card: None,
+        vae_half: false,
+    };
+    convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{pipeline} with {profile}: {e}"))
+}
+
+/// Converts one pipeline with every profile and compares each component with the source graph.
+fn check_pipeline(pipeline: &str) {
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for profile in PROFILES {
+        let out = tmp.path().join(profile);
+        let manifest = convert_to(pipeline, profile, &out);
+        let tolerance = if profile == "int8-dynamic" { 5e-2 } else { 1e-5 };
+        for component in &manifest.components {
+            let name = &component.component;
+            let want = run(&runtime, &common::model(pipeline).join(name).join("model.onnx"));
+            let got = run(&runtime, &out.join(name).join("model.onnx"));
+            for (output, w) in &want {
+                let g = got.get(output).unwrap_or_else(|| panic!("{pipeline}/{profile}/{name}: output {output} missing"));
+                let err = common::relative_l2(g, w);
+                assert!(err <= tolerance, "{pipeline}/{profile}/{name}/{output}: relative L2 {err:.2e} > {tolerance:e}");
+            }
+            if matches!(profile, "sdpa" | "fuse-qkv") {
+                assert!(
+                    component.nodes_after < component.nodes_before,
+                    "{pipeline}/{profile}/{name}: node count did not drop ({} -> {})",
+                    component.nodes_before,
+                    component.nodes_after
+                );
+            }
+        }
+        // A converted fp32 pipeline still makes diffusers' image (default scheduler; int8 changes numbers).
+        if profile != "int8-dynamic" {
+            check_generate(&runtime, &out, pipeline);
+        }
+    }
+}
+
+fn check_generate(runtime: &Runtime, dir: &Path, pipeline: &str) {
+    let reference = pipeline.trim_end_matches("-dynamo");
+    let scheduler = if reference == "tiny-sd" { "pndm" } else { "euler" };
+    let refs = common::references().join(reference).join(scheduler);
+    let params = common::read_json(&refs.join("params.json"));
+    let mut pipe = Pipeline::load(runtime, PipelineDir::open(dir).unwrap()).unwrap();
+    let opts = GenerateOptions {
+        prompt: params["prompt"].as_str().unwrap().into(),
+        negative_prompt: Some(params["negative_prompt"].as_str().unwrap().into()),
+        steps: Some(params["steps"].as_u64().unwrap() as usize),
+        guidance: Some(params["guidance"].as_f64().unwrap() as f32),
+        seed: params["seed"].as_u64().unwrap(),
+        width: Some(params["width"].as_u64().unwrap() as usize),
+        height: Some(params["height"].as_u64().unwrap() as usize),
+        ..Default::default()
+    };
+    let out = pipe.generate(&opts, &mut |_, _| {}).unwrap();
+    let err = common::relative_l2(&out.latents, &common::read_npy(&refs.join("latents.npy")));
+    assert!(err <= 1e-3, "{}: latents relative L2 {err:.2e} against diffusers", dir.display());
+}
+
+#[test]
+fn tiny_sd_every_profile_matches_the_source_graph() {
+    check_pipeline(PIPELINES[0]);
+}
+
+#[test]
+fn tiny_sdxl_every_profile_matches_the_source_graph() {
+    check_pipeline(PIPELINES[1]);
+}
+
+#[test]
+fn tiny_sd_dynamo_every_profile_matches_the_source_graph() {
+    check_pipeline(PIPELINES[2]);
+}
+
+#[test]
+fn tiny_sdxl_dynamo_every_profile_matches_the_source_graph() {
+    check_pipeline(PIPELINES[3]);
+}
+
+#[test]
+fn output_is_a_complete_pipeline_with_a_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let manifest = convert_to("tiny-sdxl", "sdpa", &out);
+    for file in ["model_index.json", "scheduler/scheduler_config.json", "tokenizer_2/vocab.json", "unet/config.json"] {
+        assert!(out.join(file).is_file(), "{file} not copied");
+    }
+    let written = common::read_json(&out.join(convert::MANIFEST));
+    assert_eq!(written["profile"], "sdpa");
+    assert_eq!(written["passes"], serde_json::json!(["cleanup", "attention"]));
+    assert_eq!(written["onnxruntime_version"], dfast::runtime::ORT_VERSION);
+    assert_eq!(manifest.components.len(), 5);
+    // Converting again over an earlier conversion replaces it.
+    convert_to("tiny-sdxl", "baseline", &out);
+    assert_eq!(common::read_json(&out.join(convert::MANIFEST))["profile"], "baseline");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Bad input: one sentence, non-zero exit.
+
+fn dfast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().expect("dfast runs")
+}
+
+fn assert_clear_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected failure; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn not_a_model_or_pipeline_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("model.onnx");
+    std::fs::write(&text, "this is not protobuf").unwrap();
+    assert_clear_error(&dfast(&["inspect", text.to_str().unwrap()]), "not an ONNX model");
+    let out = tmp.path().join("out");
+    let run = dfast(&["convert", "--model", tmp.path().to_str().unwrap(), "--profile", "sdpa", "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "model_index.json is missing");
+    assert_clear_error(&dfast(&["inspect", tmp.path().join("nothing").to_str().unwrap()]), "no such file or folder");
+}
+
+#[test]
+fn unknown_pass_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("p.toml");
+    std::fs::write(&profile, "name = \"p\"\nextends = \"sdpa\"\npasses = [\"warp-speed\"]\n").unwrap();
+    let out = tmp.path().join("out");
+    let model = common::model("tiny-sd");
+    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "names an unknown pass `warp-speed`");
+    assert!(!out.exists(), "nothing is written when the profile is bad");
+    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "turbo", "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "unknown profile `turbo`");
+}
+
+#[test]
+fn malformed_exclude_list_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("p.toml");
+    std::fs::write(&profile, "extends = \"int8-dynamic\"\n[int8-dynamic]\nexclude = [[1280, 640], [320]]\n").unwrap();
+    let out = tmp.path().join("out");
+    let model = common::model("tiny-sd");
+    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "entry 2 is not");
+    let card = tmp.path().join("card.toml");
+    std::fs::write(&card, "name = \"c\"\n[int8-dynamic]\nexclude = \"1280x640\"\n").unwrap();
+    let run = dfast(&[
+        "convert", "--model", model.to_str().unwrap(), "--profile", "int8-dynamic", "--card", card.to_str().unwrap(), "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&run, "expected a list of [in_features, out_features] pairs");
+}
+
+#[test]
+fn output_equal_to_source_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    common::copy_dir(&common::model("tiny-sd"), &model);
+    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", model.to_str().unwrap()]);
+    assert_clear_error(&run, "the output folder is the source folder");
+    let inside = model.join("converted");
+    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", inside.to_str().unwrap()]);
+    assert_clear_error(&run, "inside the source folder");
+    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--ep", "tpu", "--out", tmp.path().join("o").to_str().unwrap()]);
+    assert_clear_error(&run, "unknown execution provider `tpu`");
+}
+
+#[test]
+fn inspect_reports_shapes_attention_and_flops() {
+    let run = dfast(&["inspect", common::model("tiny-sd").to_str().unwrap(), "--json", "--width", "64", "--height", "64"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let unet = reports.as_array().unwrap().iter().find(|r| r["component"] == "unet").unwrap();
+    // tiny-sd's UNet: 4 transformer blocks (down 1, mid 1, up 2) x (self + cross attention).
+    assert_eq!(unet["attention_decomposed"], 8);
+    assert_eq!(unet["attention_fused"], 0);
+    assert!(unet["gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(unet["nodes_without_shapes"], 0);
+    let shapes = unet["weight_shapes"].as_array().unwrap();
+    assert!(shapes.iter().any(|w| w["op"] == "Conv1x1"), "the 1x1 proj_in/proj_out convs are listed");
+}
