@@ -31,6 +31,84 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Show what is in an ONNX model or a pipeline folder.
     Inspect(InspectArgs),
+    /// Collate benchmark result folders into one CSV, a Markdown table with speed-ups, and a bar chart.
+    Report(ReportArgs),
+    /// Benchmark profiles x precisions x execution providers: one CSV row and one image per combination.
+    Bench(BenchArgs),
+    /// Measure one combination (used by `bench`, one process per combination).
+    #[command(hide = true)]
+    BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Pipeline folder; default: the embedded tiny-sd.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Profiles (repeat or comma list); default: the seed's progression baseline,sdpa,fuse-qkv,conv1x1,int8-dynamic.
+    #[arg(long, value_delimiter = ',')]
+    pub profile: Vec<String>,
+    /// Precisions (repeat or comma list); default: each execution provider's own.
+    #[arg(long, value_delimiter = ',')]
+    pub precision: Vec<String>,
+    /// Execution providers (repeat or comma list); default: cpu.
+    #[arg(long, value_delimiter = ',')]
+    pub ep: Vec<String>,
+    /// Scheduler (euler, ddim, pndm, dpm++); default: the model's own.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Denoising steps; default: the model card's, else 30.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Images per prompt (the UNet sees twice that with guidance).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Whole-pipeline runs before timing (after the first run, which is timed on its own).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed runs (median, min and max are reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long, default_value = crate::bench::run::DEFAULT_PROMPT)]
+    pub prompt: String,
+    /// Free text stored in every row.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Results folder: results.csv, one image per row, converted pipelines under converted/.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchWorkerArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub ep: String,
+    #[arg(long)]
+    pub steps: usize,
+    #[arg(long)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    #[arg(long)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub runs: usize,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub image: PathBuf,
+    #[arg(long)]
+    pub json: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +132,19 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub vae_half: bool,
     /// Output folder: a complete pipeline plus dfast-manifest.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Result folders, each with one or more benchmark CSVs (*.csv) from `dfast bench` or the PyTorch reference.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Title of the report and the chart.
+    #[arg(long, default_value = "dfast benchmark: total seconds per setting")]
+    pub title: String,
+    /// Output folder (created): results.csv, report.md, report.png.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -138,7 +229,125 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(args, cli.ort_lib),
         Command::Convert(args) => convert(args),
         Command::Inspect(args) => inspect(args),
+        Command::Report(args) => report(args),
+        Command::Bench(args) => bench(args, cli.ort_lib),
+        Command::BenchWorker(args) => bench_worker(args, cli.ort_lib),
     }
+}
+
+fn bench(args: BenchArgs, ort_lib: Option<PathBuf>) -> Result<()> {
+    use crate::bench::run::{self, BenchOptions, Event, Outcome};
+    let eps = if args.ep.is_empty() {
+        vec![Target::Cpu]
+    } else {
+        args.ep.iter().map(|e| Target::from_name(e)).collect::<Result<_>>()?
+    };
+    let precisions = if args.precision.is_empty() {
+        vec![None]
+    } else {
+        args.precision.iter().map(|p| Precision::from_name(p).map(Some)).collect::<Result<_>>()?
+    };
+    let profiles = if args.profile.is_empty() {
+        convert::profile::BUILTIN.iter().map(|(n, _)| n.to_string()).collect()
+    } else {
+        args.profile
+    };
+    let opts = BenchOptions {
+        model: args.model.unwrap_or_else(pipeline::model_dir::embedded_tiny_sd),
+        profiles,
+        precisions,
+        eps,
+        scheduler: args.scheduler,
+        steps: args.steps,
+        batch_size: args.batch_size.max(1),
+        width: args.width,
+        height: args.height,
+        warmup: args.warmup,
+        runs: args.runs,
+        prompt: args.prompt,
+        tag: args.tag,
+        out: args.out,
+        ort_lib,
+    };
+    let total = run::combinations(&opts).len();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let exe = std::env::current_exe().map_err(|e| Error::runtime(format!("cannot find the dfast binary: {e}")))?;
+    let outcomes = run::run_bench(&opts, &exe, &mut |event| match event {
+        Event::Converting(c) => bar.set_message(format!("converting {}", c.label())),
+        Event::Measuring(c) => bar.set_message(format!("measuring {}", c.label())),
+        Event::Done(outcome) => {
+            bar.inc(1);
+            match outcome {
+                Outcome::Measured(r) => say(
+                    &bar,
+                    format!(
+                        "{:12} {:5} {:9} total {:8.3} s, unet step {:8.1} ms, vae {:7.1} ms, peak {:6.0} MB",
+                        r.profile, r.precision, r.ep, r.total_s, r.unet_step_ms, r.vae_decode_ms, r.peak_host_mb
+                    ),
+                ),
+                Outcome::Skipped { combination, reason } => {
+                    say(&bar, format!("skipped {}: {reason}", combination.label()))
+                }
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let outcomes = outcomes?;
+    let measured = outcomes.iter().filter(|o| matches!(o, Outcome::Measured(_))).count();
+    println!(
+        "{}: {measured} rows in {}, {} skipped",
+        opts.out.display(),
+        crate::bench::RESULTS_CSV,
+        outcomes.len() - measured
+    );
+    Ok(())
+}
+
+/// A line above the progress bar, or plainly when there is no terminal to draw the bar on.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn bench_worker(args: BenchWorkerArgs, ort_lib: Option<PathBuf>) -> Result<()> {
+    use crate::bench::run::{self, WorkerOptions};
+    let ep = ExecutionProvider::from_name(&args.ep)?;
+    let scheduler = args.scheduler.as_deref().map(SchedulerKind::from_name).transpose()?;
+    let generate = GenerateOptions {
+        prompt: args.prompt,
+        steps: Some(args.steps),
+        seed: 0,
+        width: args.width,
+        height: args.height,
+        scheduler,
+        batch_size: args.batch_size,
+        ..Default::default()
+    };
+    let opts = WorkerOptions {
+        model: args.model,
+        ep,
+        generate,
+        warmup: args.warmup,
+        runs: args.runs,
+        image: args.image,
+        ort_lib,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("  runs [{bar:30}] {pos}/{len}, {elapsed}").expect("valid template"));
+    let m = run::worker(&opts, &mut |i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    });
+    bar.finish_and_clear();
+    run::write_measurement(&args.json, &m?)
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
@@ -149,15 +358,8 @@ fn convert(args: ConvertArgs) -> Result<()> {
     };
     let profile = Profile::load(&args.profile)?;
     let card = args.card.as_deref().map(ModelCard::load).transpose()?;
-    let opts = ConvertOptions {
-        source: args.model,
-        out: args.out,
-        profile,
-        precision,
-        target,
-        card,
-        vae_half: args.vae_half,
-    };
+    let opts =
+        ConvertOptions { source: args.model, out: args.out, profile, precision, target, card, vae_half: args.vae_half };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} components, {elapsed}")
@@ -201,6 +403,19 @@ fn convert(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
+fn report(args: ReportArgs) -> Result<()> {
+    let summary = crate::bench::report::report(&args.dirs, &args.title, &args.out)?;
+    let files: Vec<String> = summary.files.iter().map(|f| f.display().to_string()).collect();
+    println!(
+        "{} rows from {} folders, models {}: wrote {}",
+        summary.rows,
+        args.dirs.len(),
+        summary.models.join(", "),
+        files.join(", ")
+    );
+    Ok(())
+}
+
 fn inspect(args: InspectArgs) -> Result<()> {
     let size = crate::inspect::Size { width: args.width, height: args.height };
     let reports = crate::inspect::inspect(&args.path, size)?;
@@ -235,6 +450,7 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>) -> Result<()> {
         scheduler,
         scheduler_config: args.scheduler_config,
         latents: args.latents,
+        batch_size: 1,
     };
 
     let runtime = Runtime::new(ep, ort_lib.as_deref())?;
@@ -265,7 +481,8 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>) -> Result<()> {
     let per_step =
         if t.unet_steps.is_empty() { 0.0 } else { t.unet_steps.iter().sum::<f64>() / t.unet_steps.len() as f64 };
     let calls = t.unet_steps.len();
-    let steps = if calls == out.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", out.steps) };
+    let steps =
+        if calls == out.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", out.steps) };
     println!(
         "{}: {}x{}, {steps}, seed {seed}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
         args.out.display(),

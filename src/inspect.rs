@@ -51,7 +51,8 @@ pub struct Size {
 /// Inspects a model file, or every `*/model.onnx` of a pipeline folder.
 pub fn inspect(path: &Path, size: Size) -> Result<Vec<ModelReport>> {
     if path.is_file() {
-        let component = path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let component =
+            path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         return Ok(vec![inspect_model(path, &component, size)?]);
     }
     if !path.is_dir() {
@@ -200,7 +201,9 @@ fn flops(model: &OnnxModel) -> (f64, usize) {
         let flops = match node.op_type() {
             "MatMul" | "MatMulInteger" | "MatMulIntegerToFloat" => {
                 match (node.input.first().and_then(|a| shape(a)), out) {
-                    (Some(a), Some(o)) if !a.is_empty() => Some(2.0 * o.iter().product::<usize>() as f64 * a[a.len() - 1] as f64),
+                    (Some(a), Some(o)) if !a.is_empty() => {
+                        Some(2.0 * o.iter().product::<usize>() as f64 * a[a.len() - 1] as f64)
+                    }
                     _ => None,
                 }
             }
@@ -254,7 +257,11 @@ pub fn render_text(reports: &[ModelReport], size: Size) -> String {
             r.gflops,
             size.width,
             size.height,
-            if r.nodes_without_shapes > 0 { format!(" ({} compute nodes without known shapes)", r.nodes_without_shapes) } else { String::new() }
+            if r.nodes_without_shapes > 0 {
+                format!(" ({} compute nodes without known shapes)", r.nodes_without_shapes)
+            } else {
+                String::new()
+            }
         );
         s += &format!("  attention: {} decomposed, {} fused\n", r.attention_decomposed, r.attention_fused);
         let mut ops: Vec<_> = r.ops.iter().collect();

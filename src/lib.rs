@@ -2,10 +2,11 @@
 //!
 //! The library holds everything; `main.rs` only parses arguments (see `cli`) and prints errors.
 
+pub mod bench;
 pub mod cli;
 pub mod convert;
-pub mod inspect;
 mod error;
+pub mod inspect;
 pub mod onnx;
 pub mod passes;
 pub mod pipeline;

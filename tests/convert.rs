@@ -94,9 +94,13 @@ fn check_pipeline(pipeline: &str) {
             let want = run(&runtime, &common::model(pipeline).join(name).join("model.onnx"));
             let got = run(&runtime, &out.join(name).join("model.onnx"));
             for (output, w) in &want {
-                let g = got.get(output).unwrap_or_else(|| panic!("{pipeline}/{profile}/{name}: output {output} missing"));
+                let g =
+                    got.get(output).unwrap_or_else(|| panic!("{pipeline}/{profile}/{name}: output {output} missing"));
                 let err = common::relative_l2(g, w);
-                assert!(err <= tolerance, "{pipeline}/{profile}/{name}/{output}: relative L2 {err:.2e} > {tolerance:e}");
+                assert!(
+                    err <= tolerance,
+                    "{pipeline}/{profile}/{name}/{output}: relative L2 {err:.2e} > {tolerance:e}"
+                );
             }
             if matches!(profile, "sdpa" | "fuse-qkv") {
                 assert!(
@@ -195,7 +199,15 @@ fn not_a_model_or_pipeline_is_a_clear_error() {
     std::fs::write(&text, "this is not protobuf").unwrap();
     assert_clear_error(&dfast(&["inspect", text.to_str().unwrap()]), "not an ONNX model");
     let out = tmp.path().join("out");
-    let run = dfast(&["convert", "--model", tmp.path().to_str().unwrap(), "--profile", "sdpa", "--out", out.to_str().unwrap()]);
+    let run = dfast(&[
+        "convert",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--profile",
+        "sdpa",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_clear_error(&run, "model_index.json is missing");
     assert_clear_error(&dfast(&["inspect", tmp.path().join("nothing").to_str().unwrap()]), "no such file or folder");
 }
@@ -207,10 +219,19 @@ fn unknown_pass_is_a_clear_error() {
     std::fs::write(&profile, "name = \"p\"\nextends = \"sdpa\"\npasses = [\"warp-speed\"]\n").unwrap();
     let out = tmp.path().join("out");
     let model = common::model("tiny-sd");
-    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let run = dfast(&[
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_clear_error(&run, "names an unknown pass `warp-speed`");
     assert!(!out.exists(), "nothing is written when the profile is bad");
-    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "turbo", "--out", out.to_str().unwrap()]);
+    let run =
+        dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "turbo", "--out", out.to_str().unwrap()]);
     assert_clear_error(&run, "unknown profile `turbo`");
 }
 
@@ -221,12 +242,27 @@ fn malformed_exclude_list_is_a_clear_error() {
     std::fs::write(&profile, "extends = \"int8-dynamic\"\n[int8-dynamic]\nexclude = [[1280, 640], [320]]\n").unwrap();
     let out = tmp.path().join("out");
     let model = common::model("tiny-sd");
-    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let run = dfast(&[
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_clear_error(&run, "entry 2 is not");
     let card = tmp.path().join("card.toml");
     std::fs::write(&card, "name = \"c\"\n[int8-dynamic]\nexclude = \"1280x640\"\n").unwrap();
     let run = dfast(&[
-        "convert", "--model", model.to_str().unwrap(), "--profile", "int8-dynamic", "--card", card.to_str().unwrap(), "--out",
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        "int8-dynamic",
+        "--card",
+        card.to_str().unwrap(),
+        "--out",
         out.to_str().unwrap(),
     ]);
     assert_clear_error(&run, "expected a list of [in_features, out_features] pairs");
@@ -237,18 +273,31 @@ fn output_equal_to_source_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m");
     common::copy_dir(&common::model("tiny-sd"), &model);
-    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", model.to_str().unwrap()]);
+    let run =
+        dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", model.to_str().unwrap()]);
     assert_clear_error(&run, "the output folder is the source folder");
     let inside = model.join("converted");
-    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", inside.to_str().unwrap()]);
+    let run =
+        dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", inside.to_str().unwrap()]);
     assert_clear_error(&run, "inside the source folder");
-    let run = dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--ep", "tpu", "--out", tmp.path().join("o").to_str().unwrap()]);
+    let run = dfast(&[
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        "sdpa",
+        "--ep",
+        "tpu",
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
     assert_clear_error(&run, "unknown execution provider `tpu`");
 }
 
 #[test]
 fn inspect_reports_shapes_attention_and_flops() {
-    let run = dfast(&["inspect", common::model("tiny-sd").to_str().unwrap(), "--json", "--width", "64", "--height", "64"]);
+    let run =
+        dfast(&["inspect", common::model("tiny-sd").to_str().unwrap(), "--json", "--width", "64", "--height", "64"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let reports: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let unet = reports.as_array().unwrap().iter().find(|r| r["component"] == "unet").unwrap();

@@ -26,6 +26,7 @@ fn check_model(model: &str, pipeline: &str, scheduler: &str) {
         // The scheduler exactly as diffusers configured it (class, overrides such as v_prediction).
         scheduler_config: Some(dir.join("scheduler_config.json")),
         latents: None,
+        batch_size: 1,
     };
     let out = pipe.generate(&opts, &mut |_, _| {}).unwrap();
     let want = common::read_npy(&dir.join("latents.npy"));

@@ -62,7 +62,10 @@ impl ModelCard {
         let path = Path::new(spec);
         if !path.is_file() {
             let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-            return Err(Error::bad_input(format!("unknown model card `{spec}`: not a file and not one of {}", names.join(", "))));
+            return Err(Error::bad_input(format!(
+                "unknown model card `{spec}`: not a file and not one of {}",
+                names.join(", ")
+            )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?;
         Self::parse(&text, &path.display().to_string())
@@ -70,7 +73,8 @@ impl ModelCard {
 
     fn parse(text: &str, source: &str) -> Result<Self> {
         let bad = |msg: String| Error::bad_input(format!("model card {source}: {msg}"));
-        let table: Table = text.parse().map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
+        let table: Table =
+            text.parse().map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
         let string = |k: &str| table.get(k).and_then(Value::as_str).map(str::to_string);
         let uint = |k: &str| table.get(k).and_then(Value::as_integer).filter(|v| *v > 0).map(|v| v as usize);
         let int8_exclude = match table.get("int8-dynamic").and_then(|t| t.get("exclude")) {
@@ -91,7 +95,12 @@ impl ModelCard {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             int8_exclude,
-            match_unet: table.get("match").and_then(|m| m.get("unet")).and_then(Value::as_table).cloned().unwrap_or_default(),
+            match_unet: table
+                .get("match")
+                .and_then(|m| m.get("unet"))
+                .and_then(Value::as_table)
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 
@@ -125,7 +134,9 @@ fn same(json: &serde_json::Value, toml: &Value) -> bool {
         (serde_json::Value::Number(a), Value::Float(b)) => a.as_f64() == Some(*b),
         (serde_json::Value::String(a), Value::String(b)) => a == b,
         (serde_json::Value::Bool(a), Value::Boolean(b)) => a == b,
-        (serde_json::Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y)),
+        (serde_json::Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+        }
         _ => false,
     }
 }

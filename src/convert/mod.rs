@@ -133,7 +133,8 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     // Every pass is built (and its options checked) before anything is written.
     let mut plans = Vec::new();
     for component in &components {
-        let keep_fp32 = component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(|c| c.vae_decoder_fp32);
+        let keep_fp32 =
+            component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(|c| c.vae_decoder_fp32);
         let precision = if keep_fp32 { Precision::Fp32 } else { opts.precision };
         plans.push((component, precision, pass_manager(&opts.profile, component, opts.target, precision, &exclude)?));
     }
@@ -230,14 +231,18 @@ fn pass_manager(
         let mut options = profile.pass_options(name, target.name());
         if let Some(scope) = options.remove("components") {
             let scope = scope.as_array().ok_or_else(|| {
-                Error::bad_input(format!("profile {}: [{name}] components must be a list of component names", profile.source))
+                Error::bad_input(format!(
+                    "profile {}: [{name}] components must be a list of component names",
+                    profile.source
+                ))
             })?;
             if !scope.iter().any(|c| c.as_str() == Some(component)) {
                 continue;
             }
         }
         if name == "int8-dynamic" && !options.contains_key("exclude") {
-            let pairs = exclude.iter().map(|&(a, b)| Value::Array(vec![Value::Integer(a as i64), Value::Integer(b as i64)]));
+            let pairs =
+                exclude.iter().map(|&(a, b)| Value::Array(vec![Value::Integer(a as i64), Value::Integer(b as i64)]));
             options.insert("exclude".into(), Value::Array(pairs.collect()));
         }
         manager.push(build_pass(name, &options, target)?);
@@ -252,11 +257,17 @@ fn pass_manager(
 
 /// A pass by name with its options.
 pub fn build_pass(name: &str, options: &Table, target: Target) -> Result<Box<dyn Pass>> {
-    let _ = (options, target);
-    match name {
-        "cleanup" => Ok(Box::new(passes::Cleanup)),
-        _ => Err(Error::bad_input(format!("unknown pass `{name}`; known passes: {}", KNOWN_PASSES.join(", ")))),
-    }
+    Ok(match name {
+        "cleanup" => Box::new(passes::Cleanup),
+        "attention" => Box::new(passes::Attention::from_options(options, target)?),
+        "fuse-qkv" => Box::new(passes::FuseQkv::from_options(options)?),
+        "conv1x1" => Box::new(passes::Conv1x1::from_options(options)?),
+        "int8-dynamic" => Box::new(passes::Int8Dynamic::from_options(options, target)?),
+        "precision" => Box::new(passes::Precision::from_options(options, target)?),
+        _ => {
+            return Err(Error::bad_input(format!("unknown pass `{name}`; known passes: {}", KNOWN_PASSES.join(", "))));
+        }
+    })
 }
 
 fn in_component(component: &str, e: Error) -> Error {
@@ -273,7 +284,10 @@ fn check_output(source: &Path, out: &Path) -> Result<()> {
     let src = source.canonicalize().map_err(|e| Error::bad_file(source, format!("cannot read: {e}")))?;
     let dst = absolute(out);
     if dst == src {
-        return Err(Error::bad_file(out, "the output folder is the source folder; choose another --out (the source is never modified)"));
+        return Err(Error::bad_file(
+            out,
+            "the output folder is the source folder; choose another --out (the source is never modified)",
+        ));
     }
     if dst.starts_with(&src) {
         return Err(Error::bad_file(out, "the output folder is inside the source folder; choose a folder outside it"));
@@ -287,7 +301,10 @@ fn check_output(source: &Path, out: &Path) -> Result<()> {
     if out.is_dir() {
         let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty && !out.join(MANIFEST).is_file() {
-            return Err(Error::bad_file(out, "exists and is not empty (and is not an earlier dfast conversion); choose an empty or new folder"));
+            return Err(Error::bad_file(
+                out,
+                "exists and is not empty (and is not an earlier dfast conversion); choose an empty or new folder",
+            ));
         }
     }
     Ok(())

@@ -49,7 +49,9 @@ impl Profile {
 
     fn load_inner(spec: &str, relative_to: Option<&Path>, depth: usize) -> Result<Self> {
         if depth > 16 {
-            return Err(Error::bad_input(format!("profile `{spec}`: `extends` goes more than 16 levels deep (a cycle?)")));
+            return Err(Error::bad_input(format!(
+                "profile `{spec}`: `extends` goes more than 16 levels deep (a cycle?)"
+            )));
         }
         let (text, source, dir): (String, String, Option<PathBuf>) =
             if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == spec) {
@@ -72,7 +74,8 @@ impl Profile {
                 (text, path.display().to_string(), dir)
             };
         let bad = |msg: String| Error::bad_input(format!("profile {source}: {msg}"));
-        let mut table: Table = text.parse().map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
+        let mut table: Table =
+            text.parse().map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
 
         let name = match table.remove("name") {
             Some(Value::String(s)) => s,
@@ -88,7 +91,9 @@ impl Profile {
             None => Vec::new(),
             Some(Value::Array(items)) => items
                 .into_iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad("`passes` must be a list of pass names".into())))
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| bad("`passes` must be a list of pass names".into()))
+                })
                 .collect::<Result<_>>()?,
             Some(_) => return Err(bad("`passes` must be a list of pass names".into())),
         };

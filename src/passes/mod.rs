@@ -18,11 +18,15 @@ pub mod attention;
 pub mod cleanup;
 pub mod conv1x1;
 pub mod fuse_qkv;
+pub mod int8_dynamic;
+pub mod precision;
 
 pub use attention::Attention;
 pub use cleanup::Cleanup;
 pub use conv1x1::Conv1x1;
 pub use fuse_qkv::FuseQkv;
+pub use int8_dynamic::{Int8Dynamic, Int8Format};
+pub use precision::{HalfType, OpPolicy, Precision};
 
 use serde::Serialize;
 

@@ -15,6 +15,32 @@ pub struct Conditioning {
     pub added: Option<(ArrayD<f32>, ArrayD<f32>)>,
 }
 
+impl Conditioning {
+    /// `batch` images per prompt: each half of a `[negative, positive]` stack (or the single positive)
+    /// repeated `batch` times, as diffusers' `num_images_per_prompt` does.
+    pub fn repeat_per_prompt(self, batch: usize, guidance: bool) -> Result<Self> {
+        if batch <= 1 {
+            return Ok(self);
+        }
+        let repeat = |a: ArrayD<f32>| -> Result<ArrayD<f32>> {
+            let halves = if guidance { 2 } else { 1 };
+            let mut parts = Vec::new();
+            for h in 0..halves {
+                let one = a.slice_axis(Axis(0), (h..h + 1).into());
+                parts.extend(std::iter::repeat_n(one, batch));
+            }
+            concatenate(Axis(0), &parts).map_err(|e| Error::bad_input(format!("cannot batch embeddings: {e}")))
+        };
+        Ok(Conditioning {
+            encoder_hidden_states: repeat(self.encoder_hidden_states)?,
+            added: match self.added {
+                Some((embeds, time_ids)) => Some((repeat(embeds)?, repeat(time_ids)?)),
+                None => None,
+            },
+        })
+    }
+}
+
 /// One text encoder with its tokenizer.
 pub struct TextEncoder {
     pub tokenizer: ClipTokenizer,

@@ -39,6 +39,9 @@ pub struct GenerateOptions {
     pub scheduler_config: Option<PathBuf>,
     /// Initial noise as diffusers' `latents=` takes it; else drawn from `seed` as torch does.
     pub latents: Option<PathBuf>,
+    /// Images per prompt (diffusers' `num_images_per_prompt`); 0 means 1. The UNet sees twice as many
+    /// with guidance.
+    pub batch_size: usize,
 }
 
 /// Where the time went, in seconds.
@@ -125,9 +128,9 @@ impl Pipeline {
         self.vae_scale_factor
     }
 
-    /// Shape of the initial latents for an image of `height` x `width`.
-    pub fn latents_shape(&self, height: usize, width: usize) -> [usize; 4] {
-        [1, self.latent_channels, height / self.vae_scale_factor, width / self.vae_scale_factor]
+    /// Shape of the initial latents for `batch` images of `height` x `width`.
+    pub fn latents_shape(&self, batch: usize, height: usize, width: usize) -> [usize; 4] {
+        [batch, self.latent_channels, height / self.vae_scale_factor, width / self.vae_scale_factor]
     }
 
     /// Checks the options against this pipeline before any work is done.
@@ -164,14 +167,15 @@ impl Pipeline {
         let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
         scheduler.set_timesteps(steps)?;
 
-        let shape = self.latents_shape(height, width);
+        let batch = opts.batch_size.max(1);
+        let shape = self.latents_shape(batch, height, width);
         let initial = match &opts.latents {
             Some(path) => latents::read(path, &shape)?,
             None => latents::seeded(opts.seed, &shape),
         };
 
         let t0 = Instant::now();
-        let cond = self.encode_prompt(opts, guidance, (height, width))?;
+        let cond = self.encode_prompt(opts, guidance, (height, width))?.repeat_per_prompt(batch, guidance)?;
         let text_encoding = t0.elapsed().as_secs_f64();
         let mut warnings: Vec<String> = self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)).collect();
         warnings.dedup();
@@ -185,8 +189,8 @@ impl Pipeline {
             let model_input = scheduler.scale_model_input(model_input, i);
             let noise_pred = self.run_unet(model_input, t, &cond)?;
             let noise_pred = if guidance {
-                let uncond = noise_pred.slice_axis(Axis(0), (0..1).into());
-                let text = noise_pred.slice_axis(Axis(0), (1..2).into());
+                let uncond = noise_pred.slice_axis(Axis(0), (0..batch).into());
+                let text = noise_pred.slice_axis(Axis(0), (batch..2 * batch).into());
                 &uncond + &((&text - &uncond) * guidance_scale)
             } else {
                 noise_pred

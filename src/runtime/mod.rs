@@ -49,13 +49,33 @@ impl ExecutionProvider {
 pub struct Runtime {
     env: ort::environment::Environment,
     ep: ExecutionProvider,
+    library: std::path::PathBuf,
 }
 
 impl Runtime {
     /// Loads the ONNX Runtime library for `ep` (see `library::find` for the lookup order).
     pub fn new(ep: ExecutionProvider, ort_lib: Option<&std::path::Path>) -> Result<Self> {
-        let env = library::environment(ort_lib, ep.flavour())?;
-        Ok(Runtime { env, ep })
+        let library = library::find(ort_lib, ep.flavour())?;
+        let env = library::environment(Some(&library), ep.flavour())?;
+        Ok(Runtime { env, ep, library })
+    }
+
+    /// The ONNX Runtime library this process loaded.
+    pub fn library(&self) -> &std::path::Path {
+        &self.library
+    }
+
+    /// The loaded library's version, from its file name (`libonnxruntime.so.1.31.1`) or its build info.
+    pub fn version(&self) -> String {
+        let name = self.library.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(v) = name.strip_prefix("libonnxruntime.so.").filter(|v| v.contains('.')) {
+            return v.to_string();
+        }
+        let info = ort::info();
+        info.split(|c: char| c == ',' || c.is_whitespace())
+            .find_map(|part| part.strip_prefix("git-branch=rel-"))
+            .map(str::to_string)
+            .unwrap_or_else(|| ORT_VERSION.to_string())
     }
 
     pub fn ep(&self) -> ExecutionProvider {

@@ -1,0 +1,7 @@
+//! `dfast bench` and `dfast report`: the seed's benchmark, per profile, precision and execution provider.
+
+pub mod report;
+pub mod run;
+pub mod schema;
+
+pub use schema::{COLUMNS, RESULTS_CSV, Row};

@@ -1,0 +1,476 @@
+//! `dfast report`: collates benchmark CSVs from any number of result folders into one CSV, a Markdown table
+//! per model with the speed-up against that model's baseline, and a bar chart (the `chart` module), the way the
+//! seed's `prepare_results.py` does for diffusion-fast.
+//!
+//! ```text
+//! DIR_A/*.csv ┐                     ┌ OUT/results.csv  every row, schema column order
+//! DIR_B/*.csv ┼─ read_rows ─ rows ──┼ OUT/report.md    devices, then per model: setting, times, speed-up, tag
+//!    ...      ┘                     └ OUT/report.png   total_s per setting, one panel per model, colour = EP
+//! ```
+
+mod canvas;
+mod chart;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub use chart::{CHART_HEIGHT, CHART_WIDTH};
+
+use super::schema::{COLUMNS, RESULTS_CSV, Row};
+use crate::{Error, Result};
+
+/// The Markdown report's file name in the output folder.
+pub const REPORT_MD: &str = "report.md";
+/// The chart's file name in the output folder.
+pub const REPORT_PNG: &str = "report.png";
+
+/// What [`report`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSummary {
+    /// Rows read from every input folder together.
+    pub rows: usize,
+    /// Model names, in the order they first appear.
+    pub models: Vec<String>,
+    /// The files written: results.csv, report.md, report.png.
+    pub files: Vec<PathBuf>,
+}
+
+/// Collates the benchmark CSVs of `dirs` into `out` (created if missing): `results.csv`, `report.md` and
+/// `report.png`, the chart titled `title`.
+pub fn report(dirs: &[PathBuf], title: &str, out: &Path) -> Result<ReportSummary> {
+    if dirs.is_empty() {
+        return Err(Error::bad_input("no result folder given; pass one or more folders of benchmark CSVs"));
+    }
+    check_out_is_not_an_input(dirs, out)?;
+    let mut rows = Vec::new();
+    for dir in dirs {
+        rows.extend(read_rows(dir)?);
+    }
+    if rows.is_empty() {
+        return Err(Error::bad_input(format!(
+            "the benchmark CSVs in {} hold a header but no rows; run `dfast bench` first",
+            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+
+    std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, format!("cannot create the output folder: {e}")))?;
+    let csv_path = out.join(RESULTS_CSV);
+    write_csv(&rows, &csv_path)?;
+    let md_path = out.join(REPORT_MD);
+    std::fs::write(&md_path, render_markdown(&rows, title))
+        .map_err(|e| Error::bad_file(&md_path, format!("cannot write the report: {e}")))?;
+    let png_path = out.join(REPORT_PNG);
+    chart::draw(&rows, title, &png_path)?;
+
+    Ok(ReportSummary { rows: rows.len(), models: models(&rows), files: vec![csv_path, md_path, png_path] })
+}
+
+/// Reads every `*.csv` directly inside `dir` (not its subfolders), in file-name order; `dir` may also be one
+/// CSV file. Unknown extra columns are ignored, and an empty `peak_device_mb` reads as `None`.
+pub fn read_rows(dir: &Path) -> Result<Vec<Row>> {
+    if dir.is_file() && is_csv(dir) {
+        return read_csv(dir);
+    }
+    if !dir.exists() {
+        return Err(Error::bad_file(dir, "no such folder; expected a folder of benchmark CSVs (*.csv)"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::bad_file(dir, "not a folder; expected a folder of benchmark CSVs (*.csv)"));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::bad_file(dir, format!("cannot list the folder: {e}")))?;
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file() && is_csv(p)).collect();
+    if files.is_empty() {
+        return Err(Error::bad_file(dir, "no benchmark CSV (*.csv) in this folder"));
+    }
+    files.sort();
+    let mut rows = Vec::new();
+    for file in &files {
+        rows.extend(read_csv(file)?);
+    }
+    Ok(rows)
+}
+
+/// Reads one benchmark CSV: its columns are found by name, so their order does not matter and extra ones
+/// are skipped.
+pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
+    let file = File::open(path).map_err(|e| Error::bad_file(path, format!("cannot open: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+    let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    // A spreadsheet's UTF-8 byte-order mark would otherwise hide the first column's name.
+    let names: Vec<&str> = header.iter().map(|h| h.trim_start_matches('\u{feff}')).collect();
+    if names.iter().all(|n| n.is_empty()) {
+        return Err(Error::bad_file(
+            path,
+            "empty file; expected a CSV with the benchmark header that `dfast bench` writes",
+        ));
+    }
+    let mut index = Vec::with_capacity(COLUMNS.len());
+    let mut missing = Vec::new();
+    for column in COLUMNS {
+        match names.iter().position(|n| *n == column) {
+            Some(i) => index.push(i),
+            None => missing.push(format!("`{column}`")),
+        }
+    }
+    if !missing.is_empty() {
+        let expected = "expected the benchmark header that `dfast bench` writes";
+        let message = match missing.len() {
+            1 => format!("missing column {}; {expected}", missing[0]),
+            2..=4 => format!("missing columns {}; {expected}", missing.join(", ")),
+            n if n == COLUMNS.len() => format!("none of the benchmark columns is in its header; {expected}"),
+            n => format!(
+                "{n} of the {} benchmark columns are missing ({}, ...); {expected}",
+                COLUMNS.len(),
+                missing[..3].join(", ")
+            ),
+        };
+        return Err(Error::bad_file(path, message));
+    }
+
+    let schema_header = csv::StringRecord::from(COLUMNS.to_vec());
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| csv_error(path, e))?;
+        let at = RowAt(i + 1);
+        let ordered: csv::StringRecord = index.iter().map(|&j| record.get(j).unwrap_or("")).collect();
+        let row: Row = ordered.deserialize(Some(&schema_header)).map_err(|e| field_error(path, at, &ordered, e))?;
+        // Speed-ups divide by total_s and the chart's bars are total_s: a zero, negative or NaN one is a
+        // broken measurement, better named here than drawn.
+        if !(row.total_s.is_finite() && row.total_s > 0.0) {
+            return Err(Error::bad_file(
+                path,
+                format!("{at}, column `total_s`: expected a positive number of seconds, found {:?}", &ordered[TOTAL_S]),
+            ));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// `total_s`'s index in [`COLUMNS`].
+const TOTAL_S: usize = 25;
+
+/// A data row's number: 1 is the first row under the header. (Not its line: csv's line count is off by one
+/// in files with CRLF line ends, and a quoted field may span lines.)
+#[derive(Clone, Copy)]
+struct RowAt(usize);
+
+impl std::fmt::Display for RowAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "row {}", self.0)
+    }
+}
+
+fn is_csv(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    // Record 0 is the header, so a record's index is its data row number.
+    let record = e.position().map(|p| p.record());
+    let message = match (e.kind(), record) {
+        (csv::ErrorKind::UnequalLengths { expected_len, len, .. }, Some(row)) => {
+            format!("row {row} has {len} fields but the header has {expected_len}; expected one field per column")
+        }
+        (csv::ErrorKind::Utf8 { .. }, Some(0)) => "the header is not UTF-8 text; expected a CSV file".to_string(),
+        (csv::ErrorKind::Utf8 { .. }, Some(row)) => format!("row {row} is not UTF-8 text; expected a CSV file"),
+        (csv::ErrorKind::Io(io), _) => format!("cannot read: {io}"),
+        _ => format!("cannot read as CSV: {e}"),
+    };
+    Error::bad_file(path, message)
+}
+
+/// Names the file, row, column and value of a field that does not parse as its column's type.
+fn field_error(path: &Path, at: RowAt, ordered: &csv::StringRecord, e: csv::Error) -> Error {
+    let csv::ErrorKind::Deserialize { err, .. } = e.kind() else {
+        return csv_error(path, e);
+    };
+    let Some(field) = err.field().map(|f| f as usize).filter(|&f| f < COLUMNS.len()) else {
+        return Error::bad_file(path, format!("{at}: {err}"));
+    };
+    let expected = match err.kind() {
+        csv::DeserializeErrorKind::ParseInt(_) => "a whole number",
+        csv::DeserializeErrorKind::ParseFloat(_) => "a number",
+        _ => "a value of the column's type",
+    };
+    Error::bad_file(
+        path,
+        format!("{at}, column `{}`: expected {expected}, found {:?}", COLUMNS[field], &ordered[field]),
+    )
+}
+
+/// Refuses an output folder that is one of the inputs: its results.csv would replace an input CSV.
+fn check_out_is_not_an_input(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let Ok(out_abs) = out.canonicalize() else {
+        return Ok(()); // not there yet, so not an input either
+    };
+    for dir in dirs {
+        if dir.canonicalize().is_ok_and(|d| d == out_abs) {
+            return Err(Error::bad_file(
+                out,
+                format!(
+                    "the output folder is also an input; its {RESULTS_CSV} would be replaced, choose another --out"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn write_csv(rows: &[Row], path: &Path) -> Result<()> {
+    let fail = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot write the collated CSV: {e}"));
+    let mut writer = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
+    for row in rows {
+        writer.serialize(row).map_err(|e| fail(&e))?;
+    }
+    writer.flush().map_err(|e| fail(&e))
+}
+
+/// Model names in order of first appearance.
+pub fn models(rows: &[Row]) -> Vec<String> {
+    let mut seen = Vec::<String>::new();
+    for row in rows {
+        if !seen.contains(&row.model) {
+            seen.push(row.model.clone());
+        }
+    }
+    seen
+}
+
+/// Execution providers in order of first appearance, PyTorch's after dfast's; the chart colours and groups
+/// them in this order.
+pub fn execution_providers(rows: &[Row]) -> Vec<String> {
+    let mut seen = Vec::<String>::new();
+    for row in by_runtime(rows) {
+        if !seen.contains(&row.ep) {
+            seen.push(row.ep.clone());
+        }
+    }
+    seen
+}
+
+/// The rows in input order, PyTorch's after dfast's: the reference reads best after what it is compared with.
+fn by_runtime(rows: &[Row]) -> Vec<&Row> {
+    let mut sorted: Vec<&Row> = rows.iter().collect();
+    sorted.sort_by_key(|r| is_pytorch(r));
+    sorted
+}
+
+/// The row's setting as the table and chart show it: `runtime/profile/precision/ep` for dfast rows;
+/// PyTorch rows are named by their profile (the seed's step names), e.g. `pytorch bf16+sdpa`.
+pub fn setting(row: &Row) -> String {
+    if row.runtime.eq_ignore_ascii_case("pytorch") {
+        format!("pytorch {}", row.profile)
+    } else {
+        format!("{}/{}/{}/{}", row.runtime, row.profile, row.precision, row.ep)
+    }
+}
+
+/// The index in `rows` of the baseline `row` is compared with: the same model's `profile = baseline`,
+/// `precision = fp32` row, preferring the same EP and device, then the same EP, then the same device, else
+/// the model's first such row, else the model's first baseline row of any precision.
+pub fn baseline_of(rows: &[Row], row: &Row) -> Option<usize> {
+    let is_baseline = |r: &Row| r.model == row.model && r.profile.eq_ignore_ascii_case("baseline");
+    let fp32 = |r: &Row| r.precision.eq_ignore_ascii_case("fp32");
+    let candidates: Vec<usize> = (0..rows.len()).filter(|&i| is_baseline(&rows[i]) && fp32(&rows[i])).collect();
+    let pick = |same: &dyn Fn(&Row) -> bool| candidates.iter().copied().find(|&i| same(&rows[i]));
+    pick(&|r| r.ep == row.ep && r.device == row.device)
+        .or_else(|| pick(&|r| r.ep == row.ep))
+        // A PyTorch row (torch-cuda) is best compared with dfast's baseline on the same GPU.
+        .or_else(|| pick(&|r| r.device == row.device))
+        .or_else(|| candidates.first().copied())
+        .or_else(|| rows.iter().position(is_baseline))
+}
+
+/// Seconds, milliseconds or megabytes with three or four significant digits, so that a tiny model's
+/// 0.004 s does not print as 0.00.
+pub fn format_number(x: f64) -> String {
+    let a = x.abs();
+    if !x.is_finite() {
+        format!("{x}")
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 || a == 0.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// The Markdown report: title, chart, devices and versions, then one table per model.
+pub fn render_markdown(rows: &[Row], title: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# {}\n", one_line(title));
+    let _ = writeln!(md, "![total seconds per setting]({REPORT_PNG})\n");
+
+    md.push_str("Devices:\n\n");
+    let ordered = by_runtime(rows);
+    for device in distinct(ordered.iter().map(|r| r.device.as_str())) {
+        let eps = distinct(ordered.iter().filter(|r| r.device == device).map(|r| r.ep.as_str()));
+        let name = if device.is_empty() { "(not recorded)" } else { device };
+        let _ = writeln!(md, "- {}: {}", escape(name), escape(&eps.join(", ")));
+    }
+    let versions = distinct(rows.iter().map(|r| r.dfast_version.as_str()).filter(|v| !v.is_empty()));
+    let ort = distinct(rows.iter().filter(|r| !is_pytorch(r)).map(|r| r.onnxruntime_version.as_str()));
+    let torch = distinct(rows.iter().filter(|r| is_pytorch(r)).map(|r| r.onnxruntime_version.as_str()));
+    let mut parts = Vec::new();
+    if !versions.is_empty() {
+        parts.push(format!("dfast {}", versions.join(", ")));
+    }
+    if !ort.iter().all(|v| v.is_empty()) {
+        parts.push(format!("ONNX Runtime {}", ort.join(", ")));
+    }
+    if !torch.iter().all(|v| v.is_empty()) {
+        // The PyTorch reference writes `torch 2.11.0` in this column; a bare version gets the name added.
+        let named: Vec<String> =
+            torch.iter().map(|v| if v.starts_with("torch") { v.to_string() } else { format!("torch {v}") }).collect();
+        parts.push(named.join(", "));
+    }
+    if !parts.is_empty() {
+        let _ = writeln!(md, "\nVersions: {}.", escape(&parts.join("; ")));
+    }
+
+    let mut other_ep_baseline = false;
+    for model in models(rows) {
+        let model_rows: Vec<&Row> = by_runtime(rows).into_iter().filter(|r| r.model == model).collect();
+        let _ = writeln!(md, "\n## {}\n", escape(&model));
+        let _ = writeln!(md, "{}\n", escape(&run_conditions(&model_rows)));
+        let several_devices = distinct(model_rows.iter().map(|r| r.device.as_str())).len() > 1;
+        let device_head = if several_devices { " device |" } else { "" };
+        let device_rule = if several_devices { "---|" } else { "" };
+        let _ = writeln!(
+            md,
+            "| setting |{device_head} total_s | unet_step_ms | vae_decode_ms | peak_host_mb | speed-up | tag |"
+        );
+        let _ = writeln!(md, "|---|{device_rule}---:|---:|---:|---:|---:|---|");
+        for row in model_rows {
+            let speedup = match baseline_of(rows, row) {
+                Some(b) => {
+                    let mark = if rows[b].ep != row.ep {
+                        other_ep_baseline = true;
+                        "\\*"
+                    } else {
+                        ""
+                    };
+                    format!("{:.2}x{mark}", rows[b].total_s / row.total_s)
+                }
+                None => "–".to_string(),
+            };
+            let device = if several_devices { format!(" {} |", escape(&row.device)) } else { String::new() };
+            let _ = writeln!(
+                md,
+                "| {} |{device} {} | {} | {} | {} | {speedup} | {} |",
+                escape(&setting(row)),
+                format_number(row.total_s),
+                format_number(row.unet_step_ms),
+                format_number(row.vae_decode_ms),
+                format_number(row.peak_host_mb),
+                escape(&row.tag),
+            );
+        }
+    }
+
+    md.push_str(
+        "\nSpeed-up: the model's baseline `total_s` (profile `baseline`, fp32, on the same execution provider \
+         and device where measured, else on the same device) divided by the row's `total_s`; `–` where the model has no baseline row.",
+    );
+    if other_ep_baseline {
+        md.push_str(" \\* compared with a baseline measured on another execution provider.");
+    }
+    md.push('\n');
+    md
+}
+
+fn is_pytorch(row: &Row) -> bool {
+    row.runtime.eq_ignore_ascii_case("pytorch")
+}
+
+/// Pipeline class, steps, size, batch and scheduler of a model's rows, each listing every distinct value.
+fn run_conditions(rows: &[&Row]) -> String {
+    let join = |values: Vec<String>| distinct(values.iter().map(String::as_str)).join(" / ");
+    let pipeline = join(rows.iter().map(|r| r.pipeline.clone()).collect());
+    let steps = join(rows.iter().map(|r| r.steps.to_string()).collect());
+    let size = join(rows.iter().map(|r| format!("{}x{}", r.width, r.height)).collect());
+    let batch = join(rows.iter().map(|r| r.batch_size.to_string()).collect());
+    let scheduler = join(rows.iter().map(|r| r.scheduler.clone()).collect());
+    format!("{pipeline}, {steps} steps, {size}, batch {batch}, {scheduler}.")
+}
+
+/// Distinct values in order of first appearance.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = BTreeSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Makes free text (tags, device names) safe inside a Markdown table cell.
+fn escape(text: &str) -> String {
+    one_line(text).replace('|', "\\|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, profile: &str, precision: &str, ep: &str, total_s: f64) -> Row {
+        Row {
+            model: model.into(),
+            runtime: "dfast".into(),
+            profile: profile.into(),
+            precision: precision.into(),
+            ep: ep.into(),
+            total_s,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn baseline_prefers_the_same_ep_then_the_first() {
+        let rows = vec![
+            row("a", "baseline", "fp32", "cpu", 10.0),
+            row("a", "baseline", "fp32", "cuda", 2.0),
+            row("a", "sdpa", "fp16", "cuda", 1.0),
+            row("a", "sdpa", "fp32", "openvino", 5.0),
+            row("b", "baseline", "fp16", "cuda", 4.0),
+            row("b", "sdpa", "fp16", "cuda", 2.0),
+        ];
+        assert_eq!(baseline_of(&rows, &rows[2]), Some(1));
+        assert_eq!(baseline_of(&rows, &rows[3]), Some(0));
+        // No fp32 baseline for b: its first baseline row of any precision.
+        assert_eq!(baseline_of(&rows, &rows[5]), Some(4));
+    }
+
+    #[test]
+    fn settings_name_pytorch_rows_by_profile() {
+        let mut r = row("a", "bf16+sdpa", "bf16", "torch-cuda", 1.0);
+        r.runtime = "pytorch".into();
+        assert_eq!(setting(&r), "pytorch bf16+sdpa");
+        assert_eq!(setting(&row("a", "sdpa", "fp16", "cuda", 1.0)), "dfast/sdpa/fp16/cuda");
+    }
+
+    #[test]
+    fn numbers_keep_significant_digits() {
+        assert_eq!(format_number(0.0041), "0.004");
+        assert_eq!(format_number(4.567), "4.57");
+        assert_eq!(format_number(42.26), "42.3");
+        assert_eq!(format_number(1234.4), "1234");
+    }
+
+    #[test]
+    fn total_s_index_matches_the_schema() {
+        assert_eq!(COLUMNS[TOTAL_S], "total_s");
+    }
+
+    #[test]
+    fn table_cells_escape_pipes() {
+        assert_eq!(escape("a | b\nc"), "a \\| b c");
+    }
+}

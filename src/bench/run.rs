@@ -1,0 +1,494 @@
+//! `dfast bench`: for every (profile, precision, execution provider) combination, convert the pipeline once
+//! (cached next to the results), then time it in a process of its own: session creation, the first run,
+//! warm-up runs, and timed runs with medians. One CSV row and one image per combination.
+//!
+//! The parent process converts and collects; a worker process (`dfast bench-worker`, hidden) loads one
+//! combination and measures it, so that each row's peak memory is its own and each process holds one
+//! ONNX Runtime library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::schema::{RESULTS_CSV, Row};
+use crate::convert::{self, ConvertOptions, ModelCard, Precision, Profile};
+use crate::passes::Target;
+use crate::pipeline::{GenerateOptions, Pipeline, PipelineDir, PipelineKind};
+use crate::runtime::{ExecutionProvider, Runtime};
+use crate::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::{Error, Result};
+
+/// The seed's benchmark prompt.
+pub const DEFAULT_PROMPT: &str = "ghibli style, a fantasy landscape with castles";
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: PathBuf,
+    pub profiles: Vec<String>,
+    pub precisions: Vec<Option<Precision>>,
+    pub eps: Vec<Target>,
+    pub scheduler: Option<String>,
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub warmup: usize,
+    pub runs: usize,
+    pub prompt: String,
+    pub tag: String,
+    pub out: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// One combination to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Combination {
+    pub profile: String,
+    pub precision: Precision,
+    pub ep: Target,
+}
+
+impl Combination {
+    pub fn label(&self) -> String {
+        format!("{}-{}-{}", self.profile, self.precision.name(), self.ep.name())
+    }
+}
+
+/// What became of a combination.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Measured(Box<Row>),
+    Skipped { combination: Combination, reason: String },
+}
+
+/// Progress, for the terminal.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Converting(&'a Combination),
+    Measuring(&'a Combination),
+    Done(&'a Outcome),
+}
+
+/// Every combination in order: EP, then profile, then precision (the EP's default when none is given).
+pub fn combinations(opts: &BenchOptions) -> Vec<Combination> {
+    let mut out = Vec::new();
+    for &ep in &opts.eps {
+        for profile in &opts.profiles {
+            for precision in &opts.precisions {
+                let precision = precision.unwrap_or_else(|| Precision::default_for(ep));
+                let c = Combination { profile: profile.clone(), precision, ep };
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs the benchmark; `worker_exe` is the dfast binary that measures each combination.
+pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMut(Event)) -> Result<Vec<Outcome>> {
+    if opts.runs == 0 {
+        return Err(Error::bad_input("--runs must be at least 1"));
+    }
+    // Everything that can be checked is checked before the first conversion.
+    let dir = PipelineDir::open(&opts.model)?;
+    let mut profiles: Vec<(String, Profile)> = Vec::new();
+    for spec in &opts.profiles {
+        let profile = Profile::load(spec)?;
+        profile.validate(&convert::KNOWN_PASSES)?;
+        profiles.push((spec.clone(), profile));
+    }
+    let card = dir.component_config("unet").ok().and_then(|c| ModelCard::detect(&c));
+    let scheduler_name = match &opts.scheduler {
+        Some(s) => {
+            SchedulerKind::from_name(s)?;
+            s.clone()
+        }
+        None => SchedulerConfig::from_file(dir.scheduler_config())?.class_name.unwrap_or_default(),
+    };
+    let steps = opts.steps.or(card.as_ref().and_then(|c| c.steps)).unwrap_or(30);
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| Error::bad_file(&opts.out, format!("cannot create the results folder: {e}")))?;
+    let source = opts.model.canonicalize().map_err(|e| Error::bad_file(&opts.model, format!("cannot read: {e}")))?;
+    let model_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+
+    let mut outcomes = Vec::new();
+    for combination in combinations(opts) {
+        let profile =
+            &profiles.iter().find(|(spec, _)| *spec == combination.profile).expect("every profile was loaded").1;
+        let outcome =
+            match measure(opts, &combination, profile, &source, &dir, card.as_ref(), steps, worker_exe, on_event) {
+                Ok(mut row) => {
+                    row.model = model_name.clone();
+                    row.model_card = card.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+                    row.scheduler = scheduler_name.clone();
+                    append_row(&opts.out.join(RESULTS_CSV), &row)?;
+                    Outcome::Measured(Box::new(row))
+                }
+                Err(reason) => Outcome::Skipped { combination: combination.clone(), reason },
+            };
+        on_event(Event::Done(&outcome));
+        outcomes.push(outcome);
+    }
+    if !outcomes.iter().any(|o| matches!(o, Outcome::Measured(_))) {
+        return Err(Error::runtime("no combination could be measured (each was skipped, see above)"));
+    }
+    Ok(outcomes)
+}
+
+/// Converts (or reuses) and measures one combination; `Err` is the reason it is skipped.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    opts: &BenchOptions,
+    combination: &Combination,
+    profile: &Profile,
+    source: &Path,
+    dir: &PipelineDir,
+    card: Option<&ModelCard>,
+    steps: usize,
+    worker_exe: &Path,
+    on_event: &mut dyn FnMut(Event),
+) -> std::result::Result<Row, String> {
+    let ep = ExecutionProvider::from_name(combination.ep.name()).map_err(|e| e.to_string())?;
+    let folder = if profile.passes.is_empty() && combination.precision == Precision::Fp32 {
+        // The export as is: nothing to convert.
+        source.to_path_buf()
+    } else {
+        on_event(Event::Converting(combination));
+        converted(opts, combination, profile, source, card).map_err(|e| e.to_string())?
+    };
+    on_event(Event::Measuring(combination));
+    let label = combination.label();
+    let image = format!("{}-{label}.jpg", source.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let json = opts.out.join(format!(".{label}.json"));
+    let (width, height) = (opts.width, opts.height);
+    let mut cmd = Command::new(worker_exe);
+    if let Some(lib) = &opts.ort_lib {
+        cmd.arg("--ort-lib").arg(lib);
+    }
+    cmd.arg("bench-worker")
+        .arg("--model")
+        .arg(&folder)
+        .args(["--ep", ep.name(), "--steps", &steps.to_string(), "--batch-size", &opts.batch_size.to_string()])
+        .args(["--warmup", &opts.warmup.to_string(), "--runs", &opts.runs.to_string(), "--prompt", &opts.prompt])
+        .arg("--image")
+        .arg(opts.out.join(&image))
+        .arg("--json")
+        .arg(&json);
+    if let Some(s) = &opts.scheduler {
+        cmd.args(["--scheduler", s]);
+    }
+    if let Some(w) = width.or(card.and_then(|c| c.width)) {
+        cmd.args(["--width", &w.to_string()]);
+    }
+    if let Some(h) = height.or(card.and_then(|c| c.height)) {
+        cmd.args(["--height", &h.to_string()]);
+    }
+    let output = cmd.output().map_err(|e| format!("cannot start the measuring process: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the measuring process failed");
+        return Err(last.trim_start_matches("error: ").to_string());
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("no measurement written: {e}"))?;
+    let _ = std::fs::remove_file(&json);
+    let m: Measurement = serde_json::from_str(&text).map_err(|e| format!("bad measurement: {e}"))?;
+    let pipeline = match dir.kind {
+        PipelineKind::StableDiffusion => "StableDiffusionPipeline",
+        PipelineKind::StableDiffusionXl => "StableDiffusionXLPipeline",
+    };
+    Ok(Row {
+        timestamp: rfc3339_now(),
+        tag: opts.tag.clone(),
+        pipeline: pipeline.into(),
+        runtime: "dfast".into(),
+        profile: profile.name.clone(),
+        passes: profile.passes.join("+"),
+        precision: combination.precision.name().into(),
+        ep: combination.ep.name().into(),
+        onnxruntime_version: m.onnxruntime_version,
+        dfast_version: env!("CARGO_PKG_VERSION").into(),
+        device: cpu_name(),
+        steps,
+        batch_size: opts.batch_size,
+        width: m.width,
+        height: m.height,
+        warmup_runs: opts.warmup,
+        timed_runs: opts.runs,
+        session_create_s: m.session_create_s,
+        first_run_s: m.first_run_s,
+        text_encode_ms: m.text_encode_ms,
+        unet_step_ms: m.unet_step_ms,
+        vae_decode_ms: m.vae_decode_ms,
+        total_s: median(&m.totals_s),
+        total_min_s: m.totals_s.iter().copied().fold(f64::INFINITY, f64::min),
+        total_max_s: m.totals_s.iter().copied().fold(0.0, f64::max),
+        peak_host_mb: m.peak_host_mb,
+        peak_device_mb: None,
+        image,
+        command: reproduce_command(opts, combination),
+        ..Default::default()
+    })
+}
+
+/// The converted folder for a combination, reused when an earlier conversion of the same source, profile,
+/// precision and EP by this dfast version is there.
+fn converted(
+    opts: &BenchOptions,
+    combination: &Combination,
+    profile: &Profile,
+    source: &Path,
+    card: Option<&ModelCard>,
+) -> Result<PathBuf> {
+    let folder = opts.out.join("converted").join(combination.label());
+    if let Ok(text) = std::fs::read_to_string(folder.join(convert::MANIFEST))
+        && let Ok(m) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        let same = m["source"] == source.display().to_string()
+            && m["passes"] == serde_json::json!(profile.passes)
+            && m["profile_source"] == profile.source
+            && m["precision"] == combination.precision.name()
+            && m["execution_provider"] == combination.ep.name()
+            && m["dfast_version"] == env!("CARGO_PKG_VERSION");
+        if same {
+            return Ok(folder);
+        }
+    }
+    let convert_opts = ConvertOptions {
+        source: source.to_path_buf(),
+        out: folder.clone(),
+        profile: profile.clone(),
+        precision: combination.precision,
+        target: combination.ep,
+        card: card.cloned(),
+        vae_half: false,
+    };
+    convert::convert(&convert_opts, &mut |_| {})?;
+    Ok(folder)
+}
+
+fn reproduce_command(opts: &BenchOptions, c: &Combination) -> String {
+    let mut parts = vec![
+        "dfast bench".to_string(),
+        format!("--model {}", shell_quote(&opts.model.display().to_string())),
+        format!("--profile {}", c.profile),
+        format!("--precision {}", c.precision.name()),
+        format!("--ep {}", c.ep.name()),
+    ];
+    if let Some(s) = &opts.scheduler {
+        parts.push(format!("--scheduler {s}"));
+    }
+    if let Some(s) = opts.steps {
+        parts.push(format!("--steps {s}"));
+    }
+    parts.push(format!("--batch-size {}", opts.batch_size));
+    if let (Some(w), Some(h)) = (opts.width, opts.height) {
+        parts.push(format!("--width {w} --height {h}"));
+    }
+    parts.push(format!("--warmup {} --runs {}", opts.warmup, opts.runs));
+    parts.push(format!("--prompt {}", shell_quote(&opts.prompt)));
+    if !opts.tag.is_empty() {
+        parts.push(format!("--tag {}", shell_quote(&opts.tag)));
+    }
+    parts.push(format!("--out {}", shell_quote(&opts.out.display().to_string())));
+    parts.join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Appends a row, writing the header when the file is new.
+fn append_row(path: &Path, row: &Row) -> Result<()> {
+    let exists = path.is_file() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::bad_file(path, format!("cannot write the results: {e}")))?;
+    let mut w = csv::WriterBuilder::new().has_headers(!exists).from_writer(file);
+    w.serialize(row).map_err(|e| Error::bad_file(path, format!("cannot write the results: {e}")))?;
+    w.flush().map_err(|e| Error::bad_file(path, format!("cannot write the results: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The worker: one combination in this process.
+
+/// What the worker measures and hands back as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub onnxruntime_version: String,
+    pub width: usize,
+    pub height: usize,
+    pub session_create_s: f64,
+    pub first_run_s: f64,
+    pub text_encode_ms: f64,
+    pub unet_step_ms: f64,
+    pub vae_decode_ms: f64,
+    pub totals_s: Vec<f64>,
+    pub peak_host_mb: f64,
+}
+
+/// What the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub model: PathBuf,
+    pub ep: ExecutionProvider,
+    pub generate: GenerateOptions,
+    pub warmup: usize,
+    pub runs: usize,
+    pub image: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// Loads one combination and measures it; `on_run(i, n)` after each of the warm-up + timed runs.
+pub fn worker(opts: &WorkerOptions, on_run: &mut dyn FnMut(usize, usize)) -> Result<Measurement> {
+    let dir = PipelineDir::open(&opts.model)?;
+    let runtime = Runtime::new(opts.ep, opts.ort_lib.as_deref())?;
+    let t0 = Instant::now();
+    let mut pipe = Pipeline::load(&runtime, dir)?;
+    let session_create_s = t0.elapsed().as_secs_f64();
+    let total_runs = 1 + opts.warmup + opts.runs;
+    let t1 = Instant::now();
+    let first = pipe.generate(&opts.generate, &mut |_, _| {})?;
+    let first_run_s = t1.elapsed().as_secs_f64();
+    on_run(1, total_runs);
+    for i in 0..opts.warmup {
+        pipe.generate(&opts.generate, &mut |_, _| {})?;
+        on_run(2 + i, total_runs);
+    }
+    let mut totals = Vec::new();
+    let mut text = Vec::new();
+    let mut steps = Vec::new();
+    let mut vae = Vec::new();
+    let mut last = first;
+    for i in 0..opts.runs {
+        let out = pipe.generate(&opts.generate, &mut |_, _| {})?;
+        totals.push(out.timings.total);
+        text.push(out.timings.text_encoding * 1e3);
+        steps.extend(out.timings.unet_steps.iter().map(|s| s * 1e3));
+        vae.push(out.timings.vae_decode * 1e3);
+        last = out;
+        on_run(2 + opts.warmup + i, total_runs);
+    }
+    crate::pipeline::image::save(&last.image, &opts.image)?;
+    Ok(Measurement {
+        onnxruntime_version: runtime.version(),
+        width: last.width,
+        height: last.height,
+        session_create_s,
+        first_run_s,
+        text_encode_ms: median(&text),
+        unet_step_ms: median(&steps),
+        vae_decode_ms: median(&vae),
+        totals_s: totals,
+        peak_host_mb: peak_rss_mb(),
+    })
+}
+
+/// Writes the measurement where the parent expects it.
+pub fn write_measurement(path: &Path, m: &Measurement) -> Result<()> {
+    let text = serde_json::to_string(m).map_err(|e| Error::runtime(format!("measurement: {e}")))?;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))?;
+    f.write_all(text.as_bytes()).map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Small helpers.
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Peak resident memory of this process (VmHWM), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The CPU's model name.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_date() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let now = rfc3339_now();
+        assert_eq!(now.len(), 20);
+        assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+
+    #[test]
+    fn combinations_use_each_eps_default_precision() {
+        let opts = BenchOptions {
+            model: PathBuf::new(),
+            profiles: vec!["baseline".into(), "sdpa".into()],
+            precisions: vec![None],
+            eps: vec![Target::Cpu, Target::Cuda],
+            scheduler: None,
+            steps: None,
+            batch_size: 1,
+            width: None,
+            height: None,
+            warmup: 0,
+            runs: 1,
+            prompt: String::new(),
+            tag: String::new(),
+            out: PathBuf::new(),
+            ort_lib: None,
+        };
+        let labels: Vec<String> = combinations(&opts).iter().map(Combination::label).collect();
+        assert_eq!(labels, ["baseline-fp32-cpu", "sdpa-fp32-cpu", "baseline-fp16-cuda", "sdpa-fp16-cuda"]);
+    }
+}

@@ -1,0 +1,1493 @@
+//! Attention fusion (the seed's SDPA step): every attention block becomes one fused op.
+//!
+//! ```text
+//! 1. Decomposed attention (TorchScript export, after cleanup; UNet self/cross, VAE mid-block, CLIP):
+//!
+//!    xq [b,s,h·d] ─Reshape [b,s,h,d]─Transpose(0,2,1,3)─(Mul sq)─┐
+//!    xk [b,t,h·d] ─Reshape [b,t,h,d]─Transpose(0,2,3,1)─(Mul sk)─ MatMul ─(Mul/Div c)─(Add mask)─ Softmax(-1) ─┐
+//!    xv [b,t,h·d] ─Reshape [b,t,h,d]─Transpose(0,2,1,3)──────────────────────────────────────────────── MatMul ─┘
+//!      ─(no-op Reshape)─Transpose(0,2,1,3)─Reshape [b,s,h·d]─> y
+//!
+//!    Transposes may come split or merged, the scalar Muls/Divs may sit before or after them, and the
+//!    scale may still be the run-time chain `Shape(q)[-1:] ─Cast─Sqrt─Div(1,·)─Cast─Sqrt` (evaluated here
+//!    with the head size read off the head-splitting Reshape). The CLIP causal mask, as transformers 5
+//!    exports it (CLIP also has the no-op Reshape [b, -1, s, d] on the output), is
+//!      Where(Equal(Trilu(Expand(1, [s, s]), upper = 0), 0), -inf, 0)      (added to the scores)
+//!    The VAE's mid-block attention is the same with h = 1 over [b, h·w, c]; its NCHW Reshape/Transposes
+//!    lie outside the block and stay.
+//!
+//! 2. Native attention (dynamo export, opset 23), 4-D form:
+//!
+//!    xq ─Reshape [b,s,h,d]─Transpose(0,2,1,3)─┐
+//!    xk ─Reshape [b,t,h,d]─Transpose(0,2,1,3)─┼─ Attention(scale?, is_causal?) ─Transpose(0,2,1,3)─Reshape─> y
+//!    xv ─Reshape [b,t,h,d]─Transpose(0,2,1,3)─┤                                          [b,s,h·d]
+//!    causal bool mask (optional) ─────────────┘
+//!       Expand(LessOrEqual(Unsqueeze(r) [..,1,s], Unsqueeze(r) [..,s,1]))     r = Range(0, s, 1)
+//!
+//!    and its 3-D form, Attention(xq, xk, xv, q_num_heads = kv_num_heads = h) ─> y.
+//!
+//! Both become
+//!
+//!    xq, xk, xv ─ com.microsoft::MultiHeadAttention(num_heads = h, scale, unidirectional if causal) ─> y
+//!    or           Attention(q_num_heads = kv_num_heads = h, scale, is_causal)       (ONNX opset 23, 3-D)
+//! ```
+//!
+//! Only the node that produced `y` is replaced; everything upstream that nothing else reads any more
+//! (head splits, transposes, the scale chain, the mask) is dropped as dead by `apply_patch`. Anything
+//! that does not match exactly is left as it is.
+//!
+//! What is checked (dataflow and constant values, never names):
+//! - the head-splitting Reshapes read a 3-D float tensor `[b, s, c]` with a static `c = h·d`, `d` a
+//!   constant of the shape, and the other entries are the batch and sequence sizes or one `-1`. A size
+//!   read at run time counts as the batch when it is `Shape(t)[0]`, and as the sequence when it is axis 1
+//!   of a 2-D/3-D tensor (`input_ids`, hidden states) or the sequence axis of a tensor of the matched
+//!   block: exporters write views that way (`x.view(batch, -1, heads, head_dim)`);
+//! - the heads and head sizes of q, k and v agree; v carries no scale; the output path merges the heads
+//!   back to `[b, s, h·d]`;
+//! - the Softmax runs over the last axis; the scale is a positive scalar constant (or the chain above);
+//! - a mask is fused only when it is causal (the two forms drawn above, or `is_causal = 1`) and q and k
+//!   are projections of the same tensor (self-attention, so the causal square is `s × s`); other masks
+//!   (padding, additive biases) are left alone;
+//! - a native `Attention` has no past key/value, no softcap, and only its first output is read.
+//!
+//! Which op: option `op` ("MultiHeadAttention" or "Attention") from the profile, per execution provider;
+//! default MultiHeadAttention for cpu and cuda, Attention for tensorrt and openvino. ONNX `Attention`
+//! needs the model's ONNX opset to be 23 or later. Raising an older model's opset is not done: between 17
+//! and 23 several ops changed meaning (`ReduceMean` axes moved to an input at 18, `GroupNormalization`
+//! at 21, `Split`/`Pad`/`Resize` gained inputs), so every node would need checking. On an older model the
+//! pass instead emits MultiHeadAttention for the cpu and cuda targets, and leaves the attention
+//! decomposed for tensorrt and openvino (both fuse MatMul-Softmax-MatMul themselves, and a contrib op
+//! they cannot run would split their graph).
+//!
+//! ONNX Runtime 1.31 (CPU EP, checked with small graphs): MultiHeadAttention runs fp32 with 3-D query /
+//! key / value, `scale`, `unidirectional = 1` (causal) and `attention_bias` of shape [1|b, 1|h, s, t];
+//! ONNX `Attention` (opset 23) runs in both its 3-D and 4-D forms, with `is_causal`. The CUDA kernel of
+//! MultiHeadAttention supports `unidirectional` since ONNX Runtime 1.20 (microsoft/onnxruntime#21852;
+//! earlier releases refused it); not checked on a GPU here. Causal is only fused for self-attention
+//! (square s × s), where upper-left and lower-right alignment agree.
+//!
+//! Idempotent: the fused ops are not matched again (a 3-D ONNX `Attention` is already the target form).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::onnx::infer::Inference;
+use crate::onnx::{
+    GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_float, attr_int, attr_ints, dtype, is_op,
+    make_tensor_value_info,
+};
+use crate::passes::{Pass, PassContext, Target};
+use crate::{Error, Result};
+
+/// Added scores at or below this count as masked out (`exp` of them underflows to 0 in f32).
+const MASKED: f64 = -1.0e4;
+
+/// The op the fused attention becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedOp {
+    /// ONNX Runtime's contrib `com.microsoft::MultiHeadAttention`.
+    MultiHeadAttention,
+    /// ONNX's own `Attention` (opset 23), in its 3-D form.
+    Attention,
+}
+
+impl FusedOp {
+    /// Parses the profile value `MultiHeadAttention` or `Attention`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "MultiHeadAttention" => Ok(FusedOp::MultiHeadAttention),
+            "Attention" => Ok(FusedOp::Attention),
+            _ => Err(Error::bad_input(format!(
+                "unknown attention op `{name}`; set `op` to \"MultiHeadAttention\" or \"Attention\""
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FusedOp::MultiHeadAttention => "MultiHeadAttention",
+            FusedOp::Attention => "Attention",
+        }
+    }
+
+    /// What each execution provider gets when the profile does not say.
+    pub fn default_for(target: Target) -> Self {
+        match target {
+            Target::Cpu | Target::Cuda => FusedOp::MultiHeadAttention,
+            Target::TensorRt | Target::OpenVino => FusedOp::Attention,
+        }
+    }
+}
+
+/// The attention pass (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Attention {
+    op: FusedOp,
+}
+
+impl Attention {
+    pub fn new(op: FusedOp) -> Self {
+        Attention { op }
+    }
+
+    /// The pass with the op `target` gets by default.
+    pub fn for_target(target: Target) -> Self {
+        Attention::new(FusedOp::default_for(target))
+    }
+
+    /// The op it emits (on models whose opset allows it).
+    pub fn op(&self) -> FusedOp {
+        self.op
+    }
+
+    /// Same as the module-level [`from_options`].
+    pub fn from_options(options: &toml::Table, target: Target) -> Result<Self> {
+        from_options(options, target)
+    }
+}
+
+/// The pass from its profile options for `target`: `op = "MultiHeadAttention" | "Attention"` (absent: the
+/// target's default). Unknown keys are rejected (a typo should not silently do nothing).
+pub fn from_options(options: &toml::Table, target: Target) -> Result<Attention> {
+    let mut op = FusedOp::default_for(target);
+    for (key, value) in options {
+        match key.as_str() {
+            "op" => {
+                let name = value.as_str().ok_or_else(|| {
+                    Error::bad_input(format!(
+                        "the attention option `op` must be \"MultiHeadAttention\" or \"Attention\", not {value}"
+                    ))
+                })?;
+                op = FusedOp::from_name(name)?;
+            }
+            other => {
+                return Err(Error::bad_input(format!(
+                    "the attention pass takes only the option `op`, but the profile sets `{other}`: remove it"
+                )));
+            }
+        }
+    }
+    Ok(Attention::new(op))
+}
+
+impl Pass for Attention {
+    fn name(&self) -> &str {
+        "attention"
+    }
+
+    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
+        let opset = model.opset("").unwrap_or(0);
+        let emit = match self.op {
+            FusedOp::MultiHeadAttention => FusedOp::MultiHeadAttention,
+            FusedOp::Attention if opset >= 23 => FusedOp::Attention,
+            FusedOp::Attention => match ctx.target {
+                Target::Cpu | Target::Cuda => FusedOp::MultiHeadAttention,
+                Target::TensorRt | Target::OpenVino => return Ok(None),
+            },
+        };
+        let index = GraphIndex::new(model);
+        let facts = Inference::run(&index);
+        let m = Matcher { index: &index, facts: &facts, opset };
+        let mut names: HashSet<String> = index.nodes().iter().map(|n| n.name().to_string()).collect();
+        let mut patch = Patch::new();
+        for (i, node) in index.nodes().iter().enumerate() {
+            let found = if is_op(node, "Softmax") {
+                m.decomposed(i)
+            } else if is_op(node, "Attention") {
+                m.native(i, emit)
+            } else {
+                None
+            };
+            let Some(f) = found else { continue };
+            if patch.is_removed(f.replaced) {
+                continue;
+            }
+            // The output is shaped like the query; saying so lets later passes (whose inference does not
+            // know contrib ops) see its shape.
+            if index.value_info(&f.output).is_none()
+                && let (Some(dt), Some(shape)) = (facts.dtype(&f.query), facts.shape(&f.query))
+            {
+                patch.set_value_info(make_tensor_value_info(&f.output, dt, Some(shape)));
+            }
+            // Named after the block (`/unet/.../attn1/Softmax` -> `/unet/.../attn1/MultiHeadAttention`).
+            let name = match node.name().rsplit_once('/') {
+                Some((block, _)) => format!("{block}/{}", emit.name()),
+                None => format!("{}_{}", node.name(), emit.name()),
+            };
+            let name = if node.name().is_empty() || !names.insert(name.clone()) { String::new() } else { name };
+            let fused = match emit {
+                FusedOp::MultiHeadAttention => {
+                    let b = NodeBuilder::new("MultiHeadAttention")
+                        .domain("com.microsoft")
+                        .name(name)
+                        .inputs([f.query, f.key, f.value])
+                        .outputs([f.output])
+                        .attr_int("num_heads", f.heads)
+                        .attr_float("scale", f.scale as f32);
+                    patch.require_opset("com.microsoft", 1);
+                    if f.causal { b.attr_int("unidirectional", 1) } else { b }
+                }
+                FusedOp::Attention => {
+                    patch.require_opset("", 23);
+                    NodeBuilder::new("Attention")
+                        .name(name)
+                        .inputs([f.query, f.key, f.value])
+                        .outputs([f.output])
+                        .attr_int("q_num_heads", f.heads)
+                        .attr_int("kv_num_heads", f.heads)
+                        .attr_float("scale", f.scale as f32)
+                        .attr_int("is_causal", i64::from(f.causal))
+                }
+            };
+            patch.remove_node(f.replaced);
+            patch.add_node(fused.build());
+            patch.count_rewrite();
+        }
+        Ok((!patch.is_empty()).then_some(patch))
+    }
+}
+
+/// One attention block, ready to be emitted.
+#[derive(Debug)]
+struct Fused {
+    /// The 3-D `[b, s, h·d]` projections.
+    query: String,
+    key: String,
+    value: String,
+    heads: i64,
+    scale: f64,
+    causal: bool,
+    /// The node whose first output (`output`, `[b, s, h·d]`) the fused op produces instead.
+    replaced: usize,
+    output: String,
+}
+
+/// What an axis of a head-split tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Axis {
+    Batch,
+    Seq,
+    Heads,
+    HeadDim,
+    /// The merged `h·d` of a 3-D projection.
+    Hidden,
+}
+
+/// One entry of a shape tensor.
+#[derive(Debug, Clone, PartialEq)]
+enum Elem {
+    Known(i64),
+    /// `Shape(tensor)[axis]`, read at run time.
+    Dim(String, usize),
+    Unknown,
+}
+
+/// A q, k or v head split traced back to its 3-D projection.
+#[derive(Debug)]
+struct Heads {
+    /// The 3-D `[b, s, h·d]` projection.
+    x: String,
+    heads: i64,
+    head_dim: i64,
+    /// Axes of the matched value, as axes of the split `[b, s, h, d]`.
+    perm: [usize; 4],
+    /// Scalar factors met on the way: (value, true when it divides).
+    factors: Vec<(String, bool)>,
+    /// Values of the walk whose last axis is the head size (what a run-time scale chain reads).
+    head_last: Vec<String>,
+    /// The sequence axis of each value of the walk (and of `x`).
+    seq_axes: HashMap<String, usize>,
+}
+
+/// Sizes the roles of a shape check stand for.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    heads: i64,
+    head_dim: i64,
+    batch: Option<i64>,
+    seq: Option<i64>,
+}
+
+impl Sizes {
+    fn of(&self, axis: Axis) -> Option<i64> {
+        match axis {
+            Axis::Batch => self.batch,
+            Axis::Seq => self.seq,
+            Axis::Heads => Some(self.heads),
+            Axis::HeadDim => Some(self.head_dim),
+            Axis::Hidden => Some(self.heads * self.head_dim),
+        }
+    }
+}
+
+struct Matcher<'a, 'm> {
+    index: &'a GraphIndex<'m>,
+    facts: &'a Inference,
+    opset: i64,
+}
+
+impl Matcher<'_, '_> {
+    fn producer(&self, value: &str, op: &str) -> Option<&NodeProto> {
+        self.index.producer_op(value, op).map(|i| self.index.node(i))
+    }
+
+    fn rank(&self, value: &str) -> Option<usize> {
+        self.facts.shape(value).map(Vec::len)
+    }
+
+    /// The value of a one-element constant.
+    fn scalar(&self, value: &str) -> Option<f64> {
+        let c = self.facts.value(value)?;
+        (c.len() == 1 && c.shape().len() <= 4).then(|| c.floats()[0])
+    }
+
+    /// Integer constant elements (a 0-d or 1-d constant).
+    fn ints(&self, value: &str) -> Option<Vec<i64>> {
+        self.facts.facts(value)?.ints()
+    }
+
+    /// True when `value` has exactly one element, so that multiplying by it changes no shape (rank <= 4).
+    fn is_one_element(&self, value: &str) -> bool {
+        self.facts.shape(value).is_some_and(|s| s.len() <= 4 && s.iter().all(|&d| d == Some(1)))
+    }
+
+    fn is_float(&self, value: &str) -> bool {
+        matches!(self.facts.dtype(value), Some(dtype::FLOAT | dtype::FLOAT16))
+    }
+
+    /// Decomposed attention around the Softmax `softmax` (drawing 1).
+    fn decomposed(&self, softmax: usize) -> Option<Fused> {
+        let sm = self.index.node(softmax);
+        let scores_out = sm.output.first()?;
+        let default_axis = if self.opset >= 13 { -1 } else { 1 };
+        let axis = attr_int(sm, "axis").unwrap_or(default_axis);
+        if axis != -1 && axis != 3 {
+            return None;
+        }
+        // Scores: MatMul(q, kᵀ), then scalar scales and at most one causal mask, in any order.
+        let mut scores = sm.input.first()?.clone();
+        let mut factor = 1.0f64;
+        let mut masked = false;
+        let matmul = loop {
+            let node = self.index.producer_node(&scores)?;
+            if !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 {
+                return None;
+            }
+            let (a, b) = (&node.input[0], &node.input[1]);
+            match node.op_type() {
+                "MatMul" => break node,
+                "Mul" => {
+                    let (c, rest) = match (self.scalar(a), self.scalar(b)) {
+                        (_, Some(c)) => (c, a),
+                        (Some(c), None) => (c, b),
+                        _ => return None,
+                    };
+                    factor *= c;
+                    scores = rest.clone();
+                }
+                "Div" => {
+                    factor /= self.scalar(b)?;
+                    scores = a.clone();
+                }
+                "Add" if !masked => {
+                    scores = if self.is_causal_additive(b) {
+                        a.clone()
+                    } else if self.is_causal_additive(a) {
+                        b.clone()
+                    } else {
+                        return None;
+                    };
+                    masked = true;
+                }
+                _ => return None,
+            }
+        };
+        if !(factor.is_finite() && factor > 0.0) {
+            return None;
+        }
+        let q = self.heads(&matmul.input[0])?;
+        let k = self.heads(&matmul.input[1])?;
+        if q.perm != [0, 2, 1, 3] || k.perm != [0, 2, 3, 1] {
+            return None;
+        }
+        // Probabilities times v.
+        let pv: Vec<usize> = self
+            .index
+            .consumers(scores_out)
+            .iter()
+            .copied()
+            .filter(|&c| {
+                let n = self.index.node(c);
+                is_op(n, "MatMul") && n.input.len() == 2 && n.input[0] == *scores_out
+            })
+            .collect();
+        let [pv] = pv.as_slice() else { return None };
+        let pv = self.index.node(*pv);
+        let v = self.heads(&pv.input[1])?;
+        if v.perm != [0, 2, 1, 3] || !v.factors.is_empty() {
+            return None;
+        }
+        self.assemble(q, k, v, Some(factor), masked, pv.output.first()?)
+    }
+
+    /// A native `Attention` node (drawing 2).
+    fn native(&self, node_index: usize, emit: FusedOp) -> Option<Fused> {
+        let node = self.index.node(node_index);
+        if node.input.len() < 3 || node.input.iter().skip(4).any(|i| !i.is_empty()) {
+            return None;
+        }
+        let out = node.output.first().filter(|o| !o.is_empty())?;
+        let extra_read = node
+            .output
+            .iter()
+            .skip(1)
+            .any(|o| !o.is_empty() && (!self.index.consumers(o).is_empty() || self.index.is_graph_output(o)));
+        if extra_read || attr_float(node, "softcap").unwrap_or(0.0) != 0.0 {
+            return None;
+        }
+        let is_causal = attr_int(node, "is_causal").unwrap_or(0) != 0;
+        let causal = match node.input.get(3).filter(|m| !m.is_empty()) {
+            None => is_causal,
+            Some(_) if is_causal => return None,
+            Some(mask) => {
+                let ok = if self.facts.dtype(mask) == Some(dtype::BOOL) {
+                    self.is_causal_bool(mask, 0)
+                } else {
+                    self.is_causal_additive(mask)
+                };
+                if !ok {
+                    return None;
+                }
+                true
+            }
+        };
+        let scale = attr_float(node, "scale").map(f64::from);
+        let (q, k, v) = (&node.input[0], &node.input[1], &node.input[2]);
+        if let Some(heads) = attr_int(node, "q_num_heads") {
+            // The 3-D form: already what `Attention` emits.
+            if emit == FusedOp::Attention || attr_int(node, "kv_num_heads") != Some(heads) || heads <= 0 {
+                return None;
+            }
+            let hidden = self.hidden(q)?;
+            if self.hidden(k)? != hidden || self.hidden(v)? != hidden || hidden % heads != 0 {
+                return None;
+            }
+            if causal && !self.same_source(q, k) {
+                return None;
+            }
+            let head_dim = hidden / heads;
+            return Some(Fused {
+                query: q.clone(),
+                key: k.clone(),
+                value: v.clone(),
+                heads,
+                scale: scale.unwrap_or(1.0 / (head_dim as f64).sqrt()),
+                causal,
+                replaced: node_index,
+                output: out.clone(),
+            });
+        }
+        let (q, k, v) = (self.heads(q)?, self.heads(k)?, self.heads(v)?);
+        if q.perm != [0, 2, 1, 3] || k.perm != [0, 2, 1, 3] || v.perm != [0, 2, 1, 3] || !v.factors.is_empty() {
+            return None;
+        }
+        self.assemble(q, k, v, scale, causal, out)
+    }
+
+    /// Checks that q, k and v agree and traces the output back to `[b, s, h·d]`. `scale` multiplies
+    /// the scalar factors met on q and k; None stands for ONNX `Attention`'s default, 1/sqrt(d).
+    fn assemble(
+        &self,
+        q: Heads,
+        k: Heads,
+        v: Heads,
+        scale: Option<f64>,
+        causal: bool,
+        attention_out: &str,
+    ) -> Option<Fused> {
+        if q.heads != k.heads || q.heads != v.heads || q.head_dim != k.head_dim || q.head_dim != v.head_dim {
+            return None;
+        }
+        if causal && !self.same_source(&q.x, &k.x) {
+            return None;
+        }
+        let head_last: HashSet<&str> =
+            q.head_last.iter().chain(&k.head_last).chain(&v.head_last).map(String::as_str).collect();
+        let mut total = scale.unwrap_or(1.0 / (q.head_dim as f64).sqrt());
+        for (value, divides) in q.factors.iter().chain(&k.factors) {
+            let c = self.eval_scale(value, q.head_dim, &head_last, 0)?;
+            total = if *divides { total / c } else { total * c };
+        }
+        if !(total.is_finite() && total > 0.0) {
+            return None;
+        }
+        let sizes = Sizes {
+            heads: q.heads,
+            head_dim: q.head_dim,
+            batch: self.facts.shape(&q.x).and_then(|s| s[0]),
+            seq: self.facts.shape(&q.x).and_then(|s| s[1]),
+        };
+        let (replaced, output) = self.merge_heads(attention_out, sizes, q.seq_axes)?;
+        Some(Fused { query: q.x, key: k.x, value: v.x, heads: q.heads, scale: total, causal, replaced, output })
+    }
+
+    /// Walks back from a 4-D q, k or v through Transposes and scalar Mul/Div to the Reshape that splits
+    /// the heads of a 3-D projection.
+    fn heads(&self, value: &str) -> Option<Heads> {
+        // `c[i]`: the axis of the current value that axis i of `value` is.
+        let mut c = [0usize, 1, 2, 3];
+        let mut cur = value.to_string();
+        let mut walk: Vec<(String, [usize; 4])> = Vec::new();
+        let mut factors = Vec::new();
+        let reshape = loop {
+            if walk.len() > 8 {
+                return None;
+            }
+            walk.push((cur.clone(), c));
+            let node = self.index.producer_node(&cur)?;
+            if !matches!(node.domain(), "" | "ai.onnx") || node.input.is_empty() {
+                return None;
+            }
+            match node.op_type() {
+                "Reshape" => break node,
+                "Transpose" => {
+                    let p = attr_ints(node, "perm")?;
+                    if p.len() != 4 {
+                        return None;
+                    }
+                    let p: Vec<usize> =
+                        p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < 4)).collect::<Option<_>>()?;
+                    c = c.map(|a| p[a]);
+                    cur = node.input[0].clone();
+                }
+                "Mul" if node.input.len() == 2 => {
+                    let (a, b) = (&node.input[0], &node.input[1]);
+                    let (f, rest) = match (self.is_one_element(a), self.is_one_element(b)) {
+                        (false, true) => (b, a),
+                        (true, false) => (a, b),
+                        _ => return None,
+                    };
+                    factors.push((f.clone(), false));
+                    cur = rest.clone();
+                }
+                "Div" if node.input.len() == 2 && self.is_one_element(&node.input[1]) => {
+                    factors.push((node.input[1].clone(), true));
+                    cur = node.input[0].clone();
+                }
+                _ => return None,
+            }
+        };
+        let x = reshape.input.first()?;
+        let shape = reshape.input.get(1)?;
+        let hidden = self.hidden(x)?;
+        let target = self.elems(shape, 0)?;
+        let [_, _, h, d] = target.as_slice() else { return None };
+        let head_dim = match d {
+            Elem::Known(d) if *d > 0 => *d,
+            _ => return None,
+        };
+        let heads = match h {
+            Elem::Known(-1) if hidden % head_dim == 0 => hidden / head_dim,
+            Elem::Known(h) if *h > 0 => *h,
+            _ => return None,
+        };
+        if heads * head_dim != hidden {
+            return None;
+        }
+        // Axis i of `value` is axis `perm[i]` of the split [b, s, h, d]; a value met on the way with
+        // `cw` (value axis i = its axis cw[i]) has, on its axis cw[i], the split's axis perm[i].
+        let perm = c;
+        let mut seq_axes = HashMap::new();
+        let mut head_last = Vec::new();
+        seq_axes.insert(x.clone(), 1);
+        seq_axes.insert(reshape.output.first()?.clone(), 1);
+        head_last.push(reshape.output.first()?.clone());
+        for (name, cw) in &walk {
+            let mut split_axis_of = [0usize; 4];
+            for i in 0..4 {
+                split_axis_of[cw[i]] = perm[i];
+            }
+            if let Some(pos) = split_axis_of.iter().position(|&a| a == 1) {
+                seq_axes.insert(name.clone(), pos);
+            }
+            if split_axis_of[3] == 3 {
+                head_last.push(name.clone());
+            }
+        }
+        let sizes = Sizes {
+            heads,
+            head_dim,
+            batch: self.facts.shape(x).and_then(|s| s[0]),
+            seq: self.facts.shape(x).and_then(|s| s[1]),
+        };
+        let inputs = [Axis::Batch, Axis::Seq, Axis::Hidden];
+        let outputs = [Axis::Batch, Axis::Seq, Axis::Heads, Axis::HeadDim];
+        if !self.reshape_is(reshape, &target, &inputs, &outputs, sizes, &seq_axes) {
+            return None;
+        }
+        Some(Heads { x: x.clone(), heads, head_dim, perm, factors, head_last, seq_axes })
+    }
+
+    /// `h·d` of a 3-D float projection `[b, s, h·d]` with a static last axis.
+    fn hidden(&self, x: &str) -> Option<i64> {
+        let shape = self.facts.shape(x)?;
+        if shape.len() != 3 || !self.is_float(x) {
+            return None;
+        }
+        shape[2].filter(|&c| c > 0)
+    }
+
+    /// Follows the attention output `[b, h, s, d]` forward through Transposes and no-op Reshapes to the
+    /// Reshape that merges the heads into `[b, s, h·d]`; returns that node and its output.
+    fn merge_heads(&self, out: &str, sizes: Sizes, mut seq_axes: HashMap<String, usize>) -> Option<(usize, String)> {
+        let mut axes = [Axis::Batch, Axis::Heads, Axis::Seq, Axis::HeadDim];
+        let mut cur = out.to_string();
+        seq_axes.insert(cur.clone(), 2);
+        for _ in 0..6 {
+            let next: Vec<usize> = self
+                .index
+                .consumers(&cur)
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let n = self.index.node(i);
+                    (is_op(n, "Transpose") || is_op(n, "Reshape")) && n.input.first() == Some(&cur)
+                })
+                .collect();
+            let [i] = next.as_slice() else { return None };
+            let node = self.index.node(*i);
+            let y = node.output.first()?.clone();
+            if is_op(node, "Transpose") {
+                let p = attr_ints(node, "perm")?;
+                if p.len() != 4 {
+                    return None;
+                }
+                let p: Vec<usize> =
+                    p.iter().map(|&a| usize::try_from(a).ok().filter(|&a| a < 4)).collect::<Option<_>>()?;
+                axes = [axes[p[0]], axes[p[1]], axes[p[2]], axes[p[3]]];
+            } else {
+                let target = self.elems(node.input.get(1)?, 0)?;
+                match target.len() {
+                    3 => {
+                        let merged = [Axis::Batch, Axis::Seq, Axis::Hidden];
+                        let ordered = axes == [Axis::Batch, Axis::Seq, Axis::Heads, Axis::HeadDim];
+                        return (ordered && self.reshape_is(node, &target, &axes, &merged, sizes, &seq_axes))
+                            .then_some((*i, y));
+                    }
+                    4 if self.reshape_is(node, &target, &axes, &axes, sizes, &seq_axes) => {}
+                    _ => return None,
+                }
+            }
+            if let Some(pos) = axes.iter().position(|&a| a == Axis::Seq) {
+                seq_axes.insert(y.clone(), pos);
+            }
+            cur = y;
+        }
+        None
+    }
+
+    /// True when Reshape `node`, whose shape input holds `target`, turns a tensor with axes `inputs`
+    /// into one with axes `outputs`: every entry is that axis's size (known, copied with 0, or read at
+    /// run time from a matching axis), except at most one -1.
+    fn reshape_is(
+        &self,
+        node: &NodeProto,
+        target: &[Elem],
+        inputs: &[Axis],
+        outputs: &[Axis],
+        sizes: Sizes,
+        seq_axes: &HashMap<String, usize>,
+    ) -> bool {
+        if target.len() != outputs.len() {
+            return false;
+        }
+        let in_size: Option<i64> = inputs.iter().map(|&a| sizes.of(a)).product();
+        let out_size: Option<i64> = outputs.iter().map(|&a| sizes.of(a)).product();
+        let sizes_match = match (in_size, out_size) {
+            (Some(a), Some(b)) => a == b,
+            _ => {
+                // Batch and sequence cancel out; compare the rest.
+                let rest = |axes: &[Axis]| -> i64 {
+                    axes.iter()
+                        .filter(|a| !matches!(a, Axis::Batch | Axis::Seq))
+                        .map(|&a| sizes.of(a).unwrap_or(1))
+                        .product()
+                };
+                let count = |axes: &[Axis], which: Axis| axes.iter().filter(|&&a| a == which).count();
+                rest(inputs) == rest(outputs)
+                    && count(inputs, Axis::Batch) == count(outputs, Axis::Batch)
+                    && count(inputs, Axis::Seq) == count(outputs, Axis::Seq)
+            }
+        };
+        if !sizes_match {
+            return false;
+        }
+        let allowzero = attr_int(node, "allowzero").unwrap_or(0) != 0;
+        let mut free = 0;
+        for (pos, (e, &axis)) in target.iter().zip(outputs).enumerate() {
+            let fits = match e {
+                Elem::Known(-1) => {
+                    free += 1;
+                    true
+                }
+                Elem::Known(0) if !allowzero => inputs.get(pos) == Some(&axis),
+                Elem::Known(n) => sizes.of(axis) == Some(*n),
+                Elem::Dim(t, k) => match axis {
+                    Axis::Batch => *k == 0,
+                    Axis::Seq => match seq_axes.get(t) {
+                        Some(s) => s == k,
+                        None => matches!(self.rank(t), Some(2 | 3)) && *k == 1,
+                    },
+                    _ => self.facts.shape(t).and_then(|s| s.get(*k).copied().flatten()) == sizes.of(axis),
+                },
+                Elem::Unknown => false,
+            };
+            if !fits {
+                return false;
+            }
+        }
+        free <= 1
+    }
+
+    /// The entries of a 1-D shape tensor, from constants and `Shape` reads.
+    fn elems(&self, value: &str, depth: usize) -> Option<Vec<Elem>> {
+        if depth > 8 {
+            return None;
+        }
+        let facts = self.facts.facts(value);
+        if let Some(v) = facts.and_then(|f| f.ints()) {
+            return Some(v.into_iter().map(Elem::Known).collect());
+        }
+        let known = facts.and_then(|f| f.elems());
+        let traced = self.elems_traced(value, depth);
+        match (traced, known) {
+            (Some(t), Some(k)) if t.len() == k.len() => {
+                Some(t.into_iter().zip(k).map(|(t, k)| k.map(Elem::Known).unwrap_or(t)).collect())
+            }
+            (Some(t), _) => Some(t),
+            (None, Some(k)) => Some(k.into_iter().map(|k| k.map(Elem::Known).unwrap_or(Elem::Unknown)).collect()),
+            (None, None) => None,
+        }
+    }
+
+    fn elems_traced(&self, value: &str, depth: usize) -> Option<Vec<Elem>> {
+        let node = self.index.producer_node(value)?;
+        if !matches!(node.domain(), "" | "ai.onnx") {
+            return None;
+        }
+        let first = node.input.first()?;
+        match node.op_type() {
+            "Concat" => {
+                let mut all = Vec::new();
+                for i in &node.input {
+                    all.extend(self.elems(i, depth + 1)?);
+                }
+                Some(all)
+            }
+            "Unsqueeze" | "Squeeze" | "Cast" | "Identity" | "Reshape" => {
+                let e = self.elems(first, depth + 1)?;
+                (e.len() == 1).then_some(e)
+            }
+            "Shape" => {
+                let rank = self.rank(first)? as i64;
+                let clamp = |v: i64| if v < 0 { (v + rank).max(0) } else { v.min(rank) };
+                let start = clamp(attr_int(node, "start").unwrap_or(0));
+                let end = clamp(attr_int(node, "end").unwrap_or(rank));
+                Some((start..end).map(|k| Elem::Dim(first.clone(), k as usize)).collect())
+            }
+            "Gather" => {
+                if attr_int(node, "axis").unwrap_or(0) != 0 {
+                    return None;
+                }
+                let data = self.elems(first, depth + 1)?;
+                let n = data.len() as i64;
+                let idx = self.ints(node.input.get(1)?)?;
+                idx.iter()
+                    .map(|&i| {
+                        let i = if i < 0 { i + n } else { i };
+                        usize::try_from(i).ok().and_then(|i| data.get(i).cloned())
+                    })
+                    .collect()
+            }
+            "Slice" => {
+                let data = self.elems(first, depth + 1)?;
+                let n = data.len() as i64;
+                let one = |k: usize| node.input.get(k).filter(|s| !s.is_empty()).map(|s| self.ints(s));
+                let (starts, ends) = (one(1)??, one(2)??);
+                let ([start], [end]) = (starts.as_slice(), ends.as_slice()) else { return None };
+                if let Some(axes) = one(3)
+                    && !matches!(axes?.as_slice(), [0] | [-1])
+                {
+                    return None;
+                }
+                if let Some(steps) = one(4)
+                    && steps? != [1]
+                {
+                    return None;
+                }
+                let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
+                let (s, e) = (clamp(*start) as usize, clamp(*end) as usize);
+                Some(if s < e { data[s..e].to_vec() } else { Vec::new() })
+            }
+            _ => None,
+        }
+    }
+
+    /// Evaluates a scalar scale: a constant, or arithmetic on the head size read with `Shape` from a
+    /// value whose last axis is the head size (the TorchScript chain, when cleanup could not fold it).
+    fn eval_scale(&self, value: &str, head_dim: i64, head_last: &HashSet<&str>, depth: usize) -> Option<f64> {
+        if let Some(c) = self.scalar(value) {
+            return Some(c);
+        }
+        if depth > 12 {
+            return None;
+        }
+        let node = self.index.producer_node(value)?;
+        if !matches!(node.domain(), "" | "ai.onnx") {
+            return None;
+        }
+        let arg = |k: usize| self.eval_scale(node.input.get(k)?, head_dim, head_last, depth + 1);
+        match node.op_type() {
+            "Sqrt" => Some(arg(0)?.sqrt()),
+            "Reciprocal" => Some(1.0 / arg(0)?),
+            "Mul" => Some(arg(0)? * arg(1)?),
+            "Div" => Some(arg(0)? / arg(1)?),
+            "Cast" => {
+                let to = attr_int(node, "to")? as i32;
+                let x = arg(0)?;
+                match to {
+                    dtype::FLOAT | dtype::DOUBLE | dtype::FLOAT16 => Some(x),
+                    dtype::INT64 | dtype::INT32 => Some(x.trunc()),
+                    _ => None,
+                }
+            }
+            "Slice" | "Gather" => {
+                let e = self.elems(value, 0)?;
+                match e.as_slice() {
+                    [Elem::Dim(t, k)] if head_last.contains(t.as_str()) && *k == 3 => Some(head_dim as f64),
+                    [Elem::Known(v)] => Some(*v as f64),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The tensor a projection reads: `x` of `MatMul(x, W) (+ b)` (also through a fused-QKV Split).
+    fn source(&self, value: &str) -> String {
+        let mut cur = value.to_string();
+        for _ in 0..4 {
+            let Some(node) = self.index.producer_node(&cur) else { break };
+            let constant = |v: &str| self.index.const_tensor(v).is_some() || self.facts.value(v).is_some();
+            let two = node.input.len() == 2;
+            let reads_first = (is_op(node, "MatMul") && two && constant(&node.input[1]))
+                || (is_op(node, "Add") && two && constant(&node.input[1]))
+                || (is_op(node, "Split") && !node.input.is_empty());
+            cur = if reads_first {
+                node.input[0].clone()
+            } else if is_op(node, "Add") && two && constant(&node.input[0]) {
+                node.input[1].clone()
+            } else {
+                break;
+            };
+        }
+        cur
+    }
+
+    /// True when q and k project the same tensor (self-attention: the causal square is s × s).
+    fn same_source(&self, q: &str, k: &str) -> bool {
+        self.source(q) == self.source(k)
+    }
+
+    /// An additive float mask that is 0 where key position <= query position and masked elsewhere.
+    fn is_causal_additive(&self, value: &str) -> bool {
+        let value = self.strip_broadcast(value);
+        if !self.is_float(&value) {
+            return false;
+        }
+        let Some(node) = self.producer(&value, "Where") else { return false };
+        if node.input.len() != 3 {
+            return false;
+        }
+        let (cond, a, b) = (&node.input[0], &node.input[1], &node.input[2]);
+        let masked = |v: &str| self.scalar(v).is_some_and(|x| x <= MASKED);
+        let zero = |v: &str| self.facts.value(v).is_some_and(|c| c.is_all(0.0));
+        (masked(a) && zero(b) && self.is_strict_upper(cond, 0))
+            || (zero(a) && masked(b) && self.is_causal_bool(cond, 0))
+    }
+
+    /// Strips the ops that only broadcast a mask (Expand, Unsqueeze) or keep it (Identity, Cast to itself).
+    fn strip_broadcast(&self, value: &str) -> String {
+        let mut cur = value.to_string();
+        for _ in 0..6 {
+            let Some(node) = self.index.producer_node(&cur) else { break };
+            let same_type = is_op(node, "Cast")
+                && node.input.first().and_then(|i| self.facts.dtype(i)).map(i64::from) == attr_int(node, "to");
+            if is_op(node, "Expand") || is_op(node, "Unsqueeze") || is_op(node, "Identity") || same_type {
+                cur = node.input[0].clone();
+            } else {
+                break;
+            }
+        }
+        cur
+    }
+
+    /// A boolean (or 0/1) tensor that is true where key position <= query position.
+    fn is_causal_bool(&self, value: &str, depth: usize) -> bool {
+        if depth > 4 {
+            return false;
+        }
+        let value = self.strip_broadcast(value);
+        let Some(node) = self.index.producer_node(&value) else { return false };
+        let two = node.input.len() == 2;
+        if is_op(node, "LessOrEqual") && two {
+            return self.positions(&node.input[0], &node.input[1]);
+        }
+        if is_op(node, "GreaterOrEqual") && two {
+            return self.positions(&node.input[1], &node.input[0]);
+        }
+        if is_op(node, "Not") {
+            return self.is_strict_upper(&node.input[0], depth + 1);
+        }
+        false
+    }
+
+    /// A boolean tensor that is true where key position > query position.
+    fn is_strict_upper(&self, value: &str, depth: usize) -> bool {
+        if depth > 4 {
+            return false;
+        }
+        let value = self.strip_broadcast(value);
+        let Some(node) = self.index.producer_node(&value) else { return false };
+        let two = node.input.len() == 2;
+        if is_op(node, "Greater") && two {
+            return self.positions(&node.input[0], &node.input[1]);
+        }
+        if is_op(node, "Less") && two {
+            return self.positions(&node.input[1], &node.input[0]);
+        }
+        if is_op(node, "Equal") && two {
+            let zero = |v: &str| self.facts.value(v).is_some_and(|c| c.is_all(0.0));
+            let other = if zero(&node.input[1]) {
+                &node.input[0]
+            } else if zero(&node.input[0]) {
+                &node.input[1]
+            } else {
+                return false;
+            };
+            return self.is_lower_ones(other);
+        }
+        if is_op(node, "Not") {
+            return self.is_causal_bool(&node.input[0], depth + 1);
+        }
+        false
+    }
+
+    /// `Trilu(ones, upper = 0)`, k = 0: 1 where key position <= query position, 0 elsewhere.
+    fn is_lower_ones(&self, value: &str) -> bool {
+        let Some(node) = self.producer(value, "Trilu") else { return false };
+        if attr_int(node, "upper") != Some(0) {
+            return false;
+        }
+        if let Some(k) = node.input.get(1).filter(|k| !k.is_empty())
+            && self.scalar(k) != Some(0.0)
+        {
+            return false;
+        }
+        let ones = self.strip_broadcast(&node.input[0]);
+        self.facts.value(&ones).is_some_and(|c| c.is_all(1.0))
+    }
+
+    /// True when `key` holds positions along the last axis and `query` along the one before it, both
+    /// unsqueezed from the same increasing `Range`.
+    fn positions(&self, key: &str, query: &str) -> bool {
+        match (self.range_axis(key), self.range_axis(query)) {
+            (Some((r1, 0)), Some((r2, 1))) => r1 == r2,
+            _ => false,
+        }
+    }
+
+    /// The increasing `Range` a value unsqueezes, and the axis (counted from the end) its entries run along.
+    fn range_axis(&self, value: &str) -> Option<(String, usize)> {
+        let mut unsqueezes: Vec<&NodeProto> = Vec::new();
+        let mut cur = value.to_string();
+        let range = loop {
+            let node = self.index.producer_node(&cur)?;
+            if is_op(node, "Range") {
+                break node;
+            }
+            if !is_op(node, "Unsqueeze") || unsqueezes.len() > 4 {
+                return None;
+            }
+            unsqueezes.push(node);
+            cur = node.input.first()?.clone();
+        };
+        if range.input.len() != 3 || !self.scalar(&range.input[2]).is_some_and(|d| d > 0.0) {
+            return None;
+        }
+        let (mut rank, mut pos) = (1usize, 0usize);
+        for node in unsqueezes.iter().rev() {
+            let axes: Vec<i64> = match node.input.get(1).filter(|a| !a.is_empty()) {
+                Some(a) => self.ints(a)?,
+                None => attr_ints(node, "axes")?.to_vec(),
+            };
+            let out_rank = rank + axes.len();
+            let mut inserted: Vec<usize> = axes
+                .iter()
+                .map(|&a| usize::try_from(if a < 0 { a + out_rank as i64 } else { a }).ok().filter(|&a| a < out_rank))
+                .collect::<Option<_>>()?;
+            inserted.sort_unstable();
+            inserted.dedup();
+            if inserted.len() != axes.len() {
+                return None;
+            }
+            // The kept axes fill the positions not inserted, in order.
+            let kept: Vec<usize> = (0..out_rank).filter(|p| !inserted.contains(p)).collect();
+            pos = kept[pos];
+            rank = out_rank;
+        }
+        Some((range.output.first()?.clone(), rank - 1 - pos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{ModelProto, OperatorSetIdProto};
+    use crate::passes::{Cleanup, PassManager, PassRecord};
+    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
+    use ndarray::{ArrayD, IxDyn};
+    use ort::value::TensorElementType;
+
+    fn tiny(name: &str) -> String {
+        format!("{}/models/{name}/model.onnx", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                ((s.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    /// Random inputs: batch 2, latents 8x8, 77 tokens (ids < 1000), timesteps in [0, 999].
+    fn feeds(model: &crate::runtime::Model, seed: u64) -> Vec<(String, HostTensor)> {
+        let mut feeds = Vec::new();
+        for (k, spec) in model.inputs().iter().enumerate() {
+            let rank = spec.dims.len();
+            let dims: Vec<usize> = spec
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match d {
+                    d if d >= 0 => d as usize,
+                    _ if i == 0 => 2,
+                    _ if rank == 4 => 8,
+                    _ => 77,
+                })
+                .collect();
+            let values = noise(dims.iter().product(), seed + k as u64);
+            let tensor = match spec.ty {
+                TensorElementType::Int64 | TensorElementType::Int32 => HostTensor::I64(
+                    ArrayD::from_shape_vec(IxDyn(&dims), values.iter().map(|v| (v.abs() * 999.0) as i64).collect())
+                        .unwrap(),
+                ),
+                _ if spec.name.contains("timestep") => HostTensor::F32(
+                    ArrayD::from_shape_vec(IxDyn(&dims), values.iter().map(|v| (v.abs() * 999.0).floor()).collect())
+                        .unwrap(),
+                ),
+                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&dims), values).unwrap()),
+            };
+            feeds.push((spec.name.clone(), tensor));
+        }
+        feeds
+    }
+
+    fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+        assert_eq!(a.shape(), b.shape());
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    /// Runs both models on the same random inputs in ONNX Runtime (CPU); the worst relative L2.
+    fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
+        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+        let dir = tempfile::tempdir().unwrap();
+        let mut outputs = Vec::new();
+        let mut inputs = None;
+        for (k, m) in [before, after].into_iter().enumerate() {
+            let path = dir.path().join(format!("{k}.onnx"));
+            m.save(&path).unwrap();
+            let mut session = runtime.load(&path).unwrap();
+            let f = inputs.get_or_insert_with(|| feeds(&session, seed)).clone();
+            outputs.push(session.run(f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap());
+        }
+        assert!(!outputs[0].is_empty() && outputs[0].len() == outputs[1].len());
+        outputs[0].iter().map(|(name, want)| relative_l2(&outputs[1][name], want)).fold(0.0, f64::max)
+    }
+
+    fn run(model: &mut OnnxModel, pass: Attention, target: Target) -> PassRecord {
+        PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)
+    }
+
+    fn count(model: &OnnxModel, op: &str) -> usize {
+        model.graph().node.iter().filter(|n| n.op_type() == op).count()
+    }
+
+    fn cleaned(name: &str) -> OnnxModel {
+        let mut m = OnnxModel::load(tiny(name)).unwrap();
+        PassManager::new().with(Cleanup).run(&mut m, &PassContext::new(Target::Cpu)).unwrap();
+        m
+    }
+
+    /// Fuses `name` (after cleanup unless `raw`) with `op`, checks counts, idempotence and numbers.
+    fn check(name: &str, raw: bool, op: FusedOp, target: Target, blocks: usize, seed: u64) -> f64 {
+        let before = if raw { OnnxModel::load(tiny(name)).unwrap() } else { cleaned(name) };
+        let anchors = count(&before, "Softmax") + count(&before, "Attention");
+        assert_eq!(anchors, blocks, "{name}: attention blocks in the export");
+        let mut after = before.clone();
+        let r = run(&mut after, Attention::new(op), target);
+        let emitted = if before.opset("").unwrap_or(0) >= 23 { op } else { FusedOp::MultiHeadAttention };
+        assert_eq!(r.rewrites, blocks, "{name}: {r:?}");
+        assert_eq!(count(&after, emitted.name()), blocks, "{name}");
+        assert_eq!(count(&after, "Softmax"), 0, "{name}");
+        if emitted == FusedOp::MultiHeadAttention {
+            assert_eq!(count(&after, "Attention"), 0, "{name}");
+        }
+        assert!(r.nodes_after < r.nodes_before, "{name}: {r:?}");
+        // Later passes see the fused outputs' shapes.
+        let index = GraphIndex::new(&after);
+        let facts = Inference::run(&index);
+        for n in after.graph().node.iter().filter(|n| n.op_type() == emitted.name()) {
+            let shape = facts.shape(&n.output[0]).unwrap_or_else(|| panic!("{name}: no shape for {}", n.output[0]));
+            assert_eq!(shape.len(), 3, "{name}");
+            assert!(shape[2].is_some(), "{name}");
+        }
+        let again = run(&mut after, Attention::new(op), target);
+        assert!(again.unchanged(), "{name}: second run changed {again:?}");
+        let err = compare(&before, &after, seed);
+        eprintln!(
+            "{name} (raw: {raw}, op {}): {blocks} blocks -> {} {}, {} -> {} nodes, relative L2 {err:.1e}",
+            op.name(),
+            count(&after, emitted.name()),
+            emitted.name(),
+            r.nodes_before,
+            r.nodes_after
+        );
+        assert!(err <= 1e-5, "{name}: relative L2 {err:.2e}");
+        err
+    }
+
+    /// Attention blocks per model: UNet self + cross per transformer block, one in the VAE mid-block,
+    /// one per CLIP layer.
+    const TINY: [(&str, usize); 14] = [
+        ("tiny-sd/unet", 8),
+        ("tiny-sd/vae_decoder", 1),
+        ("tiny-sd/text_encoder", 2),
+        ("tiny-sdxl/unet", 16),
+        ("tiny-sdxl/vae_decoder", 1),
+        ("tiny-sdxl/text_encoder", 2),
+        ("tiny-sdxl/text_encoder_2", 2),
+        ("tiny-sd-dynamo/unet", 8),
+        ("tiny-sd-dynamo/vae_decoder", 1),
+        ("tiny-sd-dynamo/text_encoder", 2),
+        ("tiny-sdxl-dynamo/unet", 16),
+        ("tiny-sdxl-dynamo/vae_decoder", 1),
+        ("tiny-sdxl-dynamo/text_encoder", 2),
+        ("tiny-sdxl-dynamo/text_encoder_2", 2),
+    ];
+
+    #[test]
+    fn fuses_every_tiny_model_into_multi_head_attention() {
+        for (k, (name, blocks)) in TINY.iter().enumerate() {
+            check(name, false, FusedOp::MultiHeadAttention, Target::Cpu, *blocks, 100 + k as u64);
+        }
+    }
+
+    #[test]
+    fn fuses_the_dynamo_models_into_onnx_attention() {
+        for (k, (name, blocks)) in TINY.iter().enumerate().filter(|(_, (n, _))| n.contains("dynamo")) {
+            check(name, false, FusedOp::Attention, Target::Cpu, *blocks, 200 + k as u64);
+            // Every emitted Attention is the 3-D form with the heads given.
+            let mut m = cleaned(name);
+            run(&mut m, Attention::new(FusedOp::Attention), Target::TensorRt);
+            assert!(m.graph().node.iter().filter(|n| n.op_type() == "Attention").all(|n| {
+                attr_int(n, "q_num_heads").is_some() && attr_int(n, "kv_num_heads") == attr_int(n, "q_num_heads")
+            }));
+        }
+    }
+
+    /// On an opset-17 export, `op = "Attention"` falls back to MultiHeadAttention for cpu and cuda and
+    /// leaves the graph alone for tensorrt and openvino.
+    #[test]
+    fn opset_17_with_onnx_attention_falls_back() {
+        check("tiny-sd/text_encoder", false, FusedOp::Attention, Target::Cpu, 2, 300);
+        let mut m = cleaned("tiny-sd/unet");
+        let r = run(&mut m, Attention::new(FusedOp::Attention), Target::TensorRt);
+        assert!(r.unchanged());
+        assert_eq!(m.opset(""), Some(17));
+    }
+
+    /// Without cleanup the TorchScript scale is the run-time chain `Shape─Slice─Cast─Sqrt─Div─Cast─Sqrt`
+    /// and the graph still holds Constant nodes, no-op Casts and Div-by-1s: everything still fuses.
+    #[test]
+    fn fuses_the_raw_torchscript_export() {
+        check("tiny-sd/unet", true, FusedOp::MultiHeadAttention, Target::Cpu, 8, 400);
+        check("tiny-sd/vae_decoder", true, FusedOp::MultiHeadAttention, Target::Cpu, 1, 401);
+        check("tiny-sd/text_encoder", true, FusedOp::MultiHeadAttention, Target::Cpu, 2, 402);
+    }
+
+    #[test]
+    fn the_causal_text_encoder_becomes_unidirectional() {
+        for name in ["tiny-sd/text_encoder", "tiny-sd-dynamo/text_encoder"] {
+            let mut m = cleaned(name);
+            run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+            let fused: Vec<&NodeProto> =
+                m.graph().node.iter().filter(|n| n.op_type() == "MultiHeadAttention").collect();
+            assert_eq!(fused.len(), 2);
+            assert!(fused.iter().all(|n| attr_int(n, "unidirectional") == Some(1) && n.domain() == "com.microsoft"));
+            assert!(m.opset("com.microsoft").is_some());
+            // Causal masks are gone with the blocks.
+            assert_eq!(count(&m, "Trilu") + count(&m, "LessOrEqual"), 0, "{name}");
+        }
+        let mut unet = cleaned("tiny-sd/unet");
+        run(&mut unet, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        assert!(unet.graph().node.iter().all(|n| attr_int(n, "unidirectional").is_none()));
+    }
+
+    #[test]
+    fn reads_the_op_from_the_profile_options() {
+        let table = |s: &str| s.parse::<toml::Table>().unwrap();
+        assert_eq!(from_options(&table(""), Target::Cpu).unwrap().op(), FusedOp::MultiHeadAttention);
+        assert_eq!(from_options(&table(""), Target::Cuda).unwrap().op(), FusedOp::MultiHeadAttention);
+        assert_eq!(from_options(&table(""), Target::TensorRt).unwrap().op(), FusedOp::Attention);
+        assert_eq!(from_options(&table(""), Target::OpenVino).unwrap().op(), FusedOp::Attention);
+        let op = |s: &str, t| from_options(&table(s), t).map(|a| a.op());
+        assert_eq!(op("op = \"Attention\"", Target::Cpu).unwrap(), FusedOp::Attention);
+        assert_eq!(op("op = \"MultiHeadAttention\"", Target::OpenVino).unwrap(), FusedOp::MultiHeadAttention);
+        let err = op("op = \"FlashAttention\"", Target::Cpu).unwrap_err().to_string();
+        assert!(err.contains("FlashAttention") && err.contains("MultiHeadAttention"), "{err}");
+        assert!(op("op = 3", Target::Cpu).is_err());
+        let err = op("opp = \"Attention\"", Target::Cpu).unwrap_err().to_string();
+        assert!(err.contains("opp"), "{err}");
+        assert_eq!(Attention::for_target(Target::Cpu).name(), "attention");
+    }
+
+    fn model(nodes: Vec<NodeProto>, inputs: &[(&str, Vec<Option<i64>>)], opset: i64) -> OnnxModel {
+        let mut m = ModelProto::new();
+        m.set_ir_version(8);
+        let mut op = OperatorSetIdProto::new();
+        op.set_domain(String::new());
+        op.set_version(opset);
+        m.opset_import.push(op);
+        let g = m.graph.mut_or_insert_default();
+        g.node = nodes;
+        for (name, shape) in inputs {
+            g.input.push(make_tensor_value_info(name, dtype::FLOAT, Some(shape)));
+        }
+        g.output.push(make_tensor_value_info("y", dtype::FLOAT, None));
+        OnnxModel::from_proto(m, None)
+    }
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeBuilder {
+        NodeBuilder::new(op).inputs(inputs.iter().copied()).outputs(outputs.iter().copied())
+    }
+
+    fn constant(out: &str, values: &[i64]) -> NodeProto {
+        let t = crate::onnx::tensor::tensor_from_i64(
+            "",
+            &ArrayD::from_shape_vec(IxDyn(&[values.len()]), values.to_vec()).unwrap(),
+        );
+        node("Constant", &[], &[out]).attr_tensor("value", t).build()
+    }
+
+    fn constant_f32(out: &str, v: f32) -> NodeProto {
+        let t = crate::onnx::tensor::tensor_from_f32("", &ArrayD::from_elem(IxDyn(&[]), v));
+        node("Constant", &[], &[out]).attr_tensor("value", t).build()
+    }
+
+    /// A hand-built decomposed attention over q, k, v of [2, 5, 8] (2 heads of 4), with `mask` added to
+    /// the scores when given; with `self_attention`, q, k and v are one input `x`.
+    fn decomposed(mask: Option<Vec<NodeProto>>, self_attention: bool) -> OnnxModel {
+        let [q, k, v] = if self_attention { ["x"; 3] } else { ["q", "k", "v"] };
+        let mut nodes = vec![
+            constant("split", &[2, 5, 2, 4]),
+            constant("merge", &[2, 5, 8]),
+            constant_f32("s", 0.5),
+            node("Reshape", &[q, "split"], &["q4"]).build(),
+            node("Transpose", &["q4"], &["qt"]).attr_ints("perm", &[0, 2, 1, 3]).build(),
+            node("Reshape", &[k, "split"], &["k4"]).build(),
+            node("Transpose", &["k4"], &["kt"]).attr_ints("perm", &[0, 2, 3, 1]).build(),
+            node("Reshape", &[v, "split"], &["v4"]).build(),
+            node("Transpose", &["v4"], &["vt"]).attr_ints("perm", &[0, 2, 1, 3]).build(),
+            node("MatMul", &["qt", "kt"], &["raw"]).build(),
+            node("Mul", &["raw", "s"], &["scores"]).build(),
+        ];
+        let probs_in = match mask {
+            Some(m) => {
+                nodes.extend(m);
+                nodes.push(node("Add", &["scores", "mask"], &["masked"]).build());
+                "masked"
+            }
+            None => "scores",
+        };
+        nodes.extend([
+            node("Softmax", &[probs_in], &["p"]).attr_int("axis", -1).build(),
+            node("MatMul", &["p", "vt"], &["o"]).build(),
+            node("Transpose", &["o"], &["ot"]).attr_ints("perm", &[0, 2, 1, 3]).build(),
+            node("Reshape", &["ot", "merge"], &["y"]).build(),
+        ]);
+        let shape = vec![Some(2), Some(5), Some(8)];
+        if self_attention {
+            model(nodes, &[("x", shape)], 17)
+        } else {
+            model(nodes, &[("q", shape.clone()), ("k", shape.clone()), ("v", shape)], 17)
+        }
+    }
+
+    #[test]
+    fn fuses_a_hand_built_block_with_static_shapes() {
+        let before = decomposed(None, false);
+        let mut after = before.clone();
+        let r = run(&mut after, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        assert_eq!(r.rewrites, 1);
+        let ops: Vec<&str> = after.graph().node.iter().map(|n| n.op_type()).collect();
+        assert_eq!(ops, ["MultiHeadAttention"]);
+        let n = &after.graph().node[0];
+        assert_eq!(n.input, ["q", "k", "v"]);
+        assert_eq!(attr_int(n, "num_heads"), Some(2));
+        assert_eq!(attr_float(n, "scale"), Some(0.5));
+        assert!(compare(&before, &after, 7) <= 1e-6);
+    }
+
+    /// A mask that is not causal (here: an arbitrary input) is not fused.
+    #[test]
+    fn leaves_other_masks_alone() {
+        let mut m = decomposed(Some(vec![node("Identity", &["bias"], &["mask"]).build()]), true);
+        m.graph_mut().input.push(make_tensor_value_info("bias", dtype::FLOAT, Some(&[Some(5), Some(5)])));
+        let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        assert!(r.unchanged());
+    }
+
+    /// An upper-triangular (anti-causal) mask is not taken for a causal one.
+    #[test]
+    fn leaves_an_upper_triangular_mask_alone() {
+        let mask = vec![
+            constant("mshape", &[5, 5]),
+            constant_f32("one", 1.0),
+            constant_f32("zero", 0.0),
+            constant_f32("neg", f32::NEG_INFINITY),
+            node("Expand", &["one", "mshape"], &["ones"]).build(),
+            node("Trilu", &["ones"], &["tri"]).attr_int("upper", 1).build(),
+            node("Equal", &["tri", "zero"], &["eq"]).build(),
+            node("Where", &["eq", "neg", "zero"], &["mask"]).build(),
+        ];
+        let mut m = decomposed(Some(mask.clone()), true);
+        assert!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).unchanged());
+        // The same with upper = 0 is causal: fused, and the numbers agree.
+        let causal: Vec<NodeProto> = mask
+            .into_iter()
+            .map(|n| {
+                if n.op_type() == "Trilu" { node("Trilu", &["ones"], &["tri"]).attr_int("upper", 0).build() } else { n }
+            })
+            .collect();
+        let before = decomposed(Some(causal.clone()), true);
+        let mut after = before.clone();
+        let r = run(&mut after, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        assert_eq!(r.rewrites, 1);
+        assert!(compare(&before, &after, 8) <= 1e-6);
+        // A causal mask between different q and k sources (cross-attention) is not fused.
+        let mut cross = decomposed(Some(causal), false);
+        assert!(run(&mut cross, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).unchanged());
+    }
+
+    /// Native ONNX `Attention` built by hand, self-attention over x [2, 5, 8] with `is_causal = 1`: the
+    /// 3-D form (2 heads) and the 4-D form behind Reshape/Transpose head splits.
+    fn native(four_d: bool) -> OnnxModel {
+        let nodes = if four_d {
+            vec![
+                constant("split", &[0, -1, 2, 4]),
+                constant("merge", &[0, 0, 8]),
+                node("Reshape", &["x", "split"], &["x4"]).build(),
+                node("Transpose", &["x4"], &["xt"]).attr_ints("perm", &[0, 2, 1, 3]).build(),
+                node("Attention", &["xt", "xt", "xt"], &["o"])
+                    .attr_int("is_causal", 1)
+                    .attr_float("scale", 0.3)
+                    .build(),
+                node("Transpose", &["o"], &["ot"]).attr_ints("perm", &[0, 2, 1, 3]).build(),
+                node("Reshape", &["ot", "merge"], &["y"]).build(),
+            ]
+        } else {
+            vec![
+                node("Attention", &["x", "x", "x"], &["y"])
+                    .attr_int("is_causal", 1)
+                    .attr_int("q_num_heads", 2)
+                    .attr_int("kv_num_heads", 2)
+                    .build(),
+            ]
+        };
+        model(nodes, &[("x", vec![None, None, Some(8)])], 23)
+    }
+
+    #[test]
+    fn fuses_hand_built_native_attention() {
+        for four_d in [false, true] {
+            for op in [FusedOp::MultiHeadAttention, FusedOp::Attention] {
+                let before = native(four_d);
+                let mut after = before.clone();
+                let r = run(&mut after, Attention::new(op), Target::Cpu);
+                if !four_d && op == FusedOp::Attention {
+                    assert!(r.unchanged(), "a 3-D Attention is already the fused form");
+                    continue;
+                }
+                assert_eq!(r.rewrites, 1);
+                let ops: Vec<&str> = after.graph().node.iter().map(|n| n.op_type()).collect();
+                assert_eq!(ops, [op.name()]);
+                let n = &after.graph().node[0];
+                let causal = if op == FusedOp::Attention { "is_causal" } else { "unidirectional" };
+                assert_eq!(attr_int(n, causal), Some(1));
+                let scale = if four_d { 0.3 } else { 0.5 };
+                assert_eq!(attr_float(n, "scale"), Some(scale));
+                let err = compare(&before, &after, 9);
+                assert!(err <= 1e-6, "4-D: {four_d}, {}: {err:.2e}", op.name());
+            }
+        }
+    }
+
+    /// Broken or partial graphs are skipped, never a panic.
+    #[test]
+    fn skips_malformed_graphs() {
+        let cases = vec![
+            vec![node("Softmax", &["x"], &["y"]).build()],
+            vec![node("Softmax", &[], &["y"]).build()],
+            vec![node("MatMul", &["x", "x"], &["s"]).build(), node("Softmax", &["s"], &["y"]).build()],
+            vec![node("Attention", &["x"], &["y"]).build()],
+            vec![
+                node("Attention", &["x", "x", "x"], &["y"])
+                    .attr_int("q_num_heads", 0)
+                    .attr_int("kv_num_heads", 0)
+                    .build(),
+            ],
+            vec![
+                node("Transpose", &["x"], &["t"]).attr_ints("perm", &[9, 9, 9, 9]).build(),
+                node("Attention", &["t", "t", "t"], &["y"]).build(),
+            ],
+            vec![
+                node("Reshape", &["x", "x"], &["r"]).build(),
+                node("Transpose", &["r"], &["t"]).attr_ints("perm", &[0, 2, 1, 3]).build(),
+                node("Attention", &["t", "t", "t"], &["y"]).build(),
+            ],
+        ];
+        for nodes in cases {
+            for op in [FusedOp::MultiHeadAttention, FusedOp::Attention] {
+                let mut m = model(nodes.clone(), &[("x", vec![None, None, Some(8)])], 23);
+                assert!(run(&mut m, Attention::new(op), Target::Cpu).unchanged());
+            }
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! Dynamic int8 for MatMuls with a constant weight: the last step of the seed (per-channel symmetric int8
+//! weights, int8 activations quantized at run time), on the Linears that are worth it.
+//!
+//! ```text
+//! Which MatMuls: a constant float32 2-D weight W [in, out] (Linear layers, fused QKV projections, the
+//! MatMuls conv1x1 makes from pointwise convs), in > min_in_features (16), (in, out) not in `exclude`.
+//!
+//!   x ──MatMul(W [in, out])──> y
+//!
+//! format "dynamic" (cpu, cuda): ONNX Runtime's dynamic pattern, what `quantize_dynamic(per_channel=True,
+//! weight_type=QInt8)` writes; the CPU EP fuses it at session creation into MatMulIntegerToFloat (one
+//! DynamicQuantizeLinear shared by every MatMul reading x) or DynamicQuantizeMatMul:
+//!
+//!   x ──DynamicQuantizeLinear──> xq (uint8), xs (float, per tensor), xz (uint8)
+//!   xq, Wq (int8 [in, out]), xz, Wz (int8 zeros [out]) ──MatMulInteger──> int32 ──Cast(float)──┐
+//!   xs, Ws (float [out] = max|W[:, j]| / 127) ──Mul──> xs·Ws ─────────────────────────────────Mul──> y
+//!
+//! format "qdq" (openvino, tensorrt): WEIGHT-ONLY int8. Activations stay float: dynamic activation
+//! quantization has no QDQ form (QuantizeLinear needs a static scale, i.e. calibration data). Each
+//! DequantizeLinear carries the label in its doc_string.
+//!
+//!   Wq (int8 [in, out]), Ws (float [out]), Wz (int8 zeros [out]) ──DequantizeLinear(axis=1)──> W'
+//!   x ──MatMul(W')──> y
+//! ```
+//!
+//! Weights are read one at a time from wherever they live (memory-mapped, external data included) and
+//! quantized straight from their bytes; only the int8 result (a quarter of the float32 size) is kept, in
+//! the patch. A weight read by several MatMuls is quantized once, and one DynamicQuantizeLinear serves every
+//! quantized MatMul reading the same activation.
+//!
+//! Notes:
+//! - Gemm nodes (the TorchScript export's time-embedding Linears) are not quantized, as ONNX Runtime's
+//!   `quantize_dynamic` does not; neither are MatMuls with a float16 weight (run this pass before
+//!   `precision`).
+//! - On the CUDA EP, ONNX Runtime 1.31 has no DynamicQuantizeLinear kernel and MatMulInteger only for int8
+//!   activations, so the "dynamic" nodes fall back to the CPU there.
+//! - A weight column of zeros gets scale 1 (all its int8 values are 0); a weight with a NaN or an infinity
+//!   is left in float.
+//!
+//! Idempotent: the quantized MatMuls are gone (MatMulInteger), or read a DequantizeLinear output, which is
+//! not a constant; `run` returns `None` on a graph it already rewrote.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::convert::card::SEED_INT8_EXCLUDE;
+use crate::convert::profile::shape_pairs;
+use crate::onnx::tensor::tensor_from_raw;
+use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, is_op};
+use crate::passes::{Pass, PassContext, Target};
+use crate::{Error, Result};
+
+/// The label a QDQ DequantizeLinear carries in its doc_string.
+pub const QDQ_LABEL: &str = "dfast int8-dynamic, format qdq: weight-only int8 (per-channel symmetric weights); \
+                             activations stay float, since dynamic activation quantization has no QDQ form \
+                             without calibration";
+
+/// Largest int8 value of a symmetric quantization (the range is -127..=127, as ONNX Runtime's).
+const QMAX: f32 = 127.0;
+
+/// What the pass emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Format {
+    /// `DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul` (ONNX Runtime CPU / CUDA).
+    Dynamic,
+    /// Weight-only `DequantizeLinear -> MatMul` (OpenVINO, TensorRT).
+    Qdq,
+}
+
+impl Int8Format {
+    /// Parses `dynamic` or `qdq`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "dynamic" => Ok(Int8Format::Dynamic),
+            "qdq" => Ok(Int8Format::Qdq),
+            other => Err(Error::bad_input(format!(
+                "int8-dynamic: unknown format `{other}`; expected \"dynamic\" (ONNX Runtime's dynamic pattern) or \
+                 \"qdq\" (weight-only QuantizeLinear/DequantizeLinear pairs)"
+            ))),
+        }
+    }
+
+    /// The format an execution provider runs best: the dynamic pattern on ONNX Runtime's own EPs, QDQ on
+    /// the EPs that only take QDQ models.
+    pub fn default_for(target: Target) -> Self {
+        match target {
+            Target::Cpu | Target::Cuda => Int8Format::Dynamic,
+            Target::TensorRt | Target::OpenVino => Int8Format::Qdq,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Format::Dynamic => "dynamic",
+            Int8Format::Qdq => "qdq",
+        }
+    }
+}
+
+/// The int8-dynamic pass (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Int8Dynamic {
+    /// Quantize only MatMuls with more input features than this (the seed's 16).
+    pub min_in_features: usize,
+    /// `(in_features, out_features)` pairs left in float.
+    pub exclude: Vec<(usize, usize)>,
+    pub format: Int8Format,
+}
+
+impl Int8Dynamic {
+    /// The option names `from_options` accepts.
+    pub const OPTIONS: [&'static str; 3] = ["min_in_features", "exclude", "format"];
+
+    /// The seed's settings (in > 16, the seed's exclude list) in the format `target` runs best.
+    pub fn seed(target: Target) -> Self {
+        Int8Dynamic {
+            min_in_features: 16,
+            exclude: SEED_INT8_EXCLUDE.to_vec(),
+            format: Int8Format::default_for(target),
+        }
+    }
+
+    /// Reads the pass options of a profile: `min_in_features` (default 16), `exclude` (a list of
+    /// `[in, out]` pairs; the seed's list when absent), `format` (`dynamic` / `qdq`; by default the one
+    /// `target` runs best).
+    pub fn from_options(options: &toml::Table, target: Target) -> Result<Self> {
+        let mut pass = Int8Dynamic::seed(target);
+        for (key, value) in options {
+            match key.as_str() {
+                "min_in_features" => {
+                    pass.min_in_features =
+                        value.as_integer().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
+                            Error::bad_input(format!(
+                                "int8-dynamic: `min_in_features` must be a non-negative integer, not {value}"
+                            ))
+                        })?;
+                }
+                "exclude" => pass.exclude = shape_pairs(value, "int8-dynamic: `exclude`")?,
+                "format" => {
+                    let name = value.as_str().ok_or_else(|| {
+                        Error::bad_input(format!("int8-dynamic: `format` must be a string, not {value}"))
+                    })?;
+                    pass.format = Int8Format::from_name(name)?;
+                }
+                other => {
+                    return Err(Error::bad_input(format!(
+                        "int8-dynamic: unknown option `{other}`; the options are {}",
+                        Self::OPTIONS.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// True when a MatMul with a weight of this shape is quantized.
+    pub fn eligible(&self, in_features: usize, out_features: usize) -> bool {
+        in_features > self.min_in_features && out_features > 0 && !self.exclude.contains(&(in_features, out_features))
+    }
+}
+
+/// A quantized weight: the names of its int8 values, scales and zero points.
+#[derive(Debug, Clone)]
+struct QuantizedWeight {
+    values: String,
+    scales: String,
+    zero_points: String,
+    /// The DequantizeLinear output (qdq format), once made.
+    dequantized: Option<String>,
+}
+
+/// The outputs of one DynamicQuantizeLinear.
+#[derive(Debug, Clone)]
+struct QuantizedActivation {
+    values: String,
+    scale: String,
+    zero_point: String,
+}
+
+impl Pass for Int8Dynamic {
+    fn name(&self) -> &str {
+        "int8-dynamic"
+    }
+
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        let index = GraphIndex::new(model);
+        let mut patch = Patch::new();
+        let mut weights: HashMap<String, Option<QuantizedWeight>> = HashMap::new();
+        let mut activations: HashMap<String, QuantizedActivation> = HashMap::new();
+        for (i, node) in index.nodes().iter().enumerate() {
+            if !is_op(node, "MatMul") || node.input.len() != 2 || node.output.len() != 1 || patch.is_removed(i) {
+                continue;
+            }
+            let (x, w, y) = (&node.input[0], &node.input[1], &node.output[0]);
+            if x.is_empty() || w.is_empty() || y.is_empty() {
+                continue;
+            }
+            let Some(tensor) = index.const_tensor(w) else { continue };
+            if tensor.data_type() != dtype::FLOAT || tensor.dims.len() != 2 {
+                continue;
+            }
+            let (Ok(k), Ok(n)) = (usize::try_from(tensor.dims[0]), usize::try_from(tensor.dims[1])) else {
+                continue;
+            };
+            if !self.eligible(k, n) {
+                continue;
+            }
+            let quantized = match weights.get(w) {
+                Some(q) => q.clone(),
+                None => {
+                    let bytes = model.tensor_bytes(&tensor)?;
+                    let q = quantize_per_column(&bytes, k, n)
+                        .map(|(values, scales)| add_weight(&index, &mut patch, w, k, n, values, scales));
+                    weights.insert(w.clone(), q.clone());
+                    q
+                }
+            };
+            let Some(mut q) = quantized else { continue };
+            match self.format {
+                Int8Format::Dynamic => {
+                    let a = activations
+                        .entry(x.clone())
+                        .or_insert_with(|| add_dynamic_quantize(&index, &mut patch, x))
+                        .clone();
+                    let scale = patch.fresh_name(&index, &format!("{y}_scale"));
+                    let int32 = patch.fresh_name(&index, &format!("{y}_int32"));
+                    let float = patch.fresh_name(&index, &format!("{y}_int32_float"));
+                    patch.add_node(NodeBuilder::new("Mul").inputs([&a.scale, &q.scales]).outputs([&scale]).build());
+                    patch.add_node(
+                        NodeBuilder::new("MatMulInteger")
+                            .inputs([&a.values, &q.values, &a.zero_point, &q.zero_points])
+                            .outputs([&int32])
+                            .build(),
+                    );
+                    patch.add_node(
+                        NodeBuilder::new("Cast")
+                            .inputs([&int32])
+                            .outputs([&float])
+                            .attr_int("to", dtype::FLOAT as i64)
+                            .build(),
+                    );
+                    patch.add_node(
+                        NodeBuilder::new("Mul").name(node.name()).inputs([&float, &scale]).outputs([y]).build(),
+                    );
+                    patch.require_opset("", 11);
+                }
+                Int8Format::Qdq => {
+                    let deq = match &q.dequantized {
+                        Some(d) => d.clone(),
+                        None => {
+                            let d = patch.fresh_name(&index, &format!("{w}_dequantized"));
+                            let mut dq = NodeBuilder::new("DequantizeLinear")
+                                .inputs([&q.values, &q.scales, &q.zero_points])
+                                .outputs([&d])
+                                .attr_int("axis", 1)
+                                .build();
+                            dq.set_doc_string(QDQ_LABEL.to_string());
+                            patch.add_node(dq);
+                            q.dequantized = Some(d.clone());
+                            weights.insert(w.clone(), Some(q.clone()));
+                            d
+                        }
+                    };
+                    let mut matmul = node.clone();
+                    matmul.input[1] = deq;
+                    patch.add_node(matmul);
+                    patch.require_opset("", 13);
+                }
+            }
+            patch.remove_node(i);
+            patch.count_rewrite();
+        }
+        Ok((!patch.is_empty()).then_some(patch))
+    }
+}
+
+/// Adds the int8 values, scales and zero points of weight `w` to the patch.
+fn add_weight(
+    index: &GraphIndex,
+    patch: &mut Patch,
+    w: &str,
+    k: usize,
+    n: usize,
+    values: Vec<u8>,
+    scales: Vec<f32>,
+) -> QuantizedWeight {
+    let q = QuantizedWeight {
+        values: patch.fresh_name(index, &format!("{w}_quantized")),
+        scales: patch.fresh_name(index, &format!("{w}_scale")),
+        zero_points: patch.fresh_name(index, &format!("{w}_zero_point")),
+        dequantized: None,
+    };
+    patch.add_initializer(tensor_from_raw(&q.values, dtype::INT8, &[k, n], Bytes::from(values)));
+    let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    patch.add_initializer(tensor_from_raw(&q.scales, dtype::FLOAT, &[n], Bytes::from(scale_bytes)));
+    patch.add_initializer(tensor_from_raw(&q.zero_points, dtype::INT8, &[n], Bytes::from(vec![0u8; n])));
+    q
+}
+
+/// Adds `DynamicQuantizeLinear(x)` to the patch.
+fn add_dynamic_quantize(index: &GraphIndex, patch: &mut Patch, x: &str) -> QuantizedActivation {
+    let a = QuantizedActivation {
+        values: patch.fresh_name(index, &format!("{x}_quantized")),
+        scale: patch.fresh_name(index, &format!("{x}_scale")),
+        zero_point: patch.fresh_name(index, &format!("{x}_zero_point")),
+    };
+    patch.add_node(
+        NodeBuilder::new("DynamicQuantizeLinear").inputs([x]).outputs([&a.values, &a.scale, &a.zero_point]).build(),
+    );
+    a
+}
+
+/// Symmetric per-column int8 of a row-major float32 [k, n] matrix given as little-endian bytes: scale_j =
+/// max_i |w_ij| / 127, q_ij = round_half_even(w_ij / scale_j). Returns the int8 values (as bytes) and the
+/// scales, or None when a value is not finite.
+fn quantize_per_column(bytes: &[u8], k: usize, n: usize) -> Option<(Vec<u8>, Vec<f32>)> {
+    let row_bytes = n.checked_mul(4)?;
+    if n == 0 || bytes.len() != k.checked_mul(row_bytes)? {
+        return None;
+    }
+    let value = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let mut absmax = vec![0f32; n];
+    for row in bytes.chunks_exact(row_bytes) {
+        for (m, c) in absmax.iter_mut().zip(row.chunks_exact(4)) {
+            let v = value(c);
+            if !v.is_finite() {
+                return None;
+            }
+            *m = m.max(v.abs());
+        }
+    }
+    // A column of zeros (or of values so small that the scale would not be a normal float) quantizes to 0
+    // with scale 1: dividing by a zero or subnormal scale would give infinities.
+    let scales: Vec<f32> = absmax.iter().map(|&m| if (m / QMAX).is_normal() { m / QMAX } else { 1.0 }).collect();
+    let live: Vec<bool> = absmax.iter().map(|&m| (m / QMAX).is_normal()).collect();
+    let mut values = Vec::with_capacity(k * n);
+    for row in bytes.chunks_exact(row_bytes) {
+        for ((c, &s), &l) in row.chunks_exact(4).zip(&scales).zip(&live) {
+            let q = if l { (value(c) / s).round_ties_even().clamp(-QMAX, QMAX) } else { 0.0 };
+            values.push(q as i8 as u8);
+        }
+    }
+    Some((values, scales))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+
+    use ndarray::{ArrayD, IxDyn};
+
+    use super::*;
+    use crate::onnx::tensor::tensor_from_f32;
+    use crate::onnx::{ModelProto, NodeProto, make_tensor_value_info};
+    use crate::passes::PassManager;
+    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
+
+    /// Deterministic standard-normal values (xorshift + Box-Muller).
+    pub(crate) fn normal(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut uniform = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|_| {
+                let (a, b) = (uniform(), uniform());
+                ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+            })
+            .collect()
+    }
+
+    pub(crate) fn array(shape: &[usize], seed: u64) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(IxDyn(shape), normal(shape.iter().product(), seed)).unwrap()
+    }
+
+    pub(crate) fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+        assert_eq!(a.shape(), b.shape());
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den.max(1e-30)).sqrt()
+    }
+
+    pub(crate) fn count(model: &OnnxModel, op: &str) -> usize {
+        model.graph().node.iter().filter(|n| n.op_type() == op).count()
+    }
+
+    /// Saves `model` and runs it on ONNX Runtime's CPU EP.
+    pub(crate) fn run(
+        model: &OnnxModel,
+        dir: &Path,
+        name: &str,
+        feeds: &[(String, ArrayD<f32>)],
+    ) -> HashMap<String, ArrayD<f32>> {
+        let path = dir.join(format!("{name}.onnx"));
+        model.save(&path).unwrap();
+        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+        let mut session = runtime.load(&path).unwrap();
+        let feeds = feeds.iter().map(|(n, a)| (n.as_str(), HostTensor::F32(a.clone()))).collect();
+        session.run(feeds).unwrap()
+    }
+
+    fn matmul(x: &str, w: &str, y: &str) -> NodeProto {
+        NodeBuilder::new("MatMul").inputs([x, w]).outputs([y]).build()
+    }
+
+    /// Four MatMuls: an excluded shape (320x640), an eligible one (64x48), one with in_features = 16, one
+    /// whose weight is a graph input; plus a second reader of the eligible weight and activation.
+    fn synthetic() -> OnnxModel {
+        let mut proto = ModelProto::new();
+        proto.set_ir_version(8);
+        let mut opset = crate::onnx::OperatorSetIdProto::new();
+        opset.set_version(17);
+        proto.opset_import.push(opset);
+        let g = proto.graph.mut_or_insert_default();
+        for (name, last) in [("a", 320), ("b", 64), ("c", 16)] {
+            g.input.push(make_tensor_value_info(name, dtype::FLOAT, Some(&[Some(2), Some(7), Some(last)])));
+        }
+        g.input.push(make_tensor_value_info("w_in", dtype::FLOAT, Some(&[Some(64), Some(48)])));
+        for out in ["ya", "yb", "yb2", "yc", "yd"] {
+            g.output.push(make_tensor_value_info(out, dtype::FLOAT, None));
+        }
+        for (name, shape, seed) in [("wa", [320, 640], 1), ("wb", [64, 48], 2), ("wc", [16, 32], 3)] {
+            g.initializer.push(tensor_from_f32(name, &(array(&shape, seed) * 0.1)));
+        }
+        g.node.push(matmul("a", "wa", "ya"));
+        g.node.push(matmul("b", "wb", "yb"));
+        g.node.push(matmul("b", "wb", "yb2"));
+        g.node.push(matmul("c", "wc", "yc"));
+        g.node.push(matmul("b", "w_in", "yd"));
+        OnnxModel::from_proto(proto, None)
+    }
+
+    fn synthetic_feeds() -> Vec<(String, ArrayD<f32>)> {
+        vec![
+            ("a".into(), array(&[2, 7, 320], 10)),
+            ("b".into(), array(&[2, 7, 64], 11)),
+            ("c".into(), array(&[2, 7, 16], 12)),
+            ("w_in".into(), array(&[64, 48], 13)),
+        ]
+    }
+
+    fn rewrite(pass: Int8Dynamic, model: &mut OnnxModel) -> crate::passes::PassRecord {
+        let records = PassManager::new().with(pass).run(model, &PassContext::new(Target::Cpu)).unwrap();
+        records.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn quantizes_exactly_the_eligible_matmuls() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = synthetic();
+        let want = run(&original, dir.path(), "original", &synthetic_feeds());
+
+        // The seed's list excludes 320x640: only the two readers of wb are quantized, sharing one
+        // DynamicQuantizeLinear and one int8 weight.
+        let mut seed = original.clone();
+        let record = rewrite(Int8Dynamic::seed(Target::Cpu), &mut seed);
+        assert_eq!((record.rewrites, record.rounds), (2, 1));
+        assert_eq!(count(&seed, "MatMulInteger"), 2);
+        assert_eq!(count(&seed, "DynamicQuantizeLinear"), 1);
+        assert_eq!(count(&seed, "MatMul"), 3);
+        assert_eq!(seed.graph().initializer.iter().filter(|t| t.data_type() == dtype::INT8).count(), 2);
+        let wq = seed.graph().initializer.iter().find(|t| t.name() == "wb_quantized").unwrap();
+        assert_eq!(wq.dims, [64, 48]);
+        let ws = seed.graph().initializer.iter().find(|t| t.name() == "wb_scale").unwrap();
+        assert_eq!((ws.data_type(), ws.dims.as_slice()), (dtype::FLOAT, &[48i64][..]));
+
+        // With no exclude list, 320x640 goes too; in = 16 and the non-constant weight never do.
+        let mut all = original.clone();
+        let pass = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(Target::Cpu) };
+        assert_eq!(rewrite(pass.clone(), &mut all).rewrites, 3);
+        assert_eq!(
+            (count(&all, "MatMulInteger"), count(&all, "MatMul"), count(&all, "DynamicQuantizeLinear")),
+            (3, 2, 2)
+        );
+        let got = run(&all, dir.path(), "all", &synthetic_feeds());
+        for (name, w) in &want {
+            let err = relative_l2(&got[name], w);
+            let limit = if name == "yc" || name == "yd" { 0.0 } else { 2e-2 };
+            assert!(err <= limit, "{name}: relative L2 {err:.2e}");
+        }
+        // Idempotent: a second run finds nothing (the MatMulIntegers are not MatMuls).
+        assert!(pass.run(&all, &PassContext::new(Target::Cpu)).unwrap().is_none());
+
+        // min_in_features is a strict bound: 16 is excluded by default, included with 15.
+        let mut low = original.clone();
+        let pass = Int8Dynamic { min_in_features: 15, exclude: vec![], format: Int8Format::Dynamic };
+        assert_eq!(rewrite(pass, &mut low).rewrites, 4);
+    }
+
+    #[test]
+    fn qdq_is_weight_only_and_labelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = synthetic();
+        let want = run(&original, dir.path(), "original", &synthetic_feeds());
+        let mut model = original.clone();
+        let pass = Int8Dynamic::from_options(&toml::Table::new(), Target::OpenVino).unwrap();
+        assert_eq!(pass.format, Int8Format::Qdq);
+        assert_eq!(rewrite(pass.clone(), &mut model).rewrites, 2);
+        assert_eq!((count(&model, "DequantizeLinear"), count(&model, "MatMul")), (1, 5));
+        assert_eq!(count(&model, "QuantizeLinear") + count(&model, "DynamicQuantizeLinear"), 0);
+        let dq = model.graph().node.iter().find(|n| n.op_type() == "DequantizeLinear").unwrap();
+        assert_eq!(dq.doc_string(), QDQ_LABEL);
+        assert_eq!(crate::onnx::attr_int(dq, "axis"), Some(1));
+        let got = run(&model, dir.path(), "qdq", &synthetic_feeds());
+        for (name, w) in &want {
+            let err = relative_l2(&got[name], w);
+            assert!(err <= 1e-2, "{name}: relative L2 {err:.2e}");
+        }
+        assert!(pass.run(&model, &PassContext::new(Target::OpenVino)).unwrap().is_none());
+    }
+
+    #[test]
+    fn odd_matmuls_are_left_alone() {
+        let mut model = synthetic();
+        let g = model.graph_mut();
+        g.initializer.push(tensor_from_f32("w3d", &array(&[2, 64, 48], 4)));
+        let mut nan = array(&[64, 48], 5);
+        nan[[3, 4]] = f32::NAN;
+        g.initializer.push(tensor_from_f32("wnan", &nan));
+        g.node.push(NodeBuilder::new("MatMul").inputs(["b"]).outputs(["one_input"]).build());
+        g.node.push(matmul("b", "w3d", "batched"));
+        g.node.push(matmul("b", "wnan", "with_nan"));
+        g.node.push(matmul("", "wb", "no_activation"));
+        for out in ["one_input", "batched", "with_nan", "no_activation"] {
+            g.output.push(make_tensor_value_info(out, dtype::FLOAT, None));
+        }
+        let pass = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(Target::Cpu) };
+        // Only the three well-formed eligible MatMuls of `synthetic` are quantized.
+        assert_eq!(rewrite(pass, &mut model).rewrites, 3);
+    }
+
+    #[test]
+    fn per_column_scales_follow_the_definition() {
+        // [3, 2]: column 0 = 1, -2, 0.5 (max 2), column 1 all zeros.
+        let w = [1.0f32, 0.0, -2.0, 0.0, 0.5, 0.0];
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (q, s) = quantize_per_column(&bytes, 3, 2).unwrap();
+        assert_eq!(s, [2.0 / 127.0, 1.0]);
+        let q: Vec<i8> = q.into_iter().map(|b| b as i8).collect();
+        // 63.5 rounds to the even 64, as numpy (and ONNX Runtime's quantizer) do.
+        assert_eq!(q, [64, 0, -127, 0, 32, 0]);
+        let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(quantize_per_column(&nan, 1, 2).is_none());
+        assert!(quantize_per_column(&bytes, 2, 2).is_none(), "byte count must match the shape");
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let table = |s: &str| s.parse::<toml::Table>().unwrap();
+        let p = Int8Dynamic::from_options(
+            &table("min_in_features = 32\nexclude = [[320, 640]]\nformat = \"qdq\""),
+            Target::Cpu,
+        )
+        .unwrap();
+        assert_eq!((p.min_in_features, p.exclude.as_slice(), p.format), (32, &[(320, 640)][..], Int8Format::Qdq));
+        let p = Int8Dynamic::from_options(&toml::Table::new(), Target::Cuda).unwrap();
+        assert_eq!((p.exclude.len(), p.format, p.min_in_features), (19, Int8Format::Dynamic, 16));
+        assert_eq!(Int8Dynamic::from_options(&toml::Table::new(), Target::TensorRt).unwrap().format, Int8Format::Qdq);
+        let p = Int8Dynamic::from_options(&table("exclude = []"), Target::Cpu).unwrap();
+        assert!(p.exclude.is_empty());
+        for (text, expected) in [
+            ("exclude = [[1280, 640], [3]]", "entry 2 is not"),
+            ("exclude = 5", "pairs of positive integers"),
+            ("format = \"int4\"", "unknown format `int4`"),
+            ("format = 8", "`format` must be a string"),
+            ("min_in_features = -1", "non-negative integer"),
+            ("min_features = 16", "unknown option `min_features`"),
+        ] {
+            let err = Int8Dynamic::from_options(&table(text), Target::Cpu).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+            assert!(err.starts_with("int8-dynamic"), "{err}");
+        }
+    }
+
+    pub(crate) fn tiny_unet(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name).join("unet/model.onnx")
+    }
+
+    /// Inputs for a tiny UNet: batch 2, 16x16 latents, 7 tokens, timestep 999, SDXL's time ids.
+    pub(crate) fn unet_feeds(path: &Path) -> Vec<(String, ArrayD<f32>)> {
+        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+        let model = runtime.load(path).unwrap();
+        model
+            .inputs()
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| {
+                let rank = spec.dims.len();
+                let shape: Vec<usize> = spec
+                    .dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| match (d, i, rank) {
+                        (d, _, _) if d > 0 => d as usize,
+                        (_, 0, _) => 2,
+                        (_, _, 4) => 16,
+                        _ => 7,
+                    })
+                    .collect();
+                let n: usize = shape.iter().product();
+                let values = match spec.name.as_str() {
+                    "timestep" => vec![999.0; n],
+                    "time_ids" => [64.0, 64.0, 0.0, 0.0, 64.0, 64.0].iter().copied().cycle().take(n).collect(),
+                    _ => normal(n, 100 + k as u64),
+                };
+                (spec.name.clone(), ArrayD::from_shape_vec(IxDyn(&shape), values).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tiny_unets_quantize_every_eligible_matmul() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, expected) in [("tiny-sd", 11), ("tiny-sd-dynamo", 11), ("tiny-sdxl", 72), ("tiny-sdxl-dynamo", 72)] {
+            let path = tiny_unet(name);
+            let original = OnnxModel::load(&path).unwrap();
+            let feeds = unet_feeds(&path);
+            let want = run(&original, dir.path(), &format!("{name}-fp32"), &feeds);
+            let matmuls = count(&original, "MatMul");
+            for format in [Int8Format::Dynamic, Int8Format::Qdq] {
+                let mut model = original.clone();
+                let pass = Int8Dynamic { min_in_features: 16, exclude: vec![], format };
+                let record = rewrite(pass.clone(), &mut model);
+                assert_eq!((record.rewrites, record.rounds), (expected, 1), "{name} {format:?}");
+                match format {
+                    Int8Format::Dynamic => {
+                        assert_eq!(count(&model, "MatMulInteger"), expected, "{name}");
+                        assert_eq!(count(&model, "MatMul"), matmuls - expected, "{name}");
+                    }
+                    Int8Format::Qdq => {
+                        assert_eq!(count(&model, "DequantizeLinear"), expected, "{name}");
+                        assert_eq!(count(&model, "MatMul"), matmuls, "{name}");
+                    }
+                }
+                // Every MatMul left in float has a non-constant, small or float16 weight.
+                let index = GraphIndex::new(&model);
+                for n in model.graph().node.iter().filter(|n| is_op(n, "MatMul")) {
+                    if let Some(t) = index.const_tensor(&n.input[1]) {
+                        assert!(t.dims.len() != 2 || t.dims[0] <= 16, "{name}: {} was left in float", n.name());
+                    }
+                }
+                let got = run(&model, dir.path(), &format!("{name}-{}", format.name()), &feeds);
+                for (out, w) in &want {
+                    let err = relative_l2(&got[out], w);
+                    eprintln!("{name} int8 {}: {out} relative L2 {err:.2e}", format.name());
+                    assert!(err <= 5e-2, "{name} {format:?}: {out} relative L2 {err:.2e} > 5e-2");
+                }
+                assert!(pass.run(&model, &PassContext::new(Target::Cpu)).unwrap().is_none(), "{name}: not idempotent");
+            }
+            // The seed's list names no tiny shape: the same MatMuls are quantized.
+            let mut seed = original.clone();
+            assert_eq!(rewrite(Int8Dynamic::seed(Target::Cpu), &mut seed).rewrites, expected);
+        }
+    }
+}
