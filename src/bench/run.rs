@@ -105,10 +105,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     }
     let card = dir.component_config("unet").ok().and_then(|c| ModelCard::detect(&c));
     let scheduler_name = match &opts.scheduler {
-        Some(s) => {
-            SchedulerKind::from_name(s)?;
-            s.clone()
-        }
+        Some(s) => SchedulerKind::from_name(s)?.class_name().to_string(),
         None => SchedulerConfig::from_file(dir.scheduler_config())?.class_name.unwrap_or_default(),
     };
     let steps = opts.steps.or(card.as_ref().and_then(|c| c.steps)).unwrap_or(30);

@@ -1053,66 +1053,10 @@ impl Matcher<'_, '_> {
 mod tests {
     use super::*;
     use crate::onnx::{ModelProto, OperatorSetIdProto};
+    use crate::passes::test_util::{Sizes, feeds, relative_l2, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord};
-    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
+    use crate::runtime::{ExecutionProvider, Runtime};
     use ndarray::{ArrayD, IxDyn};
-    use ort::value::TensorElementType;
-
-    fn tiny(name: &str) -> String {
-        format!("{}/models/{name}/model.onnx", env!("CARGO_MANIFEST_DIR"))
-    }
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s >> 12;
-                s ^= s << 25;
-                s ^= s >> 27;
-                ((s.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-            })
-            .collect()
-    }
-
-    /// Random inputs: batch 2, latents 8x8, 77 tokens (ids < 1000), timesteps in [0, 999].
-    fn feeds(model: &crate::runtime::Model, seed: u64) -> Vec<(String, HostTensor)> {
-        let mut feeds = Vec::new();
-        for (k, spec) in model.inputs().iter().enumerate() {
-            let rank = spec.dims.len();
-            let dims: Vec<usize> = spec
-                .dims
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| match d {
-                    d if d >= 0 => d as usize,
-                    _ if i == 0 => 2,
-                    _ if rank == 4 => 8,
-                    _ => 77,
-                })
-                .collect();
-            let values = noise(dims.iter().product(), seed + k as u64);
-            let tensor = match spec.ty {
-                TensorElementType::Int64 | TensorElementType::Int32 => HostTensor::I64(
-                    ArrayD::from_shape_vec(IxDyn(&dims), values.iter().map(|v| (v.abs() * 999.0) as i64).collect())
-                        .unwrap(),
-                ),
-                _ if spec.name.contains("timestep") => HostTensor::F32(
-                    ArrayD::from_shape_vec(IxDyn(&dims), values.iter().map(|v| (v.abs() * 999.0).floor()).collect())
-                        .unwrap(),
-                ),
-                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&dims), values).unwrap()),
-            };
-            feeds.push((spec.name.clone(), tensor));
-        }
-        feeds
-    }
-
-    fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-        assert_eq!(a.shape(), b.shape());
-        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt()
-    }
 
     /// Runs both models on the same random inputs in ONNX Runtime (CPU); the worst relative L2.
     fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
@@ -1124,7 +1068,8 @@ mod tests {
             let path = dir.path().join(format!("{k}.onnx"));
             m.save(&path).unwrap();
             let mut session = runtime.load(&path).unwrap();
-            let f = inputs.get_or_insert_with(|| feeds(&session, seed)).clone();
+            let f =
+                inputs.get_or_insert_with(|| feeds(&session, seed, Sizes { batch: 2, spatial: 8, other: 77 })).clone();
             outputs.push(session.run(f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap());
         }
         assert!(!outputs[0].is_empty() && outputs[0].len() == outputs[1].len());

@@ -392,72 +392,15 @@ pub(crate) mod tests {
     //! Also the helpers of the conv1x1 tests (`tiny`, `noise`, `compare`).
 
     use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
 
     use ndarray::{ArrayD, IxDyn};
-    use ort::value::TensorElementType;
 
     use super::*;
     use crate::onnx::{ModelProto, OperatorSetIdProto, make_tensor_value_info};
+    use crate::passes::test_util::{Sizes, feeds, relative_l2};
+    pub(crate) use crate::passes::test_util::{noise, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord, Target};
-    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
-
-    pub(crate) fn tiny(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name).join("model.onnx")
-    }
-
-    /// Deterministic values in [-1, 1) (xorshift64*).
-    pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s >> 12;
-                s ^= s << 25;
-                s ^= s >> 27;
-                ((s.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-            })
-            .collect()
-    }
-
-    /// Random inputs: dynamic batch 1, dynamic image sizes 16, other dynamic sizes 7, token ids < 1000.
-    fn feeds(model: &crate::runtime::Model, seed: u64) -> Vec<(String, HostTensor)> {
-        let mut feeds = Vec::new();
-        for (k, spec) in model.inputs().iter().enumerate() {
-            let rank = spec.dims.len();
-            let dims: Vec<usize> = spec
-                .dims
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| match d {
-                    d if d >= 0 => d as usize,
-                    _ if i == 0 => 1,
-                    _ if rank == 4 => 16,
-                    _ => 7,
-                })
-                .collect();
-            let values = noise(dims.iter().product(), seed + k as u64);
-            let tensor = match spec.ty {
-                TensorElementType::Int64 | TensorElementType::Int32 => HostTensor::I64(
-                    ArrayD::from_shape_vec(IxDyn(&dims), values.iter().map(|v| (v.abs() * 999.0) as i64).collect())
-                        .unwrap(),
-                ),
-                _ if spec.name.contains("timestep") => HostTensor::F32(
-                    ArrayD::from_shape_vec(IxDyn(&dims), values.iter().map(|v| (v.abs() * 999.0).floor()).collect())
-                        .unwrap(),
-                ),
-                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&dims), values).unwrap()),
-            };
-            feeds.push((spec.name.clone(), tensor));
-        }
-        feeds
-    }
-
-    fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-        assert_eq!(a.shape(), b.shape());
-        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt()
-    }
+    use crate::runtime::{ExecutionProvider, Runtime};
 
     /// Runs `before` and `after` on the same random inputs; returns the worst relative L2 over outputs.
     pub(crate) fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
@@ -469,7 +412,8 @@ pub(crate) mod tests {
             let path = dir.path().join(format!("{k}.onnx"));
             m.save(&path).unwrap();
             let mut session = runtime.load(&path).unwrap();
-            let f = inputs.get_or_insert_with(|| feeds(&session, seed)).clone();
+            let f =
+                inputs.get_or_insert_with(|| feeds(&session, seed, Sizes { batch: 1, spatial: 16, other: 7 })).clone();
             outputs.push(session.run(f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap());
         }
         assert!(!outputs[0].is_empty() && outputs[0].len() == outputs[1].len());

@@ -378,12 +378,7 @@ pub(crate) mod tests {
         ArrayD::from_shape_vec(IxDyn(shape), normal(shape.iter().product(), seed)).unwrap()
     }
 
-    pub(crate) fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-        assert_eq!(a.shape(), b.shape());
-        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-        (num / den.max(1e-30)).sqrt()
-    }
+    pub(crate) use crate::passes::test_util::relative_l2;
 
     pub(crate) fn count(model: &OnnxModel, op: &str) -> usize {
         model.graph().node.iter().filter(|n| n.op_type() == op).count()

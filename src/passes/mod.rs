@@ -20,6 +20,8 @@ pub mod conv1x1;
 pub mod fuse_qkv;
 pub mod int8_dynamic;
 pub mod precision;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 pub use attention::Attention;
 pub use cleanup::Cleanup;

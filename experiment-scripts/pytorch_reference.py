@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""The seed's own PyTorch recipe (huggingface/diffusion-fast) on the model dfast benchmarks, as rows of dfast's
+benchmark CSV (src/bench/schema.rs), so that one `dfast report` shows dfast and PyTorch on the same machine.
+
+  # a diffusers pipeline folder (PyTorch weights), or a Hub id already in the local cache
+  python experiment-scripts/pytorch_reference.py --model path/to/pipeline --device cuda --out benchmarks/sdxl
+  # the same random-weight real architecture that `export_onnx.py --random-weights --arch ...` exports
+  python experiment-scripts/pytorch_reference.py --random-weights --arch sd15 --device cpu --steps 2 \
+      --width 512 --height 512 --out benchmarks/sd15-cpu
+
+Settings (`--settings`, comma list, default all five, in the seed's order; each runs in a fresh process):
+  fp32                          fp32 weights and compute, attention without a fused kernel (diffusers'
+                                `AttnProcessor`, what the seed's `set_default_attn_processor` picks)
+  bf16                          bf16 weights and compute, still plain attention
+  bf16+sdpa                     + fused scaled-dot-product attention (`AttnProcessor2_0`)
+  bf16+sdpa+compile             + channels_last and torch.compile (fullgraph) of the UNet and of VAE decode
+  bf16+sdpa+compile+fused-qkv   + `pipe.fuse_qkv_projections()` (UNet and VAE; `FusedAttnProcessor2_0`)
+A setting is `PRECISION[+sdpa][+compile][+fused-qkv]` with PRECISION fp32, bf16 or fp16, so e.g.
+`fp16+sdpa+compile+fused-qkv` works too (fused-qkv needs sdpa). The seed's last step, dynamic int8
+(torchao), has no row here: torchao is not among the pinned packages.
+
+Compile: `--compile-mode` (default `default`; the seed used `max-autotune`, which takes far longer to compile)
+and `--inductor-tuning` (the seed's `change_comp_config`: conv 1x1 as matmul, coordinate-descent tuning, no
+epilogue fusion). The compile time lands in `first_run_s`, not in `session_create_s`; each setting compiles
+cold (its own inductor/Triton cache directory, removed afterwards) unless `--reuse-compile-cache`.
+SDXL's VAE: its config says `force_upcast`, and the seed decodes it in fp32 (`upcast_vae`); so does dfast
+(the model card's `vae_decoder_fp32`). `--upcast-vae auto` (default) keeps the VAE in fp32 whenever the
+config says so and the setting is not fp32; the latents are cast to fp32 right before decode.
+
+Timings (torch.cuda.synchronize around each timed region on the GPU): text encoding (`encode_prompt`), every
+UNet call (forward hooks on the module the pipeline calls, the classifier-free-guidance batch included;
+median over all steps of the timed runs), VAE decode, the whole call. `session_create_s`: pipeline load +
+dtype/attention/fusion changes + `.to(device)` (+ wrapping in torch.compile, which is lazy). As in dfast
+bench, the first whole call is timed on its own (`first_run_s`, compilation included), then `--warmup` more
+calls, then `--runs` timed calls. `peak_host_mb`: the setting's process's max RSS;
+`peak_device_mb`: torch.cuda.max_memory_allocated.
+
+Output: rows appended to `OUT/pytorch.csv` (created with dfast's header; an existing file must have the same
+header) and one JPEG per setting, `OUT/pytorch-<ep>-<setting>.jpg` (the first image of the last timed run).
+With `--random-weights` the pipeline is built once (export_onnx.random_pipeline: same seed, same weights as
+the ONNX export) and saved with save_pretrained to `--weights-dir` (default `OUT/.pytorch-random-<arch>`,
+removed at the end unless `--keep-weights`; an existing folder is reused), so that every setting loads it
+from disk the way dfast loads its ONNX files. SDXL fp32 needs about 14 GB of disk there and in memory.
+
+Versions: experiment-scripts/requirements-fixtures.txt (torch 2.11.0, diffusers 0.42.1). torch.compile on the
+CPU needs a C++ compiler (g++).
+"""
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+# dfast's CSV columns, in order (src/bench/schema.rs COLUMNS).
+COLUMNS = [
+    "timestamp", "tag", "model", "model_card", "pipeline", "runtime", "profile", "passes", "precision", "ep",
+    "onnxruntime_version", "dfast_version", "device", "scheduler", "steps", "batch_size", "width", "height",
+    "warmup_runs", "timed_runs", "session_create_s", "first_run_s", "text_encode_ms", "unet_step_ms",
+    "vae_decode_ms", "total_s", "total_min_s", "total_max_s", "peak_host_mb", "peak_device_mb", "image", "command",
+]
+CSV_NAME = "pytorch.csv"
+DEFAULT_SETTINGS = ["fp32", "bf16", "bf16+sdpa", "bf16+sdpa+compile", "bf16+sdpa+compile+fused-qkv"]
+FLAGS = ("sdpa", "compile", "fused-qkv")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# dfast's --scheduler names (README) -> diffusers classes, built with from_config(pipe.scheduler.config).
+SCHEDULERS = {
+    "euler": "EulerDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+# The seed's benchmark prompt.
+PROMPT = "ghibli style, a fantasy landscape with castles"
+
+
+def parse_setting(name: str) -> dict:
+    parts = name.split("+")
+    if parts[0] not in PRECISIONS:
+        raise ValueError(f"setting '{name}': must start with one of {', '.join(PRECISIONS)}")
+    flags = set(parts[1:])
+    unknown = flags - set(FLAGS)
+    if unknown or len(flags) != len(parts) - 1:
+        raise ValueError(f"setting '{name}': unknown or repeated part(s) {sorted(unknown) or parts[1:]}; "
+                         f"known: {', '.join(FLAGS)}")
+    if "fused-qkv" in flags and "sdpa" not in flags:
+        raise ValueError(f"setting '{name}': fused-qkv needs sdpa (diffusers' fused processor is SDPA-based)")
+    return {"precision": parts[0], "sdpa": "sdpa" in flags, "compile": "compile" in flags,
+            "fused_qkv": "fused-qkv" in flags}
+
+
+def file_safe(setting: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", setting.replace("+", "-"))
+
+
+def dfast_version() -> str:
+    try:
+        m = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M)
+        return m.group(1) if m else ""
+    except OSError:
+        return ""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def model_card_of(unet_config: dict) -> str:
+    """The model card (models/*.toml) whose [match.unet] fits, as dfast recognises it."""
+    cad = unet_config.get("cross_attention_dim")
+    boc = list(unet_config.get("block_out_channels") or [])
+    tl = unet_config.get("transformer_layers_per_block")
+    tl = list(tl) if isinstance(tl, (list, tuple)) else tl
+    if cad == 768 and boc == [320, 640, 1280, 1280]:
+        return "sd15"
+    if cad == 2048 and boc == [320, 640, 1280]:
+        return "sdxl" if tl == [1, 2, 10] else "ssd-1b"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Child: one setting in this process.
+
+
+def run_setting(args, setting: str, model_dir: str) -> dict:
+    import resource
+
+    import diffusers
+    import torch
+    import transformers
+    from diffusers import DiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    spec = parse_setting(setting)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("pytorch_reference: --device cuda, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    # --- session: load, set up, move, wrap -------------------------------------------------------------
+    sync()
+    t0 = time.perf_counter()
+    kwargs = {"dtype": dtype}
+    index = Path(model_dir) / "model_index.json"
+    if index.exists() and (json.loads(index.read_text()).get("safety_checker") or [None])[0]:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)  # dfast runs no safety checker
+    pipe = DiffusionPipeline.from_pretrained(model_dir, **kwargs)
+    if args.scheduler:
+        cls = getattr(diffusers, SCHEDULERS[args.scheduler])
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    attn = AttnProcessor2_0() if spec["sdpa"] else AttnProcessor()
+    pipe.unet.set_attn_processor(attn)
+    pipe.vae.set_attn_processor(attn)
+    if spec["fused_qkv"]:
+        pipe.fuse_qkv_projections()
+    upcast = {"yes": True, "no": False}.get(args.upcast_vae)
+    if upcast is None:
+        upcast = bool(getattr(pipe.vae.config, "force_upcast", False)) and dtype != torch.float32
+    if upcast:
+        pipe.vae.to(dtype=torch.float32)
+    vae_dtype = next(pipe.vae.post_quant_conv.parameters()).dtype
+    pipe = pipe.to(device)
+    if spec["compile"]:
+        if args.inductor_tuning:
+            cfg = torch._inductor.config
+            cfg.conv_1x1_as_mm = True
+            cfg.coordinate_descent_tuning = True
+            cfg.epilogue_fusion = False
+            cfg.coordinate_descent_check_all_directions = True
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+        pipe.unet = torch.compile(pipe.unet, mode=args.compile_mode, fullgraph=True)
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=args.compile_mode, fullgraph=True)
+    sync()
+    session_create_s = time.perf_counter() - t0
+    pipe.set_progress_bar_config(disable=True)
+
+    # --- timing wrappers --------------------------------------------------------------------------------
+    rec = {"text": [], "unet": [], "vae": []}
+    encode_prompt = pipe.encode_prompt
+
+    def timed_encode(*a, **k):
+        sync()
+        t = time.perf_counter()
+        out = encode_prompt(*a, **k)
+        sync()
+        rec["text"].append(time.perf_counter() - t)
+        return out
+
+    pipe.encode_prompt = timed_encode
+    unet_start = []
+
+    def pre_hook(_module, _inputs):
+        sync()
+        unet_start.append(time.perf_counter())
+
+    def post_hook(_module, _inputs, _output):
+        sync()
+        rec["unet"].append(time.perf_counter() - unet_start.pop())
+
+    # On the module the pipeline calls: outside the compiled region when pipe.unet is torch.compile's wrapper.
+    pipe.unet.register_forward_pre_hook(pre_hook)
+    pipe.unet.register_forward_hook(post_hook)
+    decode = pipe.vae.decode
+
+    def timed_decode(z, *a, **k):
+        sync()
+        t = time.perf_counter()
+        out = decode(z.to(vae_dtype), *a, **k)
+        sync()
+        rec["vae"].append(time.perf_counter() - t)
+        return out
+
+    pipe.vae.decode = timed_decode
+
+    # --- runs -------------------------------------------------------------------------------------------
+    scale = pipe.vae_scale_factor
+    width = args.width or pipe.unet.config.sample_size * scale
+    height = args.height or pipe.unet.config.sample_size * scale
+    call = dict(prompt=args.prompt, num_inference_steps=args.steps, num_images_per_prompt=args.batch_size,
+                width=width, height=height)
+    if args.guidance is not None:
+        call["guidance_scale"] = args.guidance
+    # As dfast bench: a first run timed on its own (compilation happens here), --warmup more, then --runs.
+    totals, first_run_s, image = [], None, None
+    first_timed = 1 + args.warmup
+    n_calls = first_timed + args.runs
+    for i in range(n_calls):
+        if i == first_timed:
+            for v in rec.values():
+                v.clear()
+        generator = torch.Generator("cpu").manual_seed(args.seed)
+        sync()
+        t = time.perf_counter()
+        result = pipe(**call, generator=generator)
+        sync()
+        elapsed = time.perf_counter() - t
+        if i == 0:
+            first_run_s = elapsed
+        if i >= first_timed:
+            totals.append(elapsed)
+            image = result.images[0]
+        kind = "first run" if i == 0 else "warm-up" if i < first_timed else "timed run"
+        print(f"  {setting}: {kind} {i + 1}/{n_calls}: {elapsed:.3f} s", flush=True)
+
+    ep = f"torch-{args.device}"
+    image_name = f"pytorch-{ep}-{file_safe(setting)}.jpg"
+    image.save(Path(args.out) / image_name, quality=90)
+    peak_host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    return {
+        "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tag": args.tag,
+        "model": args.model_name,
+        "model_card": args.card,
+        "pipeline": type(pipe).__name__,
+        "runtime": "pytorch",
+        "profile": setting,
+        "passes": "",
+        "precision": spec["precision"],
+        "ep": ep,
+        "onnxruntime_version": f"torch {torch.__version__}",
+        "dfast_version": dfast_version(),
+        "device": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "scheduler": type(pipe.scheduler).__name__,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "width": width,
+        "height": height,
+        "warmup_runs": args.warmup,
+        "timed_runs": args.runs,
+        "session_create_s": round(session_create_s, 4),
+        "first_run_s": round(first_run_s, 4),
+        "text_encode_ms": round(med(rec["text"]) * 1e3, 3),
+        "unet_step_ms": round(med(rec["unet"]) * 1e3, 3),
+        "vae_decode_ms": round(med(rec["vae"]) * 1e3, 3),
+        "total_s": round(med(totals), 4),
+        "total_min_s": round(min(totals), 4),
+        "total_max_s": round(max(totals), 4),
+        "peak_host_mb": round(peak_host_mb, 1),
+        "peak_device_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else "",
+        "image": image_name,
+        "command": args.row_command,
+    }
+
+
+def materialize(arch: str, dest: Path):
+    """Builds export_onnx.py's random-weight pipeline (same seed, same weights) and saves it for loading."""
+    import torch
+
+    import export_onnx
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    t = time.time()
+    with tempfile.TemporaryDirectory() as vocab:
+        export_onnx.tiny.write_clip_vocab(Path(vocab))
+        pipe = export_onnx.random_pipeline(arch, Path(vocab))
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(dest)
+    print(f"random-weight {arch} pipeline saved to {dest} in {time.time() - t:.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parent: one subprocess per setting, rows collected into OUT/pytorch.csv.
+
+
+def write_rows(path: Path, rows: list):
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            raise SystemExit(f"pytorch_reference: {path} exists with another header; move it away or pick "
+                             "another --out")
+        mode = "a"
+    else:
+        mode = "w"
+    with open(path, mode, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        if mode == "w":
+            w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def command_for(setting: str) -> str:
+    """The command line of this invocation, restricted to one setting."""
+    argv, out, skip = sys.argv[1:], [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--settings":
+            skip = True
+            continue
+        if a.startswith("--settings="):
+            continue
+        out.append(a)
+    return shlex.join(["python3", sys.argv[0], *out, "--settings", setting])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_argument_group("model")
+    src.add_argument("--model", help="diffusers pipeline folder (PyTorch weights) or a Hub id in the local cache")
+    src.add_argument("--random-weights", action="store_true",
+                     help="export_onnx.py's random-weight pipeline of --arch (same seed, same weights)")
+    src.add_argument("--arch", choices=["sd15", "sdxl", "ssd-1b"], help="architecture for --random-weights")
+    src.add_argument("--weights-dir", type=Path,
+                     help="--random-weights: where the built pipeline is saved and loaded from "
+                          "(default OUT/.pytorch-random-ARCH, removed at the end; an existing one is reused and kept)")
+    src.add_argument("--keep-weights", action="store_true", help="keep the default --weights-dir")
+    src.add_argument("--model-name", help="`model` column (default: the folder's name, or ARCH-random); "
+                                          "give the ONNX folder's name to group with dfast's rows")
+    src.add_argument("--card", help="`model_card` column (default: recognised from the UNet's config)")
+    run = ap.add_argument_group("run")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                     help="comma list (default: %(default)s)")
+    run.add_argument("--steps", type=int, default=30)
+    run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--width", type=int, help="default: the UNet's sample_size times the VAE's scale factor")
+    run.add_argument("--height", type=int)
+    run.add_argument("--warmup", type=int, default=3,
+                     help="whole-pipeline warm-up calls after the first run, which is timed on its own "
+                          "(default 3, as the seed; as dfast bench)")
+    run.add_argument("--runs", type=int, default=3, help="timed calls (default 3)")
+    run.add_argument("--prompt", default=PROMPT)
+    run.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
+    run.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="swap the scheduler class, keep its config")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--tag", default="")
+    run.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    run.add_argument("--compile-mode", default="default",
+                     help="torch.compile mode: default, reduce-overhead, max-autotune (the seed's), ...")
+    run.add_argument("--inductor-tuning", action="store_true",
+                     help="the seed's inductor config: conv_1x1_as_mm, coordinate-descent tuning, no epilogue fusion")
+    run.add_argument("--upcast-vae", choices=["auto", "yes", "no"], default="auto",
+                     help="fp32 VAE: auto = when the VAE config says force_upcast (SDXL) and the setting is not fp32")
+    run.add_argument("--reuse-compile-cache", action="store_true",
+                     help="keep torch's on-disk compile caches (default: a fresh, removed cache per setting, so "
+                          "that first_run_s is a cold compile)")
+    run.add_argument("--timeout", type=float, help="seconds per setting before its process is killed")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (pytorch.csv and the images)")
+    ap.add_argument("--_child", dest="child", help=argparse.SUPPRESS)
+    ap.add_argument("--_model-dir", dest="model_dir", help=argparse.SUPPRESS)
+    ap.add_argument("--_row-file", dest="row_file", help=argparse.SUPPRESS)
+    ap.add_argument("--_materialize", dest="materialize", help=argparse.SUPPRESS)
+    ap.add_argument("--_row-command", dest="row_command", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.materialize:
+        materialize(args.arch, Path(args.materialize))
+        return
+    if args.child:
+        row = run_setting(args, args.child, args.model_dir)
+        Path(args.row_file).write_text(json.dumps(row))
+        return
+
+    if args.random_weights == bool(args.model):
+        ap.error("give exactly one of --model or --random-weights")
+    if args.random_weights and not args.arch:
+        ap.error("--random-weights needs --arch")
+    for name in ("steps", "batch_size", "runs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        ap.error("--warmup must be 0 or more")
+    for dim in (args.width, args.height):
+        if dim is not None and (dim <= 0 or dim % 8):
+            ap.error("--width and --height must be positive multiples of 8")
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    for s in settings:
+        try:
+            parse_setting(s)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("pytorch_reference: --device cuda, but torch sees no CUDA device here "
+                             f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU")
+    if any(parse_setting(s)["compile"] for s in settings) and not shutil.which(os.environ.get("CXX", "g++")):
+        raise SystemExit("pytorch_reference: torch.compile needs a C++ compiler (g++) on PATH")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    cleanup = None
+    if args.random_weights:
+        model_dir = args.weights_dir or args.out / f".pytorch-random-{args.arch}"
+        if not (model_dir / "model_index.json").exists():
+            print(f"building the random-weight {args.arch} pipeline (export_onnx.random_pipeline) ...", flush=True)
+            subprocess.run([sys.executable, __file__, "--_materialize", str(model_dir), "--arch", args.arch,
+                            "--out", str(args.out)], check=True)
+            if args.weights_dir is None and not args.keep_weights:
+                cleanup = model_dir
+        model_name = args.model_name or f"{args.arch}-random"
+        card = args.card if args.card is not None else args.arch
+    else:
+        model_dir = Path(args.model)
+        if not model_dir.exists():
+            model_dir = args.model  # a Hub id: diffusers looks in the local cache
+        model_name = args.model_name or Path(args.model.rstrip("/")).name
+        card = args.card
+        if card is None:
+            unet_cfg = Path(args.model) / "unet" / "config.json"
+            card = model_card_of(json.loads(unet_cfg.read_text())) if unet_cfg.exists() else ""
+
+    rows, failed = [], []
+    try:
+        for s in settings:
+            print(f"pytorch_reference: {s} on {args.device} ...", flush=True)
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                row_file = f.name
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", s, "--_model-dir", str(model_dir),
+                   "--_row-file", row_file, "--_row-command", command_for(s),
+                   "--model-name", model_name, "--card", card]
+            # argparse keeps the last --model-name/--card, so these override the user's (same values).
+            env = dict(os.environ)
+            cache = None
+            if not args.reuse_compile_cache:
+                # A cold compile per setting: inductor's and Triton's on-disk caches would otherwise carry
+                # compiled kernels from one run (or setting) to the next and shrink first_run_s.
+                cache = tempfile.mkdtemp(prefix="pytorch-reference-inductor-")
+                env.update(TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"))
+            try:
+                subprocess.run(cmd, check=True, timeout=args.timeout, env=env)
+                row = json.loads(Path(row_file).read_text())
+                rows.append(row)
+                write_rows(args.out / CSV_NAME, [row])
+                print(f"pytorch_reference: {s}: unet step {row['unet_step_ms']:.1f} ms, vae decode "
+                      f"{row['vae_decode_ms']:.1f} ms, total {row['total_s']:.3f} s (first run "
+                      f"{row['first_run_s']:.1f} s)", flush=True)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                failed.append(s)
+                print(f"pytorch_reference: setting {s} failed: {e}", file=sys.stderr, flush=True)
+            finally:
+                Path(row_file).unlink(missing_ok=True)
+                if cache is not None:
+                    shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+    print(f"pytorch_reference: {len(rows)} row(s) written to {args.out / CSV_NAME}")
+    if failed:
+        raise SystemExit(f"pytorch_reference: failed setting(s): {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

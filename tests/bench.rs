@@ -1,0 +1,109 @@
+//! `dfast bench` on the embedded tiny pipeline: the CSV has the documented columns, one row and one image
+//! per measured combination, conversions are cached, and combinations that cannot run say why.
+
+mod common;
+
+use std::process::Command;
+
+use dfast::bench::COLUMNS;
+
+#[test]
+fn bench_writes_rows_images_and_skips_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("results");
+    let args = [
+        "bench",
+        "--profile",
+        "baseline,sdpa",
+        "--ep",
+        "cpu",
+        "--ep",
+        "cuda",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--runs",
+        "2",
+        "--tag",
+        "test run",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}{stdout}", String::from_utf8_lossy(&run.stderr));
+    // cuda cannot run here: each of its combinations is a line saying why, not a silent CPU run.
+    assert_eq!(stdout.matches("skipped ").count(), 2, "{stdout}");
+    assert!(stdout.contains("skipped baseline-fp16-cuda: execution provider `cuda`"), "{stdout}");
+
+    let mut reader = csv::Reader::from_path(out.join("results.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header, COLUMNS);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let col = |row: &csv::StringRecord, name: &str| row[COLUMNS.iter().position(|c| *c == name).unwrap()].to_string();
+    for (row, profile) in rows.iter().zip(["baseline", "sdpa"]) {
+        assert_eq!(col(row, "profile"), profile);
+        assert_eq!(col(row, "ep"), "cpu");
+        assert_eq!(col(row, "model"), "tiny-sd");
+        assert_eq!(col(row, "tag"), "test run");
+        assert_eq!(col(row, "steps"), "2");
+        assert_eq!(col(row, "timed_runs"), "2");
+        assert_eq!(col(row, "onnxruntime_version"), dfast::runtime::ORT_VERSION);
+        for number in ["session_create_s", "first_run_s", "unet_step_ms", "total_s", "total_min_s", "peak_host_mb"] {
+            let v: f64 = col(row, number).parse().unwrap_or_else(|_| panic!("{number} is not a number"));
+            assert!(v > 0.0, "{number} = {v}");
+        }
+        let (min, median, max): (f64, f64, f64) = (
+            col(row, "total_min_s").parse().unwrap(),
+            col(row, "total_s").parse().unwrap(),
+            col(row, "total_max_s").parse().unwrap(),
+        );
+        assert!(min <= median && median <= max);
+        assert!(col(row, "command").starts_with("dfast bench "));
+        let image = image::open(out.join(col(row, "image"))).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 64));
+    }
+    assert_eq!(col(&rows[1], "passes"), "cleanup+attention");
+    let manifest = out.join("converted").join("sdpa-fp32-cpu").join("dfast-manifest.json");
+    let first = std::fs::metadata(&manifest).unwrap().modified().unwrap();
+
+    // A second run reuses the conversion and appends its rows.
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::metadata(&manifest).unwrap().modified().unwrap(), first, "conversion was redone");
+    assert_eq!(csv::Reader::from_path(out.join("results.csv")).unwrap().records().count(), 4);
+
+    // And report turns the folder into a table and a chart.
+    let report = tmp.path().join("report");
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(["report", out.to_str().unwrap(), "--title", "tiny", "--out", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for file in ["results.csv", "report.md", "report.png"] {
+        assert!(report.join(file).is_file(), "{file}");
+    }
+}
+
+#[test]
+fn bench_bad_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    for (args, needle) in [
+        (vec!["--profile", "turbo"], "unknown profile `turbo`"),
+        (vec!["--ep", "tpu"], "unknown execution provider `tpu`"),
+        (vec!["--precision", "fp8"], "unknown precision `fp8`"),
+        (vec!["--runs", "0"], "--runs must be at least 1"),
+        (vec!["--scheduler", "lms"], "lms"),
+    ] {
+        let mut all = vec!["bench", "--steps", "1", "--out", out.to_str().unwrap()];
+        all.extend(args);
+        let run = Command::new(env!("CARGO_BIN_EXE_dfast")).args(&all).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{all:?} succeeded");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+    }
+}
