@@ -1053,27 +1053,13 @@ impl Matcher<'_, '_> {
 mod tests {
     use super::*;
     use crate::onnx::{ModelProto, OperatorSetIdProto};
-    use crate::passes::test_util::{Sizes, feeds, relative_l2, tiny};
+    use crate::passes::test_util::{Sizes, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord};
-    use crate::runtime::{ExecutionProvider, Runtime};
     use ndarray::{ArrayD, IxDyn};
 
     /// Runs both models on the same random inputs in ONNX Runtime (CPU); the worst relative L2.
     fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
-        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-        let dir = tempfile::tempdir().unwrap();
-        let mut outputs = Vec::new();
-        let mut inputs = None;
-        for (k, m) in [before, after].into_iter().enumerate() {
-            let path = dir.path().join(format!("{k}.onnx"));
-            m.save(&path).unwrap();
-            let mut session = runtime.load(&path).unwrap();
-            let f =
-                inputs.get_or_insert_with(|| feeds(&session, seed, Sizes { batch: 2, spatial: 8, other: 77 })).clone();
-            outputs.push(session.run(f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap());
-        }
-        assert!(!outputs[0].is_empty() && outputs[0].len() == outputs[1].len());
-        outputs[0].iter().map(|(name, want)| relative_l2(&outputs[1][name], want)).fold(0.0, f64::max)
+        crate::passes::test_util::compare(before, after, seed, Sizes { batch: 2, spatial: 8, other: 77 })
     }
 
     fn run(model: &mut OnnxModel, pass: Attention, target: Target) -> PassRecord {

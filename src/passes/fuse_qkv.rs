@@ -391,33 +391,17 @@ fn concat(arrays: &[ArrayD<f32>], axis: usize) -> Option<ArrayD<f32>> {
 pub(crate) mod tests {
     //! Also the helpers of the conv1x1 tests (`tiny`, `noise`, `compare`).
 
-    use std::collections::HashMap;
-
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
     use crate::onnx::{ModelProto, OperatorSetIdProto, make_tensor_value_info};
-    use crate::passes::test_util::{Sizes, feeds, relative_l2};
+    use crate::passes::test_util::Sizes;
     pub(crate) use crate::passes::test_util::{noise, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord, Target};
-    use crate::runtime::{ExecutionProvider, Runtime};
 
     /// Runs `before` and `after` on the same random inputs; returns the worst relative L2 over outputs.
     pub(crate) fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
-        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-        let dir = tempfile::tempdir().unwrap();
-        let mut outputs: Vec<HashMap<String, ArrayD<f32>>> = Vec::new();
-        let mut inputs = None;
-        for (k, m) in [before, after].into_iter().enumerate() {
-            let path = dir.path().join(format!("{k}.onnx"));
-            m.save(&path).unwrap();
-            let mut session = runtime.load(&path).unwrap();
-            let f =
-                inputs.get_or_insert_with(|| feeds(&session, seed, Sizes { batch: 1, spatial: 16, other: 7 })).clone();
-            outputs.push(session.run(f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap());
-        }
-        assert!(!outputs[0].is_empty() && outputs[0].len() == outputs[1].len());
-        outputs[0].iter().map(|(name, want)| relative_l2(&outputs[1][name], want)).fold(0.0, f64::max)
+        crate::passes::test_util::compare(before, after, seed, Sizes { batch: 1, spatial: 16, other: 7 })
     }
 
     pub(crate) fn run_passes(model: &mut OnnxModel, manager: PassManager) -> Vec<PassRecord> {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 
-use crate::runtime::{HostTensor, Model};
+use crate::onnx::OnnxModel;
+use crate::runtime::{ExecutionProvider, HostTensor, Model, Runtime};
 
 /// `models/<name>/model.onnx` of the checkout, e.g. `tiny("tiny-sd/unet")`.
 pub(crate) fn tiny(name: &str) -> PathBuf {
@@ -73,4 +74,22 @@ pub(crate) fn relative_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
+}
+
+/// Runs `before` and `after` on the same random inputs in ONNX Runtime (CPU); the worst relative L2 over the
+/// outputs.
+pub(crate) fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64, sizes: Sizes) -> f64 {
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    let mut inputs = None;
+    for (k, m) in [before, after].into_iter().enumerate() {
+        let path = dir.path().join(format!("{k}.onnx"));
+        m.save(&path).unwrap();
+        let mut session = runtime.load(&path).unwrap();
+        let f = inputs.get_or_insert_with(|| feeds(&session, seed, sizes)).clone();
+        outputs.push(session.run(f.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap());
+    }
+    assert!(!outputs[0].is_empty() && outputs[0].len() == outputs[1].len());
+    outputs[0].iter().map(|(name, want)| relative_l2(&outputs[1][name], want)).fold(0.0, f64::max)
 }
