@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::{assert_clear_error, dfast};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
@@ -12,24 +14,10 @@ use ndarray_npy::WriteNpyExt;
 const PROMPT: &str = "a photo of an astronaut riding a horse on mars, highly detailed";
 const NEGATIVE: &str = "blurry, low quality";
 
-fn dfast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().expect("dfast runs")
-}
-
 fn generate_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["generate", "--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--steps", "10", "--out", out];
     args.extend_from_slice(extra);
     args
-}
-
-/// Asserts a failed run with one sentence on stderr that contains `needle`.
-fn assert_clear_error(output: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "expected one line, got: {stderr}");
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
 
 fn assert_matches_reference(latents: &Path, image: &Path, reference: &str) {

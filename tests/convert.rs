@@ -4,12 +4,13 @@
 
 mod common;
 
+use common::{assert_clear_error, dfast};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use dfast::convert::{self, ConvertOptions, Precision, Profile};
 use dfast::passes::Target;
-use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
+use dfast::pipeline::{Pipeline, PipelineDir};
 use dfast::runtime::{ExecutionProvider, HostTensor, Model, Runtime};
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
@@ -124,16 +125,7 @@ fn check_generate(runtime: &Runtime, dir: &Path, pipeline: &str) {
     let refs = common::references().join(reference).join(scheduler);
     let params = common::read_json(&refs.join("params.json"));
     let mut pipe = Pipeline::load(runtime, PipelineDir::open(dir).unwrap()).unwrap();
-    let opts = GenerateOptions {
-        prompt: params["prompt"].as_str().unwrap().into(),
-        negative_prompt: Some(params["negative_prompt"].as_str().unwrap().into()),
-        steps: Some(params["steps"].as_u64().unwrap() as usize),
-        guidance: Some(params["guidance"].as_f64().unwrap() as f32),
-        seed: params["seed"].as_u64().unwrap(),
-        width: Some(params["width"].as_u64().unwrap() as usize),
-        height: Some(params["height"].as_u64().unwrap() as usize),
-        ..Default::default()
-    };
+    let opts = common::reference_options(&params);
     let out = pipe.generate(&opts, &mut |_, _| {}).unwrap();
     let err = common::relative_l2(&out.latents, &common::read_npy(&refs.join("latents.npy")));
     assert!(err <= 1e-3, "{}: latents relative L2 {err:.2e} against diffusers", dir.display());
@@ -179,18 +171,6 @@ fn output_is_a_complete_pipeline_with_a_manifest() {
 
 // ---------------------------------------------------------------------------------------------------------
 // Bad input: one sentence, non-zero exit.
-
-fn dfast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().expect("dfast runs")
-}
-
-fn assert_clear_error(output: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "expected one line, got: {stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
-}
 
 #[test]
 fn not_a_model_or_pipeline_is_a_clear_error() {

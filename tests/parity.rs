@@ -15,18 +15,9 @@ fn check_model(model: &str, pipeline: &str, scheduler: &str) {
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
     let mut pipe = Pipeline::load(&runtime, PipelineDir::open(&common::model(model)).unwrap()).unwrap();
     let opts = GenerateOptions {
-        prompt: params["prompt"].as_str().unwrap().into(),
-        negative_prompt: Some(params["negative_prompt"].as_str().unwrap().into()),
-        steps: Some(params["steps"].as_u64().unwrap() as usize),
-        guidance: Some(params["guidance"].as_f64().unwrap() as f32),
-        seed: params["seed"].as_u64().unwrap(),
-        width: Some(params["width"].as_u64().unwrap() as usize),
-        height: Some(params["height"].as_u64().unwrap() as usize),
-        scheduler: None,
         // The scheduler exactly as diffusers configured it (class, overrides such as v_prediction).
         scheduler_config: Some(dir.join("scheduler_config.json")),
-        latents: None,
-        batch_size: 1,
+        ..common::reference_options(&params)
     };
     let out = pipe.generate(&opts, &mut |_, _| {}).unwrap();
     let want = common::read_npy(&dir.join("latents.npy"));

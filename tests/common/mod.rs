@@ -54,3 +54,34 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// Runs the dfast binary.
+pub fn dfast(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().expect("dfast runs")
+}
+
+/// Asserts a failed run with one sentence on stderr, starting `error: `, that contains `needle`.
+pub fn assert_clear_error(output: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+/// The generation settings of a reference run (`tests/references/<pipeline>/<scheduler>/params.json`);
+/// the scheduler is the pipeline's own unless the caller sets one.
+pub fn reference_options(params: &serde_json::Value) -> dfast::pipeline::GenerateOptions {
+    dfast::pipeline::GenerateOptions {
+        prompt: params["prompt"].as_str().unwrap().into(),
+        negative_prompt: Some(params["negative_prompt"].as_str().unwrap().into()),
+        steps: Some(params["steps"].as_u64().unwrap() as usize),
+        guidance: Some(params["guidance"].as_f64().unwrap() as f32),
+        seed: params["seed"].as_u64().unwrap(),
+        width: Some(params["width"].as_u64().unwrap() as usize),
+        height: Some(params["height"].as_u64().unwrap() as usize),
+        batch_size: 1,
+        ..Default::default()
+    }
+}
