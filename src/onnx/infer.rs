@@ -461,6 +461,18 @@ fn infer_contrib(node: &NodeProto, ins: &[&Facts]) -> Vec<Facts> {
     }
 }
 
+/// The `axes` of Squeeze / Reduce*: from input 1 (newer opsets) or the attribute. `Some(None)`: no axes
+/// given; `None`: given as an input whose value is unknown.
+fn axes_of(node: &NodeProto, axes_input: Option<&Facts>, from_input: bool) -> Option<Option<Vec<i64>>> {
+    if !from_input {
+        return Some(attr_ints(node, "axes").map(<[i64]>::to_vec));
+    }
+    match axes_input {
+        Some(f) => f.ints().map(Some),
+        None => Some(None),
+    }
+}
+
 fn infer_node(node: &NodeProto, ins: &[&Facts], ctx: &Ctx) -> Vec<Facts> {
     let op = node.op_type();
     let input = |k: usize| ins.get(k).copied().filter(|_| node.input.get(k).is_some_and(|n| !n.is_empty()));
@@ -517,16 +529,8 @@ fn infer_node(node: &NodeProto, ins: &[&Facts], ctx: &Ctx) -> Vec<Facts> {
             unsqueeze(&x, axes)
         }
         "Squeeze" => {
-            let axes = if ctx.opset >= 13 {
-                match input(1) {
-                    Some(f) => match f.ints() {
-                        Some(a) => Some(a),
-                        None => return one(Facts::typed(x.dtype, None)),
-                    },
-                    None => None,
-                }
-            } else {
-                attr_ints(node, "axes").map(<[i64]>::to_vec)
+            let Some(axes) = axes_of(node, input(1), ctx.opset >= 13) else {
+                return one(Facts::typed(x.dtype, None));
             };
             squeeze(&x, axes)
         }
@@ -680,16 +684,8 @@ fn infer_node(node: &NodeProto, ins: &[&Facts], ctx: &Ctx) -> Vec<Facts> {
         }
         _ if REDUCE.contains(&op) => {
             let axes_from_input = ctx.opset >= 18 || (op == "ReduceSum" && ctx.opset >= 13);
-            let axes = if axes_from_input {
-                match input(1) {
-                    Some(f) => match f.ints() {
-                        Some(a) => Some(a),
-                        None => return one(Facts::typed(x.dtype, None)),
-                    },
-                    None => None,
-                }
-            } else {
-                attr_ints(node, "axes").map(<[i64]>::to_vec)
+            let Some(axes) = axes_of(node, input(1), axes_from_input) else {
+                return one(Facts::typed(x.dtype, None));
             };
             let keep = attr_int(node, "keepdims").unwrap_or(1) != 0;
             let noop = attr_int(node, "noop_with_empty_axes").unwrap_or(0) != 0;
