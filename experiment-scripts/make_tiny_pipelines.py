@@ -122,8 +122,18 @@ def bytes_to_unicode():
 
 
 def write_clip_vocab(dest: Path):
-    """vocab.json + merges.txt from open_clip's BPE file, as Hugging Face's CLIP checkpoints hold them."""
-    import open_clip
+    """vocab.json + merges.txt from open_clip's BPE file, as Hugging Face's CLIP checkpoints hold them.
+
+    Without open_clip (a GPU host that cannot install it), the same two files are copied from the committed
+    models/tiny-sd/tokenizer, which this function wrote."""
+    try:
+        import open_clip
+    except ImportError:
+        committed = Path(__file__).resolve().parent.parent / "models" / "tiny-sd" / "tokenizer"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(committed / name, dest / name)
+        return
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     merges = gzip.open(bpe).read().decode("utf-8").split("\n")

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::convert::{self, ConvertOptions, ModelCard, Precision, Profile};
 use crate::passes::Target;
 use crate::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
-use crate::runtime::{ExecutionProvider, Runtime};
+use crate::runtime::{EpOptions, ExecutionProvider, Runtime};
 use crate::scheduler::SchedulerKind;
 use crate::{Error, Result};
 
@@ -19,6 +19,10 @@ pub struct Cli {
     /// ONNX Runtime shared library to load (else ORT_DYLIB_PATH, else .ort/<flavour>/ of the checkout).
     #[arg(long, global = true, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
+    /// An execution provider option (repeatable), over the ones a converted folder's manifest sets:
+    /// e.g. cuda_graph=true, prefer_nhwc=true, precision=bf16 (openvino), threads=2. See the README.
+    #[arg(long = "ep-option", global = true, value_name = "KEY=VALUE")]
+    pub ep_option: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,6 +42,31 @@ pub enum Command {
     /// Measure one combination (used by `bench`, one process per combination).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
+    /// Time one UNet call on inputs from an .npz and save its output (to compare with other runtimes).
+    UnetStep(UnetStepArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UnetStepArgs {
+    /// Pipeline folder (its unet/model.onnx, with a conversion's session options) or an ONNX model file.
+    pub model: PathBuf,
+    /// Inputs: an .npz with one array per UNet input, named like the inputs.
+    #[arg(long, value_name = "FILE.npz")]
+    pub inputs: PathBuf,
+    /// Write the UNet's output here (.npy, float32).
+    #[arg(long, value_name = "FILE.npy")]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub ep: String,
+    /// Untimed calls after the first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed calls.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +163,18 @@ pub struct ConvertArgs {
     /// Output folder: a complete pipeline plus dfast-manifest.json.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// int8-static: calibrate on this many prompts (each one image through the source pipeline, fp32, CPU).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub calibrate: usize,
+    /// int8-static: denoising steps per calibration prompt (each UNet call is a sample).
+    #[arg(long, value_name = "STEPS", default_value_t = 4)]
+    pub calibrate_steps: usize,
+    /// int8-static: reuse the ranges of an earlier conversion (its folder, or its unet/int8-calibration.json).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub calibration_from: Option<PathBuf>,
+    /// int8-static: the percentile of each activation's range (100: min and max).
+    #[arg(long, value_name = "P", default_value_t = 99.99)]
+    pub calibration_percentile: f64,
 }
 
 #[derive(Args, Debug)]
@@ -226,16 +267,18 @@ pub fn main() -> i32 {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Generate(args) => generate(args, cli.ort_lib),
-        Command::Convert(args) => convert(args),
+        Command::Generate(args) => generate(args, cli.ort_lib, &cli.ep_option),
+        Command::Convert(args) => convert(args, cli.ort_lib),
         Command::Inspect(args) => inspect(args),
         Command::Report(args) => report(args),
-        Command::Bench(args) => bench(args, cli.ort_lib),
-        Command::BenchWorker(args) => bench_worker(args, cli.ort_lib),
+        Command::Bench(args) => bench(args, cli.ort_lib, cli.ep_option),
+        Command::BenchWorker(args) => bench_worker(args, cli.ort_lib, &cli.ep_option),
+        Command::UnetStep(args) => unet_step(args, cli.ort_lib, &cli.ep_option),
     }
 }
 
-fn bench(args: BenchArgs, ort_lib: Option<PathBuf>) -> Result<()> {
+fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: Vec<String>) -> Result<()> {
+    EpOptions::parse(&ep_options)?;
     use crate::bench::run::{self, BenchOptions, Event, Outcome};
     let eps = if args.ep.is_empty() {
         vec![Target::Cpu]
@@ -268,6 +311,7 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>) -> Result<()> {
         tag: args.tag,
         out: args.out,
         ort_lib,
+        ep_options,
     };
     let total = run::combinations(&opts).len();
     let bar = ProgressBar::new(total as u64);
@@ -317,7 +361,7 @@ fn say(bar: &ProgressBar, line: String) {
     }
 }
 
-fn bench_worker(args: BenchWorkerArgs, ort_lib: Option<PathBuf>) -> Result<()> {
+fn bench_worker(args: BenchWorkerArgs, ort_lib: Option<PathBuf>, ep_options: &[String]) -> Result<()> {
     use crate::bench::run::{self, WorkerOptions};
     let ep = ExecutionProvider::from_name(&args.ep)?;
     let scheduler = args.scheduler.as_deref().map(SchedulerKind::from_name).transpose()?;
@@ -339,6 +383,7 @@ fn bench_worker(args: BenchWorkerArgs, ort_lib: Option<PathBuf>) -> Result<()> {
         runs: args.runs,
         image: args.image,
         ort_lib,
+        ep_options: EpOptions::parse(ep_options)?,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("  runs [{bar:30}] {pos}/{len}, {elapsed}").expect("valid template"));
@@ -350,7 +395,7 @@ fn bench_worker(args: BenchWorkerArgs, ort_lib: Option<PathBuf>) -> Result<()> {
     run::write_measurement(&args.json, &m?)
 }
 
-fn convert(args: ConvertArgs) -> Result<()> {
+fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
     let target = Target::from_name(&args.ep)?;
     let precision = match &args.precision {
         Some(p) => Precision::from_name(p)?,
@@ -358,8 +403,25 @@ fn convert(args: ConvertArgs) -> Result<()> {
     };
     let profile = Profile::load(&args.profile)?;
     let card = args.card.as_deref().map(ModelCard::load).transpose()?;
-    let opts =
-        ConvertOptions { source: args.model, out: args.out, profile, precision, target, card, vae_half: args.vae_half };
+    let calibration = crate::convert::calibrate::CalibrationOptions {
+        prompts: args.calibrate,
+        steps: args.calibrate_steps,
+        width: None,
+        height: None,
+        from: args.calibration_from,
+        percentile: args.calibration_percentile,
+        ort_lib,
+    };
+    let opts = ConvertOptions {
+        source: args.model,
+        out: args.out,
+        profile,
+        precision,
+        target,
+        card,
+        vae_half: args.vae_half,
+        calibration,
+    };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} components, {elapsed}")
@@ -428,9 +490,43 @@ fn inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>) -> Result<()> {
+fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: &[String]) -> Result<()> {
+    use crate::bench::unet_step::{StepOptions, unet_step};
+    let ep = ExecutionProvider::from_name(&args.ep)?;
+    let options = EpOptions::parse(ep_options)?;
+    if let Some(path) = &args.output {
+        check_writable(path)?;
+    }
+    let runtime = Runtime::with_options(ep, options, ort_lib.as_deref())?;
+    let opts = StepOptions {
+        model: args.model,
+        inputs: args.inputs,
+        output: args.output,
+        warmup: args.warmup,
+        runs: args.runs,
+    };
+    let report = unet_step(&runtime, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| Error::runtime(format!("json: {e}")))?);
+    } else {
+        println!(
+            "{}: ep {}, median {:.1} ms, min {:.1} ms over {} runs (first {:.1} ms, session {:.2} s)",
+            report.model,
+            report.ep,
+            report.median_s * 1e3,
+            report.min_s * 1e3,
+            report.runs_s.len(),
+            report.first_run_s * 1e3,
+            report.session_create_s
+        );
+    }
+    Ok(())
+}
+
+fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: &[String]) -> Result<()> {
     // Cheap checks first, so that bad input fails before any model is loaded.
     let ep = ExecutionProvider::from_name(&args.ep)?;
+    let ep_options = EpOptions::parse(ep_options)?;
     let scheduler = args.scheduler.as_deref().map(SchedulerKind::from_name).transpose()?;
     pipeline::image::format_for(&args.out)?;
     check_writable(&args.out)?;
@@ -453,7 +549,7 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>) -> Result<()> {
         batch_size: 1,
     };
 
-    let runtime = Runtime::new(ep, ort_lib.as_deref())?;
+    let runtime = Runtime::with_options(ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     pipe.resolve_size(&opts)?;
 

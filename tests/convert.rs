@@ -78,6 +78,7 @@ fn convert_to(pipeline: &str, profile: &str, out: &Path) -> convert::Manifest {
         target: Target::Cpu,
         card: None,
         vae_half: false,
+        calibration: Default::default(),
     };
     convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{pipeline} with {profile}: {e}"))
 }

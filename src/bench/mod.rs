@@ -3,5 +3,6 @@
 pub mod report;
 pub mod run;
 pub mod schema;
+pub mod unet_step;
 
 pub use schema::{COLUMNS, RESULTS_CSV, Row};

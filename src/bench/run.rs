@@ -42,6 +42,8 @@ pub struct BenchOptions {
     pub tag: String,
     pub out: PathBuf,
     pub ort_lib: Option<PathBuf>,
+    /// `--ep-option key=value` for every combination's sessions.
+    pub ep_options: Vec<String>,
 }
 
 /// One combination to measure.
@@ -168,6 +170,9 @@ fn measure(
     if let Some(lib) = &opts.ort_lib {
         cmd.arg("--ort-lib").arg(lib);
     }
+    for option in &opts.ep_options {
+        cmd.arg("--ep-option").arg(option);
+    }
     cmd.arg("bench-worker")
         .arg("--model")
         .arg(&folder)
@@ -210,7 +215,11 @@ fn measure(
         ep: combination.ep.name().into(),
         onnxruntime_version: m.onnxruntime_version,
         dfast_version: env!("CARGO_PKG_VERSION").into(),
-        device: cpu_name(),
+        device: if ep.device_memory() {
+            gpu_name().unwrap_or_else(|| "NVIDIA GPU (name unknown)".into())
+        } else {
+            cpu_name()
+        },
         steps,
         batch_size: opts.batch_size,
         width: m.width,
@@ -226,7 +235,7 @@ fn measure(
         total_min_s: m.totals_s.iter().copied().fold(f64::INFINITY, f64::min),
         total_max_s: m.totals_s.iter().copied().fold(0.0, f64::max),
         peak_host_mb: m.peak_host_mb,
-        peak_device_mb: None,
+        peak_device_mb: m.peak_device_mb,
         image,
         command: reproduce_command(opts, combination),
         ..Default::default()
@@ -243,19 +252,6 @@ fn converted(
     card: Option<&ModelCard>,
 ) -> Result<PathBuf> {
     let folder = opts.out.join("converted").join(combination.label());
-    if let Ok(text) = std::fs::read_to_string(folder.join(convert::MANIFEST))
-        && let Ok(m) = serde_json::from_str::<serde_json::Value>(&text)
-    {
-        let same = m["source"] == source.display().to_string()
-            && m["passes"] == serde_json::json!(profile.passes)
-            && m["profile_source"] == profile.source
-            && m["precision"] == combination.precision.name()
-            && m["execution_provider"] == combination.ep.name()
-            && m["dfast_version"] == env!("CARGO_PKG_VERSION");
-        if same {
-            return Ok(folder);
-        }
-    }
     let convert_opts = ConvertOptions {
         source: source.to_path_buf(),
         out: folder.clone(),
@@ -264,7 +260,31 @@ fn converted(
         target: combination.ep,
         card: card.cloned(),
         vae_half: false,
+        calibration: Default::default(),
     };
+    let key = convert::conversion_key(&convert_opts, card);
+    let manifest = |dir: &Path| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(convert::MANIFEST)).ok()?).ok()
+    };
+    let session = serde_json::json!(convert::session_options(&convert_opts));
+    if let Some(m) = manifest(&folder)
+        && m["conversion_key"] == key
+        && m["session_options"] == session
+        && m["profile_source"] == profile.source
+    {
+        return Ok(folder);
+    }
+    // Another profile with the same passes and options (say, one that only adds session options): link
+    // its files instead of converting again.
+    let siblings = std::fs::read_dir(opts.out.join("converted")).into_iter().flatten().flatten();
+    if let Some(twin) = siblings
+        .map(|e| e.path())
+        .filter(|p| p != &folder && !p.to_string_lossy().ends_with(".partial"))
+        .find(|p| manifest(p).is_some_and(|m| m["conversion_key"] == key))
+    {
+        convert::relabel(&twin, &convert_opts)?;
+        return Ok(folder);
+    }
     convert::convert(&convert_opts, &mut |_| {})?;
     Ok(folder)
 }
@@ -277,6 +297,9 @@ fn reproduce_command(opts: &BenchOptions, c: &Combination) -> String {
         format!("--precision {}", c.precision.name()),
         format!("--ep {}", c.ep.name()),
     ];
+    for option in &opts.ep_options {
+        parts.push(format!("--ep-option {}", shell_quote(option)));
+    }
     if let Some(s) = &opts.scheduler {
         parts.push(format!("--scheduler {s}"));
     }
@@ -333,6 +356,9 @@ pub struct Measurement {
     pub vae_decode_ms: f64,
     pub totals_s: Vec<f64>,
     pub peak_host_mb: f64,
+    /// GPU memory this process held after the runs (nvidia-smi), for the CUDA and TensorRT EPs.
+    #[serde(default)]
+    pub peak_device_mb: Option<f64>,
 }
 
 /// What the worker runs.
@@ -345,12 +371,13 @@ pub struct WorkerOptions {
     pub runs: usize,
     pub image: PathBuf,
     pub ort_lib: Option<PathBuf>,
+    pub ep_options: crate::runtime::EpOptions,
 }
 
 /// Loads one combination and measures it; `on_run(i, n)` after each of the warm-up + timed runs.
 pub fn worker(opts: &WorkerOptions, on_run: &mut dyn FnMut(usize, usize)) -> Result<Measurement> {
     let dir = PipelineDir::open(&opts.model)?;
-    let runtime = Runtime::new(opts.ep, opts.ort_lib.as_deref())?;
+    let runtime = Runtime::with_options(opts.ep, opts.ep_options.clone(), opts.ort_lib.as_deref())?;
     let t0 = Instant::now();
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let session_create_s = t0.elapsed().as_secs_f64();
@@ -389,6 +416,7 @@ pub fn worker(opts: &WorkerOptions, on_run: &mut dyn FnMut(usize, usize)) -> Res
         vae_decode_ms: median(&vae),
         totals_s: totals,
         peak_host_mb: peak_rss_mb(),
+        peak_device_mb: if opts.ep.device_memory() { gpu_memory_of_this_process_mb() } else { None },
     })
 }
 
@@ -410,6 +438,26 @@ pub fn median(values: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The first GPU's name, from nvidia-smi.
+pub fn gpu_name() -> Option<String> {
+    let out = Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+/// GPU memory held by this process, from nvidia-smi (MiB).
+fn gpu_memory_of_this_process_mb() -> Option<f64> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (p, mb) = l.split_once(',')?;
+        (p.trim() == pid).then(|| mb.trim().parse().ok()).flatten()
+    })
 }
 
 /// Peak resident memory of this process (VmHWM), in MB.
@@ -484,6 +532,7 @@ mod tests {
             tag: String::new(),
             out: PathBuf::new(),
             ort_lib: None,
+            ep_options: Vec::new(),
         };
         let labels: Vec<String> = combinations(&opts).iter().map(Combination::label).collect();
         assert_eq!(labels, ["baseline-fp32-cpu", "sdpa-fp32-cpu", "baseline-fp16-cuda", "sdpa-fp16-cuda"]);

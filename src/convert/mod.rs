@@ -6,6 +6,7 @@
 //! the precision is not fp32; everything else (model_index.json, scheduler, tokenizers, configs) is
 //! copied. The source folder is only read.
 
+pub mod calibrate;
 pub mod card;
 pub mod profile;
 
@@ -27,7 +28,8 @@ use crate::{Error, Result};
 pub const MANIFEST: &str = "dfast-manifest.json";
 
 /// Every pass a profile may name.
-pub const KNOWN_PASSES: [&str; 6] = ["cleanup", "attention", "fuse-qkv", "conv1x1", "int8-dynamic", "precision"];
+pub const KNOWN_PASSES: [&str; 7] =
+    ["cleanup", "attention", "fuse-qkv", "conv1x1", "int8-dynamic", "int8-static", "precision"];
 
 /// Weights and compute precision of a conversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,6 +79,8 @@ pub struct ConvertOptions {
     pub card: Option<ModelCard>,
     /// Convert the VAE decoder to fp16/bf16 even where the model card keeps it fp32 (SDXL).
     pub vae_half: bool,
+    /// How `int8-static` calibrates (used only by profiles with that pass).
+    pub calibration: calibrate::CalibrationOptions,
 }
 
 /// What happened to one component.
@@ -103,10 +107,16 @@ pub struct Manifest {
     pub passes: Vec<String>,
     pub precision: Precision,
     pub execution_provider: Target,
+    /// Options for the execution provider's sessions when this folder runs (the profile's `[session.<ep>]`).
+    pub session_options: std::collections::BTreeMap<String, String>,
     pub model_card: Option<String>,
     pub int8_exclude: Option<Vec<(usize, usize)>>,
+    /// How int8-static was calibrated, when the profile has it.
+    pub calibration: Option<calibrate::CalibrationOptions>,
     pub components: Vec<ComponentReport>,
     pub seconds: f64,
+    /// Everything that decides the converted files (not the session options): equal keys, equal files.
+    pub conversion_key: serde_json::Value,
 }
 
 /// Progress of a conversion, for a progress bar.
@@ -135,8 +145,10 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     for component in &components {
         let keep_fp32 =
             component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(|c| c.vae_decoder_fp32);
-        let precision = if keep_fp32 { Precision::Fp32 } else { opts.precision };
-        plans.push((component, precision, pass_manager(&opts.profile, component, opts.target, precision, &exclude)?));
+        // OpenVINO takes fp32 graphs and runs them in bf16/f16 by its inference precision hint (a session
+        // option, recorded in the manifest), so its graphs stay fp32.
+        let precision = if keep_fp32 || opts.target == Target::OpenVino { Precision::Fp32 } else { opts.precision };
+        plans.push((component, precision, pass_manager(opts, component, precision, &exclude)?));
     }
 
     // Written under a temporary name next to `out` and renamed at the end: a folder named `out` is complete.
@@ -176,6 +188,7 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     };
 
     let uses_int8 = opts.profile.passes.iter().any(|p| p == "int8-dynamic");
+    let uses_static = opts.profile.passes.iter().any(|p| p == "int8-static");
     let manifest = Manifest {
         dfast_version: env!("CARGO_PKG_VERSION").to_string(),
         onnxruntime_version: crate::runtime::ORT_VERSION.to_string(),
@@ -185,10 +198,13 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
         passes: opts.profile.passes.clone(),
         precision: opts.precision,
         execution_provider: opts.target,
+        session_options: session_options(opts),
         model_card: card.as_ref().map(|c| c.name.clone()),
         int8_exclude: uses_int8.then_some(exclude),
+        calibration: uses_static.then(|| opts.calibration.clone()),
         components: reports,
         seconds: start.elapsed().as_secs_f64(),
+        conversion_key: conversion_key(opts, card.as_ref()),
     };
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
     let path = staging.join(MANIFEST);
@@ -201,6 +217,82 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     std::fs::rename(&staging, &opts.out)
         .map_err(|e| Error::bad_file(&opts.out, format!("cannot move the conversion into place: {e}")))?;
     Ok(manifest)
+}
+
+/// The profile's `[session.<ep>]` options, plus OpenVINO's precision hint for a bf16/fp16 conversion.
+pub fn session_options(opts: &ConvertOptions) -> std::collections::BTreeMap<String, String> {
+    let mut options = opts.profile.session_options(opts.target.name()).0;
+    if opts.target == Target::OpenVino && opts.precision != Precision::Fp32 {
+        let hint = if opts.precision == Precision::Bf16 { "bf16" } else { "f16" };
+        options.entry("precision".into()).or_insert_with(|| hint.into());
+    }
+    options
+}
+
+/// What decides the files a conversion writes: source, passes with their options for the target,
+/// precision, target, model card, VAE rule and dfast's version. Two profiles that differ only in session
+/// options have the same key (`dfast bench` links one conversion's files instead of converting again).
+pub fn conversion_key(opts: &ConvertOptions, card: Option<&ModelCard>) -> serde_json::Value {
+    let target = opts.target.name();
+    let options: serde_json::Map<String, serde_json::Value> = opts
+        .profile
+        .passes
+        .iter()
+        .chain(std::iter::once(&"precision".to_string()))
+        .map(|p| (p.clone(), serde_json::Value::String(opts.profile.pass_options(p, target).to_string())))
+        .collect();
+    serde_json::json!({
+        "source": opts.source.canonicalize().unwrap_or_else(|_| opts.source.clone()).display().to_string(),
+        "passes": opts.profile.passes,
+        "options": options,
+        "precision": opts.precision.name(),
+        "target": target,
+        "card": card.map(|c| c.name.clone()),
+        "vae_half": opts.vae_half,
+        "calibration": opts.profile.passes.iter().any(|p| p == "int8-static").then(|| serde_json::json!(opts.calibration)),
+        "dfast_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// A copy of an earlier conversion with another profile's name and session options: the ONNX files are
+/// hard links (copies where links cannot be made), written under `<out>.partial` and renamed like `convert`.
+pub fn relabel(from: &Path, opts: &ConvertOptions) -> Result<()> {
+    check_output(&opts.source, &opts.out)?;
+    let manifest_path = from.join(MANIFEST);
+    let mut manifest = crate::pipeline::model_dir::read_json(&manifest_path)?;
+    let staging = staging_dir(&opts.out);
+    let _ = std::fs::remove_dir_all(&staging);
+    link_tree(from, &staging)
+        .map_err(|e| Error::bad_file(&opts.out, format!("cannot link {}: {e}", from.display())))?;
+    manifest["profile"] = opts.profile.name.clone().into();
+    manifest["profile_source"] = opts.profile.source.clone().into();
+    manifest["session_options"] = serde_json::json!(session_options(opts));
+    manifest["relabelled_from"] = from.display().to_string().into();
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
+    let path = staging.join(MANIFEST);
+    // The linked manifest is the original's file: unlink it before writing this one.
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, format!("cannot write: {e}")))?;
+    if opts.out.exists() {
+        std::fs::remove_dir_all(&opts.out)
+            .map_err(|e| Error::bad_file(&opts.out, format!("cannot replace the earlier conversion: {e}")))?;
+    }
+    std::fs::rename(&staging, &opts.out)
+        .map_err(|e| Error::bad_file(&opts.out, format!("cannot move the conversion into place: {e}")))
+}
+
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else if std::fs::hard_link(entry.path(), &target).is_err() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// `<out>.partial` next to `out`.
@@ -220,12 +312,12 @@ fn card_exclude(profile: &Profile, card: Option<&ModelCard>) -> Vec<(usize, usiz
 
 /// The passes of `profile` that apply to `component`, then the precision pass.
 fn pass_manager(
-    profile: &Profile,
+    opts: &ConvertOptions,
     component: &str,
-    target: Target,
     precision: Precision,
     exclude: &[(usize, usize)],
 ) -> Result<PassManager> {
+    let (profile, target) = (&opts.profile, opts.target);
     let mut manager = PassManager::new();
     for name in &profile.passes {
         let mut options = profile.pass_options(name, target.name());
@@ -245,6 +337,19 @@ fn pass_manager(
                 exclude.iter().map(|&(a, b)| Value::Array(vec![Value::Integer(a as i64), Value::Integer(b as i64)]));
             options.insert("exclude".into(), Value::Array(pairs.collect()));
         }
+        if name == "int8-static" {
+            // Calibration records UNet inputs: the pass applies to the UNet alone.
+            if component != "unet" {
+                return Err(Error::bad_input(format!(
+                    "profile {}: int8-static calibrates the UNet only; give it `components = [\"unet\"]`",
+                    profile.source
+                )));
+            }
+            let save_to = staging_dir(&opts.out).join(component).join(calibrate::RANGES_FILE);
+            let calibrator = calibrate::unet_calibrator(opts.source.clone(), opts.calibration.clone(), save_to);
+            manager.push(Box::new(passes::Int8Static::from_options(&options)?.with_calibrator(calibrator)));
+            continue;
+        }
         manager.push(build_pass(name, &options, target)?);
     }
     if precision != Precision::Fp32 {
@@ -263,6 +368,7 @@ pub fn build_pass(name: &str, options: &Table, target: Target) -> Result<Box<dyn
         "fuse-qkv" => Box::new(passes::FuseQkv::from_options(options)?),
         "conv1x1" => Box::new(passes::Conv1x1::from_options(options)?),
         "int8-dynamic" => Box::new(passes::Int8Dynamic::from_options(options, target)?),
+        "int8-static" => Box::new(passes::Int8Static::from_options(options)?),
         "precision" => Box::new(passes::Precision::from_options(options, target)?),
         _ => {
             return Err(Error::bad_input(format!("unknown pass `{name}`; known passes: {}", KNOWN_PASSES.join(", "))));

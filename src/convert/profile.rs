@@ -9,6 +9,8 @@
 //! channels = [128]
 //! [ep.cpu.attention]          # ... and their overrides for one execution provider
 //! op = "MultiHeadAttention"
+//! [session.cuda]              # options of the EP's sessions when the conversion runs (see runtime::ep),
+//! cuda_graph = true           # written into the converted folder's manifest
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,12 +20,14 @@ use toml::{Table, Value};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
-pub const BUILTIN: [(&str, &str); 5] = [
+pub const BUILTIN: [(&str, &str); 7] = [
     ("baseline", include_str!("../../profiles/baseline.toml")),
     ("sdpa", include_str!("../../profiles/sdpa.toml")),
     ("fuse-qkv", include_str!("../../profiles/fuse-qkv.toml")),
     ("conv1x1", include_str!("../../profiles/conv1x1.toml")),
     ("int8-dynamic", include_str!("../../profiles/int8-dynamic.toml")),
+    ("int8-static", include_str!("../../profiles/int8-static.toml")),
+    ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
 ];
 
 /// A resolved profile: its `extends` chain flattened.
@@ -39,6 +43,8 @@ pub struct Profile {
     options: Table,
     /// Options per execution provider, then per pass.
     ep_options: Table,
+    /// Session options per execution provider.
+    session: Table,
 }
 
 impl Profile {
@@ -102,6 +108,11 @@ impl Profile {
             Some(Value::Table(t)) => t,
             Some(_) => return Err(bad("`ep` must be a table of execution providers".into())),
         };
+        let session = match table.remove("session") {
+            None => Table::new(),
+            Some(Value::Table(t)) if t.values().all(|v| v.as_table().is_some_and(|o| o.values().all(scalar))) => t,
+            Some(_) => return Err(bad("`session` must hold one table of plain values per execution provider".into())),
+        };
         let extends = match table.remove("extends") {
             None => None,
             Some(Value::String(s)) => Some(s),
@@ -122,6 +133,7 @@ impl Profile {
                 passes: Vec::new(),
                 options: Table::new(),
                 ep_options: Table::new(),
+                session: Table::new(),
             },
         };
         profile.name = name;
@@ -134,6 +146,7 @@ impl Profile {
         }
         merge(&mut profile.options, table);
         merge(&mut profile.ep_options, ep_options);
+        merge(&mut profile.session, session);
         Ok(profile)
     }
 
@@ -168,6 +181,27 @@ impl Profile {
         }
         out
     }
+}
+
+impl Profile {
+    /// The `[session.<ep>]` options, as strings.
+    pub fn session_options(&self, ep: &str) -> crate::runtime::EpOptions {
+        let mut map = std::collections::BTreeMap::new();
+        if let Some(t) = self.session.get(ep).and_then(Value::as_table) {
+            for (k, v) in t {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                map.insert(k.clone(), v);
+            }
+        }
+        crate::runtime::EpOptions(map)
+    }
+}
+
+fn scalar(v: &Value) -> bool {
+    !matches!(v, Value::Table(_) | Value::Array(_))
 }
 
 /// Key-by-key merge: tables merge recursively, anything else is replaced.

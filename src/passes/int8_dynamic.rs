@@ -314,7 +314,7 @@ fn add_dynamic_quantize(index: &GraphIndex, patch: &mut Patch, x: &str) -> Quant
 /// Symmetric per-column int8 of a row-major float32 [k, n] matrix given as little-endian bytes: scale_j =
 /// max_i |w_ij| / 127, q_ij = round_half_even(w_ij / scale_j). Returns the int8 values (as bytes) and the
 /// scales, or None when a value is not finite.
-fn quantize_per_column(bytes: &[u8], k: usize, n: usize) -> Option<(Vec<u8>, Vec<f32>)> {
+pub(crate) fn quantize_per_column(bytes: &[u8], k: usize, n: usize) -> Option<(Vec<u8>, Vec<f32>)> {
     let row_bytes = n.checked_mul(4)?;
     if n == 0 || bytes.len() != k.checked_mul(row_bytes)? {
         return None;

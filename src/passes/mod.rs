@@ -19,6 +19,7 @@ pub mod cleanup;
 pub mod conv1x1;
 pub mod fuse_qkv;
 pub mod int8_dynamic;
+pub mod int8_static;
 pub mod precision;
 #[cfg(test)]
 pub(crate) mod test_util;
@@ -28,6 +29,7 @@ pub use cleanup::Cleanup;
 pub use conv1x1::Conv1x1;
 pub use fuse_qkv::FuseQkv;
 pub use int8_dynamic::{Int8Dynamic, Int8Format};
+pub use int8_static::Int8Static;
 pub use precision::{HalfType, OpPolicy, Precision};
 
 use serde::Serialize;

@@ -14,7 +14,7 @@ use ::image::RgbImage;
 use ndarray::{ArrayD, Axis, IxDyn, concatenate, s};
 use serde_json::Value;
 
-use crate::runtime::{HostTensor, Model, Runtime};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
@@ -76,24 +76,35 @@ pub struct Pipeline {
     vae_scale_factor: usize,
     latent_channels: usize,
     default_size: usize,
+    /// The UNet's inputs and output in device memory, bound once (IoBinding).
+    io_binding: bool,
+    /// Sees every UNet call's inputs (calibration).
+    unet_recorder: Option<UnetRecorder>,
 }
+
+/// Called with the inputs of every UNet call.
+pub type UnetRecorder = Box<dyn FnMut(&[(&str, HostTensor)])>;
 
 impl Pipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
+        // A converted folder carries the session options its profile chose for its EP.
+        let defaults = dir.session_options(runtime.ep().name())?;
+        let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
         let mut text_encoders = vec![TextEncoder {
             tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?,
-            model: runtime.load(&dir.component_model("text_encoder"))?,
+            model: load("text_encoder", SessionRole::Other)?,
             warnings: Vec::new(),
         }];
         if dir.kind == PipelineKind::StableDiffusionXl {
             text_encoders.push(TextEncoder {
                 tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer_2"))?,
-                model: runtime.load(&dir.component_model("text_encoder_2"))?,
+                model: load("text_encoder_2", SessionRole::Other)?,
                 warnings: Vec::new(),
             });
         }
-        let unet = runtime.load(&dir.component_model("unet"))?;
-        let vae_decoder = runtime.load(&dir.component_model("vae_decoder"))?;
+        let unet = load("unet", SessionRole::Unet)?;
+        let vae_decoder = load("vae_decoder", SessionRole::Other)?;
+        let io_binding = defaults.merged(runtime.options()).flag("io_binding", runtime.ep().device_memory())?;
         let vae_config = dir.component_config("vae_decoder")?;
         let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
         let blocks = vae_config.get("block_out_channels").and_then(Value::as_array).map_or(4, Vec::len);
@@ -117,7 +128,14 @@ impl Pipeline {
             vae_scale_factor,
             latent_channels,
             default_size,
+            io_binding,
+            unet_recorder: None,
         })
+    }
+
+    /// Sets (or clears) the function that sees every UNet call's inputs.
+    pub fn set_unet_recorder(&mut self, recorder: Option<UnetRecorder>) {
+        self.unet_recorder = recorder;
     }
 
     pub fn dir(&self) -> &PipelineDir {
@@ -182,6 +200,10 @@ impl Pipeline {
 
         let mut latents = initial * scheduler.init_noise_sigma() as f32;
         let timesteps = scheduler.timesteps().to_vec();
+        if self.io_binding {
+            // Bound once per image: the conditioning does not change between steps.
+            self.unet.bind_inputs(unet_conditioning(&cond))?;
+        }
         let mut unet_steps = Vec::with_capacity(timesteps.len());
         for (i, &t) in timesteps.iter().enumerate() {
             let t_step = Instant::now();
@@ -225,17 +247,25 @@ impl Pipeline {
 
     fn run_unet(&mut self, sample: ArrayD<f32>, t: f64, cond: &Conditioning) -> Result<ArrayD<f32>> {
         let batch = sample.shape()[0];
+        let shape = sample.shape().to_vec();
         let timestep = ArrayD::from_elem(IxDyn(&[batch]), t as f32);
-        let mut feeds = vec![
-            ("sample", HostTensor::F32(sample)),
-            ("timestep", HostTensor::F32(timestep)),
-            ("encoder_hidden_states", HostTensor::F32(cond.encoder_hidden_states.clone())),
-        ];
-        if let Some((text_embeds, time_ids)) = &cond.added {
-            feeds.push(("text_embeds", HostTensor::F32(text_embeds.clone())));
-            feeds.push(("time_ids", HostTensor::F32(time_ids.clone())));
+        let step = vec![("sample", HostTensor::F32(sample)), ("timestep", HostTensor::F32(timestep))];
+        if let Some(record) = self.unet_recorder.as_mut() {
+            let mut all = step.clone();
+            all.extend(unet_conditioning(cond));
+            record(&all);
         }
-        let mut out = self.unet.run(feeds)?;
+        let mut out = if self.io_binding {
+            self.unet.bind_inputs(step)?;
+            let names = self.unet.output_names();
+            let name = if names.iter().any(|n| n == "out_sample") { "out_sample" } else { &names[0] };
+            self.unet.bind_output(name, &shape)?;
+            self.unet.run_bound()?
+        } else {
+            let mut feeds = step;
+            feeds.extend(unet_conditioning(cond));
+            self.unet.run(feeds)?
+        };
         take_output(&mut out, &self.unet, "out_sample")
     }
 
@@ -261,6 +291,16 @@ fn take_output(
         .first()
         .and_then(|first| out.remove(first))
         .ok_or_else(|| Error::bad_file(model.path(), format!("the model returned no float output `{name}`")))
+}
+
+/// The UNet inputs that stay the same for every step of one image.
+fn unet_conditioning(cond: &Conditioning) -> Vec<(&'static str, HostTensor)> {
+    let mut feeds = vec![("encoder_hidden_states", HostTensor::F32(cond.encoder_hidden_states.clone()))];
+    if let Some((text_embeds, time_ids)) = &cond.added {
+        feeds.push(("text_embeds", HostTensor::F32(text_embeds.clone())));
+        feeds.push(("time_ids", HostTensor::F32(time_ids.clone())));
+    }
+    feeds
 }
 
 fn stack2(latents: &ArrayD<f32>) -> Result<ArrayD<f32>> {

@@ -115,6 +115,30 @@ impl PipelineDir {
         self.root.join("scheduler").join("scheduler_config.json")
     }
 
+    /// The session options a `dfast convert` manifest (dfast-manifest.json) records for execution provider
+    /// `ep`; none when the folder is no conversion or was converted for another EP.
+    pub fn session_options(&self, ep: &str) -> Result<crate::runtime::EpOptions> {
+        let path = self.root.join(crate::convert::MANIFEST);
+        if !path.is_file() {
+            return Ok(Default::default());
+        }
+        let manifest = read_json(&path)?;
+        if manifest.get("execution_provider").and_then(Value::as_str) != Some(ep) {
+            return Ok(Default::default());
+        }
+        let mut options = std::collections::BTreeMap::new();
+        if let Some(map) = manifest.get("session_options").and_then(Value::as_object) {
+            for (k, v) in map {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                options.insert(k.clone(), v);
+            }
+        }
+        Ok(crate::runtime::EpOptions(options))
+    }
+
     /// SDXL's `force_zeros_for_empty_prompt` (true unless the pipeline says otherwise).
     pub fn force_zeros_for_empty_prompt(&self) -> bool {
         self.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true)

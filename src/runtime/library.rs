@@ -14,16 +14,34 @@ pub const ORT_VERSION: &str = "1.31.1";
 /// Which build of ONNX Runtime a run needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
+    /// `onnxruntime` 1.31.1: the CPU EP.
     Cpu,
+    /// `onnxruntime-gpu` 1.31.1: the CUDA and TensorRT EPs.
+    Gpu,
+    /// `onnxruntime-openvino` 1.24.1: ONNX Runtime 1.24 with the OpenVINO EP built in.
+    OpenVino,
 }
 
 impl Flavour {
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Cpu => "cpu",
+            Flavour::Gpu => "gpu",
+            Flavour::OpenVino => "openvino",
+        }
+    }
+
+    /// The library version `setup_ort.sh` installs for this flavour.
+    pub fn version(self) -> &'static str {
+        match self {
+            Flavour::Cpu | Flavour::Gpu => ORT_VERSION,
+            Flavour::OpenVino => ORT_OPENVINO_VERSION,
         }
     }
 }
+
+/// The ONNX Runtime version of the `openvino` flavour (the last release with the OpenVINO EP built in).
+pub const ORT_OPENVINO_VERSION: &str = "1.24.1";
 
 /// `.ort/<flavour>/` of the checkout this binary was built from.
 pub fn checkout_dir(flavour: Flavour) -> PathBuf {
@@ -44,7 +62,7 @@ fn find_in(explicit: Option<&Path>, from_env: Option<&Path>, dir: &Path, flavour
     if let Some(path) = from_env {
         return existing(path, "ORT_DYLIB_PATH");
     }
-    let candidate = dir.join(format!("libonnxruntime.so.{ORT_VERSION}"));
+    let candidate = dir.join(format!("libonnxruntime.so.{}", flavour.version()));
     if candidate.is_file() {
         return Ok(candidate);
     }
@@ -61,9 +79,10 @@ fn find_in(explicit: Option<&Path>, from_env: Option<&Path>, dir: &Path, flavour
     }
     Err(Error::runtime(format!(
         "ONNX Runtime library not found: run `experiment-scripts/setup_ort.sh {}` to put it in {}, \
-         or point ORT_DYLIB_PATH or --ort-lib at a libonnxruntime.so {ORT_VERSION}",
+         or point ORT_DYLIB_PATH or --ort-lib at a libonnxruntime.so {}",
         flavour.name(),
-        dir.display()
+        dir.display(),
+        flavour.version()
     )))
 }
 
@@ -72,7 +91,7 @@ fn existing(path: &Path, source: &str) -> Result<PathBuf> {
         Ok(path.to_path_buf())
     } else {
         Err(Error::runtime(format!(
-            "ONNX Runtime library not found at {} (from {source}): expected the path of a libonnxruntime.so {ORT_VERSION}",
+            "ONNX Runtime library not found at {} (from {source}): expected the path of a libonnxruntime.so",
             path.display()
         )))
     }

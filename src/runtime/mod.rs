@@ -1,63 +1,35 @@
 //! ONNX Runtime: finding the library, execution providers, sessions.
 
+mod ep;
 pub mod library;
 mod session;
 
-pub use library::{Flavour, ORT_VERSION};
+pub use ep::{EP_NAMES, EpOptions, ExecutionProvider, SessionRole};
+pub use library::{Flavour, ORT_OPENVINO_VERSION, ORT_VERSION};
 pub use session::{HostTensor, InputSpec, Model};
 
-use crate::{Error, Result};
+use crate::Result;
 
-/// The execution providers dfast can be asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecutionProvider {
-    Cpu,
-}
-
-impl ExecutionProvider {
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(ExecutionProvider::Cpu),
-            "cuda" | "tensorrt" | "openvino" => Err(Error::bad_input(format!(
-                "execution provider `{name}` is not supported by this version of dfast yet; use `--ep cpu`"
-            ))),
-            _ => Err(Error::bad_input(format!("unknown execution provider `{name}`; expected one of: cpu"))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExecutionProvider::Cpu => "cpu",
-        }
-    }
-
-    pub fn flavour(self) -> Flavour {
-        match self {
-            ExecutionProvider::Cpu => Flavour::Cpu,
-        }
-    }
-
-    /// The provider for a session; failing to register it is an error, never a silent CPU fallback.
-    pub(crate) fn dispatch(self) -> Result<ort::ep::ExecutionProviderDispatch> {
-        Ok(match self {
-            ExecutionProvider::Cpu => ort::ep::CPU::default().build().error_on_failure(),
-        })
-    }
-}
-
-/// An ONNX Runtime environment plus the execution provider sessions are created for.
+/// An ONNX Runtime environment plus the execution provider (and its options) sessions are created for.
 pub struct Runtime {
     env: ort::environment::Environment,
     ep: ExecutionProvider,
+    options: EpOptions,
     library: std::path::PathBuf,
 }
 
 impl Runtime {
-    /// Loads the ONNX Runtime library for `ep` (see `library::find` for the lookup order).
+    /// Loads the ONNX Runtime library for `ep` (see `library::find` for the lookup order) and checks that
+    /// it has that EP; `options` (from `--ep-option`) apply to every session.
     pub fn new(ep: ExecutionProvider, ort_lib: Option<&std::path::Path>) -> Result<Self> {
+        Self::with_options(ep, EpOptions::default(), ort_lib)
+    }
+
+    pub fn with_options(ep: ExecutionProvider, options: EpOptions, ort_lib: Option<&std::path::Path>) -> Result<Self> {
         let library = library::find(ort_lib, ep.flavour())?;
         let env = library::environment(Some(&library), ep.flavour())?;
-        Ok(Runtime { env, ep, library })
+        ep.check_available(&library)?;
+        Ok(Runtime { env, ep, options, library })
     }
 
     /// The ONNX Runtime library this process loaded.
@@ -82,7 +54,20 @@ impl Runtime {
         self.ep
     }
 
+    /// The options given on the command line.
+    pub fn options(&self) -> &EpOptions {
+        &self.options
+    }
+
+    /// Loads a model with the command line's options.
     pub fn load(&self, path: &std::path::Path) -> Result<Model> {
-        Model::load(&self.env, self.ep, path)
+        self.load_with(path, &EpOptions::default(), SessionRole::Other)
+    }
+
+    /// Loads a model with `defaults` (e.g. from a converted folder's manifest) under the command line's
+    /// options.
+    pub fn load_with(&self, path: &std::path::Path, defaults: &EpOptions, role: SessionRole) -> Result<Model> {
+        let options = defaults.merged(&self.options);
+        Model::load(&self.env, self.ep, &options, role, path)
     }
 }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::ExecutionProvider;
+use super::ep::{self, EpOptions, ExecutionProvider, SessionRole};
 use crate::{Error, Result};
 
 /// A host-side tensor handed to a model.
@@ -45,18 +45,48 @@ pub struct Model {
     path: PathBuf,
     session: Session,
     inputs: Vec<InputSpec>,
+    ep: ExecutionProvider,
+    /// Inputs and outputs in device memory that stays put between runs (`bind_*`, `run_bound`).
+    bound: Option<Bound>,
+}
+
+/// Device-resident tensors bound to the session once; their contents are refreshed by copies.
+struct Bound {
+    binding: ort::session::IoBinding,
+    allocator: ort::memory::Allocator,
+    /// Input name -> (shape, device tensor).
+    inputs: HashMap<String, (Vec<usize>, ort::value::DynTensor)>,
+    /// Output name -> (shape, device tensor).
+    outputs: HashMap<String, (Vec<usize>, ort::value::DynTensor)>,
 }
 
 impl Model {
-    pub fn load(env: &ort::environment::Environment, ep: ExecutionProvider, path: &Path) -> Result<Self> {
+    pub fn load(
+        env: &ort::environment::Environment,
+        ep: ExecutionProvider,
+        options: &EpOptions,
+        role: SessionRole,
+        path: &Path,
+    ) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::bad_file(path, "missing ONNX model file"));
         }
         let fail =
             |e: &dyn std::fmt::Display| Error::bad_file(path, format!("ONNX Runtime could not load this model: {e}"));
+        let model_dir = path.parent().unwrap_or(Path::new("."));
+        let providers = ep::dispatch(ep, options, role, model_dir)?;
         let mut builder = Session::builder(env).map_err(|e| fail(&e))?;
-        builder = builder.with_execution_providers([ep.dispatch()?]).map_err(|e| fail(&e))?;
-        let session = builder.commit_from_file(path).map_err(|e| fail(&e))?;
+        if let Some(n) = options.threads()? {
+            builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
+        }
+        builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, &e))?;
+        let session = builder.commit_from_file(path).map_err(|e| {
+            if ep != ExecutionProvider::Cpu {
+                Error::bad_file(path, format!("ONNX Runtime could not load this model with the {} EP: {e}", ep.name()))
+            } else {
+                fail(&e)
+            }
+        })?;
         let mut inputs = Vec::new();
         for outlet in session.inputs() {
             match outlet.dtype() {
@@ -71,7 +101,7 @@ impl Model {
                 }
             }
         }
-        Ok(Model { path: path.to_path_buf(), session, inputs })
+        Ok(Model { path: path.to_path_buf(), session, inputs, ep, bound: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -104,7 +134,7 @@ impl Model {
                 .input(name)
                 .ok_or_else(|| Error::bad_file(&self.path, format!("the model has no input named `{name}`")))?
                 .clone();
-            values.push((name.to_string(), self.to_value(&spec, tensor)?));
+            values.push((name.to_string(), self.to_value(&spec, tensor)?.into_dyn()));
         }
         for spec in &self.inputs {
             if !values.iter().any(|(n, _)| n == &spec.name) {
@@ -121,22 +151,118 @@ impl Model {
             .map_err(|e| Error::runtime(format!("{}: ONNX Runtime failed to run the model: {e}", path.display())))?;
         let mut result = HashMap::new();
         for (name, value) in outputs.iter() {
-            let array = if let Ok(a) = value.try_extract_array::<f32>() {
-                a.to_owned()
-            } else if let Ok(a) = value.try_extract_array::<f16>() {
-                a.mapv(f32::from)
-            } else if let Ok(a) = value.try_extract_array::<bf16>() {
-                a.mapv(f32::from)
-            } else {
-                continue;
-            };
-            result.insert(name.to_string(), array);
+            if let Some(array) = to_f32(&value) {
+                result.insert(name.to_string(), array);
+            }
         }
         Ok(result)
     }
 
+    /// Copies `feeds` into device tensors bound to the session, allocating and binding one the first time an
+    /// input is fed and when its shape changes; `run_bound` then runs on what is bound. Inputs that do not
+    /// change between runs (text embeddings) are fed once; the device tensors keep their addresses, which CUDA
+    /// graphs need. On the CPU EP the "device" is host memory (same code path, used by the tests).
+    pub fn bind_inputs(&mut self, feeds: Vec<(&str, HostTensor)>) -> Result<()> {
+        for (name, tensor) in feeds {
+            let spec = self
+                .input(name)
+                .ok_or_else(|| Error::bad_file(&self.path, format!("the model has no input named `{name}`")))?
+                .clone();
+            let host = self.to_value(&spec, tensor)?;
+            let shape: Vec<usize> = host.shape().iter().map(|&d| d as usize).collect();
+            let path = self.path.clone();
+            let err = move |what: &str, e: ort::Error| {
+                Error::runtime(format!("{}: cannot {what} input `{name}` on the device: {e}", path.display()))
+            };
+            let bound = self.bound_mut()?;
+            let fresh = !matches!(bound.inputs.get(name), Some((s, _)) if *s == shape);
+            if fresh {
+                let device = ort::value::DynTensor::new(&bound.allocator, spec.ty, shape.clone())
+                    .map_err(|e| err("allocate", e))?;
+                bound.inputs.insert(name.to_string(), (shape, device));
+            }
+            let (_, device) = bound.inputs.get_mut(name).expect("inserted above");
+            host.copy_into(&mut *device).map_err(|e| err("copy", e))?;
+            if fresh {
+                bound.binding.bind_input(name, &*device).map_err(|e| err("bind", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds output `name` to a device tensor of `shape` (kept while the shape stays the same).
+    pub fn bind_output(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let ty = self
+            .session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == name)
+            .and_then(|o| match o.dtype() {
+                ValueType::Tensor { ty, .. } => Some(*ty),
+                _ => None,
+            })
+            .ok_or_else(|| Error::bad_file(&self.path, format!("the model has no tensor output named `{name}`")))?;
+        let path = self.path.clone();
+        let bound = self.bound_mut()?;
+        if matches!(bound.outputs.get(name), Some((s, _)) if s == shape) {
+            return Ok(());
+        }
+        let err = |e: ort::Error| Error::runtime(format!("{}: cannot bind output `{name}`: {e}", path.display()));
+        let mut device = ort::value::DynTensor::new(&bound.allocator, ty, shape.to_vec()).map_err(err)?;
+        bound.binding.bind_output(name, &mut device).map_err(err)?;
+        bound.outputs.insert(name.to_string(), (shape.to_vec(), device));
+        Ok(())
+    }
+
+    /// Runs on the bound inputs and outputs; returns the bound outputs as f32 host arrays.
+    pub fn run_bound(&mut self) -> Result<HashMap<String, ArrayD<f32>>> {
+        let path = self.path.clone();
+        let bound = self.bound.as_mut().ok_or_else(|| Error::runtime("run_bound before anything was bound"))?;
+        let fail =
+            |e: ort::Error| Error::runtime(format!("{}: ONNX Runtime failed to run the model: {e}", path.display()));
+        self.session.run_binding(&bound.binding).map_err(fail)?;
+        let mut result = HashMap::new();
+        for (name, (_, device)) in &bound.outputs {
+            let host = if device.memory_info().is_cpu_accessible() {
+                None
+            } else {
+                Some(device.to(ort::memory::AllocationDevice::CPU, 0).map_err(fail)?)
+            };
+            let value = host.as_ref().unwrap_or(device);
+            result.insert(
+                name.clone(),
+                to_f32(value)
+                    .ok_or_else(|| Error::bad_file(&path, format!("output `{name}` is not a floating-point tensor")))?,
+            );
+        }
+        Ok(result)
+    }
+
+    fn bound_mut(&mut self) -> Result<&mut Bound> {
+        if self.bound.is_none() {
+            let err = |e: ort::Error| {
+                Error::runtime(format!("{}: cannot set up device buffers (IoBinding): {e}", self.path.display()))
+            };
+            let allocator = if self.ep.device_memory() {
+                let info = ort::memory::MemoryInfo::new(
+                    ort::memory::AllocationDevice::CUDA,
+                    0,
+                    ort::memory::AllocatorType::Device,
+                    ort::memory::MemoryType::Default,
+                )
+                .map_err(err)?;
+                ort::memory::Allocator::new(&self.session, info).map_err(err)?
+            } else {
+                ort::memory::Allocator::default()
+            };
+            let binding = self.session.create_binding().map_err(err)?;
+            self.bound = Some(Bound { binding, allocator, inputs: HashMap::new(), outputs: HashMap::new() });
+        }
+        Ok(self.bound.as_mut().expect("set above"))
+    }
+
     /// Converts a host tensor to the element type and rank an input declares.
-    fn to_value(&self, spec: &InputSpec, tensor: HostTensor) -> Result<DynValue> {
+    fn to_value(&self, spec: &InputSpec, tensor: HostTensor) -> Result<DynTensor> {
         let shape = tensor.shape().to_vec();
         let rank_error = || {
             Error::bad_file(
@@ -167,12 +293,12 @@ impl Model {
         let vals = &as_f64[..n];
         let err =
             |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
-        let value: DynValue = match (spec.ty, tensor) {
+        let value: DynTensor = match (spec.ty, tensor) {
             (TensorElementType::Float32, HostTensor::F32(a)) if target == shape => {
-                Tensor::from_array(a).map_err(err)?.into_dyn()
+                Tensor::from_array(a).map_err(err)?.upcast()
             }
             (TensorElementType::Int64, HostTensor::I64(a)) if target == shape => {
-                Tensor::from_array(a).map_err(err)?.into_dyn()
+                Tensor::from_array(a).map_err(err)?.upcast()
             }
             (TensorElementType::Float32, _) => tensor_of(&target, vals.iter().map(|&v| v as f32)).map_err(err)?,
             (TensorElementType::Float16, _) => {
@@ -195,10 +321,23 @@ impl Model {
     }
 }
 
-fn tensor_of<T>(shape: &[usize], values: impl Iterator<Item = T>) -> ort::Result<DynValue>
+/// A floating-point tensor in host memory as f32; None for other element types.
+fn to_f32<T: ort::value::TensorValueTypeMarker + ?Sized>(value: &ort::value::Value<T>) -> Option<ArrayD<f32>> {
+    if let Ok(a) = value.try_extract_array::<f32>() {
+        Some(a.to_owned())
+    } else if let Ok(a) = value.try_extract_array::<f16>() {
+        Some(a.mapv(f32::from))
+    } else if let Ok(a) = value.try_extract_array::<bf16>() {
+        Some(a.mapv(f32::from))
+    } else {
+        None
+    }
+}
+
+fn tensor_of<T>(shape: &[usize], values: impl Iterator<Item = T>) -> ort::Result<DynTensor>
 where
     T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static,
 {
     let array = ArrayD::from_shape_vec(IxDyn(shape), values.collect()).expect("shape matches the value count");
-    Ok(Tensor::from_array(array)?.into_dyn())
+    Ok(Tensor::from_array(array)?.upcast())
 }

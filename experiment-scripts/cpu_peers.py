@@ -1,0 +1,754 @@
+#!/usr/bin/env python3
+"""One UNet step of the same UNet on this CPU, timed for several runtimes ("peers") and for dfast, side by
+side, with each output's relative L2 error against PyTorch fp32 on the same inputs.
+
+  # the SD1.5-size random-weight exports (export_onnx.py / pytorch_reference.py's --weights-dir)
+  python experiment-scripts/cpu_peers.py --out benchmarks/sd15-cpu-peers \\
+      --dfast baseline=~/.cache/dfast/exports/sd15-random:cpu --profile-ort
+  # the tiny pipeline, for checking the script (builds its own PyTorch twin of the config, see --arch)
+  python experiment-scripts/cpu_peers.py --arch tiny --onnx models/tiny-sd --out /tmp/peers-tiny
+
+One call = the classifier-free-guidance batch (2) of the UNet at its config's sample_size (SD1.5: 64x64
+latents = 512x512 images), 77 text tokens of cross_attention_dim. The inputs are drawn once with numpy
+(seed 0): sample ~ N(0,1) [2,C,H,W] f32, timestep = 500 as f32 [2], encoder_hidden_states ~ 0.5 N(0,1)
+[2,77,D] f32, saved as OUT/inputs.npz (keys sample, timestep, encoder_hidden_states) so other programs run
+the very same inputs. Each ONNX peer feeds the timestep as its model declares it (the torchscript SD1.5
+export: int64 [batch]; models/tiny-sd: a 0-d float).
+
+Peers (--peers, comma list, default all; each runs in a fresh process, one after the other, and a peer that
+cannot run gets a row that says why):
+  torch-fp32          PyTorch fp32, SDPA (AttnProcessor2_0), eager; its output is the reference
+  torch-bf16          PyTorch bf16, SDPA, eager
+  torch-bf16-compile  PyTorch bf16, SDPA, fused QKV (unet.fuse_qkv_projections()), channels_last,
+                      torch.compile(fullgraph, mode default): the seed's CPU recipe (compile in the warm-up)
+  ort-fp32            ONNX Runtime CPU EP on unet/model.onnx (default session options)
+  ort-int8            ONNX Runtime CPU EP on quantize_dynamic(MatMul+Conv, per_channel, QInt8 weights), a naive
+                      baseline; the quantized model is cached in OUT/ort-int8/unet/
+  ov-f32, ov-bf16     OpenVINO CPU, compile_model(..., {"INFERENCE_PRECISION_HINT": "f32" | "bf16"}) on the ONNX
+                      file, reshaped to the static input shapes
+dfast rows: --dfast NAME=FOLDER[:EP] (repeatable; FOLDER empty = --onnx) runs
+  DFAST unet-step FOLDER --ep EP --inputs OUT/inputs.npz --output OUT/outputs/dfast-NAME.npy
+        --warmup W --runs R --json
+and reads `median_s` / `min_s` from the JSON object on its last stdout line and the output from the .npy.
+
+Timing: --warmup calls (default 1; the first also holds torch.compile's compile), then --runs timed calls
+(default 3); median and min of the timed ones. Threads: every runtime's default (all cores) unless
+--threads N (torch.set_num_threads, ORT intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS; not passed to
+dfast).
+
+Output in OUT: cpu_peers.md, cpu_peers.csv (configuration, kind, median_s, min_s, ratio to the fastest peer,
+relative L2 vs fp32, notes), cpu_peers.json (rows + machine + versions), inputs.npz, outputs/<row>.npy,
+peers/<row>.json, logs/<row>.log; with --profile-ort also ort_profile_fp32.md (and ort_profile_int8.md when
+ort-int8 runs): ONNX Runtime's profiler over one call, time per op type.
+
+--arch tiny: the ONNX folder's unet/config.json is built in PyTorch with torch.manual_seed(0) (as
+make_tiny_pipelines.py builds it) and exported again (make_tiny_pipelines.export_unet, checked against
+torch) into OUT/tiny-export/{pytorch,onnx}, so that both sides hold the same weights whatever the committed
+export holds; the peers then run those folders. --arch sd15 (default): --onnx and --pytorch are used as given.
+
+Random weights: latency depends on shapes, not on weight values; the errors compare runtimes on the same
+random weights, they say nothing about image quality.
+"""
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+EXPORTS = Path(os.environ.get("EXPORTS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+               / "dfast" / "exports")
+PEERS = ["torch-fp32", "torch-bf16", "torch-bf16-compile", "ort-fp32", "ort-int8", "ov-f32", "ov-bf16"]
+LABELS = {
+    "torch-fp32": "PyTorch {torch} fp32, SDPA, eager",
+    "torch-bf16": "PyTorch {torch} bf16, SDPA, eager",
+    "torch-bf16-compile": "PyTorch {torch} bf16, SDPA, fused QKV, channels_last, torch.compile",
+    "ort-fp32": "ONNX Runtime {onnxruntime} CPU EP fp32",
+    "ort-int8": "ONNX Runtime {onnxruntime} CPU EP, quantize_dynamic int8 (MatMul+Conv, per-channel)",
+    "ov-f32": "OpenVINO {openvino} CPU, f32 hint",
+    "ov-bf16": "OpenVINO {openvino} CPU, bf16 hint",
+}
+REFERENCE = "torch-fp32"
+EPS = ("cpu", "cuda", "tensorrt", "openvino")
+SEQ = 77
+BATCH = 2
+
+
+def version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_info() -> dict:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16"]
+    return {"cpu": name, "cores": os.cpu_count(), "memory_gb": mem_gb,
+            "isa": [f for f in wanted if f in flags],
+            "native_bf16": bool({"avx512_bf16", "amx_bf16"} & flags)}
+
+
+def rel_l2(y: np.ndarray, ref: np.ndarray) -> float:
+    y, ref = y.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def unet_config(onnx_dir: Path) -> dict:
+    cfg = onnx_dir / "unet" / "config.json"
+    if not cfg.exists():
+        raise SystemExit(f"cpu_peers: {cfg} is missing (--onnx must be a pipeline folder with unet/)")
+    return json.loads(cfg.read_text())
+
+
+def make_inputs(cfg: dict, path: Path) -> dict:
+    h = w = int(cfg["sample_size"])
+    rng = np.random.default_rng(0)
+    inputs = {
+        "sample": rng.standard_normal((BATCH, int(cfg["in_channels"]), h, w), dtype=np.float32),
+        "timestep": np.full((BATCH,), 500.0, dtype=np.float32),
+        "encoder_hidden_states": (rng.standard_normal((BATCH, SEQ, int(cfg["cross_attention_dim"])),
+                                                      dtype=np.float32) * np.float32(0.5)),
+    }
+    np.savez(path, **inputs)
+    return inputs
+
+
+def load_inputs(out: Path) -> dict:
+    with np.load(out / "inputs.npz") as z:
+        return {k: z[k] for k in ("sample", "timestep", "encoder_hidden_states")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --arch tiny: a PyTorch twin of the ONNX folder's UNet, exported again so both sides share the weights.
+
+
+def make_tiny_twin(onnx_dir: Path, dest: Path) -> tuple:
+    import onnx
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    import make_tiny_pipelines as tiny
+
+    cfg = unet_config(onnx_dir)
+    declared = onnx_inputs(onnx_dir / "unet" / "model.onnx")
+    ts_dtype = torch.int64 if declared["timestep"][0] == onnx.TensorProto.INT64 else torch.float32
+    ts_rank = len(declared["timestep"][1])
+    shutil.rmtree(dest, ignore_errors=True)
+    pt_dir, ox_dir = dest / "pytorch", dest / "onnx"
+    torch.manual_seed(0)  # as make_tiny_pipelines.build_sd: the UNet is the first module built after the seed
+    unet = UNet2DConditionModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")}).eval()
+    unet.save_pretrained(pt_dir / "unet", safe_serialization=True)
+    # The ONNX side: the source folder's other files (model_index.json, scheduler, ...) and a fresh unet/.
+    shutil.copytree(onnx_dir, ox_dir, ignore=shutil.ignore_patterns("unet"))
+    tiny.export_unet(unet, ox_dir / "unet", False, ts_dtype, ts_rank)  # asserts ORT == torch (rel L2 < 1e-5)
+    return ox_dir, pt_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ONNX helpers
+
+
+def onnx_inputs(path: Path) -> dict:
+    """name -> (elem_type, [dims]) of the graph inputs, without loading external data."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+    res = {}
+    for i in m.graph.input:
+        if i.name in init:
+            continue
+        t = i.type.tensor_type
+        res[i.name] = (t.elem_type, [d.dim_param or d.dim_value for d in t.shape.dim])
+    return res
+
+
+def onnx_feeds(path: Path, inputs: dict) -> tuple:
+    """Feeds in the dtypes and ranks the model declares; a note on the timestep feed."""
+    import onnx
+
+    declared = onnx_inputs(path)
+    feeds = {}
+    note = ""
+    for name, (elem, dims) in declared.items():
+        if name not in inputs:
+            raise RuntimeError(f"{path} wants an input '{name}' this script does not make (SD1.5-style UNets only)")
+        a = inputs[name]
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        if name == "timestep":
+            if len(dims) == 0:
+                a = a.reshape(-1)[0].reshape(())
+            note = f"timestep fed as {np.dtype(np_type).name} {list(a.shape)}"
+        feeds[name] = np.array(a, dtype=np_type, order="C")  # (np.ascontiguousarray makes a 0-d array 1-d)
+    return feeds, note
+
+
+def onnx_model_path(onnx_dir: Path) -> Path:
+    p = onnx_dir / "unet" / "model.onnx"
+    if not p.exists():
+        raise RuntimeError(f"{p} does not exist")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Child: one peer in this process.
+
+
+def timed_calls(fn, warmup: int, runs: int, log) -> dict:
+    first = None
+    for i in range(warmup):
+        t = time.perf_counter()
+        fn()
+        el = time.perf_counter() - t
+        first = el if first is None else first
+        log(f"warm-up {i + 1}/{warmup}: {el:.3f} s")
+    times, y = [], None
+    for i in range(runs):
+        t = time.perf_counter()
+        y = fn()
+        el = time.perf_counter() - t
+        times.append(el)
+        log(f"timed {i + 1}/{runs}: {el:.3f} s")
+    return {"times_s": times, "median_s": statistics.median(times), "min_s": min(times), "first_call_s": first,
+            "output": y}
+
+
+def run_torch(args, peer: str, inputs: dict, log) -> dict:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bf16 = peer != "torch-fp32"
+    compiled = peer == "torch-bf16-compile"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    notes = [f"torch threads {torch.get_num_threads()}"]
+    if compiled and not shutil.which(os.environ.get("CXX", "g++")):
+        raise RuntimeError("torch.compile on the CPU needs a C++ compiler (g++) on PATH")
+    t0 = time.perf_counter()
+    unet = UNet2DConditionModel.from_pretrained(args.pytorch, subfolder="unet", torch_dtype=dtype).eval()
+    unet.set_attn_processor(AttnProcessor2_0())
+    if compiled:
+        unet.fuse_qkv_projections()
+        unet.to(memory_format=torch.channels_last)
+        unet = torch.compile(unet, fullgraph=True)
+    load_s = time.perf_counter() - t0
+    sample = torch.from_numpy(inputs["sample"]).to(dtype)
+    if compiled:
+        sample = sample.contiguous(memory_format=torch.channels_last)
+    timestep = torch.from_numpy(inputs["timestep"])
+    ehs = torch.from_numpy(inputs["encoder_hidden_states"]).to(dtype)
+
+    def call():
+        with torch.inference_mode():
+            return unet(sample, timestep, ehs, return_dict=False)[0]
+
+    r = timed_calls(call, args.warmup, args.runs, log)
+    r["output"] = r["output"].float().contiguous().numpy()
+    if bf16 and not cpu_info()["native_bf16"]:
+        notes.append("no avx512_bf16/amx_bf16 on this CPU")
+    if compiled:
+        notes.append(f"first call (compile) {r['first_call_s']:.1f} s" if r["first_call_s"] else
+                     "no warm-up: the first timed call compiled")
+    return dict(r, load_s=load_s, notes=notes)
+
+
+def ort_session(path: Path, threads, profile_prefix=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def quantized_model(args, src: Path, log) -> tuple:
+    """quantize_dynamic of src into OUT/ort-int8/unet/, reused while the stamp matches."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dest_dir = Path(args.out) / "ort-int8" / "unet"
+    dest = dest_dir / "model.onnx"
+    data = src.parent / "model.onnx_data"
+    stamp = {"source": str(src.resolve()), "size": src.stat().st_size, "mtime": src.stat().st_mtime,
+             "data_size": data.stat().st_size if data.exists() else 0,
+             "options": "MatMul,Conv per_channel QInt8", "onnxruntime": version("onnxruntime")}
+    stamp_file = dest_dir / "quantize_stamp.json"
+    if dest.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        log(f"reusing the quantized model {dest}")
+        return dest, None
+    shutil.rmtree(dest_dir, ignore_errors=True)
+    dest_dir.mkdir(parents=True)
+    log(f"quantize_dynamic {src} -> {dest} ...")
+    t = time.perf_counter()
+    quantize_dynamic(src, dest, op_types_to_quantize=["MatMul", "Conv"], per_channel=True,
+                     weight_type=QuantType.QInt8, use_external_data_format=True)
+    took = time.perf_counter() - t
+    if (src.parent / "config.json").exists():
+        shutil.copy(src.parent / "config.json", dest_dir / "config.json")
+    stamp_file.write_text(json.dumps(stamp))
+    log(f"quantized in {took:.0f} s")
+    return dest, took
+
+
+def run_ort(args, peer: str, inputs: dict, log) -> dict:
+    src = onnx_model_path(Path(args.onnx))
+    notes = []
+    path = src
+    if peer == "ort-int8":
+        path, took = quantized_model(args, src, log)
+        notes.append(f"quantized in {took:.0f} s" if took is not None else "quantized model reused from cache")
+    feeds, note = onnx_feeds(path, inputs)
+    notes.append(note)
+    t0 = time.perf_counter()
+    sess = ort_session(path, args.threads)
+    load_s = time.perf_counter() - t0
+    threads = sess.get_session_options().intra_op_num_threads
+    notes.insert(0, f"intra-op threads {threads or 'default'}")
+    r = timed_calls(lambda: sess.run(None, feeds)[0], args.warmup, args.runs, log)
+    del sess
+    if args.profile_ort:
+        tag = "fp32" if peer == "ort-fp32" else "int8"
+        try:
+            md = profile_ort(args, path, feeds, tag, log)
+            notes.append(f"profile: {md.name}")
+        except Exception as e:  # the timing row stands without the profile
+            notes.append(f"profiling failed: {e}")
+    return dict(r, load_s=load_s, notes=notes)
+
+
+def profile_ort(args, path: Path, feeds: dict, tag: str, log) -> Path:
+    """One warm-up and one profiled call in a profiling session; time per op type of the last run."""
+    out = Path(args.out)
+    prof_dir = out / "profiles"
+    prof_dir.mkdir(exist_ok=True)
+    sess = ort_session(path, args.threads, prof_dir / f"ort_{tag}")
+    sess.run(None, feeds)
+    t = time.perf_counter()
+    sess.run(None, feeds)
+    wall = time.perf_counter() - t
+    prof = Path(sess.end_profiling())
+    del sess
+    events = json.loads(prof.read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if not runs:
+        raise RuntimeError(f"{prof}: no model_run event")
+    last = runs[-1]
+    lo, hi = last["ts"], last["ts"] + last["dur"]
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+             and lo <= e["ts"] <= hi]
+    by_op, by_node = {}, []
+    for e in nodes:
+        op = e.get("args", {}).get("op_name", "?")
+        d = by_op.setdefault(op, {"us": 0, "n": 0})
+        d["us"] += e["dur"]
+        d["n"] += 1
+        by_node.append((e["dur"], e["name"][: -len("_kernel_time")], op))
+    total = sum(d["us"] for d in by_op.values()) or 1
+    lines = [
+        f"# ONNX Runtime CPU EP profile: {tag} UNet, one call",
+        "",
+        f"Model: `{path}`. Inputs: {', '.join(f'{k} {list(v.shape)} {v.dtype}' for k, v in feeds.items())}.",
+        f"One warm-up call, then the profiled call: wall {wall * 1e3:.1f} ms, model_run {last['dur'] / 1e3:.1f} ms, "
+        f"sum of node kernel times {total / 1e3:.1f} ms ({len(nodes)} node runs). Threads: "
+        f"{args.threads or 'ONNX Runtime default'}. Raw profile: `{prof.relative_to(out)}`.",
+        f"Date {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {cpu_info()['cpu']}, {os.cpu_count()} cores, "
+        f"onnxruntime {version('onnxruntime')}.",
+        "",
+        "| op type | total ms | nodes | share | ms per node |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for op, d in sorted(by_op.items(), key=lambda kv: -kv[1]["us"]):
+        lines.append(f"| {op} | {d['us'] / 1e3:.2f} | {d['n']} | {100 * d['us'] / total:.1f}% | "
+                     f"{d['us'] / 1e3 / d['n']:.3f} |")
+    lines += ["", "Slowest 25 nodes:", "", "| node | op type | ms | share |", "|---|---|---:|---:|"]
+    for us, name, op in sorted(by_node, reverse=True)[:25]:
+        lines.append(f"| `{name}` | {op} | {us / 1e3:.2f} | {100 * us / total:.1f}% |")
+    md = out / f"ort_profile_{tag}.md"
+    md.write_text("\n".join(lines) + "\n")
+    log(f"profile written to {md}")
+    return md
+
+
+def run_openvino(args, peer: str, inputs: dict, log) -> dict:
+    import openvino as ov
+
+    path = onnx_model_path(Path(args.onnx))
+    hint = "bf16" if peer == "ov-bf16" else "f32"
+    feeds, note = onnx_feeds(path, inputs)
+    notes = [note, "static input shapes (reshaped)"]
+    core = ov.Core()
+    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    t0 = time.perf_counter()
+    model = core.read_model(str(path))
+    model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+    cfg = {"INFERENCE_PRECISION_HINT": hint}
+    if args.threads:
+        cfg["INFERENCE_NUM_THREADS"] = args.threads
+    compiled = core.compile_model(model, "CPU", cfg)
+    load_s = time.perf_counter() - t0
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    got = got.to_string() if hasattr(got, "to_string") else str(got)
+    notes.insert(0, f"compiled precision {got}, threads {compiled.get_property('INFERENCE_NUM_THREADS')}")
+    if hint == "bf16" and not cpu_info()["native_bf16"]:
+        notes.append(f"no avx512_bf16/amx_bf16 on this CPU (OpenVINO CPU capabilities: {','.join(caps)}): "
+                     "bf16 is emulated or ignored (see the compiled precision)")
+    req = compiled.create_infer_request()
+    out_port = compiled.output(0)
+
+    def call():
+        return req.infer(feeds)[out_port]
+
+    r = timed_calls(call, args.warmup, args.runs, log)
+    r["output"] = np.array(r["output"], dtype=np.float32)
+    return dict(r, load_s=load_s, notes=notes)
+
+
+def peak_rss_mb():
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not carry the parent's peak across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def run_child(args):
+    peer = args.one
+    out = Path(args.out)
+    log = lambda msg: print(f"  [{peer}] {msg}", flush=True)  # noqa: E731
+    rec = {"row": peer, "kind": "peer", "status": "failed", "notes": []}
+    try:
+        inputs = load_inputs(out)
+        if peer.startswith("torch-"):
+            r = run_torch(args, peer, inputs, log)
+        elif peer.startswith("ort-"):
+            r = run_ort(args, peer, inputs, log)
+        elif peer.startswith("ov-"):
+            r = run_openvino(args, peer, inputs, log)
+        else:
+            raise RuntimeError(f"unknown peer {peer}")
+        y = r.pop("output")
+        np.save(out / "outputs" / f"{peer}.npy", np.ascontiguousarray(y, dtype=np.float32))
+        rec.update(r, status="ok", output_shape=list(y.shape), peak_rss_mb=peak_rss_mb())
+    except BaseException as e:  # noqa: BLE001  (the row says why)
+        traceback.print_exc()
+        rec["reason"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:400]
+        if isinstance(e, KeyboardInterrupt):
+            raise
+    finally:
+        (out / "peers" / f"{peer}.json").write_text(json.dumps(rec, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parent
+
+
+def run_logged(cmd: list, log_path: Path, timeout, env=None) -> tuple:
+    """Runs cmd, echoing and logging its output; (returncode or None on timeout, last non-empty lines)."""
+    tail = []
+    with open(log_path, "w") as logf:
+        logf.write("$ " + " ".join(map(str, cmd)) + "\n")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             errors="replace")
+        t0 = time.time()
+        rc = None
+        try:
+            for line in p.stdout:
+                logf.write(line)
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if line.strip():
+                    tail = (tail + [line.rstrip()])[-20:]
+                if timeout and time.time() - t0 > timeout:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+            rc = p.wait(timeout=(timeout - (time.time() - t0)) if timeout else None)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            tail.append(f"killed after the --timeout of {timeout} s")
+    return rc, tail
+
+
+def run_peer(args, peer: str, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--one", peer, "--onnx", str(args.onnx), "--pytorch", str(args.pytorch),
+           "--out", str(out), "--warmup", str(args.warmup), "--runs", str(args.runs)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.profile_ort:
+        cmd += ["--profile-ort"]
+    rec_path = out / "peers" / f"{peer}.json"
+    rec_path.unlink(missing_ok=True)
+    env = dict(os.environ)
+    # torch.compile's kernels are cached beside the results (a rerun compiles warm; first_call_s says which).
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / ".inductor-cache"))
+    rc, tail = run_logged(cmd, out / "logs" / f"{peer}.log", args.timeout, env)
+    if rec_path.exists():
+        rec = json.loads(rec_path.read_text())
+        if rc not in (0, None) and rec.get("status") == "ok":
+            rec["notes"].append(f"process exit status {rc} after writing its result")
+        return rec
+    return {"row": peer, "kind": "peer", "status": "failed", "notes": [],
+            "reason": f"process ended (exit status {rc}) without a result: {tail[-1] if tail else 'no output'}"}
+
+
+def parse_dfast(spec: str, default_onnx: Path) -> tuple:
+    if "=" not in spec:
+        raise SystemExit(f"cpu_peers: --dfast {spec}: expected NAME=FOLDER[:EP]")
+    name, rest = spec.split("=", 1)
+    ep = "cpu"
+    if ":" in rest:
+        head, tail = rest.rsplit(":", 1)
+        if tail in EPS:
+            rest, ep = head, tail
+    folder = Path(os.path.expanduser(rest)) if rest else default_onnx
+    return name.strip(), folder, ep
+
+
+def run_dfast(args, name: str, folder: Path, ep: str, out: Path) -> dict:
+    row = f"dfast-{name}"
+    rec = {"row": row, "kind": "dfast", "status": "failed", "notes": [f"{folder} on the {ep} EP"],
+           "label": f"dfast {name} ({ep} EP)"}
+    bin_path = Path(os.path.expanduser(args.dfast_bin))
+    if not bin_path.is_absolute() and not bin_path.exists() and (ROOT / bin_path).exists():
+        bin_path = ROOT / bin_path
+    if not (bin_path.exists() and os.access(bin_path, os.X_OK)):
+        rec["reason"] = f"dfast binary {bin_path} not found or not executable (--dfast-bin)"
+        return rec
+    y_path = out / "outputs" / f"{row}.npy"
+    y_path.unlink(missing_ok=True)
+    cmd = [str(bin_path), "unet-step", str(folder), "--ep", ep, "--inputs", str(out / "inputs.npz"),
+           "--output", str(y_path), "--warmup", str(args.warmup), "--runs", str(args.runs), "--json"]
+    log_path = out / "logs" / f"{row}.log"
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, errors="replace")
+    except subprocess.TimeoutExpired:
+        rec["reason"] = f"dfast unet-step killed after the --timeout of {args.timeout} s"
+        return rec
+    log_path.write_text("$ " + " ".join(cmd) + f"\n--- exit status {p.returncode}\n--- stdout\n{p.stdout}"
+                        f"\n--- stderr\n{p.stderr}")
+    sys.stdout.write(p.stderr[-2000:])
+    if p.returncode != 0:
+        last = [line for line in p.stderr.splitlines() if line.strip()] or \
+               [line for line in p.stdout.splitlines() if line.strip()] or [f"exit status {p.returncode}"]
+        rec["reason"] = f"dfast unet-step failed: {last[-1].strip()}"[:400]
+        return rec
+    lines = [line for line in p.stdout.splitlines() if line.strip()]
+    try:
+        js = json.loads(lines[-1])
+        rec.update(median_s=float(js["median_s"]), min_s=float(js["min_s"]), dfast_json=js)
+    except (IndexError, ValueError, KeyError, TypeError) as e:
+        rec["reason"] = f"dfast unet-step: no JSON with median_s/min_s on its last stdout line ({e})"
+        return rec
+    if "times_s" in js:
+        rec["times_s"] = js["times_s"]
+    if not y_path.exists():
+        rec["reason"] = f"dfast unet-step wrote no {y_path.name}"
+        return rec
+    y = np.load(y_path)
+    rec.update(status="ok", output_shape=list(y.shape))
+    for k in ("session_create_s", "load_s", "profile", "passes", "threads"):
+        if k in js:
+            rec["notes"].append(f"{k} {js[k]}")
+    return rec
+
+
+def fmt(x, spec):
+    return "" if x is None else format(x, spec)
+
+
+def write_tables(out: Path, rows: list, meta: dict):
+    ok_peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]
+    fastest = min(ok_peers, key=lambda r: r["median_s"]) if ok_peers else None
+    for r in rows:
+        r["ratio"] = (r["median_s"] / fastest["median_s"]) if (fastest and r["status"] == "ok") else None
+    fields = ["configuration", "kind", "median_s", "min_s", "ratio_to_fastest_peer", "rel_l2_vs_fp32", "notes"]
+    with open(out / "cpu_peers.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(fields)
+        for r in rows:
+            w.writerow([r["label"], r["kind"], fmt(r.get("median_s"), ".4f") if r["status"] == "ok" else "",
+                        fmt(r.get("min_s"), ".4f") if r["status"] == "ok" else "", fmt(r["ratio"], ".3f"),
+                        fmt(r.get("rel_l2"), ".3e"), "; ".join(r["notes_all"])])
+    m = meta
+    lines = [
+        f"# One UNet step on the CPU: peers vs dfast ({m['model']})",
+        "",
+        f"- date: {m['date']}",
+        f"- machine: {m['machine']['cpu']}, {m['machine']['cores']} cores, {m['machine']['memory_gb']} GB; "
+        f"ISA: {', '.join(m['machine']['isa']) or '-'}; native bf16: {'yes' if m['machine']['native_bf16'] else 'no'}",
+        f"- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- UNet: `{m['onnx']}` (ONNX), `{m['pytorch']}` (PyTorch); random weights (latency does not depend on "
+        "weight values)",
+        f"- one call: sample {m['shapes']['sample']}, timestep {m['shapes']['timestep']} = 500, "
+        f"encoder_hidden_states {m['shapes']['encoder_hidden_states']} (batch 2 = classifier-free guidance); "
+        f"inputs: `inputs.npz`",
+        f"- timing: {m['warmup']} warm-up + {m['runs']} timed calls per row, each row in a fresh process, rows "
+        f"one after the other; threads: {m['threads'] or 'each runtime default (all cores)'}",
+        f"- ratio: the row's median / the fastest peer's median"
+        + (f" ({fastest['label']})" if fastest else " (no peer ran)"),
+        f"- error: relative L2 ||y - y_ref|| / ||y_ref|| against {m['reference']}",
+        "",
+        "| configuration | kind | median s | min s | ratio to fastest peer | rel. L2 vs fp32 | notes |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        good = r["status"] == "ok"
+        lines.append(
+            f"| {r['label']} | {r['kind']} | {fmt(r.get('median_s'), '.3f') if good else 'failed'} | "
+            f"{fmt(r.get('min_s'), '.3f') if good else ''} | {fmt(r['ratio'], '.2f')} | "
+            f"{fmt(r.get('rel_l2'), '.2e')} | {'; '.join(r['notes_all']).replace('|', '/')} |")
+    (out / "cpu_peers.md").write_text("\n".join(lines) + "\n")
+    (out / "cpu_peers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    print("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx", type=Path, default=EXPORTS / "sd15-random",
+                    help="ONNX pipeline folder with unet/model.onnx (default %(default)s)")
+    ap.add_argument("--pytorch", type=Path, default=EXPORTS / "sd15-random-pytorch",
+                    help="diffusers pipeline folder with the same weights in unet/ (default %(default)s)")
+    ap.add_argument("--arch", choices=["sd15", "tiny"], default="sd15",
+                    help="tiny: build the PyTorch twin of --onnx's unet config and export it again (see above); "
+                         "--pytorch is then not read")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "sd15-cpu-peers")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma list (default: %(default)s); 'none' for "
+                                                              "dfast rows only")
+    ap.add_argument("--dfast", action="append", default=[], metavar="NAME=FOLDER[:EP]",
+                    help="a dfast unet-step row (repeatable); FOLDER empty = --onnx, EP default cpu")
+    ap.add_argument("--dfast-bin", default="target/release/dfast",
+                    help="dfast binary (default %(default)s, relative to the cwd or this checkout)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="threads for every runtime (default: each one's default)")
+    ap.add_argument("--timeout", type=float, help="seconds per row before its process is killed")
+    ap.add_argument("--profile-ort", action="store_true",
+                    help="ONNX Runtime profile of one call of ort-fp32 (and ort-int8): ort_profile_*.md")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.onnx = Path(os.path.expanduser(str(args.onnx)))
+    args.pytorch = Path(os.path.expanduser(str(args.pytorch)))
+
+    if args.one:
+        run_child(args)
+        return
+
+    if args.runs < 1 or args.warmup < 0:
+        ap.error("--runs must be at least 1 and --warmup 0 or more")
+    peers = [] if args.peers.strip() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
+    dfasts = [parse_dfast(s, args.onnx) for s in args.dfast]
+    out = args.out
+    for d in ("outputs", "peers", "logs"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    onnx_src = args.onnx
+    if args.arch == "tiny":
+        print(f"cpu_peers: --arch tiny: building the PyTorch twin of {args.onnx}/unet and exporting it ...",
+              flush=True)
+        args.onnx, args.pytorch = make_tiny_twin(args.onnx, out / "tiny-export")
+        dfasts = [(n, args.onnx if f == onnx_src else f, ep) for n, f, ep in dfasts]
+    cfg = unet_config(args.onnx)
+    inputs = make_inputs(cfg, out / "inputs.npz")
+    machine = cpu_info()
+    versions = {"torch": version("torch"), "diffusers": version("diffusers"), "onnxruntime": version("onnxruntime"),
+                "openvino": version("openvino"), "onnx": version("onnx"), "numpy": version("numpy"),
+                "python": platform.python_version()}
+    meta = {
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine, "versions": versions, "onnx": str(args.onnx), "pytorch": str(args.pytorch),
+        "model": f"{args.onnx.name if args.arch != 'tiny' else onnx_src.name + ' (tiny twin)'}, "
+                 f"{cfg['sample_size']}x{cfg['sample_size']} latents",
+        "shapes": {k: list(v.shape) for k, v in inputs.items()},
+        "warmup": args.warmup, "runs": args.runs, "threads": args.threads, "command": " ".join(sys.argv),
+    }
+    print(f"cpu_peers: {machine['cpu']}, {machine['cores']} cores; inputs {meta['shapes']} -> {out}", flush=True)
+
+    rows = []
+    for peer in peers:
+        print(f"cpu_peers: {peer} ...", flush=True)
+        t = time.time()
+        rec = run_peer(args, peer, out)
+        rec["label"] = LABELS[peer].format(**versions)
+        rows.append(rec)
+        print(f"cpu_peers: {peer}: {rec['status']}" + (f", median {rec['median_s']:.3f} s" if rec["status"] == "ok"
+                                                      else f": {rec.get('reason')}") + f" ({time.time() - t:.0f} s)",
+              flush=True)
+    for name, folder, ep in dfasts:
+        print(f"cpu_peers: dfast {name} ({folder}, {ep}) ...", flush=True)
+        rec = run_dfast(args, name, folder, ep, out)
+        rows.append(rec)
+        print(f"cpu_peers: dfast {name}: {rec['status']}" + ("" if rec["status"] == "ok" else f": {rec['reason']}"),
+              flush=True)
+
+    # Errors against the fp32 reference (torch fp32; ORT fp32 when torch fp32 did not run).
+    ref_row = next((r for r in rows if r["row"] == REFERENCE and r["status"] == "ok"), None)
+    if ref_row is None:
+        ref_row = next((r for r in rows if r["row"] == "ort-fp32" and r["status"] == "ok"), None)
+    for earlier in (REFERENCE, "ort-fp32"):
+        if ref_row is None and (out / "outputs" / f"{earlier}.npy").exists():
+            ref_row = {"row": earlier, "label": f"an earlier {earlier} output in outputs/ (not rerun this time)"}
+    meta["reference"] = ref_row["label"] if ref_row else "nothing (no fp32 reference ran)"
+    ref = np.load(out / "outputs" / f"{ref_row['row']}.npy") if ref_row else None
+    for r in rows:
+        notes = []
+        if r["status"] == "ok":
+            y = np.load(out / "outputs" / f"{r['row']}.npy")
+            if ref is not None and y.shape == ref.shape:
+                r["rel_l2"] = rel_l2(y, ref)
+            elif ref is not None:
+                notes.append(f"output shape {list(y.shape)} != reference {list(ref.shape)}")
+            if not np.isfinite(y).all():
+                notes.append("output has NaN/Inf")
+            if r["kind"] == "peer":
+                notes.append(f"load {r['load_s']:.1f} s")
+                notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB")
+        else:
+            notes.append(r.get("reason", "failed"))
+        r["notes_all"] = [n for n in r.get("notes", []) + notes if n]
+    write_tables(out, rows, meta)
+    print(f"cpu_peers: written {out / 'cpu_peers.md'}, {out / 'cpu_peers.csv'}, {out / 'cpu_peers.json'}")
+
+
+if __name__ == "__main__":
+    main()

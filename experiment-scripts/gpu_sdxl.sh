@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# SDXL-size pipeline with RANDOM weights (latency depends on shapes, not on weight values) on one NVIDIA GPU:
+# dfast on the CUDA EP in fp16 with the profiles baseline, sdpa, fuse-qkv and cuda-graph, and the PyTorch
+# reference (bf16 + SDPA eager; bf16 + SDPA + fused QKV + torch.compile, the seed's recipe) on the same card,
+# 1024x1024, 30 steps, batch 1. Made for a GPU host reached through transfers, in two phases, so that the
+# slow CPU work (export, conversion) runs while the rest of the transfers arrive:
+#
+#   gpu_sdxl.sh prep    export the pipeline (export_onnx.py; ONNX and the PyTorch weights from the same seed),
+#                       convert the three fp16 profiles in parallel (CPU only), then the PyTorch rows (GPU);
+#                       leaves $WORK/prep.done (or $WORK/prep.failed)
+#   gpu_sdxl.sh bench   waits for prep, runs `dfast bench --ep cuda` (the conversions are reused, cuda-graph
+#                       links fuse-qkv's files), then `dfast report` over the dfast and PyTorch rows; copies
+#                       results.csv, report.md, report.png, the logs and two images into $OUT
+#   gpu_sdxl.sh all     both, one after the other
+#
+# Environment: DFAST (the dfast binary; ORT_DYLIB_PATH and LD_LIBRARY_PATH must reach ONNX Runtime's GPU build
+# and the CUDA libraries for `bench`), PYTHON (default python3), WORK (default /tmp/dfast-gpu), OUT (default
+# $WORK/out), STEPS (30), WARMUP (1), RUNS (3), PROFILES, PT_SETTINGS, WAIT_S (how long bench waits for prep).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+phase=${1:-all}
+DFAST=${DFAST:?set DFAST to the dfast binary}
+PYTHON=${PYTHON:-python3}
+WORK=${WORK:-/tmp/dfast-gpu}
+OUT=${OUT:-$WORK/out}
+STEPS=${STEPS:-30}
+WARMUP=${WARMUP:-1}
+RUNS=${RUNS:-3}
+PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,cuda-graph}
+PT_SETTINGS=${PT_SETTINGS-bf16+sdpa,bf16+sdpa+compile+fused-qkv}
+WAIT_S=${WAIT_S:-480}
+EP=${EP:-cuda}                     # EP=cpu with MODEL=models/tiny-sdxl and PT_SETTINGS= is a dry run anywhere
+PT_DEVICE=$([ "$EP" = cuda ] && echo cuda || echo cpu)
+MODEL=${MODEL:-$WORK/sdxl-random}
+RES=$WORK/results
+SIZE=(--width "${WIDTH:-1024}" --height "${HEIGHT:-1024}")
+log() { echo "== gpu_sdxl.sh $(date +%T): $*"; }
+
+prep() {
+  mkdir -p "$WORK" "$RES/dfast/converted"
+  rm -f "$WORK/prep.done" "$WORK/prep.failed"
+  trap 'touch "$WORK/prep.failed"' ERR
+  if [ ! -f "$MODEL/unet/model.onnx" ]; then
+    log "exporting the random-weight SDXL pipeline"
+    rm -rf "$MODEL"
+    "$PYTHON" "$here/export_onnx.py" --random-weights --arch sdxl --out "$MODEL"
+  fi
+  pt=
+  if [ -n "$PT_SETTINGS" ]; then
+    log "PyTorch reference ($PT_SETTINGS) in the background"
+    "$PYTHON" "$here/pytorch_reference.py" --random-weights --arch sdxl --device "$PT_DEVICE" --settings "$PT_SETTINGS" \
+      --steps "$STEPS" "${SIZE[@]}" --warmup "$WARMUP" --runs "$RUNS" --tag sdxl-gpu --out "$RES/pytorch" \
+      > "$WORK/pytorch.log" 2>&1 &
+    pt=$!
+  fi
+  log "converting the dfast profiles"
+  pids=()
+  for p in baseline sdpa fuse-qkv; do
+    "$DFAST" convert --model "$MODEL" --profile "$p" --precision fp16 --ep "$EP" \
+      --out "$RES/dfast/converted/$p-fp16-$EP" > "$WORK/convert-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || log "a conversion failed (see $WORK/convert-*.log)"; done
+  tail -n 3 "$WORK"/convert-*.log
+  if [ -n "$pt" ]; then
+    log "conversions done; waiting for PyTorch"
+    wait "$pt" || log "pytorch_reference.py failed (see $WORK/pytorch.log)"
+    tail -n 5 "$WORK/pytorch.log"
+  fi
+  touch "$WORK/prep.done"
+  log "prep done"
+}
+
+bench() {
+  waited=0
+  until [ -f "$WORK/prep.done" ] || [ -f "$WORK/prep.failed" ]; do
+    [ "$waited" -ge "$WAIT_S" ] && { log "prep not done after $WAIT_S s"; break; }
+    sleep 5; waited=$((waited + 5))
+  done
+  log "prep waited ${waited} s: $(ls "$WORK" | paste -sd' ')"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$DFAST" bench --model "$MODEL" --ep "$EP" --precision fp16 --profile "$PROFILES" --steps "$STEPS" "${SIZE[@]}" \
+    --warmup "$WARMUP" --runs "$RUNS" --tag sdxl-gpu --out "$RES/dfast" 2>&1 | tee "$WORK/bench.log" || true
+  reports=("$RES/dfast")
+  [ -d "$RES/pytorch" ] && reports+=("$RES/pytorch")
+  "$DFAST" report "${reports[@]}" --title "SDXL-size (random weights), 1024x1024, 30 steps, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "$EP")" \
+    --out "$RES/report" || true
+  mkdir -p "$OUT"
+  cp "$RES/report/"{results.csv,report.md,report.png} "$OUT/" 2>/dev/null || true
+  cp "$RES/dfast/results.csv" "$OUT/dfast.csv" 2>/dev/null || true
+  cp "$RES/pytorch/pytorch.csv" "$OUT/pytorch.csv" 2>/dev/null || true
+  cat "$WORK"/prep.log "$WORK"/convert-*.log "$WORK/pytorch.log" "$WORK/bench.log" > "$OUT/logs.txt" 2>/dev/null || true
+  img=$(ls "$RES/dfast/"*.jpg 2>/dev/null | tail -n1 || true)
+  [ -n "$img" ] && cp "$img" "$OUT/"
+  log "summary"
+  cut -d, -f1-40 "$RES/report/results.csv" 2>/dev/null | head -n 20 || true
+  cat "$RES/report/report.md" 2>/dev/null || true
+}
+
+case "$phase" in
+  prep) prep ;;
+  bench) bench ;;
+  all) prep && bench ;;
+  *) echo "gpu_sdxl.sh: unknown phase '$phase' (prep, bench or all)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,446 @@
+//! Calibrated static int8 in QDQ form for Conv and MatMul with constant weights: what OpenVINO (and
+//! TensorRT) run as int8 kernels, convolutions included. Activation scales come from calibration: the graph
+//! as it stands when this pass runs is executed on recorded UNet inputs with a ReduceMin/ReduceMax on each
+//! activation to quantize (`dfast convert --calibrate N`, see convert::calibrate).
+//!
+//! ```text
+//! Which nodes: Conv with a constant float32 weight [out, in/groups, kh, kw], MatMul with a constant float32
+//! weight [in, out]; in > min_in_features and out > min_in_features (16: the UNet's first and last convs,
+//! 4 channels, stay float), (in, out) not in `exclude`, and a calibrated range for the activation. MatMuls
+//! on 2-D activations (the time embedding's linears: a few thousand values per call, nothing to gain, only
+//! error) stay float.
+//!
+//!   x ──Conv(W)──> y      becomes
+//!
+//!   x ──QuantizeLinear(sx, zx)──DequantizeLinear(sx, zx)──> x'
+//!   Wq (int8), Ws (float [out]), Wz (int8 zeros [out]) ──DequantizeLinear(axis 0; MatMul: axis 1)──> W'
+//!   x', W' (, bias) ──Conv──> y
+//!
+//! activation "u8" (default): asymmetric uint8, sx = (hi - lo) / 255, zx = round(-lo / sx), lo <= 0 <= hi;
+//! activation "s8": symmetric int8, sx = max(|lo|, |hi|) / 127, zx = 0 (what TensorRT accepts).
+//! Weights: symmetric int8 per output channel, Ws = max|W[c]| / 127.
+//! ```
+//!
+//! One Q/DQ pair serves every quantized node reading the same activation; a weight read twice is quantized
+//! once. Nodes whose inputs already come from a DequantizeLinear are left alone, so the pass reaches its
+//! fixed point after one round.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::int8_dynamic::quantize_per_column;
+use super::{Pass, PassContext};
+use crate::convert::profile::shape_pairs;
+use crate::onnx::tensor::tensor_from_raw;
+use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, is_op};
+use crate::{Error, Result};
+
+/// Activation ranges (min, max) by tensor name.
+pub type Ranges = HashMap<String, (f32, f32)>;
+
+/// Computes the ranges of the given activation tensors of a model (calibration).
+pub type Calibrator = Box<dyn Fn(&OnnxModel, &[String]) -> Result<Ranges>>;
+
+/// How activations are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationType {
+    /// Asymmetric uint8.
+    U8,
+    /// Symmetric int8 (zero point 0).
+    S8,
+}
+
+/// The int8-static pass (see the module docs).
+pub struct Int8Static {
+    pub min_in_features: usize,
+    pub exclude: Vec<(usize, usize)>,
+    pub ops: Vec<String>,
+    pub activation: ActivationType,
+    calibrator: Option<Calibrator>,
+    /// Ranges, from the calibrator on the first round (or given).
+    ranges: RefCell<Option<Ranges>>,
+}
+
+impl std::fmt::Debug for Int8Static {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Int8Static")
+            .field("min_in_features", &self.min_in_features)
+            .field("exclude", &self.exclude)
+            .field("ops", &self.ops)
+            .field("activation", &self.activation)
+            .finish()
+    }
+}
+
+/// One candidate: node index, activation input, weight, weight shape as (out, rest) and its axis.
+struct Candidate {
+    node: usize,
+    x: String,
+    w: String,
+}
+
+impl Int8Static {
+    pub const OPTIONS: [&'static str; 4] = ["min_in_features", "exclude", "ops", "activation"];
+
+    /// Reads the pass options of a profile. Without a calibrator (set later by the converter) or ranges
+    /// the pass cannot run.
+    pub fn from_options(options: &toml::Table) -> Result<Self> {
+        let mut pass = Int8Static {
+            min_in_features: 16,
+            exclude: Vec::new(),
+            ops: vec!["Conv".into(), "MatMul".into()],
+            activation: ActivationType::U8,
+            calibrator: None,
+            ranges: RefCell::new(None),
+        };
+        for (key, value) in options {
+            let bad = |what: &str| Error::bad_input(format!("int8-static: `{key}` must be {what}, not {value}"));
+            match key.as_str() {
+                "min_in_features" => {
+                    pass.min_in_features = value
+                        .as_integer()
+                        .and_then(|v| usize::try_from(v).ok())
+                        .ok_or_else(|| bad("a non-negative integer"))?
+                }
+                "exclude" => pass.exclude = shape_pairs(value, "int8-static: `exclude`")?,
+                "ops" => {
+                    let ops = value.as_array().ok_or_else(|| bad("a list of \"Conv\" and \"MatMul\""))?;
+                    pass.ops = ops
+                        .iter()
+                        .map(|o| match o.as_str() {
+                            Some(s @ ("Conv" | "MatMul")) => Ok(s.to_string()),
+                            _ => Err(bad("a list of \"Conv\" and \"MatMul\"")),
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "activation" => {
+                    pass.activation = match value.as_str() {
+                        Some("u8") => ActivationType::U8,
+                        Some("s8") => ActivationType::S8,
+                        _ => return Err(bad("\"u8\" or \"s8\"")),
+                    }
+                }
+                other => {
+                    return Err(Error::bad_input(format!(
+                        "int8-static: unknown option `{other}`; the options are {}",
+                        Self::OPTIONS.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Calibrates with `calibrator` when the pass first runs.
+    pub fn with_calibrator(mut self, calibrator: Calibrator) -> Self {
+        self.calibrator = Some(calibrator);
+        self
+    }
+
+    /// Uses these ranges instead of calibrating.
+    pub fn with_ranges(self, ranges: Ranges) -> Self {
+        *self.ranges.borrow_mut() = Some(ranges);
+        self
+    }
+
+    fn eligible(&self, in_features: usize, out_features: usize) -> bool {
+        in_features > self.min_in_features
+            && out_features > self.min_in_features
+            && !self.exclude.contains(&(in_features, out_features))
+    }
+
+    /// The nodes this pass would quantize, given ranges for their activations.
+    fn candidates(&self, index: &GraphIndex) -> Vec<Candidate> {
+        let facts = crate::onnx::infer::Inference::run(index);
+        let mut out = Vec::new();
+        for (i, node) in index.nodes().iter().enumerate() {
+            let op = node.op_type();
+            if !self.ops.iter().any(|o| o == op) || node.input.len() < 2 || node.output.len() != 1 {
+                continue;
+            }
+            let (x, w) = (&node.input[0], &node.input[1]);
+            if x.is_empty() || index.producer_node(x).is_some_and(|p| is_op(p, "DequantizeLinear")) {
+                continue;
+            }
+            let Some(tensor) = index.const_tensor(w) else { continue };
+            let dims: Vec<usize> = tensor.dims.iter().filter_map(|&d| usize::try_from(d).ok()).collect();
+            let shape_ok = match op {
+                "Conv" => dims.len() == 4,
+                _ => dims.len() == 2 && node.input.len() == 2,
+            };
+            if tensor.data_type() != dtype::FLOAT || !shape_ok || dims.len() != tensor.dims.len() {
+                continue;
+            }
+            let (k, n) = if op == "Conv" { (dims[1] * dims[2] * dims[3], dims[0]) } else { (dims[0], dims[1]) };
+            let in_channels = if op == "Conv" { dims[1] } else { k };
+            if !self.eligible(in_channels, n) {
+                continue;
+            }
+            if op == "MatMul" && facts.facts(x).and_then(|f| f.rank()) == Some(2) {
+                continue;
+            }
+            out.push(Candidate { node: i, x: x.clone(), w: w.clone() });
+        }
+        out
+    }
+
+    /// The activation tensors to calibrate in `model`.
+    pub fn targets(&self, model: &OnnxModel) -> Vec<String> {
+        let index = GraphIndex::new(model);
+        let mut names: Vec<String> = self.candidates(&index).into_iter().map(|c| c.x).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// (scale, zero point bytes, zero point type) of an activation range.
+    fn activation_params(&self, (lo, hi): (f32, f32)) -> (f32, u8, i32) {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        match self.activation {
+            ActivationType::U8 => {
+                let s = (hi - lo) / 255.0;
+                let s = if s.is_normal() { s } else { 1.0 };
+                let z = (-lo / s).round().clamp(0.0, 255.0) as u8;
+                (s, z, dtype::UINT8)
+            }
+            ActivationType::S8 => {
+                let s = lo.abs().max(hi.abs()) / 127.0;
+                (if s.is_normal() { s } else { 1.0 }, 0, dtype::INT8)
+            }
+        }
+    }
+}
+
+impl Pass for Int8Static {
+    fn name(&self) -> &str {
+        "int8-static"
+    }
+
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        let index = GraphIndex::new(model);
+        let candidates = self.candidates(&index);
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        if self.ranges.borrow().is_none() {
+            let calibrator = self.calibrator.as_ref().ok_or_else(|| {
+                Error::bad_input("int8-static needs calibration: run `dfast convert` with `--calibrate N`")
+            })?;
+            let ranges = calibrator(model, &self.targets(model))?;
+            *self.ranges.borrow_mut() = Some(ranges);
+        }
+        let ranges = self.ranges.borrow();
+        let ranges = ranges.as_ref().expect("set above");
+
+        let mut patch = Patch::new();
+        let mut activations: HashMap<String, String> = HashMap::new();
+        let mut weights: HashMap<String, Option<String>> = HashMap::new();
+        for c in candidates {
+            let Some(&range) = ranges.get(&c.x) else { continue };
+            if !(range.0.is_finite() && range.1.is_finite()) {
+                continue;
+            }
+            let node = &index.nodes()[c.node];
+            let conv = is_op(node, "Conv");
+            let w_dq = match weights.get(&c.w) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = self.add_weight(model, &index, &mut patch, &c.w, conv)?;
+                    weights.insert(c.w.clone(), d.clone());
+                    d
+                }
+            };
+            let Some(w_dq) = w_dq else { continue };
+            let x_dq = activations
+                .entry(c.x.clone())
+                .or_insert_with(|| {
+                    let (s, z, zt) = self.activation_params(range);
+                    let scale = patch.fresh_name(&index, &format!("{}_scale", c.x));
+                    let zero = patch.fresh_name(&index, &format!("{}_zero_point", c.x));
+                    let q = patch.fresh_name(&index, &format!("{}_quantized", c.x));
+                    let dq = patch.fresh_name(&index, &format!("{}_dequantized", c.x));
+                    patch.add_initializer(tensor_from_raw(
+                        &scale,
+                        dtype::FLOAT,
+                        &[],
+                        Bytes::from(s.to_le_bytes().to_vec()),
+                    ));
+                    patch.add_initializer(tensor_from_raw(&zero, zt, &[], Bytes::from(vec![z])));
+                    patch.add_node(
+                        NodeBuilder::new("QuantizeLinear").inputs([&c.x, &scale, &zero]).outputs([&q]).build(),
+                    );
+                    patch.add_node(
+                        NodeBuilder::new("DequantizeLinear").inputs([&q, &scale, &zero]).outputs([&dq]).build(),
+                    );
+                    dq
+                })
+                .clone();
+            let mut rewritten = node.clone();
+            rewritten.input[0] = x_dq;
+            rewritten.input[1] = w_dq;
+            patch.add_node(rewritten);
+            patch.remove_node(c.node);
+            patch.count_rewrite();
+        }
+        patch.require_opset("", 13);
+        Ok((patch.rewrites() > 0).then_some(patch))
+    }
+}
+
+impl Int8Static {
+    /// Adds the int8 weight with its DequantizeLinear; None when the weight cannot be quantized.
+    fn add_weight(
+        &self,
+        model: &OnnxModel,
+        index: &GraphIndex,
+        patch: &mut Patch,
+        w: &str,
+        conv: bool,
+    ) -> Result<Option<String>> {
+        let tensor = index.const_tensor(w).expect("a candidate's weight is constant");
+        let dims: Vec<usize> = tensor.dims.iter().map(|&d| d as usize).collect();
+        let bytes = model.tensor_bytes(&tensor)?;
+        // Per output channel: rows of [out, rest] for Conv, columns of [in, out] for MatMul.
+        let (quantized, channels, axis) = if conv {
+            let rest = dims[1..].iter().product::<usize>();
+            (quantize_per_column(transpose_f32(&bytes, dims[0], rest).as_slice(), rest, dims[0]), dims[0], 0)
+        } else {
+            (quantize_per_column(&bytes, dims[0], dims[1]), dims[1], 1)
+        };
+        let Some((values, scales)) = quantized else { return Ok(None) };
+        let values = if conv { transpose_u8(&values, dims[1..].iter().product(), dims[0]) } else { values };
+        let names = [
+            patch.fresh_name(index, &format!("{w}_quantized")),
+            patch.fresh_name(index, &format!("{w}_scale")),
+            patch.fresh_name(index, &format!("{w}_zero_point")),
+            patch.fresh_name(index, &format!("{w}_dequantized")),
+        ];
+        patch.add_initializer(tensor_from_raw(&names[0], dtype::INT8, &dims, Bytes::from(values)));
+        let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        patch.add_initializer(tensor_from_raw(&names[1], dtype::FLOAT, &[channels], Bytes::from(scale_bytes)));
+        patch.add_initializer(tensor_from_raw(&names[2], dtype::INT8, &[channels], Bytes::from(vec![0u8; channels])));
+        patch.add_node(
+            NodeBuilder::new("DequantizeLinear")
+                .inputs([&names[0], &names[1], &names[2]])
+                .outputs([&names[3]])
+                .attr_int("axis", axis)
+                .build(),
+        );
+        Ok(Some(names[3].clone()))
+    }
+}
+
+/// Row-major float32 [rows, cols] (little-endian bytes) to [cols, rows].
+fn transpose_f32(bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let src = (r * cols + c) * 4;
+            let dst = (c * rows + r) * 4;
+            out[dst..dst + 4].copy_from_slice(&bytes[src..src + 4]);
+        }
+    }
+    out
+}
+
+/// Row-major bytes [rows, cols] to [cols, rows].
+fn transpose_u8(values: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let mut out = vec![0u8; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::ArrayD;
+
+    use super::*;
+    use crate::convert::calibrate;
+    use crate::passes::int8_dynamic::tests::{count, run, tiny_unet, unet_feeds};
+    use crate::passes::test_util::relative_l2;
+    use crate::passes::{PassManager, Target};
+    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
+
+    fn calibrated(model: &OnnxModel, feeds: &[(String, ArrayD<f32>)]) -> Int8Static {
+        let pass = Int8Static::from_options(&toml::Table::new()).unwrap();
+        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+        let samples = vec![feeds.iter().map(|(n, a)| (n.clone(), HostTensor::F32(a.clone()))).collect()];
+        let ranges = calibrate::ranges(&runtime, model, &pass.targets(model), &samples, 100.0).unwrap();
+        pass.with_ranges(ranges)
+    }
+
+    #[test]
+    fn tiny_unets_become_calibrated_qdq_int8_close_to_fp32() {
+        let dir = tempfile::tempdir().unwrap();
+        // Convs with more than 16 channels in and out, and linears on 3-D activations with more than 16
+        // features in and out: tiny-sd 14 + 8, tiny-sdxl 12 + 72.
+        for (name, expected) in [("tiny-sd", 22), ("tiny-sdxl", 84)] {
+            let path = tiny_unet(name);
+            let original = OnnxModel::load(&path).unwrap();
+            let feeds = unet_feeds(&path);
+            let want = run(&original, dir.path(), &format!("{name}-fp32"), &feeds);
+            let pass = calibrated(&original, &feeds);
+            let activations = pass.targets(&original).len();
+            let mut model = original.clone();
+            let manager = PassManager::new().with(pass);
+            let record = &manager.run(&mut model, &PassContext::new(Target::OpenVino)).unwrap()[0];
+            eprintln!("{name}: {} rewrites, {activations} activations", record.rewrites);
+            assert_eq!((record.rewrites, record.rounds), (expected, 1), "{name}");
+            assert_eq!(count(&model, "QuantizeLinear"), activations, "{name}: one Q/DQ pair per activation");
+            assert!(count(&model, "DequantizeLinear") >= activations + expected - 4, "{name}: weights dequantized");
+            // The first and last convs (4 channels) stay float, everything else reads int8 weights.
+            let index = GraphIndex::new(&model);
+            for n in model.graph().node.iter().filter(|n| is_op(n, "Conv")) {
+                let from_dq = index.producer_node(&n.input[1]).is_some_and(|p| is_op(p, "DequantizeLinear"));
+                let w = index.const_tensor(&n.input[1]);
+                let small = w.is_some_and(|t| t.dims[0] <= 16 || t.dims[1] <= 16);
+                assert!(from_dq || small, "{name}: conv {} left in float", n.name());
+            }
+            let got = run(&model, dir.path(), &format!("{name}-int8"), &feeds);
+            for (out, w) in &want {
+                let err = relative_l2(&got[out], w);
+                eprintln!("{name} int8-static: {out} relative L2 {err:.2e}");
+                assert!(err <= 5e-2 && err > 1e-5, "{name}: {out} relative L2 {err:.2e}");
+            }
+            // Idempotent: a second run finds nothing left to quantize.
+            let again = manager.run(&mut model, &PassContext::new(Target::OpenVino)).unwrap();
+            assert_eq!(again[0].rounds, 0, "{name}: not idempotent");
+        }
+    }
+
+    #[test]
+    fn without_calibration_or_with_bad_options_it_says_so() {
+        let model = OnnxModel::load(tiny_unet("tiny-sd")).unwrap();
+        let pass = Int8Static::from_options(&toml::Table::new()).unwrap();
+        let err = pass.run(&model, &PassContext::new(Target::OpenVino)).unwrap_err().to_string();
+        assert!(err.contains("--calibrate"), "{err}");
+        for (text, expected) in [
+            ("activation = \"u4\"", "\"u8\" or \"s8\""),
+            ("ops = [\"Gemm\"]", "\"Conv\" and \"MatMul\""),
+            ("min_in_features = -1", "non-negative integer"),
+            ("percentile = 99", "unknown option `percentile`"),
+        ] {
+            let err = Int8Static::from_options(&text.parse().unwrap()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn symmetric_and_asymmetric_activation_scales() {
+        let mut pass = Int8Static::from_options(&toml::Table::new()).unwrap();
+        let (s, z, t) = pass.activation_params((-1.0, 3.0));
+        assert!((s - 4.0 / 255.0).abs() < 1e-7 && z == 64 && t == dtype::UINT8, "{s} {z}");
+        // A range that excludes zero is widened to include it.
+        let (s, z, _) = pass.activation_params((0.5, 2.0));
+        assert!((s - 2.0 / 255.0).abs() < 1e-7 && z == 0);
+        pass.activation = ActivationType::S8;
+        let (s, z, t) = pass.activation_params((-1.0, 3.0));
+        assert!((s - 3.0 / 127.0).abs() < 1e-7 && z == 0 && t == dtype::INT8);
+    }
+}

@@ -1,0 +1,201 @@
+//! Execution providers from the one dfast binary: the tiny pipelines through OpenVINO (fp32 and its bf16
+//! precision hint) against diffusers' references, and a clear sentence naming what is missing when the
+//! CUDA or TensorRT EP cannot be used here. Needs `.ort/openvino` and `.ort/gpu`
+//! (`experiment-scripts/setup_ort.sh openvino` and `... gpu`, which `.ci/run` runs).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::assert_clear_error;
+
+fn flavour_lib(flavour: &str, version: &str) -> PathBuf {
+    let lib = common::root().join(".ort").join(flavour).join(format!("libonnxruntime.so.{version}"));
+    assert!(lib.is_file(), "{} is missing: run experiment-scripts/setup_ort.sh {flavour}", lib.display());
+    lib
+}
+
+/// `dfast generate` of one reference case with `args` added; returns the relative L2 error of the final
+/// latents against diffusers'.
+fn generate_error(pipeline: &str, scheduler: &str, lib: &Path, args: &[&str]) -> f64 {
+    let dir = common::references().join(pipeline).join(scheduler);
+    let params = common::read_json(&dir.join("params.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, latents) = (tmp.path().join("x.png"), tmp.path().join("x.npy"));
+    let n = |key: &str| params[key].as_u64().unwrap().to_string();
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .arg("--ort-lib")
+        .arg(lib)
+        .arg("generate")
+        .args(args)
+        .arg("--model")
+        .arg(common::model(pipeline))
+        .args(["--prompt", params["prompt"].as_str().unwrap()])
+        .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
+        .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
+        .args(["--guidance", &params["guidance"].as_f64().unwrap().to_string()])
+        .arg("--scheduler-config")
+        .arg(dir.join("scheduler_config.json"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--save-latents")
+        .arg(&latents)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{pipeline}/{scheduler} {args:?}: {}", String::from_utf8_lossy(&run.stderr));
+    common::relative_l2(&common::read_npy(&latents), &common::read_npy(&dir.join("latents.npy")))
+}
+
+#[test]
+fn openvino_fp32_matches_diffusers() {
+    let lib = flavour_lib("openvino", "1.24.1");
+    for (pipeline, scheduler) in [("tiny-sd", "pndm"), ("tiny-sd", "dpm++"), ("tiny-sdxl", "euler")] {
+        let err = generate_error(pipeline, scheduler, &lib, &["--ep", "openvino"]);
+        eprintln!("openvino f32 {pipeline}/{scheduler}: latents relative L2 {err:.2e}");
+        assert!(err <= 1e-3, "openvino f32 {pipeline}/{scheduler}: relative L2 {err:.2e} > 1e-3");
+    }
+}
+
+#[test]
+fn openvino_bf16_matches_diffusers_within_bf16_error() {
+    let lib = flavour_lib("openvino", "1.24.1");
+    for (pipeline, scheduler) in [("tiny-sd", "euler"), ("tiny-sdxl", "ddim")] {
+        let err = generate_error(pipeline, scheduler, &lib, &["--ep", "openvino", "--ep-option", "precision=bf16"]);
+        eprintln!("openvino bf16 {pipeline}/{scheduler}: latents relative L2 {err:.2e}");
+        assert!(err <= 6e-2, "openvino bf16 {pipeline}/{scheduler}: relative L2 {err:.2e} > 6e-2");
+        // bf16 really ran: fp32 would be within 1e-6 or so.
+        assert!(err > 1e-5, "openvino bf16 {pipeline}/{scheduler}: error {err:.2e} looks like fp32");
+    }
+}
+
+#[test]
+fn cpu_ep_with_device_buffers_matches_diffusers() {
+    // The IoBinding path the CUDA EP uses (bound conditioning, per-step copies), on host memory.
+    let lib = flavour_lib("cpu", "1.31.1");
+    let err = generate_error("tiny-sdxl", "dpm++", &lib, &["--ep", "cpu", "--ep-option", "io_binding=true"]);
+    assert!(err <= 1e-3, "io_binding on cpu: relative L2 {err:.2e}");
+}
+
+fn generate_with(lib: &Path, ep: &str, extra: &[&str]) -> std::process::Output {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .arg("--ort-lib")
+        .arg(lib)
+        .args(extra)
+        .args(["generate", "--prompt", "a castle", "--steps", "2", "--ep", ep, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cuda_and_tensorrt_in_a_library_without_them_name_the_build_to_get() {
+    let cpu = flavour_lib("cpu", "1.31.1");
+    for ep in ["cuda", "tensorrt", "openvino"] {
+        let run = generate_with(&cpu, ep, &[]);
+        assert_clear_error(&run, &format!("execution provider `{ep}` is not in the ONNX Runtime library"));
+        let flavour = if ep == "openvino" { "openvino" } else { "gpu" };
+        assert_clear_error(&run, &format!("setup_ort.sh {flavour}"));
+    }
+}
+
+#[test]
+fn cuda_and_tensorrt_without_their_libraries_name_what_is_missing() {
+    // The GPU build of ONNX Runtime on a machine without the CUDA libraries (or without a GPU).
+    let gpu = flavour_lib("gpu", "1.31.1");
+    let run = generate_with(&gpu, "cuda", &[]);
+    assert_clear_error(&run, "the cuda execution provider cannot be used: ");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains(".so") || stderr.contains("CUDA"), "names no library or device: {stderr}");
+    let run = generate_with(&gpu, "tensorrt", &[]);
+    assert_clear_error(&run, "the tensorrt execution provider cannot be used: ");
+}
+
+#[test]
+fn bad_ep_options_are_clear_errors() {
+    let cpu = flavour_lib("cpu", "1.31.1");
+    assert_clear_error(&generate_with(&cpu, "cpu", &["--ep-option", "fast"]), "is not of the form key=value");
+    assert_clear_error(
+        &generate_with(&cpu, "cpu", &["--ep-option", "prefer_nhwc=1"]),
+        "are not known for the cpu execution provider",
+    );
+    assert_clear_error(&generate_with(&cpu, "cpu", &["--ep-option", "io_binding=maybe"]), "expected true or false");
+    let ov = flavour_lib("openvino", "1.24.1");
+    assert_clear_error(
+        &generate_with(&ov, "openvino", &["--ep-option", "precision=int4"]),
+        "expected f32, bf16 or f16",
+    );
+}
+
+#[test]
+fn calibrated_int8_through_openvino_stays_close_to_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny-sd-int8");
+    let convert = |out: &Path, extra: &[&str]| {
+        let run = common::dfast(
+            &[
+                &["convert", "--model", common::model("tiny-sd").to_str().unwrap(), "--profile", "int8-static"],
+                &["--ep", "openvino", "--calibrate", "2", "--calibrate-steps", "3", "--out", out.to_str().unwrap()][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    };
+    convert(&out, &[]);
+    let ranges = std::fs::read_to_string(out.join("unet/int8-calibration.json")).unwrap();
+    let manifest = common::read_json(&out.join("dfast-manifest.json"));
+    assert_eq!(manifest["calibration"]["prompts"], 2, "{manifest}");
+    let unet = manifest["components"].as_array().unwrap().iter().find(|c| c["component"] == "unet").unwrap();
+    let int8 = unet["passes"].as_array().unwrap().iter().find(|p| p["pass"] == "int8-static").unwrap();
+    assert_eq!(int8["rewrites"], 20, "{int8}");
+
+    // The reference case run through the int8 UNet on OpenVINO: int8 error, within the bf16 class.
+    let dir = common::references().join("tiny-sd").join("pndm");
+    let lib = flavour_lib("openvino", "1.24.1");
+    let params = common::read_json(&dir.join("params.json"));
+    let latents = tmp.path().join("x.npy");
+    let n = |key: &str| params[key].as_u64().unwrap().to_string();
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .arg("--ort-lib")
+        .arg(&lib)
+        .args(["generate", "--ep", "openvino", "--model", out.to_str().unwrap()])
+        .args(["--prompt", params["prompt"].as_str().unwrap()])
+        .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
+        .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
+        .args(["--guidance", &params["guidance"].as_f64().unwrap().to_string()])
+        .arg("--out")
+        .arg(tmp.path().join("x.png"))
+        .arg("--save-latents")
+        .arg(&latents)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let err = common::relative_l2(&common::read_npy(&latents), &common::read_npy(&dir.join("latents.npy")));
+    eprintln!("int8-static on openvino, tiny-sd/pndm: latents relative L2 {err:.2e}");
+    assert!(err <= 6e-2 && err > 1e-5, "int8-static tiny-sd/pndm: relative L2 {err:.2e}");
+
+    // Reusing the ranges gives the same calibration without running the pipeline again.
+    let again = tmp.path().join("again");
+    convert(&again, &["--calibration-from", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(again.join("unet/int8-calibration.json")).unwrap(), ranges);
+    // Ranges of another graph are refused with what is missing.
+    let wrong = tmp.path().join("wrong.json");
+    std::fs::write(&wrong, "{\"x\": [0, 1]}").unwrap();
+    let run = common::dfast(&[
+        "convert",
+        "--model",
+        common::model("tiny-sd").to_str().unwrap(),
+        "--profile",
+        "int8-static",
+        "--ep",
+        "openvino",
+        "--calibration-from",
+        wrong.to_str().unwrap(),
+        "--out",
+        tmp.path().join("never").to_str().unwrap(),
+    ]);
+    assert_clear_error(&run, "lacks the ranges of 20 of the 20 activations");
+}
