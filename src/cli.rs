@@ -291,7 +291,7 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: Vec<String>) -> 
         args.precision.iter().map(|p| Precision::from_name(p).map(Some)).collect::<Result<_>>()?
     };
     let profiles = if args.profile.is_empty() {
-        convert::profile::BUILTIN.iter().map(|(n, _)| n.to_string()).collect()
+        convert::profile::SEED_PROGRESSION.iter().map(|n| n.to_string()).collect()
     } else {
         args.profile
     };

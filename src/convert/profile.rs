@@ -30,6 +30,9 @@ pub const BUILTIN: [(&str, &str); 7] = [
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
 ];
 
+/// The seed's progression, what `dfast bench` runs by default: the first five built-in profiles.
+pub const SEED_PROGRESSION: [&str; 5] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
+
 /// A resolved profile: its `extends` chain flattened.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -256,6 +259,25 @@ mod tests {
         assert_eq!(p.pass_options("attention", "openvino")["op"].as_str(), Some("Attention"));
         assert_eq!(p.pass_options("int8-dynamic", "openvino")["format"].as_str(), Some("qdq"));
         assert_eq!(p.pass_options("int8-dynamic", "cpu")["min_in_features"].as_integer(), Some(16));
+        for name in SEED_PROGRESSION {
+            assert!(BUILTIN.iter().any(|(n, _)| *n == name), "{name}");
+        }
+    }
+
+    #[test]
+    fn session_options_per_ep_and_files_shared_with_fuse_qkv() {
+        let graph = Profile::load("cuda-graph").unwrap();
+        assert_eq!(graph.passes, Profile::load("fuse-qkv").unwrap().passes);
+        assert_eq!(graph.session_options("cuda").get("cuda_graph"), Some("true"));
+        assert!(graph.session_options("cpu").0.is_empty());
+        let int8 = Profile::load("int8-static").unwrap();
+        assert_eq!(int8.passes.last().map(String::as_str), Some("int8-static"));
+        assert_eq!(int8.pass_options("int8-static", "tensorrt")["activation"].as_str(), Some("s8"));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("bad.toml");
+        std::fs::write(&path, "[session.cuda]\ncuda_graph = { nested = 1 }\n").unwrap();
+        let err = Profile::load(path.to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("`session` must hold one table of plain values"), "{err}");
     }
 
     #[test]
