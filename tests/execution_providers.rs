@@ -19,6 +19,11 @@ fn flavour_lib(flavour: &str, version: &str) -> PathBuf {
 /// `dfast generate` of one reference case with `args` added; returns the relative L2 error of the final
 /// latents against diffusers'.
 fn generate_error(pipeline: &str, scheduler: &str, lib: &Path, args: &[&str]) -> f64 {
+    generate_error_with(&common::model(pipeline), pipeline, scheduler, lib, args)
+}
+
+/// The same with the pipeline folder `model` (a conversion of `pipeline`) in its place.
+fn generate_error_with(model: &Path, pipeline: &str, scheduler: &str, lib: &Path, args: &[&str]) -> f64 {
     let dir = common::references().join(pipeline).join(scheduler);
     let params = common::read_json(&dir.join("params.json"));
     let tmp = tempfile::tempdir().unwrap();
@@ -30,7 +35,7 @@ fn generate_error(pipeline: &str, scheduler: &str, lib: &Path, args: &[&str]) ->
         .arg("generate")
         .args(args)
         .arg("--model")
-        .arg(common::model(pipeline))
+        .arg(model)
         .args(["--prompt", params["prompt"].as_str().unwrap()])
         .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
         .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
@@ -153,27 +158,8 @@ fn calibrated_int8_through_openvino_stays_close_to_diffusers() {
     assert_eq!(int8["rewrites"], 20, "{int8}");
 
     // The reference case run through the int8 UNet on OpenVINO: int8 error, within the bf16 class.
-    let dir = common::references().join("tiny-sd").join("pndm");
     let lib = flavour_lib("openvino", "1.24.1");
-    let params = common::read_json(&dir.join("params.json"));
-    let latents = tmp.path().join("x.npy");
-    let n = |key: &str| params[key].as_u64().unwrap().to_string();
-    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
-        .arg("--ort-lib")
-        .arg(&lib)
-        .args(["generate", "--ep", "openvino", "--model", out.to_str().unwrap()])
-        .args(["--prompt", params["prompt"].as_str().unwrap()])
-        .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
-        .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
-        .args(["--guidance", &params["guidance"].as_f64().unwrap().to_string()])
-        .arg("--out")
-        .arg(tmp.path().join("x.png"))
-        .arg("--save-latents")
-        .arg(&latents)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let err = common::relative_l2(&common::read_npy(&latents), &common::read_npy(&dir.join("latents.npy")));
+    let err = generate_error_with(&out, "tiny-sd", "pndm", &lib, &["--ep", "openvino"]);
     eprintln!("int8-static on openvino, tiny-sd/pndm: latents relative L2 {err:.2e}");
     assert!(err <= 6e-2 && err > 1e-5, "int8-static tiny-sd/pndm: relative L2 {err:.2e}");
 

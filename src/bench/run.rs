@@ -153,7 +153,7 @@ fn measure(
     worker_exe: &Path,
     on_event: &mut dyn FnMut(Event),
 ) -> std::result::Result<Row, String> {
-    let ep = ExecutionProvider::from_name(combination.ep.name()).map_err(|e| e.to_string())?;
+    let ep = combination.ep;
     let folder = if profile.passes.is_empty() && combination.precision == Precision::Fp32 {
         // The export as is: nothing to convert.
         source.to_path_buf()
@@ -263,9 +263,7 @@ fn converted(
         calibration: Default::default(),
     };
     let key = convert::conversion_key(&convert_opts, card);
-    let manifest = |dir: &Path| -> Option<serde_json::Value> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(convert::MANIFEST)).ok()?).ok()
-    };
+    let manifest = |dir: &Path| crate::pipeline::model_dir::read_json(&dir.join(convert::MANIFEST)).ok();
     let session = serde_json::json!(convert::session_options(&convert_opts));
     if let Some(m) = manifest(&folder)
         && m["conversion_key"] == key

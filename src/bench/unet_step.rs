@@ -9,7 +9,7 @@ use ndarray::ArrayD;
 use serde::Serialize;
 
 use super::run::median;
-use crate::pipeline::PipelineDir;
+use crate::pipeline::{PipelineDir, take_output};
 use crate::runtime::{HostTensor, Runtime, SessionRole};
 use crate::{Error, Result};
 
@@ -57,12 +57,7 @@ pub fn unet_step(runtime: &Runtime, opts: &StepOptions) -> Result<StepReport> {
         let t = Instant::now();
         let mut out = model.run(feeds)?;
         let secs = t.elapsed().as_secs_f64();
-        let first = model.output_names().into_iter().next().unwrap_or_default();
-        let y = out
-            .remove("out_sample")
-            .or_else(|| out.remove(&first))
-            .ok_or_else(|| Error::bad_file(&path, "the model returned no float output"))?;
-        Ok((secs, y))
+        Ok((secs, take_output(&mut out, &model, "out_sample")?))
     };
     let (first_run_s, mut y) = call()?;
     for _ in 0..opts.warmup {

@@ -129,10 +129,9 @@ pub fn ranges(
             let out = session.run(feeds)?;
             for t in tensors {
                 let Some(values) = out.get(t) else { continue };
-                let (lo, hi) = sample_range(
-                    values.as_slice_memory_order().unwrap_or(&values.iter().copied().collect::<Vec<_>>()),
-                    percentile,
-                );
+                // Borrowed as is: session outputs are already in standard layout.
+                let values = values.as_standard_layout();
+                let (lo, hi) = sample_range(values.as_slice().expect("standard layout"), percentile);
                 let e = ranges.entry(t.clone()).or_insert((f32::INFINITY, f32::NEG_INFINITY));
                 *e = (e.0.min(lo), e.1.max(hi));
             }

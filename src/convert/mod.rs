@@ -206,17 +206,24 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
         seconds: start.elapsed().as_secs_f64(),
         conversion_key: conversion_key(opts, card.as_ref()),
     };
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
-    let path = staging.join(MANIFEST);
-    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, format!("cannot write: {e}")))?;
-    if opts.out.exists() {
-        // Checked above: empty, or an earlier dfast conversion.
-        std::fs::remove_dir_all(&opts.out)
-            .map_err(|e| Error::bad_file(&opts.out, format!("cannot replace the earlier conversion: {e}")))?;
-    }
-    std::fs::rename(&staging, &opts.out)
-        .map_err(|e| Error::bad_file(&opts.out, format!("cannot move the conversion into place: {e}")))?;
+    publish(&staging, &opts.out, &manifest)?;
     Ok(manifest)
+}
+
+/// Writes the manifest into `staging` and moves `staging` into place as `out`, replacing an earlier
+/// conversion there (`check_output` made sure `out` is empty or one).
+fn publish(staging: &Path, out: &Path, manifest: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
+    let path = staging.join(MANIFEST);
+    // A relabelled conversion's manifest is a hard link to the original's: unlink it before writing.
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, format!("cannot write: {e}")))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out)
+            .map_err(|e| Error::bad_file(out, format!("cannot replace the earlier conversion: {e}")))?;
+    }
+    std::fs::rename(staging, out)
+        .map_err(|e| Error::bad_file(out, format!("cannot move the conversion into place: {e}")))
 }
 
 /// The profile's `[session.<ep>]` options, plus OpenVINO's precision hint for a bf16/fp16 conversion.
@@ -268,17 +275,7 @@ pub fn relabel(from: &Path, opts: &ConvertOptions) -> Result<()> {
     manifest["profile_source"] = opts.profile.source.clone().into();
     manifest["session_options"] = serde_json::json!(session_options(opts));
     manifest["relabelled_from"] = from.display().to_string().into();
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::runtime(format!("manifest: {e}")))?;
-    let path = staging.join(MANIFEST);
-    // The linked manifest is the original's file: unlink it before writing this one.
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, text + "\n").map_err(|e| Error::bad_file(&path, format!("cannot write: {e}")))?;
-    if opts.out.exists() {
-        std::fs::remove_dir_all(&opts.out)
-            .map_err(|e| Error::bad_file(&opts.out, format!("cannot replace the earlier conversion: {e}")))?;
-    }
-    std::fs::rename(&staging, &opts.out)
-        .map_err(|e| Error::bad_file(&opts.out, format!("cannot move the conversion into place: {e}")))
+    publish(&staging, &opts.out, &manifest)
 }
 
 fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -37,39 +37,9 @@ use serde::Serialize;
 use crate::onnx::{OnnxModel, Patch, apply_patch};
 use crate::{Error, Result};
 
-/// The execution provider a conversion targets: decides which fused ops a pass may emit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    Cpu,
-    Cuda,
-    TensorRt,
-    OpenVino,
-}
-
-impl Target {
-    /// Parses `cpu`, `cuda`, `tensorrt`, `openvino` (any case).
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(Target::Cpu),
-            "cuda" => Ok(Target::Cuda),
-            "tensorrt" | "trt" => Ok(Target::TensorRt),
-            "openvino" => Ok(Target::OpenVino),
-            _ => Err(Error::bad_input(format!(
-                "unknown execution provider `{name}`; expected one of: cpu, cuda, tensorrt, openvino"
-            ))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Cpu => "cpu",
-            Target::Cuda => "cuda",
-            Target::TensorRt => "tensorrt",
-            Target::OpenVino => "openvino",
-        }
-    }
-}
+/// The execution provider a conversion targets: decides which fused ops a pass may emit. The same type
+/// that picks the EP of a session.
+pub use crate::runtime::ExecutionProvider as Target;
 
 /// What a pass may know about the conversion besides the model.
 #[derive(Debug, Clone)]

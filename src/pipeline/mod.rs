@@ -278,7 +278,7 @@ impl Pipeline {
 }
 
 /// The named output, or the model's first output when it is named otherwise.
-fn take_output(
+pub(crate) fn take_output(
     out: &mut std::collections::HashMap<String, ArrayD<f32>>,
     model: &Model,
     name: &str,

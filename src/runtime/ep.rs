@@ -25,8 +25,9 @@ use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProvider as _, 
 use super::library::Flavour;
 use crate::{Error, Result};
 
-/// The execution providers dfast can be asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The execution providers dfast can be asked for (`passes::Target` when a conversion targets one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExecutionProvider {
     Cpu,
     Cuda,
@@ -43,7 +44,7 @@ impl ExecutionProvider {
             "cpu" => Ok(ExecutionProvider::Cpu),
             "cuda" => Ok(ExecutionProvider::Cuda),
             "tensorrt" | "trt" => Ok(ExecutionProvider::TensorRt),
-            "openvino" | "ov" => Ok(ExecutionProvider::OpenVino),
+            "openvino" => Ok(ExecutionProvider::OpenVino),
             _ => Err(Error::bad_input(format!(
                 "unknown execution provider `{name}`; expected one of: {}",
                 EP_NAMES.join(", ")
