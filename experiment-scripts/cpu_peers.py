@@ -163,7 +163,8 @@ def make_tiny_twin(onnx_dir: Path, dest: Path) -> tuple:
     cfg = unet_config(onnx_dir)
     declared = onnx_inputs(onnx_dir / "unet" / "model.onnx")
     ts_dtype = torch.int64 if declared["timestep"][0] == onnx.TensorProto.INT64 else torch.float32
-    ts_rank = len(declared["timestep"][1])
+    ts_dims = declared["timestep"][1]
+    ts_shape = "scalar" if not ts_dims else ("one" if ts_dims == [1] else "batch")
     shutil.rmtree(dest, ignore_errors=True)
     pt_dir, ox_dir = dest / "pytorch", dest / "onnx"
     torch.manual_seed(0)  # as make_tiny_pipelines.build_sd: the UNet is the first module built after the seed
@@ -171,7 +172,7 @@ def make_tiny_twin(onnx_dir: Path, dest: Path) -> tuple:
     unet.save_pretrained(pt_dir / "unet", safe_serialization=True)
     # The ONNX side: the source folder's other files (model_index.json, scheduler, ...) and a fresh unet/.
     shutil.copytree(onnx_dir, ox_dir, ignore=shutil.ignore_patterns("unet"))
-    tiny.export_unet(unet, ox_dir / "unet", False, ts_dtype, ts_rank)  # asserts ORT == torch (rel L2 < 1e-5)
+    tiny.export_unet(unet, ox_dir / "unet", False, ts_dtype, ts_shape)  # asserts ORT == torch (rel L2 < 1e-5)
     return ox_dir, pt_dir
 
 

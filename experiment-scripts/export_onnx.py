@@ -202,7 +202,7 @@ def main():
             exports.append(("text_encoder_2", lambda: tiny.export_text_encoder(
                 pipe.text_encoder_2, out / "text_encoder_2", True, True, torch.int64)))
         if "unet" in wanted:
-            exports.append(("unet", lambda: tiny.export_unet(pipe.unet, out / "unet", sdxl, torch.int64, 1)))
+            exports.append(("unet", lambda: tiny.export_unet(pipe.unet, out / "unet", sdxl, torch.int64, "batch")))
         if "vae_decoder" in wanted:
             exports.append(("vae_decoder", lambda: export_vae_decoder(pipe.vae, out)))
         for name, fn in exports:

@@ -7,6 +7,9 @@ Writes, relative to the repository root:
 each in the ONNX layout that Optimum exports (model_index.json, scheduler/, tokenizer*/, text_encoder*/,
 unet/, vae_decoder/, vae_encoder/), exported with the TorchScript exporter at opset 17;
   models/tiny-sd-dynamo/, models/tiny-sdxl-dynamo/: the same weights through the dynamo exporter at opset 23;
+  models/variants/   UNet components that tests swap into a copy of a pipeline above (same weights, so the
+                     same references apply): tiny-sd-unet-timestep1 (TorchScript, `timestep` declared [1]),
+                     tiny-sd-dynamo-unet-static (dynamo, every input static: batch 2, 64x64, `timestep` [1]);
   tests/references/  diffusers' own outputs: token ids, torch CPU noise per seed, and per pipeline and
                      scheduler the final latents and decoded uint8 image.
 
@@ -15,7 +18,8 @@ Tokenizers use the real 49408-token CLIP BPE vocabulary, taken from open_clip_to
 bpe_simple_vocab_16e6.txt.gz and written as vocab.json + merges.txt, as the real checkpoints hold them.
 
 Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffusers 0.42.1):
-  python experiment-scripts/make_tiny_pipelines.py
+  python experiment-scripts/make_tiny_pipelines.py              # everything
+  python experiment-scripts/make_tiny_pipelines.py --variants   # models/variants/ only
 """
 
 import argparse
@@ -291,6 +295,15 @@ class UNetWrapper(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
+class OneTimestepUNetWrapper(UNetWrapper):
+    """Takes `timestep` as one value of shape [1] and expands it over the batch inside the graph, as legacy
+    exports and static-shape exports declare it."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        timestep = timestep.expand(sample.shape[0])
+        return super().forward(sample, timestep, encoder_hidden_states, text_embeds, time_ids)
+
+
 class VaeDecoderWrapper(torch.nn.Module):
     def __init__(self, vae):
         super().__init__()
@@ -364,10 +377,16 @@ def export_text_encoder(model, folder: Path, projection: bool, hidden_states: bo
     model.config.to_json_file(folder / "config.json")
 
 
-def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_rank: int):
-    b, h, w = 2, 8, 12
+def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: str, static_hw=None):
+    """timestep_shape: "scalar" ([]), "batch" ([batch_size]) or "one" ([1], expanded inside the graph).
+    static_hw: (latent height, latent width) to export every input with static shapes at batch 2."""
+    b, (h, w) = 2, static_hw or (8, 12)
     sample = torch.randn(b, 4, h, w)
-    timestep = torch.tensor(500, dtype=timestep_dtype) if timestep_rank == 0 else torch.full((b,), 500, dtype=timestep_dtype)
+    timestep = {
+        "scalar": torch.tensor(500, dtype=timestep_dtype),
+        "batch": torch.full((b,), 500, dtype=timestep_dtype),
+        "one": torch.full((1,), 500, dtype=timestep_dtype),
+    }[timestep_shape]
     ehs = torch.randn(b, 77, unet.config.cross_attention_dim)
     args = [sample, timestep, ehs]
     names = ["sample", "timestep", "encoder_hidden_states"]
@@ -376,14 +395,17 @@ def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_rank: i
         "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
         "out_sample": {0: "batch_size", 2: "height", 3: "width"},
     }
-    if timestep_rank == 1:
+    if timestep_shape == "batch":
         axes["timestep"] = {0: "batch_size"}
     if sdxl:
         text_embeds_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
         args += [torch.randn(b, text_embeds_dim), torch.tensor([[64.0, 96.0, 0.0, 0.0, 64.0, 96.0]] * b)]
         names += ["text_embeds", "time_ids"]
         axes.update({"text_embeds": {0: "batch_size"}, "time_ids": {0: "batch_size"}})
-    export(UNetWrapper(unet, sdxl), args, folder / "model.onnx", names, ["out_sample"], axes)
+    if static_hw:
+        axes = {}
+    wrapper = OneTimestepUNetWrapper if timestep_shape == "one" else UNetWrapper
+    export(wrapper(unet, sdxl), args, folder / "model.onnx", names, ["out_sample"], axes)
     unet.save_config(folder)
 
 
@@ -460,12 +482,27 @@ def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path, dynamo: 
     if sdxl:
         export_text_encoder(pipe.text_encoder, dest / "text_encoder", False, True, torch.int64)
         export_text_encoder(pipe.text_encoder_2, dest / "text_encoder_2", True, True, torch.int64)
-        export_unet(pipe.unet, dest / "unet", True, torch.int64, 1)
+        export_unet(pipe.unet, dest / "unet", True, torch.int64, "batch")
     else:
         # Real exports differ in input dtypes and ranks: tiny-sd takes int32 ids and a float scalar timestep.
         export_text_encoder(pipe.text_encoder, dest / "text_encoder", False, False, torch.int32)
-        export_unet(pipe.unet, dest / "unet", False, torch.float32, 0)
+        export_unet(pipe.unet, dest / "unet", False, torch.float32, "scalar")
     export_vae(pipe.vae, dest)
+
+
+def save_unet_variants(sd, variants: Path):
+    """UNets that declare `timestep` as [1], in both exporter styles, for tests that swap them into a copy of
+    tiny-sd / tiny-sd-dynamo. The dynamo one is static-shape too (batch 2, 8x8 latents: the tiny-sd references'
+    64x64 with guidance), as static-shape dynamo exports are."""
+    for name, dynamo, static_hw in [
+        ("tiny-sd-unet-timestep1", False, None),
+        ("tiny-sd-dynamo-unet-static", True, (8, 8)),
+    ]:
+        EXPORT.update({"dynamo": dynamo, "opset": 23 if dynamo else 17})
+        dest = variants / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        export_unet(sd.unet, dest, False, torch.float32, "one", static_hw)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -545,6 +582,7 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root to write into")
+    ap.add_argument("--variants", action="store_true", help="write models/variants/ only (same weights)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     models, refs = args.root / "models", args.root / "tests" / "references"
@@ -555,6 +593,10 @@ def main():
         write_clip_vocab(vocab_dir)
         sd = build_sd(vocab_dir)
         sdxl = build_sdxl(vocab_dir)
+        print("exporting models/variants (UNets with a [1] timestep) ...")
+        save_unet_variants(sd, models / "variants")
+        if args.variants:
+            return
         print("exporting tiny-sd ...")
         save_pipeline_layout(sd, models / "tiny-sd", sdxl=False, vocab_dir=vocab_dir)
         print("exporting tiny-sdxl ...")

@@ -107,3 +107,20 @@ fn bench_bad_input_is_a_clear_error() {
         assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
     }
 }
+
+/// `dfast bench` on a pipeline whose UNet declares `timestep` as `[1]` with static shapes: it converts and runs.
+#[test]
+fn bench_runs_a_unet_with_a_one_value_timestep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (variant, pipeline) = common::UNET_VARIANTS[1];
+    let model = common::variant_pipeline(variant, pipeline, tmp.path());
+    let out = tmp.path().join("results");
+    let args = ["bench", "--model", model.to_str().unwrap(), "--profile", "baseline,sdpa", "--ep", "cpu"];
+    let args = [&args[..], &["--steps", "2", "--warmup", "0", "--runs", "1", "--out", out.to_str().unwrap()]].concat();
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}{stdout}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains(": 2 rows in results.csv, 0 skipped"), "{stdout}");
+    let rows = csv::Reader::from_path(out.join("results.csv")).unwrap().records().count();
+    assert_eq!(rows, 2, "{stdout}");
+}

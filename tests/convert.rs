@@ -70,8 +70,12 @@ fn run(runtime: &Runtime, path: &Path) -> std::collections::HashMap<String, Arra
 }
 
 fn convert_to(pipeline: &str, profile: &str, out: &Path) -> convert::Manifest {
+    convert_dir(&common::model(pipeline), profile, out)
+}
+
+fn convert_dir(source: &Path, profile: &str, out: &Path) -> convert::Manifest {
     let opts = ConvertOptions {
-        source: common::model(pipeline),
+        source: source.to_path_buf(),
         out: out.to_path_buf(),
         profile: Profile::load(profile).unwrap(),
         precision: Precision::Fp32,
@@ -80,20 +84,25 @@ fn convert_to(pipeline: &str, profile: &str, out: &Path) -> convert::Manifest {
         vae_half: false,
         calibration: Default::default(),
     };
-    convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{pipeline} with {profile}: {e}"))
+    convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{} with {profile}: {e}", source.display()))
 }
 
 /// Converts one pipeline with every profile and compares each component with the source graph.
 fn check_pipeline(pipeline: &str) {
+    check_source(&common::model(pipeline), pipeline, pipeline.trim_end_matches("-dynamo"));
+}
+
+/// The same for the pipeline folder `source`, whose images are those of `reference`; `pipeline` labels it.
+fn check_source(source: &Path, pipeline: &str, reference: &str) {
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     for profile in PROFILES {
         let out = tmp.path().join(profile);
-        let manifest = convert_to(pipeline, profile, &out);
+        let manifest = convert_dir(source, profile, &out);
         let tolerance = if profile == "int8-dynamic" { 5e-2 } else { 1e-5 };
         for component in &manifest.components {
             let name = &component.component;
-            let want = run(&runtime, &common::model(pipeline).join(name).join("model.onnx"));
+            let want = run(&runtime, &source.join(name).join("model.onnx"));
             let got = run(&runtime, &out.join(name).join("model.onnx"));
             for (output, w) in &want {
                 let g =
@@ -115,13 +124,12 @@ fn check_pipeline(pipeline: &str) {
         }
         // A converted fp32 pipeline still makes diffusers' image (default scheduler; int8 changes numbers).
         if profile != "int8-dynamic" {
-            check_generate(&runtime, &out, pipeline);
+            check_generate(&runtime, &out, reference);
         }
     }
 }
 
-fn check_generate(runtime: &Runtime, dir: &Path, pipeline: &str) {
-    let reference = pipeline.trim_end_matches("-dynamo");
+fn check_generate(runtime: &Runtime, dir: &Path, reference: &str) {
     let scheduler = if reference == "tiny-sd" { "pndm" } else { "euler" };
     let refs = common::references().join(reference).join(scheduler);
     let params = common::read_json(&refs.join("params.json"));
@@ -150,6 +158,17 @@ fn tiny_sd_dynamo_every_profile_matches_the_source_graph() {
 #[test]
 fn tiny_sdxl_dynamo_every_profile_matches_the_source_graph() {
     check_pipeline(PIPELINES[3]);
+}
+
+/// UNets that declare `timestep` as `[1]` (TorchScript; dynamo with static shapes) in copies of the pipelines
+/// of the same weights: every profile still matches the source graph and diffusers' images.
+#[test]
+fn unet_with_a_one_value_timestep_every_profile_matches_the_source_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (variant, pipeline) in common::UNET_VARIANTS {
+        let source = common::variant_pipeline(variant, pipeline, tmp.path());
+        check_source(&source, variant, "tiny-sd");
+    }
 }
 
 #[test]

@@ -62,6 +62,32 @@ fn openvino_fp32_matches_diffusers() {
     }
 }
 
+/// A UNet that declares `timestep` as `[1]` through OpenVINO, and a calibrated int8-static conversion of it
+/// (calibration runs the source pipeline on the CPU EP). The TorchScript variant: OpenVINO 2025.4's ONNX
+/// frontend does not read the dynamo exports' opset-23 `Attention` nodes (tiny-sd-dynamo's text encoder).
+#[test]
+fn openvino_runs_a_unet_with_a_one_value_timestep() {
+    let lib = flavour_lib("openvino", "1.24.1");
+    let tmp = tempfile::tempdir().unwrap();
+    let (variant, pipeline) = common::UNET_VARIANTS[0];
+    let source = common::variant_pipeline(variant, pipeline, tmp.path());
+    let err = generate_error_with(&source, "tiny-sd", "dpm++", &lib, &["--ep", "openvino"]);
+    eprintln!("openvino f32 {variant}: latents relative L2 {err:.2e}");
+    assert!(err <= 1e-3, "openvino f32 {variant}: relative L2 {err:.2e} > 1e-3");
+    let out = tmp.path().join("int8");
+    let run = common::dfast(
+        &[
+            &["convert", "--model", source.to_str().unwrap(), "--profile", "int8-static", "--ep", "openvino"][..],
+            &["--calibrate", "1", "--calibrate-steps", "2", "--out", out.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let err = generate_error_with(&out, "tiny-sd", "pndm", &lib, &["--ep", "openvino"]);
+    eprintln!("int8-static on openvino, {variant}: latents relative L2 {err:.2e}");
+    assert!(err <= 6e-2 && err > 1e-5, "int8-static: relative L2 {err:.2e}");
+}
+
 #[test]
 fn openvino_bf16_matches_diffusers_within_bf16_error() {
     let lib = flavour_lib("openvino", "1.24.1");

@@ -4,27 +4,16 @@ mod common;
 
 use std::path::Path;
 
-use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
-use dfast::runtime::{ExecutionProvider, Runtime};
-
 /// Runs one reference case through the library and checks it against diffusers' outputs. `model` is the
 /// pipeline folder: the reference's own, or the dynamo export of the same weights.
 fn check_model(model: &str, pipeline: &str, scheduler: &str) {
-    let dir = common::references().join(pipeline).join(scheduler);
-    let params = common::read_json(&dir.join("params.json"));
-    let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(&common::model(model)).unwrap()).unwrap();
-    let opts = GenerateOptions {
-        // The scheduler exactly as diffusers configured it (class, overrides such as v_prediction).
-        scheduler_config: Some(dir.join("scheduler_config.json")),
-        ..common::reference_options(&params)
-    };
-    let out = pipe.generate(&opts, &mut |_, _| {}).unwrap();
-    let want = common::read_npy(&dir.join("latents.npy"));
-    let err = common::relative_l2(&out.latents, &want);
+    check_dir(&common::model(model), pipeline, scheduler);
+}
+
+fn check_dir(dir: &Path, pipeline: &str, scheduler: &str) {
+    let (err, close) = common::reference_error(dir, pipeline, scheduler);
+    let model = dir.display();
     assert!(err <= 1e-3, "{model}/{scheduler}: latents relative L2 {err:.2e} > 1e-3");
-    let want_image = image::open(dir.join("image.png")).unwrap().to_rgb8();
-    let close = common::fraction_within_one_level(&out.image, &want_image);
     assert!(close >= 0.999, "{model}/{scheduler}: only {:.4}% of pixel values within one level", close * 100.0);
     eprintln!("{model}/{scheduler}: latents relative L2 {err:.2e}, {:.3}% of values within one level", close * 100.0);
 }
@@ -77,6 +66,20 @@ fn tiny_sd_dynamo_export_all_schedulers() {
 fn tiny_sdxl_dynamo_export_all_schedulers() {
     for scheduler in ["euler", "pndm", "ddim", "dpm++"] {
         check_model("tiny-sdxl-dynamo", "tiny-sdxl", scheduler);
+    }
+}
+
+/// UNets that declare `timestep` as `[1]` (a one-value timestep expanded over the batch inside the graph), in
+/// both exporter styles, the dynamo one with static shapes: swapped into a copy of the pipeline of the same
+/// weights, they make diffusers' images with every scheduler.
+#[test]
+fn unet_with_a_one_value_timestep_all_schedulers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (variant, pipeline) in common::UNET_VARIANTS {
+        let dir = common::variant_pipeline(variant, pipeline, tmp.path());
+        for scheduler in ["pndm", "euler", "ddim", "dpm++"] {
+            check_dir(&dir, "tiny-sd", scheduler);
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use ::image::RgbImage;
 use ndarray::{ArrayD, Axis, IxDyn, concatenate, s};
 use serde_json::Value;
 
-use crate::runtime::{HostTensor, Model, Runtime, SessionRole};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
@@ -186,6 +186,7 @@ impl Pipeline {
         scheduler.set_timesteps(steps)?;
 
         let batch = opts.batch_size.max(1);
+        self.check_static_shapes(batch, guidance, (height, width))?;
         let shape = self.latents_shape(batch, height, width);
         let initial = match &opts.latents {
             Some(path) => latents::read(path, &shape)?,
@@ -227,6 +228,39 @@ impl Pipeline {
         let vae_decode = t_vae.elapsed().as_secs_f64();
         let timings = Timings { text_encoding, unet_steps, vae_decode, total: start.elapsed().as_secs_f64() };
         Ok(Generated { image, latents, timings, warnings, width, height, steps })
+    }
+
+    /// Refuses, before any work, an image size or batch that an export with static input shapes cannot
+    /// take, naming the input, its declared shape and the requested size. (Inputs that only repeat one value
+    /// per row, such as a timestep declared `[1]`, are fitted when fed: see `runtime::fit_shape`.)
+    fn check_static_shapes(&self, batch: usize, guidance: bool, (height, width): (usize, usize)) -> Result<()> {
+        let rows = if guidance { 2 * batch } else { batch };
+        let [_, channels, h, w] = self.latents_shape(batch, height, width);
+        let tokens = self.text_encoders[0].tokenizer.max_length();
+        let unet: [(&str, Vec<Option<usize>>); 3] = [
+            ("sample", vec![Some(rows), Some(channels), Some(h), Some(w)]),
+            ("encoder_hidden_states", vec![Some(rows), Some(tokens), None]),
+            ("text_embeds", vec![Some(rows), None]),
+        ];
+        let vae = [("latent_sample", vec![Some(batch), Some(channels), Some(h), Some(w)])];
+        let checks = unet.iter().map(|c| (&self.unet, c)).chain(vae.iter().map(|c| (&self.vae_decoder, c)));
+        for (model, (name, shape)) in checks {
+            if let Some(declared) = model.shape_conflict(name, shape) {
+                let wanted: Vec<i64> = shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect();
+                let guided = if guidance { " with guidance" } else { "" };
+                return Err(Error::bad_file(
+                    model.path(),
+                    format!(
+                        "input `{name}` is declared {}, which cannot take a {width}x{height} image (--width {width} \
+                         --height {height}) at batch {batch}{guided} (that needs {}); this export has static shapes, \
+                         so generate at the size and batch it was exported for",
+                        format_dims(&declared),
+                        format_dims(&wanted),
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn encode_prompt(&mut self, opts: &GenerateOptions, guidance: bool, size: (usize, usize)) -> Result<Conditioning> {

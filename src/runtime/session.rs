@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
@@ -261,55 +261,41 @@ impl Model {
         Ok(self.bound.as_mut().expect("set above"))
     }
 
-    /// Converts a host tensor to the element type and rank an input declares.
+    /// Converts a host tensor to the element type and shape an input declares (see [`fit_shape`]).
     fn to_value(&self, spec: &InputSpec, tensor: HostTensor) -> Result<DynTensor> {
-        let shape = tensor.shape().to_vec();
-        let rank_error = || {
+        let fed = tensor.shape().to_vec();
+        let tensor = fit_shape(tensor, &spec.dims).map_err(|why| {
             Error::bad_file(
                 &self.path,
-                format!("input `{}` expects rank {} but dfast has shape {:?}", spec.name, spec.dims.len(), shape),
+                format!(
+                    "input `{}` is declared {} but dfast has {}{why}",
+                    spec.name,
+                    format_dims(&spec.dims),
+                    format_dims(&fed.iter().map(|&d| d as i64).collect::<Vec<_>>())
+                ),
             )
-        };
-        // A scalar input (e.g. a timestep declared as a 0-d tensor) takes the one value a [batch] tensor repeats.
-        let target: Vec<usize> = if spec.dims.is_empty() {
-            let all_equal = match &tensor {
-                HostTensor::F32(a) => a.iter().all(|v| Some(v) == a.iter().next()),
-                HostTensor::I64(a) => a.iter().all(|v| Some(v) == a.iter().next()),
-            };
-            if shape.iter().product::<usize>() == 0 || !all_equal {
-                return Err(rank_error());
-            }
-            vec![]
-        } else if spec.dims.len() == shape.len() {
-            shape.clone()
-        } else {
-            return Err(rank_error());
-        };
+        })?;
+        let shape = tensor.shape().to_vec();
+        let err =
+            |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
         let as_f64: Vec<f64> = match &tensor {
             HostTensor::F32(a) => a.iter().map(|&v| v as f64).collect(),
             HostTensor::I64(a) => a.iter().map(|&v| v as f64).collect(),
         };
-        let n = target.iter().product::<usize>();
-        let vals = &as_f64[..n];
-        let err =
-            |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
+        let vals = &as_f64[..];
         let value: DynTensor = match (spec.ty, tensor) {
-            (TensorElementType::Float32, HostTensor::F32(a)) if target == shape => {
-                Tensor::from_array(a).map_err(err)?.upcast()
-            }
-            (TensorElementType::Int64, HostTensor::I64(a)) if target == shape => {
-                Tensor::from_array(a).map_err(err)?.upcast()
-            }
-            (TensorElementType::Float32, _) => tensor_of(&target, vals.iter().map(|&v| v as f32)).map_err(err)?,
+            (TensorElementType::Float32, HostTensor::F32(a)) => Tensor::from_array(a).map_err(err)?.upcast(),
+            (TensorElementType::Int64, HostTensor::I64(a)) => Tensor::from_array(a).map_err(err)?.upcast(),
+            (TensorElementType::Float32, _) => tensor_of(&shape, vals.iter().map(|&v| v as f32)).map_err(err)?,
             (TensorElementType::Float16, _) => {
-                tensor_of(&target, vals.iter().map(|&v| f16::from_f64(v))).map_err(err)?
+                tensor_of(&shape, vals.iter().map(|&v| f16::from_f64(v))).map_err(err)?
             }
             (TensorElementType::Bfloat16, _) => {
-                tensor_of(&target, vals.iter().map(|&v| bf16::from_f64(v))).map_err(err)?
+                tensor_of(&shape, vals.iter().map(|&v| bf16::from_f64(v))).map_err(err)?
             }
-            (TensorElementType::Float64, _) => tensor_of(&target, vals.iter().copied()).map_err(err)?,
-            (TensorElementType::Int64, _) => tensor_of(&target, vals.iter().map(|&v| v as i64)).map_err(err)?,
-            (TensorElementType::Int32, _) => tensor_of(&target, vals.iter().map(|&v| v as i32)).map_err(err)?,
+            (TensorElementType::Float64, _) => tensor_of(&shape, vals.iter().copied()).map_err(err)?,
+            (TensorElementType::Int64, _) => tensor_of(&shape, vals.iter().map(|&v| v as i64)).map_err(err)?,
+            (TensorElementType::Int32, _) => tensor_of(&shape, vals.iter().map(|&v| v as i32)).map_err(err)?,
             (other, _) => {
                 return Err(Error::bad_file(
                     &self.path,
@@ -319,6 +305,64 @@ impl Model {
         };
         Ok(value)
     }
+
+    /// The declared dimensions of input `name` when they cannot take a tensor of `shape` (`None` entries of
+    /// `shape` are not checked); `None` when they can, or when the model has no such input. Callers that know
+    /// why a shape was asked for (an image size) use this to say so before anything runs.
+    pub fn shape_conflict(&self, name: &str, shape: &[Option<usize>]) -> Option<Vec<i64>> {
+        let spec = self.input(name)?;
+        let conflict = spec.dims.len() != shape.len()
+            || spec.dims.iter().zip(shape).any(|(&d, s)| matches!(s, Some(n) if d >= 0 && d as usize != *n));
+        conflict.then(|| spec.dims.clone())
+    }
+}
+
+/// Fits a host tensor to the shape an input declares, as exports declare it:
+/// - a scalar (`[]`) takes the one value that every element repeats (a timestep fed per row);
+/// - a static 1 where dfast has n > 1 rows takes the first row when all rows are equal (`timestep` declared
+///   `[1]` and broadcast inside the graph);
+/// - a dynamic dimension, or a static one of the same size, takes the tensor as it is.
+///
+/// Anything else is refused with the reason, which follows "declared X but dfast has Y".
+pub fn fit_shape(tensor: HostTensor, dims: &[i64]) -> std::result::Result<HostTensor, String> {
+    match tensor {
+        HostTensor::F32(a) => fit_array(a, dims).map(HostTensor::F32),
+        HostTensor::I64(a) => fit_array(a, dims).map(HostTensor::I64),
+    }
+}
+
+fn fit_array<T: Clone + PartialEq>(a: ArrayD<T>, dims: &[i64]) -> std::result::Result<ArrayD<T>, String> {
+    if dims.is_empty() {
+        let first = a.iter().next().cloned().ok_or_else(|| ", which is empty".to_string())?;
+        if a.iter().any(|v| *v != first) {
+            return Err(", whose values differ, so they cannot be one scalar".into());
+        }
+        return Ok(ArrayD::from_elem(IxDyn(&[]), first));
+    }
+    if dims.len() != a.ndim() {
+        return Err(format!(" (rank {} where the model declares rank {})", a.ndim(), dims.len()));
+    }
+    let mut a = a;
+    for (axis, &d) in dims.iter().enumerate() {
+        let n = a.shape()[axis];
+        if d < 0 || d as usize == n {
+            continue;
+        }
+        let first = a.index_axis(Axis(axis), 0);
+        if d == 1 && a.axis_iter(Axis(axis)).all(|row| row == first) {
+            a = a.slice_axis(Axis(axis), (0..1).into()).to_owned();
+            continue;
+        }
+        let why = if d == 1 { format!(", whose {n} entries on axis {axis} differ") } else { String::new() };
+        return Err(why);
+    }
+    Ok(a)
+}
+
+/// `[2, 4, ?, ?]`: a shape as a model declares it, `?` where dynamic.
+pub fn format_dims(dims: &[i64]) -> String {
+    let parts: Vec<String> = dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// A floating-point tensor in host memory as f32; None for other element types.
@@ -340,4 +384,51 @@ where
 {
     let array = ArrayD::from_shape_vec(IxDyn(shape), values.collect()).expect("shape matches the value count");
     Ok(Tensor::from_array(array)?.upcast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(shape: &[usize], values: &[f32]) -> HostTensor {
+        HostTensor::F32(ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).unwrap())
+    }
+
+    fn shape_of(t: &HostTensor) -> Vec<usize> {
+        t.shape().to_vec()
+    }
+
+    #[test]
+    fn a_timestep_per_row_fits_every_declared_timestep_shape() {
+        let t = || f32s(&[2], &[981.0, 981.0]);
+        assert_eq!(shape_of(&fit_shape(t(), &[]).unwrap()), Vec::<usize>::new());
+        let one = fit_shape(t(), &[1]).unwrap();
+        assert_eq!(shape_of(&one), vec![1]);
+        assert!(matches!(one, HostTensor::F32(a) if a[[0]] == 981.0));
+        assert_eq!(shape_of(&fit_shape(t(), &[-1]).unwrap()), vec![2]);
+        assert_eq!(shape_of(&fit_shape(t(), &[2]).unwrap()), vec![2]);
+        let ids = HostTensor::I64(ArrayD::from_elem(IxDyn(&[4]), 7));
+        assert!(matches!(fit_shape(ids, &[1]).unwrap(), HostTensor::I64(a) if a.shape() == [1] && a[[0]] == 7));
+    }
+
+    #[test]
+    fn rows_that_differ_are_not_collapsed() {
+        let err = fit_shape(f32s(&[2], &[1.0, 2.0]), &[1]).unwrap_err();
+        assert!(err.contains("differ"), "{err}");
+        assert!(fit_shape(f32s(&[2], &[1.0, 2.0]), &[]).is_err());
+        // SDXL's pooled embeddings differ between the negative and the positive row; time_ids do not.
+        let text_embeds = f32s(&[2, 2], &[0.0, 0.0, 0.5, -0.5]);
+        assert!(fit_shape(text_embeds, &[1, 2]).is_err());
+        let time_ids = f32s(&[2, 3], &[64.0, 96.0, 0.0, 64.0, 96.0, 0.0]);
+        assert_eq!(shape_of(&fit_shape(time_ids, &[1, 3]).unwrap()), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_static_size_other_than_the_fed_one_is_refused() {
+        let sample = f32s(&[1, 1, 2, 3], &[0.0; 6]);
+        assert!(fit_shape(sample.clone(), &[1, 1, 2, 2]).is_err());
+        assert!(fit_shape(sample.clone(), &[1, 1, 2]).unwrap_err().contains("rank"));
+        assert_eq!(shape_of(&fit_shape(sample, &[-1, 1, -1, 3]).unwrap()), vec![1, 1, 2, 3]);
+        assert_eq!(format_dims(&[2, 4, -1, -1]), "[2, 4, ?, ?]");
+    }
 }

@@ -85,3 +85,39 @@ pub fn reference_options(params: &serde_json::Value) -> dfast::pipeline::Generat
         ..Default::default()
     }
 }
+
+/// UNet variants (`models/variants/`) that tests swap into a copy of a committed pipeline of the same weights:
+/// `(variant, pipeline it belongs to)`. Both declare `timestep` as `[1]`; the dynamo one has static shapes for
+/// the tiny-sd references' size (batch 2 with guidance, 64x64).
+pub const UNET_VARIANTS: [(&str, &str); 2] =
+    [("tiny-sd-unet-timestep1", "tiny-sd"), ("tiny-sd-dynamo-unet-static", "tiny-sd-dynamo")];
+
+/// A copy of `models/<pipeline>` under `into` with its UNet replaced by `models/variants/<variant>`.
+pub fn variant_pipeline(variant: &str, pipeline: &str, into: &Path) -> PathBuf {
+    let dir = into.join(variant);
+    copy_dir(&model(pipeline), &dir);
+    std::fs::remove_dir_all(dir.join("unet")).unwrap();
+    copy_dir(&model("variants").join(variant), &dir.join("unet"));
+    dir
+}
+
+/// Generates one reference case (`tests/references/<reference>/<scheduler>`) from the pipeline folder `dir`
+/// through the library on the CPU EP, and returns the relative L2 error of the final latents against
+/// diffusers' and the fraction of image values within one level of diffusers' image.
+pub fn reference_error(dir: &Path, reference: &str, scheduler: &str) -> (f64, f64) {
+    use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
+    use dfast::runtime::{ExecutionProvider, Runtime};
+    let refs = references().join(reference).join(scheduler);
+    let params = read_json(&refs.join("params.json"));
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(dir).unwrap()).unwrap();
+    let opts = GenerateOptions {
+        // The scheduler exactly as diffusers configured it (class, overrides such as v_prediction).
+        scheduler_config: Some(refs.join("scheduler_config.json")),
+        ..reference_options(&params)
+    };
+    let out = pipe.generate(&opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let err = relative_l2(&out.latents, &read_npy(&refs.join("latents.npy")));
+    let want_image = image::open(refs.join("image.png")).unwrap().to_rgb8();
+    (err, fraction_within_one_level(&out.image, &want_image))
+}
