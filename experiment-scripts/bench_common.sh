@@ -4,7 +4,8 @@
 #
 # Environment every script reads (all optional):
 #   DFAST         a built dfast binary (default: `cargo run --release --` of this checkout, built first)
-#   PYTHON        Python with experiment-scripts/requirements-fixtures.txt installed (default python3)
+#   PYTHON        Python 3.11+ with experiment-scripts/requirements-fixtures.txt installed (default python3);
+#                 it also reads the model cards (common.py)
 #   EXPORTS       where random-weight models are exported (default ~/.cache/dfast/exports); the ONNX export
 #                 goes to EXPORTS/<arch>-random, the PyTorch weights to EXPORTS/<arch>-random-pytorch
 #   EXPORTER      torchscript (default) or dynamo, for export_onnx.py
@@ -241,14 +242,17 @@ report() {
   step "dfast report -> $out/report.md, report.png" dfast report "${dirs[@]}" --title "$title" --out "$out"
 }
 
-# The model card's defaults (models/<card>.toml).
+# The model card's defaults (models/<card>.toml, read by common.py: scheduler, width, height, steps); a
+# variable already set (environment or the calling script) wins.
 card_defaults() {
-  case "$1" in
-    sd15) SCHEDULER=${SCHEDULER:-dpm++}; WIDTH=${WIDTH:-512}; HEIGHT=${HEIGHT:-512} ;;  # the seed runs SD1.5 with DPM-Solver
-    sdxl|ssd-1b) SCHEDULER=${SCHEDULER:-euler}; WIDTH=${WIDTH:-1024}; HEIGHT=${HEIGHT:-1024} ;;
-    *) die "unknown model '$1' (sd15, sdxl, ssd-1b)" ;;
-  esac
-  STEPS=${STEPS:-30}; BATCH=${BATCH:-1}; WARMUP=${WARMUP:-3}; RUNS=${RUNS:-3}
+  local defs
+  defs=$("$PYTHON" "$SCRIPTS/common.py" defaults --prefix CARD_ "$1") ||
+    die "cannot read the model card '$1' with $PYTHON (common.py, models/$1.toml)"
+  eval "$defs"
+  SCHEDULER=${SCHEDULER:-$CARD_SCHEDULER}; WIDTH=${WIDTH:-$CARD_WIDTH}; HEIGHT=${HEIGHT:-$CARD_HEIGHT}
+  STEPS=${STEPS:-$CARD_STEPS}; BATCH=${BATCH:-1}; WARMUP=${WARMUP:-3}; RUNS=${RUNS:-3}
+  [ -n "$SCHEDULER" ] && [ -n "$WIDTH" ] && [ -n "$HEIGHT" ] && [ -n "$STEPS" ] ||
+    die "models/$1.toml sets no scheduler, width, height or steps: set SCHEDULER, WIDTH, HEIGHT, STEPS"
 }
 
 # Precision ONNX Runtime runs an EP in by default (as dfast's --precision default).

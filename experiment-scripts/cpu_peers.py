@@ -67,9 +67,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+import common  # a sibling module (this script's folder is on sys.path), as make_tiny_pipelines below
+
+ROOT = common.ROOT
 
 EXPORTS = Path(os.environ.get("EXPORTS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                / "dfast" / "exports")
@@ -97,11 +97,9 @@ def version(pkg: str) -> str:
 
 
 def cpu_info() -> dict:
-    name, flags = platform.processor() or platform.machine(), set()
+    name, flags = common.cpu_name(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
-                name = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:

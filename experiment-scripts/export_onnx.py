@@ -22,15 +22,14 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_tiny_pipelines as tiny  # noqa: E402  (CLIP vocabulary, wrappers, export helpers)
+import common  # the model cards (a sibling module: this script's folder is on sys.path)
+import make_tiny_pipelines as tiny  # CLIP vocabulary, wrappers, export helpers (a sibling: this script's folder)
 
 # Public configs of the real checkpoints (diffusers' config.json of each component).
 SD15_UNET = dict(
@@ -92,14 +91,23 @@ CLIP_L = dict(
 CLIP_BIGG = dict(CLIP_L, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
                  hidden_act="gelu", projection_dim=1280)
 
+# Keyed by model card (models/<arch>.toml); the card's `pipeline` says which pipeline class is built.
 ARCHS = {
-    "sd15": dict(unet=SD15_UNET, vae=dict(VAE, sample_size=512, scaling_factor=0.18215), sdxl=False,
+    "sd15": dict(unet=SD15_UNET, vae=dict(VAE, sample_size=512, scaling_factor=0.18215),
                  scheduler=tiny.SD15_SCHEDULER),
-    "sdxl": dict(unet=SDXL_UNET, vae=dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True), sdxl=True,
+    "sdxl": dict(unet=SDXL_UNET, vae=dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
                  scheduler=tiny.SDXL_SCHEDULER),
     "ssd-1b": dict(unet=SSD1B_UNET, vae=dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
-                   sdxl=True, scheduler=tiny.SDXL_SCHEDULER),
+                   scheduler=tiny.SDXL_SCHEDULER),
 }
+
+
+def is_sdxl(arch: str) -> bool:
+    """The model card's pipeline class is StableDiffusionXLPipeline (else StableDiffusionPipeline)."""
+    pipeline = common.card_defaults(arch)["pipeline"]
+    if pipeline not in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+        raise ValueError(f"models/{arch}.toml: pipeline {pipeline} is not one random_pipeline builds")
+    return pipeline == "StableDiffusionXLPipeline"
 
 
 def random_pipeline(arch: str, vocab_dir: Path):
@@ -118,7 +126,7 @@ def random_pipeline(arch: str, vocab_dir: Path):
                 if p.dim() > 1:
                     p.mul_(0.5)
     te = CLIPTextModel(CLIPTextConfig(**CLIP_L))
-    if spec["sdxl"]:
+    if is_sdxl(arch):
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG))
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tiny.make_tokenizer(vocab_dir, "<|endoftext|>"),
@@ -174,7 +182,7 @@ def main():
         tiny.write_clip_vocab(vocab_dir)
         if args.random_weights:
             pipe = random_pipeline(args.arch, vocab_dir)
-            sdxl = ARCHS[args.arch]["sdxl"]
+            sdxl = is_sdxl(args.arch)
         else:
             from diffusers import DiffusionPipeline
 

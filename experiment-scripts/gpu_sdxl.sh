@@ -15,7 +15,8 @@
 #
 # Environment: DFAST (the dfast binary; ORT_DYLIB_PATH and LD_LIBRARY_PATH must reach ONNX Runtime's GPU build
 # and the CUDA libraries for `bench`), PYTHON (default python3), WORK (default /tmp/dfast-gpu), OUT (default
-# $WORK/out), STEPS (30), WARMUP (1), RUNS (3), PROFILES, PT_SETTINGS, WAIT_S (how long bench waits for prep).
+# $WORK/out), STEPS, WIDTH, HEIGHT (default: models/sdxl.toml's, read by common.py: 30, 1024, 1024), WARMUP (1),
+# RUNS (3), PROFILES, PT_SETTINGS, WAIT_S (how long bench waits for prep).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 phase=${1:-all}
@@ -23,7 +24,11 @@ DFAST=${DFAST:?set DFAST to the dfast binary}
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/dfast-gpu}
 OUT=${OUT:-$WORK/out}
-STEPS=${STEPS:-30}
+# SDXL's steps and size from its model card (models/sdxl.toml); the environment wins.
+defs=$("$PYTHON" "$here/common.py" defaults --prefix CARD_ sdxl) ||
+  { echo "gpu_sdxl.sh: cannot read models/sdxl.toml with $PYTHON (common.py)" >&2; exit 1; }
+eval "$defs"
+STEPS=${STEPS:-$CARD_STEPS}
 WARMUP=${WARMUP:-1}
 RUNS=${RUNS:-3}
 PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,cuda-graph}
@@ -33,7 +38,9 @@ EP=${EP:-cuda}                     # EP=cpu with MODEL=models/tiny-sdxl and PT_S
 PT_DEVICE=$([ "$EP" = cuda ] && echo cuda || echo cpu)
 MODEL=${MODEL:-$WORK/sdxl-random}
 RES=$WORK/results
-SIZE=(--width "${WIDTH:-1024}" --height "${HEIGHT:-1024}")
+WIDTH=${WIDTH:-$CARD_WIDTH}
+HEIGHT=${HEIGHT:-$CARD_HEIGHT}
+SIZE=(--width "$WIDTH" --height "$HEIGHT")
 log() { echo "== gpu_sdxl.sh $(date +%T): $*"; }
 
 prep() {
@@ -83,7 +90,7 @@ bench() {
     --warmup "$WARMUP" --runs "$RUNS" --tag sdxl-gpu --out "$RES/dfast" 2>&1 | tee "$WORK/bench.log" || true
   reports=("$RES/dfast")
   [ -d "$RES/pytorch" ] && reports+=("$RES/pytorch")
-  "$DFAST" report "${reports[@]}" --title "SDXL-size (random weights), 1024x1024, 30 steps, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "$EP")" \
+  "$DFAST" report "${reports[@]}" --title "SDXL-size (random weights), ${WIDTH}x${HEIGHT}, $STEPS steps, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "$EP")" \
     --out "$RES/report" || true
   mkdir -p "$OUT"
   cp "$RES/report/"{results.csv,report.md,report.png} "$OUT/" 2>/dev/null || true

@@ -46,7 +46,9 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+import common  # a sibling module (this script's folder is on sys.path)
+
+ROOT = common.ROOT
 # The two exporter styles users have (FIELD.md): TorchScript at opset 17, as Optimum exports, and dynamo at
 # opset 23 with native Attention / GroupNormalization / LayerNormalization nodes. `export` reads this.
 EXPORT = {"dynamo": False, "opset": 17}
@@ -133,7 +135,7 @@ def write_clip_vocab(dest: Path):
     try:
         import open_clip
     except ImportError:
-        committed = Path(__file__).resolve().parent.parent / "models" / "tiny-sd" / "tokenizer"
+        committed = common.MODELS / "tiny-sd" / "tokenizer"
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(committed / name, dest / name)
@@ -540,6 +542,7 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
     shape = [1, 4, height // vae_scale, width // vae_scale]
     base = dict(pipe.scheduler.config)
     default_cls = type(pipe.scheduler)
+    guidance = common.card_defaults("sdxl" if sdxl else "sd15")["guidance"]  # the model card's: 5.0 / 7.5
     for key, (cls, overrides) in SCHEDULERS.items():
         overrides = {} if cls is default_cls else overrides
         pipe.scheduler = cls.from_config(base, **overrides)
@@ -552,7 +555,7 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
                 prompt=PROMPT,
                 negative_prompt=NEGATIVE_PROMPT,
                 num_inference_steps=STEPS,
-                guidance_scale=5.0 if sdxl else 7.5,
+                guidance_scale=guidance,
                 height=height,
                 width=width,
                 latents=latents.clone(),
@@ -566,7 +569,7 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
             "prompt": PROMPT,
             "negative_prompt": NEGATIVE_PROMPT,
             "steps": STEPS,
-            "guidance": 5.0 if sdxl else 7.5,
+            "guidance": guidance,
             "height": height,
             "width": width,
             "seed": seed,

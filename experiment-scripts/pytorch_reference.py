@@ -51,7 +51,6 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -62,9 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+import common  # this script's folder is on sys.path when it runs as a script
 
 # dfast's CSV columns, in order (src/bench/schema.rs COLUMNS).
 COLUMNS = [
@@ -109,33 +106,10 @@ def file_safe(setting: str) -> str:
 
 def dfast_version() -> str:
     try:
-        m = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M)
+        m = re.search(r'^version\s*=\s*"([^"]+)"', (common.ROOT / "Cargo.toml").read_text(), re.M)
         return m.group(1) if m else ""
     except OSError:
         return ""
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def model_card_of(unet_config: dict) -> str:
-    """The model card (models/*.toml) whose [match.unet] fits, as dfast recognises it."""
-    cad = unet_config.get("cross_attention_dim")
-    boc = list(unet_config.get("block_out_channels") or [])
-    tl = unet_config.get("transformer_layers_per_block")
-    tl = list(tl) if isinstance(tl, (list, tuple)) else tl
-    if cad == 768 and boc == [320, 640, 1280, 1280]:
-        return "sd15"
-    if cad == 2048 and boc == [320, 640, 1280]:
-        return "sdxl" if tl == [1, 2, 10] else "ssd-1b"
-    return ""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,7 +269,7 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         "ep": ep,
         "onnxruntime_version": f"torch {torch.__version__}",
         "dfast_version": dfast_version(),
-        "device": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "device": torch.cuda.get_device_name(device) if cuda else common.cpu_name(),
         "scheduler": type(pipe.scheduler).__name__,
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -387,7 +361,8 @@ def main():
     src.add_argument("--keep-weights", action="store_true", help="keep the default --weights-dir")
     src.add_argument("--model-name", help="`model` column (default: the folder's name, or ARCH-random); "
                                           "give the ONNX folder's name to group with dfast's rows")
-    src.add_argument("--card", help="`model_card` column (default: recognised from the UNet's config)")
+    src.add_argument("--card", help="`model_card` column (default: recognised from the UNet's config by the "
+                                    "model cards' [match.unet], as dfast does)")
     run = ap.add_argument_group("run")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     run.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
@@ -479,7 +454,7 @@ def main():
         card = args.card
         if card is None:
             unet_cfg = Path(args.model) / "unet" / "config.json"
-            card = model_card_of(json.loads(unet_cfg.read_text())) if unet_cfg.exists() else ""
+            card = common.match_card(json.loads(unet_cfg.read_text())) if unet_cfg.exists() else ""
 
     rows, failed = [], []
     try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU run (the seed's run_sd_cpu.sh): SD v1.5-size UNet, text encoder and VAE with random weights,
-# 512x512, 2 steps, batch 1, DPM-Solver multistep, on ONNX Runtime's CPU EP and on PyTorch's CPU, one report.
+# 2 steps, batch 1, the model card's size and scheduler (models/sd15.toml: 512x512, DPM-Solver multistep), on
+# ONNX Runtime's CPU EP and on PyTorch's CPU, one report.
 #
 #   experiment-scripts/run_sd_cpu.sh
 #
@@ -22,8 +23,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bench_common.sh"
 STEPS=${STEPS:-2}
-WIDTH=${WIDTH:-512}
-HEIGHT=${HEIGHT:-512}
 WARMUP=${WARMUP:-1}
 RUNS=${RUNS:-3}
 PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,int8-dynamic}
