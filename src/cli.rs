@@ -1,17 +1,22 @@
-//! The `dfast` command line: argument parsing and terminal output over the library.
+//! The `dfast` command line: argument parsing and terminal output over the library (part of the binary,
+//! not the library: clap and indicatif stay out of `dfast`'s library API).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::convert::{self, ConvertOptions, ModelCard, Precision, Profile};
-use crate::passes::Target;
-use crate::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
-use crate::runtime::{EpOptions, ExecutionProvider, Runtime};
-use crate::scheduler::SchedulerKind;
-use crate::{Error, Result};
+use dfast::bench::run::{self as bench_run, BenchOptions, Event as BenchEvent, Outcome};
+use dfast::convert::{self, ConvertOptions, ModelCard, Profile, calibrate::CalibrationOptions};
+use dfast::manifest::Calibration;
+use dfast::passes::registry;
+use dfast::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
+use dfast::runtime::{EpOptions, ExecutionProvider, Runtime};
+use dfast::scheduler::SchedulerKind;
+use dfast::settings::Precision;
+use dfast::{Error, Result};
 
 #[derive(Parser, Debug)]
 #[command(name = "dfast", version, about = "Fast text-to-image diffusion on ONNX Runtime")]
@@ -39,105 +44,60 @@ pub enum Command {
     Report(ReportArgs),
     /// Benchmark profiles x precisions x execution providers: one CSV row and one image per combination.
     Bench(BenchArgs),
-    /// Measure one combination (used by `bench`, one process per combination).
+    /// Measure one combination (used by `bench`, one process per combination): a JSON job in, a JSON answer out.
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
     /// Time one UNet call on inputs from an .npz and save its output (to compare with other runtimes).
     UnetStep(UnetStepArgs),
 }
 
+/// The image size and scheduler, shared by generate and bench.
 #[derive(Args, Debug)]
-pub struct UnetStepArgs {
-    /// Pipeline folder (its unet/model.onnx, with a conversion's session options) or an ONNX model file.
-    pub model: PathBuf,
-    /// Inputs: an .npz with one array per UNet input, named like the inputs.
-    #[arg(long, value_name = "FILE.npz")]
-    pub inputs: PathBuf,
-    /// Write the UNet's output here (.npy, float32).
-    #[arg(long, value_name = "FILE.npy")]
-    pub output: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub ep: String,
-    /// Untimed calls after the first.
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
-    /// Timed calls.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Print the report as one JSON line.
+pub struct SizeArgs {
     #[arg(long)]
-    pub json: bool,
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Scheduler class (configured from the pipeline's scheduler config); default: the pipeline's own.
+    #[arg(long, value_enum)]
+    pub scheduler: Option<SchedulerKind>,
 }
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Pipeline folder; default: the embedded tiny-sd.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// Profiles (repeat or comma list); default: the seed's progression baseline,sdpa,fuse-qkv,conv1x1,int8-dynamic.
-    #[arg(long, value_delimiter = ',')]
-    pub profile: Vec<String>,
-    /// Precisions (repeat or comma list); default: each execution provider's own.
-    #[arg(long, value_delimiter = ',')]
-    pub precision: Vec<String>,
-    /// Execution providers (repeat or comma list); default: cpu.
-    #[arg(long, value_delimiter = ',')]
-    pub ep: Vec<String>,
-    /// Scheduler (euler, ddim, pndm, dpm++); default: the model's own.
+pub struct GenerateArgs {
+    /// Pipeline folder (ONNX layout) or Hugging Face repo id in the local cache; default: the embedded tiny-sd.
+    #[arg(long, value_name = "DIR|REPO_ID")]
+    pub model: Option<String>,
     #[arg(long)]
-    pub scheduler: Option<String>,
-    /// Denoising steps; default: the model card's, else 30.
+    pub prompt: String,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Denoising steps (default 50, as diffusers).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Images per prompt (the UNet sees twice that with guidance).
-    #[arg(long, default_value_t = 1)]
-    pub batch_size: usize,
+    /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL).
     #[arg(long)]
-    pub width: Option<usize>,
+    pub guidance: Option<f32>,
+    /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(N) does (default: random).
     #[arg(long)]
-    pub height: Option<usize>,
-    /// Whole-pipeline runs before timing (after the first run, which is timed on its own).
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
-    /// Timed runs (median, min and max are reported).
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    #[arg(long, default_value = crate::bench::run::DEFAULT_PROMPT)]
-    pub prompt: String,
-    /// Free text stored in every row.
-    #[arg(long, default_value = "")]
-    pub tag: String,
-    /// Results folder: results.csv, one image per row, converted pipelines under converted/.
-    #[arg(long, value_name = "DIR")]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub size: SizeArgs,
+    /// A scheduler_config.json to use instead of the pipeline's own.
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_config: Option<PathBuf>,
+    /// Initial latents (.npy, float32, [1, 4, H/8, W/8]) as diffusers' `latents=` argument takes them.
+    #[arg(long, value_name = "FILE.npy")]
+    pub latents: Option<PathBuf>,
+    /// Write the final latents (before VAE scaling) as .npy.
+    #[arg(long, value_name = "FILE.npy")]
+    pub save_latents: Option<PathBuf>,
+    /// Execution provider.
+    #[arg(long, value_enum, default_value_t = ExecutionProvider::Cpu)]
+    pub ep: ExecutionProvider,
+    /// Output image (.png, .jpg or .jpeg).
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct BenchWorkerArgs {
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long)]
-    pub ep: String,
-    #[arg(long)]
-    pub steps: usize,
-    #[arg(long)]
-    pub batch_size: usize,
-    #[arg(long)]
-    pub width: Option<usize>,
-    #[arg(long)]
-    pub height: Option<usize>,
-    #[arg(long)]
-    pub scheduler: Option<String>,
-    #[arg(long)]
-    pub warmup: usize,
-    #[arg(long)]
-    pub runs: usize,
-    #[arg(long)]
-    pub prompt: String,
-    #[arg(long)]
-    pub image: PathBuf,
-    #[arg(long)]
-    pub json: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -145,15 +105,18 @@ pub struct ConvertArgs {
     /// Pipeline folder to convert (read only).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// Optimization profile: baseline, sdpa, fuse-qkv, conv1x1, int8-dynamic, or a profile file.
+    /// Optimization profile: a built-in name (see below) or a profile file.
     #[arg(long, value_name = "NAME|FILE")]
     pub profile: String,
-    /// fp32, fp16 or bf16 (default: fp32 on cpu and openvino, fp16 on cuda and tensorrt).
+    /// Weights and compute precision (default: fp32 on cpu and openvino, fp16 on cuda and tensorrt).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Execution provider the graphs are rewritten for.
+    #[arg(long, value_enum, default_value_t = ExecutionProvider::Cpu)]
+    pub ep: ExecutionProvider,
+    /// Convert with a profile made for other execution providers (a warning instead of an error).
     #[arg(long)]
-    pub precision: Option<String>,
-    /// Execution provider the graphs are rewritten for: cpu, cuda, tensorrt or openvino.
-    #[arg(long, default_value = "cpu")]
-    pub ep: String,
+    pub force: bool,
     /// Model card (sd15, sdxl, ssd-1b or a file); default: recognised from the UNet's config.
     #[arg(long, value_name = "NAME|FILE")]
     pub card: Option<String>,
@@ -178,19 +141,6 @@ pub struct ConvertArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ReportArgs {
-    /// Result folders, each with one or more benchmark CSVs (*.csv) from `dfast bench` or the PyTorch reference.
-    #[arg(value_name = "DIR", required = true)]
-    pub dirs: Vec<PathBuf>,
-    /// Title of the report and the chart.
-    #[arg(long, default_value = "dfast benchmark: total seconds per setting")]
-    pub title: String,
-    /// Output folder (created): results.csv, report.md, report.png.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-}
-
-#[derive(Args, Debug)]
 pub struct InspectArgs {
     /// An ONNX model file or a pipeline folder.
     pub path: PathBuf,
@@ -206,51 +156,115 @@ pub struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct GenerateArgs {
-    /// Pipeline folder (ONNX layout) or Hugging Face repo id in the local cache; default: the embedded tiny-sd.
-    #[arg(long, value_name = "DIR|REPO_ID")]
-    pub model: Option<String>,
-    #[arg(long)]
-    pub prompt: String,
-    #[arg(long)]
-    pub negative_prompt: Option<String>,
-    /// Denoising steps (default 50, as diffusers).
+pub struct ReportArgs {
+    /// Result folders, each with one or more benchmark CSVs (*.csv) from `dfast bench` or the PyTorch reference.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Title of the report and the chart.
+    #[arg(long, default_value = "dfast benchmark: total seconds per setting")]
+    pub title: String,
+    /// Output folder (created): results.csv, report.md, report.png.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Pipeline folder; default: the embedded tiny-sd.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Profiles (repeat or comma list); default: per EP, the built-in profiles marked `bench = true` and
+    /// made for that EP (the seed's progression, plus cuda-graph on cuda).
+    #[arg(long, value_delimiter = ',')]
+    pub profile: Vec<String>,
+    /// Precisions (repeat or comma list); default: each execution provider's own.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub precision: Vec<Precision>,
+    /// Execution providers (repeat or comma list); default: cpu.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub ep: Vec<ExecutionProvider>,
+    #[command(flatten)]
+    pub size: SizeArgs,
+    /// Denoising steps; default: the model card's, else 30.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL).
-    #[arg(long)]
-    pub guidance: Option<f32>,
-    /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(N) does (default: random).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub width: Option<usize>,
-    #[arg(long)]
-    pub height: Option<usize>,
-    /// Scheduler class: euler, ddim, pndm or dpm++ (configured from the pipeline's scheduler config).
-    #[arg(long)]
-    pub scheduler: Option<String>,
-    /// A scheduler_config.json to use instead of the pipeline's own.
-    #[arg(long, value_name = "FILE")]
-    pub scheduler_config: Option<PathBuf>,
-    /// Initial latents (.npy, float32, [1, 4, H/8, W/8]) as diffusers' `latents=` argument takes them.
-    #[arg(long, value_name = "FILE.npy")]
-    pub latents: Option<PathBuf>,
-    /// Write the final latents (before VAE scaling) as .npy.
-    #[arg(long, value_name = "FILE.npy")]
-    pub save_latents: Option<PathBuf>,
-    /// Execution provider.
-    #[arg(long, default_value = "cpu")]
-    pub ep: String,
-    /// Output image (.png, .jpg or .jpeg).
-    #[arg(long, value_name = "FILE")]
+    /// Images per prompt (the UNet sees twice that with guidance).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Whole-pipeline runs before timing (after the first run, which is timed on its own).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed runs (median, min and max are reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long, default_value = bench_run::DEFAULT_PROMPT)]
+    pub prompt: String,
+    /// Free text stored in every row.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Results folder: results.csv, one image per row, converted pipelines under converted/.
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchWorkerArgs {
+    /// The job (bench::run::WorkerJob as JSON).
+    #[arg(long, value_name = "FILE.json")]
+    pub job: PathBuf,
+    /// Where the answer (bench::run::WorkerAnswer as JSON) goes.
+    #[arg(long, value_name = "FILE.json")]
+    pub answer: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UnetStepArgs {
+    /// Pipeline folder (its unet/model.onnx, with a conversion's session options) or an ONNX model file.
+    pub model: PathBuf,
+    /// Inputs: an .npz with one array per UNet input, named like the inputs.
+    #[arg(long, value_name = "FILE.npz")]
+    pub inputs: PathBuf,
+    /// Write the UNet's output here (.npy, float32).
+    #[arg(long, value_name = "FILE.npy")]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ExecutionProvider::Cpu)]
+    pub ep: ExecutionProvider,
+    /// Untimed calls after the first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed calls.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dfast convert --help`'s list of passes and built-in profiles, from the pass registry and the profiles.
+fn convert_help() -> String {
+    let mut text = String::from("Passes (a profile names them; see the README for their options):\n");
+    for pass in &registry::PASSES {
+        text.push_str(&format!("  {:14} {}\n", pass.name, pass.summary));
+    }
+    text.push_str("\nBuilt-in profiles:\n");
+    for (name, _) in convert::profile::BUILTIN {
+        if let Ok(p) = Profile::load(name) {
+            text.push_str(&format!("  {:14} {} [{}]\n", p.name, p.description, p.eps_label()));
+        }
+    }
+    text
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let command = Cli::command().mut_subcommand("convert", |c| c.after_help(convert_help()));
+    let parsed = command.try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::InvalidValue => {
+            eprintln!("error: {}", invalid_value(&e));
+            return 2;
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
@@ -265,46 +279,77 @@ pub fn main() -> i32 {
     }
 }
 
+/// clap's invalid-value error as one sentence: "unknown execution provider `tpu`; expected one of: ...".
+fn invalid_value(e: &clap::Error) -> String {
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        Some(ContextValue::Strings(v)) => v.join(", "),
+        _ => String::new(),
+    };
+    let arg = context(ContextKind::InvalidArg);
+    let what = match arg.split_whitespace().next().unwrap_or_default() {
+        "--ep" => "execution provider".to_string(),
+        "--precision" => "precision".to_string(),
+        "--scheduler" => "scheduler".to_string(),
+        other => format!("value for {other}"),
+    };
+    let valid = context(ContextKind::ValidValue);
+    let expected = if valid.is_empty() { String::new() } else { format!("; expected one of: {valid}") };
+    format!("unknown {what} `{}`{expected}", context(ContextKind::InvalidValue))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
+    let ep_options = EpOptions::parse(&cli.ep_option)?;
+    let ort_lib = cli.ort_lib;
     match cli.command {
-        Command::Generate(args) => generate(args, cli.ort_lib, &cli.ep_option),
-        Command::Convert(args) => convert(args, cli.ort_lib),
+        Command::Generate(args) => generate(args, ort_lib, ep_options),
+        Command::Convert(args) => convert(args, ort_lib),
         Command::Inspect(args) => inspect(args),
         Command::Report(args) => report(args),
-        Command::Bench(args) => bench(args, cli.ort_lib, cli.ep_option),
-        Command::BenchWorker(args) => bench_worker(args, cli.ort_lib, &cli.ep_option),
-        Command::UnetStep(args) => unet_step(args, cli.ort_lib, &cli.ep_option),
+        Command::Bench(args) => bench(args, ort_lib, ep_options),
+        Command::BenchWorker(args) => {
+            let bar = progress("  runs [{bar:30}] {pos}/{len}, {elapsed}");
+            let result = bench_run::answer_job(&args.job, &args.answer, &mut |i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+            });
+            bar.finish_and_clear();
+            result
+        }
+        Command::UnetStep(args) => unet_step(args, ort_lib, ep_options),
     }
 }
 
-fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: Vec<String>) -> Result<()> {
-    EpOptions::parse(&ep_options)?;
-    use crate::bench::run::{self, BenchOptions, Event, Outcome};
-    let eps = if args.ep.is_empty() {
-        vec![Target::Cpu]
+/// A progress bar with `template` (drawn on stderr only when it is a terminal).
+fn progress(template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+    bar
+}
+
+/// A line above the progress bar, or plainly when there is no terminal to draw the bar on.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        println!("{line}");
     } else {
-        args.ep.iter().map(|e| Target::from_name(e)).collect::<Result<_>>()?
-    };
-    let precisions = if args.precision.is_empty() {
-        vec![None]
-    } else {
-        args.precision.iter().map(|p| Precision::from_name(p).map(Some)).collect::<Result<_>>()?
-    };
-    let profiles = if args.profile.is_empty() {
-        convert::profile::SEED_PROGRESSION.iter().map(|n| n.to_string()).collect()
-    } else {
-        args.profile
-    };
+        bar.println(line);
+    }
+}
+
+fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
+    let eps = if args.ep.is_empty() { vec![ExecutionProvider::Cpu] } else { args.ep };
+    let precisions =
+        if args.precision.is_empty() { vec![None] } else { args.precision.into_iter().map(Some).collect() };
     let opts = BenchOptions {
         model: args.model.unwrap_or_else(pipeline::model_dir::embedded_tiny_sd),
-        profiles,
+        profiles: args.profile,
         precisions,
         eps,
-        scheduler: args.scheduler,
+        scheduler: args.size.scheduler,
         steps: args.steps,
         batch_size: args.batch_size.max(1),
-        width: args.width,
-        height: args.height,
+        width: args.size.width,
+        height: args.size.height,
         warmup: args.warmup,
         runs: args.runs,
         prompt: args.prompt,
@@ -313,18 +358,13 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: Vec<String>) -> 
         ort_lib,
         ep_options,
     };
-    let total = run::combinations(&opts).len();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let exe = std::env::current_exe().map_err(|e| Error::runtime(format!("cannot find the dfast binary: {e}")))?;
-    let outcomes = run::run_bench(&opts, &exe, &mut |event| match event {
-        Event::Converting(c) => bar.set_message(format!("converting {}", c.label())),
-        Event::Measuring(c) => bar.set_message(format!("measuring {}", c.label())),
-        Event::Done(outcome) => {
+    let bar = progress("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}");
+    bar.set_length(bench_run::combinations(&opts)?.len() as u64);
+    let exe = std::env::current_exe().map_err(|e| Error::io("dfast", "cannot find the dfast binary", e))?;
+    let outcomes = bench_run::run_bench(&opts, &exe, &mut |event| match event {
+        BenchEvent::Converting(c) => bar.set_message(format!("converting {}", c.label())),
+        BenchEvent::Measuring(c) => bar.set_message(format!("measuring {}", c.label())),
+        BenchEvent::Done(outcome) => {
             bar.inc(1);
             match outcome {
                 Outcome::Measured(r) => say(
@@ -346,88 +386,35 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: Vec<String>) -> 
     println!(
         "{}: {measured} rows in {}, {} skipped",
         opts.out.display(),
-        crate::bench::RESULTS_CSV,
+        dfast::bench::RESULTS_CSV,
         outcomes.len() - measured
     );
     Ok(())
 }
 
-/// A line above the progress bar, or plainly when there is no terminal to draw the bar on.
-fn say(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        println!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
-fn bench_worker(args: BenchWorkerArgs, ort_lib: Option<PathBuf>, ep_options: &[String]) -> Result<()> {
-    use crate::bench::run::{self, WorkerOptions};
-    let ep = ExecutionProvider::from_name(&args.ep)?;
-    let scheduler = args.scheduler.as_deref().map(SchedulerKind::from_name).transpose()?;
-    let generate = GenerateOptions {
-        prompt: args.prompt,
-        steps: Some(args.steps),
-        seed: 0,
-        width: args.width,
-        height: args.height,
-        scheduler,
-        batch_size: args.batch_size,
-        ..Default::default()
-    };
-    let opts = WorkerOptions {
-        model: args.model,
-        ep,
-        generate,
-        warmup: args.warmup,
-        runs: args.runs,
-        image: args.image,
-        ort_lib,
-        ep_options: EpOptions::parse(ep_options)?,
-    };
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("  runs [{bar:30}] {pos}/{len}, {elapsed}").expect("valid template"));
-    let m = run::worker(&opts, &mut |i, n| {
-        bar.set_length(n as u64);
-        bar.set_position(i as u64);
-    });
-    bar.finish_and_clear();
-    run::write_measurement(&args.json, &m?)
-}
-
 fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
-    let target = Target::from_name(&args.ep)?;
-    let precision = match &args.precision {
-        Some(p) => Precision::from_name(p)?,
-        None => Precision::default_for(target),
-    };
-    let profile = Profile::load(&args.profile)?;
-    let card = args.card.as_deref().map(ModelCard::load).transpose()?;
-    let calibration = crate::convert::calibrate::CalibrationOptions {
-        prompts: args.calibrate,
-        steps: args.calibrate_steps,
-        width: None,
-        height: None,
-        from: args.calibration_from,
-        percentile: args.calibration_percentile,
-        ort_lib,
-    };
     let opts = ConvertOptions {
         source: args.model,
         out: args.out,
-        profile,
-        precision,
-        target,
-        card,
+        profile: Profile::load(&args.profile)?,
+        precision: args.precision.unwrap_or(Precision::default_for(args.ep)),
+        target: args.ep,
+        card: args.card.as_deref().map(ModelCard::load).transpose()?,
         vae_half: args.vae_half,
-        calibration,
+        calibration: CalibrationOptions {
+            settings: Calibration {
+                prompts: args.calibrate,
+                steps: args.calibrate_steps,
+                width: None,
+                height: None,
+                from: args.calibration_from,
+                percentile: args.calibration_percentile,
+            },
+            ort_lib,
+        },
+        force: args.force,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:24} [{bar:30}] {pos}/{len} components, {elapsed}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress("{msg:24} [{bar:30}] {pos}/{len} components, {elapsed}");
     let result = convert::convert(&opts, &mut |event| match event {
         convert::Event::Component { name, index, total } => {
             bar.set_length(total as u64);
@@ -435,6 +422,7 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
             bar.set_message(name.to_string());
         }
         convert::Event::ComponentDone { .. } => bar.inc(1),
+        convert::Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
     });
     bar.finish_and_clear();
     let manifest = result?;
@@ -445,28 +433,22 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
             .filter(|p| !p.unchanged())
             .map(|p| format!("{} ({} rewrites)", p.pass, p.rewrites))
             .collect();
-        println!(
-            "{:16} {:5} -> {:5} nodes, {}{}",
-            c.component,
-            c.nodes_before,
-            c.nodes_after,
-            c.precision.name(),
-            if changed.is_empty() { String::new() } else { format!(", {}", changed.join(", ")) }
-        );
+        let changed = if changed.is_empty() { String::new() } else { format!(", {}", changed.join(", ")) };
+        println!("{:16} {:5} -> {:5} nodes, {}{changed}", c.component, c.nodes_before, c.nodes_after, c.precision);
     }
     println!(
         "{}: profile {}, {}, ep {}, {:.1} s",
         opts.out.display(),
         manifest.profile,
-        manifest.precision.name(),
-        manifest.execution_provider.name(),
+        manifest.precision,
+        manifest.execution_provider,
         manifest.seconds
     );
     Ok(())
 }
 
 fn report(args: ReportArgs) -> Result<()> {
-    let summary = crate::bench::report::report(&args.dirs, &args.title, &args.out)?;
+    let summary = dfast::bench::report::report(&args.dirs, &args.title, &args.out)?;
     let files: Vec<String> = summary.files.iter().map(|f| f.display().to_string()).collect();
     println!(
         "{} rows from {} folders, models {}: wrote {}",
@@ -479,25 +461,23 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let size = crate::inspect::Size { width: args.width, height: args.height };
-    let reports = crate::inspect::inspect(&args.path, size)?;
+    let size = dfast::inspect::Size { width: args.width, height: args.height };
+    let reports = dfast::inspect::inspect(&args.path, size)?;
     if args.json {
-        let text = serde_json::to_string_pretty(&reports).map_err(|e| Error::runtime(format!("json: {e}")))?;
+        let text = serde_json::to_string_pretty(&reports).map_err(|e| Error::internal(format!("json: {e}")))?;
         println!("{text}");
     } else {
-        print!("{}", crate::inspect::render_text(&reports, size));
+        print!("{}", dfast::inspect::render_text(&reports, size));
     }
     Ok(())
 }
 
-fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: &[String]) -> Result<()> {
-    use crate::bench::unet_step::{StepOptions, unet_step};
-    let ep = ExecutionProvider::from_name(&args.ep)?;
-    let options = EpOptions::parse(ep_options)?;
+fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
+    use dfast::bench::unet_step::{StepOptions, unet_step};
     if let Some(path) = &args.output {
         check_writable(path)?;
     }
-    let runtime = Runtime::with_options(ep, options, ort_lib.as_deref())?;
+    let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let opts = StepOptions {
         model: args.model,
         inputs: args.inputs,
@@ -507,7 +487,7 @@ fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: &[String]
     };
     let report = unet_step(&runtime, &opts)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report).map_err(|e| Error::runtime(format!("json: {e}")))?);
+        println!("{}", serde_json::to_string(&report).map_err(|e| Error::internal(format!("json: {e}")))?);
     } else {
         println!(
             "{}: ep {}, median {:.1} ms, min {:.1} ms over {} runs (first {:.1} ms, session {:.2} s)",
@@ -523,11 +503,8 @@ fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: &[String]
     Ok(())
 }
 
-fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: &[String]) -> Result<()> {
+fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
     // Cheap checks first, so that bad input fails before any model is loaded.
-    let ep = ExecutionProvider::from_name(&args.ep)?;
-    let ep_options = EpOptions::parse(ep_options)?;
-    let scheduler = args.scheduler.as_deref().map(SchedulerKind::from_name).transpose()?;
     pipeline::image::format_for(&args.out)?;
     check_writable(&args.out)?;
     if let Some(path) = &args.save_latents {
@@ -541,24 +518,19 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: &[String])
         steps: args.steps,
         guidance: args.guidance,
         seed,
-        width: args.width,
-        height: args.height,
-        scheduler,
+        width: args.size.width,
+        height: args.size.height,
+        scheduler: args.size.scheduler,
         scheduler_config: args.scheduler_config,
         latents: args.latents,
         batch_size: 1,
     };
 
-    let runtime = Runtime::with_options(ep, ep_options, ort_lib.as_deref())?;
+    let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     pipe.resolve_size(&opts)?;
 
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})");
     bar.set_message("denoising");
     let result = pipe.generate(&opts, &mut |i, n| {
         bar.set_length(n as u64);
@@ -593,10 +565,10 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: &[String])
 }
 
 /// Fails early when a file cannot be created there (missing folder, read-only place).
-fn check_writable(path: &std::path::Path) -> Result<()> {
+fn check_writable(path: &Path) -> Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
+        _ => Path::new("."),
     };
     if !parent.is_dir() {
         return Err(Error::bad_file(path, format!("cannot write here: folder {} does not exist", parent.display())));

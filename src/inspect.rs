@@ -59,7 +59,7 @@ pub fn inspect(path: &Path, size: Size) -> Result<Vec<ModelReport>> {
         return Err(Error::bad_file(path, "no such file or folder; expected an ONNX model or a pipeline folder"));
     }
     let mut models: Vec<(String, PathBuf)> = std::fs::read_dir(path)
-        .map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?
+        .map_err(|e| Error::io(path, "cannot read", e))?
         .flatten()
         .filter(|e| e.path().join("model.onnx").is_file())
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path().join("model.onnx")))

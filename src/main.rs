@@ -1,3 +1,7 @@
+//! The `dfast` binary: the command line (`cli`) over the `dfast` library.
+
+mod cli;
+
 fn main() {
-    std::process::exit(dfast::cli::main());
+    std::process::exit(cli::main());
 }

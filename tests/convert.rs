@@ -8,10 +8,12 @@ use common::{assert_clear_error, dfast};
 
 use std::path::Path;
 
-use dfast::convert::{self, ConvertOptions, Precision, Profile};
+use dfast::convert::{self, ConvertOptions, Profile};
+use dfast::manifest::Manifest;
 use dfast::passes::Target;
 use dfast::pipeline::{Pipeline, PipelineDir};
 use dfast::runtime::{ExecutionProvider, HostTensor, Model, Runtime};
+use dfast::settings::Precision;
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 
@@ -83,6 +85,7 @@ fn convert_dir(source: &Path, profile: &str, out: &Path) -> convert::Manifest {
         card: None,
         vae_half: false,
         calibration: Default::default(),
+        force: false,
     };
     convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{} with {profile}: {e}", source.display()))
 }
@@ -189,6 +192,102 @@ fn output_is_a_complete_pipeline_with_a_manifest() {
     assert_eq!(common::read_json(&out.join(convert::MANIFEST))["profile"], "baseline");
 }
 
+/// The manifest reads back through its type and records what the passes applied: under an
+/// `[ep.cpu.int8-dynamic]` override, the exclude list the pass used, not the profile's base list.
+#[test]
+fn manifest_reads_back_and_records_the_applied_exclude_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("p.toml");
+    let text = "extends = \"int8-dynamic\"\n[int8-dynamic]\nexclude = [[16, 32]]\n[ep.cpu.int8-dynamic]\nexclude = [[32, 64], [64, 32]]\n";
+    std::fs::write(&profile, text).unwrap();
+    let out = tmp.path().join("out");
+    let opts = ConvertOptions {
+        source: common::model("tiny-sd"),
+        out: out.clone(),
+        profile: Profile::load(profile.to_str().unwrap()).unwrap(),
+        precision: Precision::Fp32,
+        target: Target::Cpu,
+        card: None,
+        vae_half: false,
+        calibration: Default::default(),
+        force: false,
+    };
+    let written = convert::convert(&opts, &mut |_| {}).unwrap();
+    let read = Manifest::read(&out).unwrap().expect("a conversion has a manifest");
+    assert_eq!(read.int8_exclude, Some(vec![(32, 64), (64, 32)]));
+    assert_eq!(read.int8_exclude, written.int8_exclude);
+    assert_eq!(read.execution_provider, Target::Cpu);
+    assert_eq!(read.precision, Precision::Fp32);
+    assert_eq!(read.components.len(), written.components.len());
+    let applied = read.pass_settings("unet", "int8-dynamic");
+    assert_eq!(applied["exclude"], serde_json::json!([[32, 64], [64, 32]]), "{applied}");
+    assert_eq!(applied["format"], "dynamic");
+    // Without an override, the model card's (here: the seed's, no card matches tiny-sd) list.
+    let out = tmp.path().join("seed");
+    let opts = ConvertOptions { out: out.clone(), profile: Profile::load("int8-dynamic").unwrap(), ..opts };
+    convert::convert(&opts, &mut |_| {}).unwrap();
+    let exclude = Manifest::read(&out).unwrap().unwrap().int8_exclude.unwrap();
+    assert_eq!(exclude, dfast::passes::int8_dynamic::SEED_INT8_EXCLUDE.to_vec());
+}
+
+/// A profile made for other EPs is refused, and converts with a warning under --force; a folder converted
+/// for one EP and run on another warns.
+#[test]
+fn profiles_and_folders_used_with_another_ep_are_refused_or_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = common::model("tiny-sd");
+    let args = ["convert", "--model", model.to_str().unwrap(), "--profile", "cuda-graph", "--ep", "cpu"];
+    let run = dfast(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    assert_clear_error(&run, "profile cuda-graph is made for cuda, not for the cpu EP");
+    assert!(!out.exists());
+    let run = dfast(&[&args[..], &["--force", "--out", out.to_str().unwrap()]].concat());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("warning: profile cuda-graph is made for cuda"));
+
+    let cuda = tmp.path().join("cuda");
+    let run = dfast(&[
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        "sdpa",
+        "--ep",
+        "cuda",
+        "--precision",
+        "fp32",
+        "--out",
+        cuda.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let png = tmp.path().join("x.png");
+    let run = dfast(&[
+        "generate",
+        "--model",
+        cuda.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("was converted for the cuda EP (profile sdpa); running it on cpu"), "{stderr}");
+}
+
+/// `dfast convert --help` lists every pass of the registry.
+#[test]
+fn convert_help_lists_the_registry() {
+    let run = dfast(&["convert", "--help"]);
+    let help = String::from_utf8_lossy(&run.stdout);
+    for pass in &dfast::passes::registry::PASSES {
+        assert!(help.contains(pass.name) && help.contains(pass.summary), "{} missing from:\n{help}", pass.name);
+    }
+    assert!(help.contains("cuda-graph") && help.contains("[cuda]"), "{help}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Bad input: one sentence, non-zero exit.
 
@@ -251,7 +350,7 @@ fn malformed_exclude_list_is_a_clear_error() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_clear_error(&run, "entry 2 is not");
+    assert_clear_error(&run, "p.toml: [int8-dynamic] key `exclude[1]`: invalid length 1");
     let card = tmp.path().join("card.toml");
     std::fs::write(&card, "name = \"c\"\n[int8-dynamic]\nexclude = \"1280x640\"\n").unwrap();
     let run = dfast(&[
@@ -265,7 +364,7 @@ fn malformed_exclude_list_is_a_clear_error() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_clear_error(&run, "expected a list of [in_features, out_features] pairs");
+    assert_clear_error(&run, "key `int8-dynamic.exclude`: invalid type: string \"1280x640\", expected a sequence");
 }
 
 #[test]

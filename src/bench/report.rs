@@ -55,12 +55,12 @@ pub fn report(dirs: &[PathBuf], title: &str, out: &Path) -> Result<ReportSummary
         )));
     }
 
-    std::fs::create_dir_all(out).map_err(|e| Error::bad_file(out, format!("cannot create the output folder: {e}")))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "cannot create the output folder", e))?;
     let csv_path = out.join(RESULTS_CSV);
     write_csv(&rows, &csv_path)?;
     let md_path = out.join(REPORT_MD);
     std::fs::write(&md_path, render_markdown(&rows, title))
-        .map_err(|e| Error::bad_file(&md_path, format!("cannot write the report: {e}")))?;
+        .map_err(|e| Error::io(&md_path, "cannot write the report", e))?;
     let png_path = out.join(REPORT_PNG);
     chart::draw(&rows, title, &png_path)?;
 
@@ -79,7 +79,7 @@ pub fn read_rows(dir: &Path) -> Result<Vec<Row>> {
     if !dir.is_dir() {
         return Err(Error::bad_file(dir, "not a folder; expected a folder of benchmark CSVs (*.csv)"));
     }
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::bad_file(dir, format!("cannot list the folder: {e}")))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "cannot list the folder", e))?;
     let mut files: Vec<PathBuf> =
         entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file() && is_csv(p)).collect();
     if files.is_empty() {
@@ -96,7 +96,7 @@ pub fn read_rows(dir: &Path) -> Result<Vec<Row>> {
 /// Reads one benchmark CSV: its columns are found by name, so their order does not matter and extra ones
 /// are skipped.
 pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
-    let file = File::open(path).map_err(|e| Error::bad_file(path, format!("cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
     let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
     // A spreadsheet's UTF-8 byte-order mark would otherwise hide the first column's name.

@@ -4,9 +4,10 @@
 //!
 //! The parent process converts and collects; a worker process (`dfast bench-worker`, hidden) loads one
 //! combination and measures it, so that each row's peak memory is its own and each process holds one
-//! ONNX Runtime library.
+//! ONNX Runtime library. The parent hands the worker its job as one JSON document ([`WorkerJob`]) and the
+//! worker answers with one ([`WorkerAnswer`]): a measurement or the error that stopped it.
 
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -14,11 +15,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::schema::{RESULTS_CSV, Row};
-use crate::convert::{self, ConvertOptions, ModelCard, Precision, Profile};
-use crate::passes::Target;
+use crate::convert::{self, ConvertOptions, ModelCard, Profile};
+use crate::manifest::Manifest;
 use crate::pipeline::{GenerateOptions, Pipeline, PipelineDir, PipelineKind};
-use crate::runtime::{ExecutionProvider, Runtime};
+use crate::runtime::{EpOptions, ExecutionProvider, Runtime};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::settings::Precision;
 use crate::{Error, Result};
 
 /// The seed's benchmark prompt.
@@ -28,10 +30,12 @@ pub const DEFAULT_PROMPT: &str = "ghibli style, a fantasy landscape with castles
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub model: PathBuf,
+    /// Profile names or files; empty: per EP, the built-in profiles whose metadata puts them in the
+    /// default progression for that EP ([`Profile::bench_defaults`]).
     pub profiles: Vec<String>,
     pub precisions: Vec<Option<Precision>>,
-    pub eps: Vec<Target>,
-    pub scheduler: Option<String>,
+    pub eps: Vec<ExecutionProvider>,
+    pub scheduler: Option<SchedulerKind>,
     pub steps: Option<usize>,
     pub batch_size: usize,
     pub width: Option<usize>,
@@ -43,7 +47,7 @@ pub struct BenchOptions {
     pub out: PathBuf,
     pub ort_lib: Option<PathBuf>,
     /// `--ep-option key=value` for every combination's sessions.
-    pub ep_options: Vec<String>,
+    pub ep_options: EpOptions,
 }
 
 /// One combination to measure.
@@ -51,7 +55,7 @@ pub struct BenchOptions {
 pub struct Combination {
     pub profile: String,
     pub precision: Precision,
-    pub ep: Target,
+    pub ep: ExecutionProvider,
 }
 
 impl Combination {
@@ -75,11 +79,19 @@ pub enum Event<'a> {
     Done(&'a Outcome),
 }
 
+/// The profiles to run on `ep`: the ones asked for, else the EP's default progression.
+pub fn profiles_for(opts: &BenchOptions, ep: ExecutionProvider) -> Result<Vec<String>> {
+    if !opts.profiles.is_empty() {
+        return Ok(opts.profiles.clone());
+    }
+    Ok(Profile::bench_defaults(ep)?.into_iter().map(|p| p.name).collect())
+}
+
 /// Every combination in order: EP, then profile, then precision (the EP's default when none is given).
-pub fn combinations(opts: &BenchOptions) -> Vec<Combination> {
+pub fn combinations(opts: &BenchOptions) -> Result<Vec<Combination>> {
     let mut out = Vec::new();
     for &ep in &opts.eps {
-        for profile in &opts.profiles {
+        for profile in &profiles_for(opts, ep)? {
             for precision in &opts.precisions {
                 let precision = precision.unwrap_or_else(|| Precision::default_for(ep));
                 let c = Combination { profile: profile.clone(), precision, ep };
@@ -89,7 +101,7 @@ pub fn combinations(opts: &BenchOptions) -> Vec<Combination> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Runs the benchmark; `worker_exe` is the dfast binary that measures each combination.
@@ -99,25 +111,25 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     }
     // Everything that can be checked is checked before the first conversion.
     let dir = PipelineDir::open(&opts.model)?;
+    let combinations = combinations(opts)?;
     let mut profiles: Vec<(String, Profile)> = Vec::new();
-    for spec in &opts.profiles {
-        let profile = Profile::load(spec)?;
-        profile.validate(&convert::KNOWN_PASSES)?;
-        profiles.push((spec.clone(), profile));
+    for c in &combinations {
+        if !profiles.iter().any(|(spec, _)| *spec == c.profile) {
+            profiles.push((c.profile.clone(), Profile::load(&c.profile)?));
+        }
     }
     let card = dir.component_config("unet").ok().and_then(|c| ModelCard::detect(&c));
-    let scheduler_name = match &opts.scheduler {
-        Some(s) => SchedulerKind::from_name(s)?.class_name().to_string(),
+    let scheduler_name = match opts.scheduler {
+        Some(s) => s.class_name().to_string(),
         None => SchedulerConfig::from_file(dir.scheduler_config())?.class_name.unwrap_or_default(),
     };
     let steps = opts.steps.or(card.as_ref().and_then(|c| c.steps)).unwrap_or(30);
-    std::fs::create_dir_all(&opts.out)
-        .map_err(|e| Error::bad_file(&opts.out, format!("cannot create the results folder: {e}")))?;
-    let source = opts.model.canonicalize().map_err(|e| Error::bad_file(&opts.model, format!("cannot read: {e}")))?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, "cannot create the results folder", e))?;
+    let source = opts.model.canonicalize().map_err(|e| Error::io(&opts.model, "cannot read", e))?;
     let model_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
 
     let mut outcomes = Vec::new();
-    for combination in combinations(opts) {
+    for combination in combinations {
         let profile =
             &profiles.iter().find(|(spec, _)| *spec == combination.profile).expect("every profile was loaded").1;
         let outcome =
@@ -154,6 +166,9 @@ fn measure(
     on_event: &mut dyn FnMut(Event),
 ) -> std::result::Result<Row, String> {
     let ep = combination.ep;
+    if let Err(e) = convert::check_profile_ep(profile, ep, false) {
+        return Err(e.to_string());
+    }
     let folder = if profile.passes.is_empty() && combination.precision == Precision::Fp32 {
         // The export as is: nothing to convert.
         source.to_path_buf()
@@ -164,42 +179,22 @@ fn measure(
     on_event(Event::Measuring(combination));
     let label = combination.label();
     let image = format!("{}-{label}.jpg", source.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-    let json = opts.out.join(format!(".{label}.json"));
-    let (width, height) = (opts.width, opts.height);
-    let mut cmd = Command::new(worker_exe);
-    if let Some(lib) = &opts.ort_lib {
-        cmd.arg("--ort-lib").arg(lib);
-    }
-    for option in &opts.ep_options {
-        cmd.arg("--ep-option").arg(option);
-    }
-    cmd.arg("bench-worker")
-        .arg("--model")
-        .arg(&folder)
-        .args(["--ep", ep.name(), "--steps", &steps.to_string(), "--batch-size", &opts.batch_size.to_string()])
-        .args(["--warmup", &opts.warmup.to_string(), "--runs", &opts.runs.to_string(), "--prompt", &opts.prompt])
-        .arg("--image")
-        .arg(opts.out.join(&image))
-        .arg("--json")
-        .arg(&json);
-    if let Some(s) = &opts.scheduler {
-        cmd.args(["--scheduler", s]);
-    }
-    if let Some(w) = width.or(card.and_then(|c| c.width)) {
-        cmd.args(["--width", &w.to_string()]);
-    }
-    if let Some(h) = height.or(card.and_then(|c| c.height)) {
-        cmd.args(["--height", &h.to_string()]);
-    }
-    let output = cmd.output().map_err(|e| format!("cannot start the measuring process: {e}"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the measuring process failed");
-        return Err(last.trim_start_matches("error: ").to_string());
-    }
-    let text = std::fs::read_to_string(&json).map_err(|e| format!("no measurement written: {e}"))?;
-    let _ = std::fs::remove_file(&json);
-    let m: Measurement = serde_json::from_str(&text).map_err(|e| format!("bad measurement: {e}"))?;
+    let job = WorkerJob {
+        model: folder,
+        ep,
+        prompt: opts.prompt.clone(),
+        steps,
+        batch_size: opts.batch_size,
+        width: opts.width.or(card.and_then(|c| c.width)),
+        height: opts.height.or(card.and_then(|c| c.height)),
+        scheduler: opts.scheduler,
+        warmup: opts.warmup,
+        runs: opts.runs,
+        image: opts.out.join(&image),
+        ort_lib: opts.ort_lib.clone(),
+        ep_options: opts.ep_options.0.clone(),
+    };
+    let m = run_worker(worker_exe, &job, &opts.out.join(format!(".{label}")))?;
     let pipeline = match dir.kind {
         PipelineKind::StableDiffusion => "StableDiffusionPipeline",
         PipelineKind::StableDiffusionXl => "StableDiffusionXLPipeline",
@@ -261,14 +256,15 @@ fn converted(
         card: card.cloned(),
         vae_half: false,
         calibration: Default::default(),
+        force: false,
     };
     let key = convert::conversion_key(&convert_opts, card);
-    let manifest = |dir: &Path| crate::pipeline::model_dir::read_json(&dir.join(convert::MANIFEST)).ok();
-    let session = serde_json::json!(convert::session_options(&convert_opts));
+    let manifest = |dir: &Path| Manifest::read(dir).ok().flatten();
+    let session = convert::session_options(&convert_opts);
     if let Some(m) = manifest(&folder)
-        && m["conversion_key"] == key
-        && m["session_options"] == session
-        && m["profile_source"] == profile.source
+        && m.conversion_key == key
+        && m.session_options == session
+        && m.profile_source == profile.source
     {
         return Ok(folder);
     }
@@ -278,7 +274,7 @@ fn converted(
     if let Some(twin) = siblings
         .map(|e| e.path())
         .filter(|p| p != &folder && !p.to_string_lossy().ends_with(".partial"))
-        .find(|p| manifest(p).is_some_and(|m| m["conversion_key"] == key))
+        .find(|p| manifest(p).is_some_and(|m| m.conversion_key == key))
     {
         convert::relabel(&twin, &convert_opts)?;
         return Ok(folder);
@@ -295,11 +291,11 @@ fn reproduce_command(opts: &BenchOptions, c: &Combination) -> String {
         format!("--precision {}", c.precision.name()),
         format!("--ep {}", c.ep.name()),
     ];
-    for option in &opts.ep_options {
-        parts.push(format!("--ep-option {}", shell_quote(option)));
+    for (key, value) in &opts.ep_options.0 {
+        parts.push(format!("--ep-option {}", shell_quote(&format!("{key}={value}"))));
     }
-    if let Some(s) = &opts.scheduler {
-        parts.push(format!("--scheduler {s}"));
+    if let Some(s) = opts.scheduler {
+        parts.push(format!("--scheduler {}", s.name()));
     }
     if let Some(s) = opts.steps {
         parts.push(format!("--steps {s}"));
@@ -332,10 +328,10 @@ fn append_row(path: &Path, row: &Row) -> Result<()> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| Error::bad_file(path, format!("cannot write the results: {e}")))?;
+        .map_err(|e| Error::io(path, "cannot write the results", e))?;
     let mut w = csv::WriterBuilder::new().has_headers(!exists).from_writer(file);
-    w.serialize(row).map_err(|e| Error::bad_file(path, format!("cannot write the results: {e}")))?;
-    w.flush().map_err(|e| Error::bad_file(path, format!("cannot write the results: {e}")))
+    w.serialize(row).map_err(|e| Error::io(path, "cannot write the results", e))?;
+    w.flush().map_err(|e| Error::io(path, "cannot write the results", e))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -359,33 +355,101 @@ pub struct Measurement {
     pub peak_device_mb: Option<f64>,
 }
 
-/// What the worker runs.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
+/// One combination for the worker process, handed over as one JSON document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerJob {
     pub model: PathBuf,
     pub ep: ExecutionProvider,
-    pub generate: GenerateOptions,
+    pub prompt: String,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub scheduler: Option<SchedulerKind>,
     pub warmup: usize,
     pub runs: usize,
+    /// Where the last timed run's image goes.
     pub image: PathBuf,
     pub ort_lib: Option<PathBuf>,
-    pub ep_options: crate::runtime::EpOptions,
+    pub ep_options: BTreeMap<String, String>,
+}
+
+/// The worker's answer: its measurement, or the error that stopped it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerAnswer {
+    Measured(Measurement),
+    Failed { error: String },
+}
+
+/// Runs one job in a worker process (`<stem>.job.json` in, `<stem>.answer.json` out); `Err` is why no
+/// measurement came back.
+fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::Result<Measurement, String> {
+    let (job_path, answer_path) = (stem.with_extension("job.json"), stem.with_extension("answer.json"));
+    let text = serde_json::to_string_pretty(job).map_err(|e| format!("cannot write the job: {e}"))?;
+    std::fs::write(&job_path, text).map_err(|e| format!("{}: cannot write the job: {e}", job_path.display()))?;
+    let _ = std::fs::remove_file(&answer_path);
+    let output = Command::new(worker_exe)
+        .arg("bench-worker")
+        .arg("--job")
+        .arg(&job_path)
+        .arg("--answer")
+        .arg(&answer_path)
+        .output()
+        .map_err(|e| format!("cannot start the measuring process: {e}"))?;
+    let _ = std::fs::remove_file(&job_path);
+    let answer = std::fs::read_to_string(&answer_path);
+    let _ = std::fs::remove_file(&answer_path);
+    match answer.ok().and_then(|t| serde_json::from_str::<WorkerAnswer>(&t).ok()) {
+        Some(WorkerAnswer::Measured(m)) => Ok(m),
+        Some(WorkerAnswer::Failed { error }) => Err(error),
+        None => Err(format!(
+            "the measuring process ended ({}) without an answer: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+        )),
+    }
+}
+
+/// Reads a job, measures it and writes the answer (success or the error); the worker process's whole work.
+pub fn answer_job(job_path: &Path, answer_path: &Path, on_run: &mut dyn FnMut(usize, usize)) -> Result<()> {
+    let answer = match read_job(job_path).and_then(|job| worker(&job, on_run)) {
+        Ok(m) => WorkerAnswer::Measured(m),
+        Err(e) => WorkerAnswer::Failed { error: e.to_string() },
+    };
+    let text = serde_json::to_string(&answer).map_err(|e| Error::internal(format!("worker answer: {e}")))?;
+    std::fs::write(answer_path, text).map_err(|e| Error::io(answer_path, "cannot write", e))
+}
+
+fn read_job(path: &Path) -> Result<WorkerJob> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the job", e))?;
+    serde_json::from_str(&text).map_err(|e| Error::parse_file(path, "not a bench job", e))
 }
 
 /// Loads one combination and measures it; `on_run(i, n)` after each of the warm-up + timed runs.
-pub fn worker(opts: &WorkerOptions, on_run: &mut dyn FnMut(usize, usize)) -> Result<Measurement> {
+pub fn worker(opts: &WorkerJob, on_run: &mut dyn FnMut(usize, usize)) -> Result<Measurement> {
     let dir = PipelineDir::open(&opts.model)?;
-    let runtime = Runtime::with_options(opts.ep, opts.ep_options.clone(), opts.ort_lib.as_deref())?;
+    let options = EpOptions(opts.ep_options.clone());
+    let runtime = Runtime::with_options(opts.ep, options, opts.ort_lib.as_deref())?;
+    let generate = GenerateOptions {
+        prompt: opts.prompt.clone(),
+        steps: Some(opts.steps),
+        width: opts.width,
+        height: opts.height,
+        scheduler: opts.scheduler,
+        batch_size: opts.batch_size,
+        ..Default::default()
+    };
     let t0 = Instant::now();
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let session_create_s = t0.elapsed().as_secs_f64();
     let total_runs = 1 + opts.warmup + opts.runs;
     let t1 = Instant::now();
-    let first = pipe.generate(&opts.generate, &mut |_, _| {})?;
+    let first = pipe.generate(&generate, &mut |_, _| {})?;
     let first_run_s = t1.elapsed().as_secs_f64();
     on_run(1, total_runs);
     for i in 0..opts.warmup {
-        pipe.generate(&opts.generate, &mut |_, _| {})?;
+        pipe.generate(&generate, &mut |_, _| {})?;
         on_run(2 + i, total_runs);
     }
     let mut totals = Vec::new();
@@ -394,7 +458,7 @@ pub fn worker(opts: &WorkerOptions, on_run: &mut dyn FnMut(usize, usize)) -> Res
     let mut vae = Vec::new();
     let mut last = first;
     for i in 0..opts.runs {
-        let out = pipe.generate(&opts.generate, &mut |_, _| {})?;
+        let out = pipe.generate(&generate, &mut |_, _| {})?;
         totals.push(out.timings.total);
         text.push(out.timings.text_encoding * 1e3);
         steps.extend(out.timings.unet_steps.iter().map(|s| s * 1e3));
@@ -416,13 +480,6 @@ pub fn worker(opts: &WorkerOptions, on_run: &mut dyn FnMut(usize, usize)) -> Res
         peak_host_mb: peak_rss_mb(),
         peak_device_mb: if opts.ep.device_memory() { gpu_memory_of_this_process_mb() } else { None },
     })
-}
-
-/// Writes the measurement where the parent expects it.
-pub fn write_measurement(path: &Path, m: &Measurement) -> Result<()> {
-    let text = serde_json::to_string(m).map_err(|e| Error::runtime(format!("measurement: {e}")))?;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -518,7 +575,7 @@ mod tests {
             model: PathBuf::new(),
             profiles: vec!["baseline".into(), "sdpa".into()],
             precisions: vec![None],
-            eps: vec![Target::Cpu, Target::Cuda],
+            eps: vec![ExecutionProvider::Cpu, ExecutionProvider::Cuda],
             scheduler: None,
             steps: None,
             batch_size: 1,
@@ -530,9 +587,15 @@ mod tests {
             tag: String::new(),
             out: PathBuf::new(),
             ort_lib: None,
-            ep_options: Vec::new(),
+            ep_options: EpOptions::default(),
         };
-        let labels: Vec<String> = combinations(&opts).iter().map(Combination::label).collect();
+        let labels: Vec<String> = combinations(&opts).unwrap().iter().map(Combination::label).collect();
         assert_eq!(labels, ["baseline-fp32-cpu", "sdpa-fp32-cpu", "baseline-fp16-cuda", "sdpa-fp16-cuda"]);
+        // Without --profile: each EP's default progression, from the profiles' own metadata.
+        let defaults = BenchOptions { profiles: Vec::new(), ..opts };
+        let labels: Vec<String> = combinations(&defaults).unwrap().iter().map(Combination::label).collect();
+        assert!(labels.contains(&"cuda-graph-fp16-cuda".to_string()), "{labels:?}");
+        assert!(!labels.contains(&"cuda-graph-fp32-cpu".to_string()), "{labels:?}");
+        assert_eq!(labels.iter().filter(|l| l.ends_with("-cpu")).count(), 5, "{labels:?}");
     }
 }

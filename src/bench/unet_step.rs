@@ -44,7 +44,7 @@ pub fn unet_step(runtime: &Runtime, opts: &StepOptions) -> Result<StepReport> {
     }
     let (path, defaults) = if opts.model.is_dir() {
         let dir = PipelineDir::open(&opts.model)?;
-        (dir.component_model("unet"), dir.session_options(runtime.ep().name())?)
+        (dir.component_model("unet"), dir.session_options(runtime.ep())?.0)
     } else {
         (opts.model.clone(), Default::default())
     };

@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use toml::{Table, Value};
 
-use super::profile::shape_pairs;
+use crate::passes::int8_dynamic::SEED_INT8_EXCLUDE;
+use crate::scheduler::SchedulerKind;
 use crate::{Error, Result};
 
 /// The cards that ship with dfast.
@@ -15,42 +17,49 @@ pub const BUILTIN: [(&str, &str); 3] = [
     ("ssd-1b", include_str!("../../models/ssd-1b.toml")),
 ];
 
-/// The seed's single exclude list, found by timing each linear shape on SDXL; the default everywhere.
-pub const SEED_INT8_EXCLUDE: [(usize, usize); 19] = [
-    (1280, 640),
-    (1920, 1280),
-    (1920, 640),
-    (2048, 1280),
-    (2048, 2560),
-    (2560, 1280),
-    (256, 128),
-    (2816, 1280),
-    (320, 640),
-    (512, 1536),
-    (512, 256),
-    (512, 512),
-    (640, 1280),
-    (640, 1920),
-    (640, 320),
-    (640, 5120),
-    (640, 640),
-    (960, 320),
-    (960, 640),
-];
-
-#[derive(Debug, Clone)]
+/// A model card. The generation defaults (`hub_id` ... `guidance`) are the one place the experiment
+/// scripts take them from (experiment-scripts/common.py); dfast itself reads `name`, `[match.unet]`,
+/// `[precision]` and `[int8-dynamic]`, and checks every field's type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelCard {
     pub name: String,
     pub hub_id: Option<String>,
-    pub scheduler: Option<String>,
+    /// The diffusers pipeline class.
+    pub pipeline: Option<String>,
+    pub scheduler: Option<SchedulerKind>,
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub steps: Option<usize>,
     pub guidance: Option<f32>,
+    #[serde(rename = "match", default)]
+    matches: CardMatch,
+    #[serde(default)]
+    precision: CardPrecision,
+    #[serde(rename = "int8-dynamic", default)]
+    int8_dynamic: CardInt8,
+}
+
+/// `[match.unet]`: UNet config.json fields that recognise the model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardMatch {
+    #[serde(default)]
+    unet: Table,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardPrecision {
     /// Keep the VAE decoder in fp32 when the rest goes to fp16/bf16 (SDXL's VAE overflows in fp16).
-    pub vae_decoder_fp32: bool,
-    pub int8_exclude: Option<Vec<(usize, usize)>>,
-    match_unet: Table,
+    #[serde(default)]
+    vae_decoder_fp32: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardInt8 {
+    exclude: Option<Vec<(usize, usize)>>,
 }
 
 impl ModelCard {
@@ -67,41 +76,29 @@ impl ModelCard {
                 names.join(", ")
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
         Self::parse(&text, &path.display().to_string())
     }
 
     fn parse(text: &str, source: &str) -> Result<Self> {
-        let bad = |msg: String| Error::bad_input(format!("model card {source}: {msg}"));
-        let table: Table =
-            text.parse().map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
-        let string = |k: &str| table.get(k).and_then(Value::as_str).map(str::to_string);
-        let uint = |k: &str| table.get(k).and_then(Value::as_integer).filter(|v| *v > 0).map(|v| v as usize);
-        let int8_exclude = match table.get("int8-dynamic").and_then(|t| t.get("exclude")) {
-            Some(v) => Some(shape_pairs(v, &format!("model card {source}: [int8-dynamic] exclude"))?),
-            None => None,
-        };
-        Ok(ModelCard {
-            name: string("name").ok_or_else(|| bad("`name` is missing".into()))?,
-            hub_id: string("hub_id"),
-            scheduler: string("scheduler"),
-            width: uint("width"),
-            height: uint("height"),
-            steps: uint("steps"),
-            guidance: table.get("guidance").and_then(Value::as_float).map(|v| v as f32),
-            vae_decoder_fp32: table
-                .get("precision")
-                .and_then(|p| p.get("vae_decoder_fp32"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            int8_exclude,
-            match_unet: table
-                .get("match")
-                .and_then(|m| m.get("unet"))
-                .and_then(Value::as_table)
-                .cloned()
-                .unwrap_or_default(),
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            Error::bad_config(format!("model card {source}: not valid TOML: {}", e.message().trim()), e)
+        })?;
+        serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            Error::bad_config(format!("model card {source}: key `{key}`: {}", inner.message()), inner)
         })
+    }
+
+    /// Keep the VAE decoder in fp32 when the rest goes to fp16/bf16.
+    pub fn vae_decoder_fp32(&self) -> bool {
+        self.precision.vae_decoder_fp32
+    }
+
+    /// The card's int8 exclude list, if it has one.
+    pub fn int8_exclude(&self) -> Option<&[(usize, usize)]> {
+        self.int8_dynamic.exclude.as_deref()
     }
 
     /// The built-in card whose `[match.unet]` fields all equal the UNet's config.json (the most specific
@@ -110,12 +107,13 @@ impl ModelCard {
         let mut best: Option<(usize, ModelCard)> = None;
         for (name, _) in BUILTIN {
             let card = Self::load(name).ok()?;
-            if card.match_unet.is_empty() {
+            let fields = &card.matches.unet;
+            if fields.is_empty() {
                 continue;
             }
-            let all = card.match_unet.iter().all(|(k, v)| unet_config.get(k).is_some_and(|c| same(c, v)));
-            if all && best.as_ref().is_none_or(|(n, _)| card.match_unet.len() > *n) {
-                best = Some((card.match_unet.len(), card));
+            let all = fields.iter().all(|(k, v)| unet_config.get(k).is_some_and(|c| same(c, v)));
+            if all && best.as_ref().is_none_or(|(n, _)| fields.len() > *n) {
+                best = Some((fields.len(), card));
             }
         }
         best.map(|(_, c)| c)
@@ -123,7 +121,7 @@ impl ModelCard {
 
     /// The exclude list to use: the card's, else the seed's.
     pub fn exclude_or_seed(card: Option<&ModelCard>) -> Vec<(usize, usize)> {
-        card.and_then(|c| c.int8_exclude.clone()).unwrap_or_else(|| SEED_INT8_EXCLUDE.to_vec())
+        card.and_then(ModelCard::int8_exclude).map_or_else(|| SEED_INT8_EXCLUDE.to_vec(), <[_]>::to_vec)
     }
 }
 
@@ -149,7 +147,7 @@ mod tests {
     fn builtin_cards_parse_and_are_detected() {
         for (name, _) in BUILTIN {
             let card = ModelCard::load(name).unwrap();
-            assert_eq!(card.int8_exclude.as_deref(), Some(&SEED_INT8_EXCLUDE[..]), "{name}");
+            assert_eq!(card.int8_exclude(), Some(&SEED_INT8_EXCLUDE[..]), "{name}");
         }
         let sdxl: serde_json::Value = serde_json::json!({
             "cross_attention_dim": 2048, "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 10]
@@ -162,7 +160,8 @@ mod tests {
         let sd15 = serde_json::json!({"cross_attention_dim": 768, "block_out_channels": [320, 640, 1280, 1280]});
         let card = ModelCard::detect(&sd15).unwrap();
         assert_eq!(card.name, "sd15");
-        assert!(!card.vae_decoder_fp32);
+        assert!(!card.vae_decoder_fp32());
+        assert!(ModelCard::load("sdxl").unwrap().vae_decoder_fp32());
         assert!(ModelCard::detect(&serde_json::json!({"cross_attention_dim": 8})).is_none());
     }
 
@@ -171,6 +170,8 @@ mod tests {
         let err = ModelCard::parse("name = \"x\"\n[int8-dynamic]\nexclude = [[1, 2], \"3x4\"]\n", "x.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("entry 2 is not"), "{err}");
+        assert!(err.starts_with("model card x.toml: key `int8-dynamic.exclude[1]`: invalid type"), "{err}");
+        let err = ModelCard::parse("name = \"x\"\nstep = 30\n", "x.toml").unwrap_err().to_string();
+        assert!(err.contains("key `step`: unknown field"), "{err}");
     }
 }

@@ -1,22 +1,33 @@
-//! Optimization profiles (`profiles/*.toml`): a cumulative list of passes, options per pass, and options per
-//! pass and execution provider.
+//! Optimization profiles (`profiles/*.toml`): a cumulative list of passes, options per pass, options per
+//! pass and execution provider, session options per execution provider, and which execution providers the
+//! profile is made for.
 //!
 //! ```toml
 //! name = "fuse-qkv"
 //! extends = "sdpa"            # a built-in profile name, or a path relative to this file
+//! description = "..."
 //! passes = ["fuse-qkv"]       # appended to the passes of the profile it extends
-//! [conv1x1]                   # options of one pass ...
+//! eps = ["cuda"]              # the EPs it is made for (absent: every EP, or the base profile's)
+//! bench = true                # built-in profiles: part of `dfast bench`'s default progression
+//! [conv1x1]                   # options of one pass (its typed options; `components` limits it) ...
 //! channels = [128]
 //! [ep.cpu.attention]          # ... and their overrides for one execution provider
 //! op = "MultiHeadAttention"
-//! [session.cuda]              # options of the EP's sessions when the conversion runs (see runtime::ep),
-//! cuda_graph = true           # written into the converted folder's manifest
+//! [session.cuda]              # options of the EP's sessions when the converted folder runs (runtime::ep),
+//! cuda_graph = true           # written into the converted folder's manifest; open keys (see the README)
 //! ```
+//!
+//! Every table is checked when the profile is read: an unknown key, or a value of the wrong type, is one
+//! sentence naming the profile file, the table and the key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::passes::registry;
+use crate::runtime::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
@@ -30,10 +41,30 @@ pub const BUILTIN: [(&str, &str); 7] = [
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
 ];
 
-/// The seed's progression, what `dfast bench` runs by default: the first five built-in profiles.
-pub const SEED_PROGRESSION: [&str; 5] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
+/// A profile file as written (before `extends` is resolved).
+#[derive(Debug, Deserialize)]
+struct ProfileFile {
+    name: Option<String>,
+    description: Option<String>,
+    extends: Option<String>,
+    #[serde(default)]
+    passes: Vec<String>,
+    eps: Option<Vec<ExecutionProvider>>,
+    #[serde(default)]
+    bench: bool,
+    #[serde(default)]
+    ep: BTreeMap<ExecutionProvider, BTreeMap<String, Table>>,
+    #[serde(default)]
+    session: BTreeMap<ExecutionProvider, Table>,
+    /// `[<pass>]` tables; anything else is refused after parsing.
+    #[serde(flatten)]
+    pass_tables: BTreeMap<String, Value>,
+}
 
-/// A resolved profile: its `extends` chain flattened.
+/// The keys a profile has besides its pass tables (for the message about an unknown one).
+const KEYS: &str = "name, description, extends, passes, eps, bench, [ep.<ep>.<pass>], [session.<ep>]";
+
+/// A resolved profile: its `extends` chain flattened, every table checked.
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
@@ -42,12 +73,18 @@ pub struct Profile {
     pub source: String,
     /// Every pass to run, in order (the base profile's first).
     pub passes: Vec<String>,
-    /// Options per pass.
-    options: Table,
+    /// The execution providers it is made for; `None`: every one.
+    pub eps: Option<Vec<ExecutionProvider>>,
+    /// Part of `dfast bench`'s default progression (built-in profiles).
+    pub bench: bool,
+    /// Options per pass (`components` taken out).
+    options: BTreeMap<String, Table>,
+    /// `components = [...]` per pass.
+    components: BTreeMap<String, Vec<String>>,
     /// Options per execution provider, then per pass.
-    ep_options: Table,
+    ep_options: BTreeMap<ExecutionProvider, BTreeMap<String, Table>>,
     /// Session options per execution provider.
-    session: Table,
+    session: BTreeMap<ExecutionProvider, BTreeMap<String, String>>,
 }
 
 impl Profile {
@@ -56,155 +93,192 @@ impl Profile {
         Self::load_inner(spec, None, 0)
     }
 
+    /// The built-in profiles in `dfast bench`'s default progression that are made for `ep`, in order.
+    pub fn bench_defaults(ep: ExecutionProvider) -> Result<Vec<Profile>> {
+        let mut out = Vec::new();
+        for (name, _) in BUILTIN {
+            let profile = Profile::load(name)?;
+            if profile.bench && profile.made_for(ep) {
+                out.push(profile);
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the profile is made for `ep` (or for every EP).
+    pub fn made_for(&self, ep: ExecutionProvider) -> bool {
+        self.eps.as_ref().is_none_or(|eps| eps.contains(&ep))
+    }
+
+    /// The EPs it is made for, as text (`every EP` when not limited).
+    pub fn eps_label(&self) -> String {
+        match &self.eps {
+            None => "every EP".into(),
+            Some(eps) => eps.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+        }
+    }
+
     fn load_inner(spec: &str, relative_to: Option<&Path>, depth: usize) -> Result<Self> {
         if depth > 16 {
             return Err(Error::bad_input(format!(
                 "profile `{spec}`: `extends` goes more than 16 levels deep (a cycle?)"
             )));
         }
-        let (text, source, dir): (String, String, Option<PathBuf>) =
-            if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == spec) {
-                (text.to_string(), format!("builtin:{spec}"), None)
-            } else {
-                let path = match relative_to {
-                    Some(dir) if Path::new(spec).is_relative() => dir.join(spec),
-                    _ => PathBuf::from(spec),
-                };
-                if !path.is_file() {
-                    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-                    return Err(Error::bad_input(format!(
-                        "unknown profile `{spec}`: not a file and not one of {}",
-                        names.join(", ")
-                    )));
-                }
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| Error::bad_file(&path, format!("cannot read the profile: {e}")))?;
-                let dir = path.parent().map(Path::to_path_buf);
-                (text, path.display().to_string(), dir)
+        let (text, source, dir): (String, String, Option<PathBuf>) = if let Some((_, text)) =
+            BUILTIN.iter().find(|(n, _)| *n == spec)
+        {
+            (text.to_string(), format!("builtin:{spec}"), None)
+        } else {
+            let path = match relative_to {
+                Some(dir) if Path::new(spec).is_relative() => dir.join(spec),
+                _ => PathBuf::from(spec),
             };
+            if !path.is_file() {
+                let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                return Err(Error::bad_input(format!(
+                    "unknown profile `{spec}`: not a file and not one of {}",
+                    names.join(", ")
+                )));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "cannot read the profile", e))?;
+            let dir = path.parent().map(Path::to_path_buf);
+            (text, path.display().to_string(), dir)
+        };
+        let file = parse_file(&text, &source)?;
         let bad = |msg: String| Error::bad_input(format!("profile {source}: {msg}"));
-        let mut table: Table =
-            text.parse().map_err(|e: toml::de::Error| bad(format!("not valid TOML: {}", e.message())))?;
 
-        let name = match table.remove("name") {
-            Some(Value::String(s)) => s,
-            None => spec.to_string(),
-            Some(_) => return Err(bad("`name` must be a string".into())),
-        };
-        let description = match table.remove("description") {
-            Some(Value::String(s)) => s,
-            None => String::new(),
-            Some(_) => return Err(bad("`description` must be a string".into())),
-        };
-        let own_passes: Vec<String> = match table.remove("passes") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .map(|v| {
-                    v.as_str().map(str::to_string).ok_or_else(|| bad("`passes` must be a list of pass names".into()))
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => return Err(bad("`passes` must be a list of pass names".into())),
-        };
-        let ep_options = match table.remove("ep") {
-            None => Table::new(),
-            Some(Value::Table(t)) => t,
-            Some(_) => return Err(bad("`ep` must be a table of execution providers".into())),
-        };
-        let session = match table.remove("session") {
-            None => Table::new(),
-            Some(Value::Table(t)) if t.values().all(|v| v.as_table().is_some_and(|o| o.values().all(scalar))) => t,
-            Some(_) => return Err(bad("`session` must hold one table of plain values per execution provider".into())),
-        };
-        let extends = match table.remove("extends") {
-            None => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(bad("`extends` must be a profile name or path".into())),
-        };
-        for (key, value) in &table {
-            if !value.is_table() {
-                return Err(bad(format!("`{key}` must be a table of options for the pass of that name")));
+        let mut options = BTreeMap::new();
+        let mut components = BTreeMap::new();
+        for (key, value) in file.pass_tables {
+            let Value::Table(mut table) = value else {
+                return Err(bad(format!("`{key}` is not a setting of a profile ({KEYS}) nor a table of pass options")));
+            };
+            let pass = registry::lookup(&key).ok_or_else(|| {
+                bad(format!("has options for an unknown pass `[{key}]`; known passes: {}", registry::names()))
+            })?;
+            if let Some(scope) = table.remove("components") {
+                let list = scope.as_array().and_then(|a| a.iter().map(|c| c.as_str().map(String::from)).collect());
+                let list: Vec<String> =
+                    list.ok_or_else(|| bad(format!("[{key}] key `components`: expected a list of component names")))?;
+                components.insert(key.clone(), list);
+            }
+            pass.check(&table).map_err(|e| Error::bad_config(format!("profile {source}: [{key}] {e}"), e))?;
+            options.insert(key, table);
+        }
+        for (ep, tables) in &file.ep {
+            for (key, table) in tables {
+                let pass = registry::lookup(key).ok_or_else(|| {
+                    bad(format!(
+                        "has options for an unknown pass `[ep.{ep}.{key}]`; known passes: {}",
+                        registry::names()
+                    ))
+                })?;
+                pass.check(table)
+                    .map_err(|e| Error::bad_config(format!("profile {source}: [ep.{ep}.{key}] {e}"), e))?;
+            }
+        }
+        let mut session = BTreeMap::new();
+        for (ep, table) in file.session {
+            let mut map = BTreeMap::new();
+            for (key, value) in table {
+                let text = match value {
+                    Value::String(s) => s,
+                    Value::Table(_) | Value::Array(_) => {
+                        return Err(bad(format!(
+                            "[session.{ep}] key `{key}`: expected a plain value (text, number or true/false)"
+                        )));
+                    }
+                    other => other.to_string(),
+                };
+                map.insert(key, text);
+            }
+            session.insert(ep, map);
+        }
+        for pass in &file.passes {
+            if registry::lookup(pass).is_none() {
+                return Err(bad(format!("names an unknown pass `{pass}`; known passes: {}", registry::names())));
             }
         }
 
-        let mut profile = match extends {
-            Some(parent) => Self::load_inner(&parent, dir.as_deref(), depth + 1)?,
+        let mut profile = match &file.extends {
+            Some(parent) => Self::load_inner(parent, dir.as_deref(), depth + 1)?,
             None => Profile {
                 name: String::new(),
                 description: String::new(),
                 source: String::new(),
                 passes: Vec::new(),
-                options: Table::new(),
-                ep_options: Table::new(),
-                session: Table::new(),
+                eps: None,
+                bench: false,
+                options: BTreeMap::new(),
+                components: BTreeMap::new(),
+                ep_options: BTreeMap::new(),
+                session: BTreeMap::new(),
             },
         };
-        profile.name = name;
-        profile.description = description;
+        profile.name = file.name.unwrap_or_else(|| spec.to_string());
+        profile.description = file.description.unwrap_or_default();
         profile.source = source;
-        for pass in own_passes {
+        profile.bench = file.bench;
+        if file.eps.is_some() {
+            profile.eps = file.eps;
+        }
+        for pass in file.passes {
             if !profile.passes.contains(&pass) {
                 profile.passes.push(pass);
             }
         }
-        merge(&mut profile.options, table);
-        merge(&mut profile.ep_options, ep_options);
-        merge(&mut profile.session, session);
+        for (pass, table) in options {
+            merge(profile.options.entry(pass).or_default(), table);
+        }
+        profile.components.extend(components);
+        for (ep, tables) in file.ep {
+            let into = profile.ep_options.entry(ep).or_default();
+            for (pass, table) in tables {
+                merge(into.entry(pass).or_default(), table);
+            }
+        }
+        for (ep, map) in session {
+            profile.session.entry(ep).or_default().extend(map);
+        }
         Ok(profile)
     }
 
-    /// Checks every pass name against the passes dfast has.
-    pub fn validate(&self, known: &[&str]) -> Result<()> {
-        for pass in &self.passes {
-            if !known.contains(&pass.as_str()) {
-                return Err(Error::bad_input(format!(
-                    "profile {} names an unknown pass `{pass}`; known passes: {}",
-                    self.source,
-                    known.join(", ")
-                )));
-            }
-        }
-        for key in self.options.keys() {
-            if !known.contains(&key.as_str()) {
-                return Err(Error::bad_input(format!(
-                    "profile {} has options for an unknown pass `{key}`; known passes: {}",
-                    self.source,
-                    known.join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// The options of `pass` for execution provider `ep`: the pass's table, overridden by `[ep.<ep>.<pass>]`.
-    pub fn pass_options(&self, pass: &str, ep: &str) -> Table {
-        let mut out = self.options.get(pass).and_then(Value::as_table).cloned().unwrap_or_default();
-        if let Some(t) = self.ep_options.get(ep).and_then(|e| e.get(pass)).and_then(Value::as_table) {
+    pub fn pass_options(&self, pass: &str, ep: ExecutionProvider) -> Table {
+        let mut out = self.options.get(pass).cloned().unwrap_or_default();
+        if let Some(t) = self.ep_options.get(&ep).and_then(|e| e.get(pass)) {
             merge(&mut out, t.clone());
         }
         out
     }
-}
 
-impl Profile {
-    /// The `[session.<ep>]` options, as strings.
-    pub fn session_options(&self, ep: &str) -> crate::runtime::EpOptions {
-        let mut map = std::collections::BTreeMap::new();
-        if let Some(t) = self.session.get(ep).and_then(Value::as_table) {
-            for (k, v) in t {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                map.insert(k.clone(), v);
-            }
-        }
-        crate::runtime::EpOptions(map)
+    /// The components `pass` is limited to (`components = [...]`); `None`: every component.
+    pub fn components(&self, pass: &str) -> Option<&[String]> {
+        self.components.get(pass).map(Vec::as_slice)
+    }
+
+    /// The `[session.<ep>]` options.
+    pub fn session_options(&self, ep: ExecutionProvider) -> EpOptions {
+        EpOptions(self.session.get(&ep).cloned().unwrap_or_default())
     }
 }
 
-fn scalar(v: &Value) -> bool {
-    !matches!(v, Value::Table(_) | Value::Array(_))
+/// Parses a profile's TOML, naming the key that does not fit.
+fn parse_file(text: &str, source: &str) -> Result<ProfileFile> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        Error::bad_config(format!("profile {source}: not valid TOML: {}", e.message().trim()), e)
+    })?;
+    serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        // A map key that is no EP (`[ep.tpu]`) is reported as `ep.?`: put the key back in.
+        let variant = inner.message().strip_prefix("unknown variant `").and_then(|r| r.split('`').next());
+        let key = match variant {
+            Some(v) if key.ends_with('?') => format!("{}{v}", &key[..key.len() - 1]),
+            _ => key,
+        };
+        Error::bad_config(format!("profile {source}: key `{key}`: {}", inner.message()), inner)
+    })
 }
 
 /// Key-by-key merge: tables merge recursively, anything else is replaced.
@@ -219,33 +293,10 @@ fn merge(into: &mut Table, from: Table) {
     }
 }
 
-/// Reads `(in_features, out_features)` pairs such as `exclude = [[1280, 640], [320, 640]]`.
-pub fn shape_pairs(value: &Value, what: &str) -> Result<Vec<(usize, usize)>> {
-    let bad = |i: usize| {
-        Error::bad_input(format!(
-            "{what}: expected a list of [in_features, out_features] pairs of positive integers; entry {} is not",
-            i + 1
-        ))
-    };
-    let items = value.as_array().ok_or_else(|| {
-        Error::bad_input(format!("{what}: expected a list of [in_features, out_features] pairs of positive integers"))
-    })?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| match item.as_array().map(Vec::as_slice) {
-            Some([a, b]) => match (a.as_integer(), b.as_integer()) {
-                (Some(a), Some(b)) if a > 0 && b > 0 => Ok((a as usize, b as usize)),
-                _ => Err(bad(i)),
-            },
-            _ => Err(bad(i)),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ExecutionProvider::{Cpu, Cuda, OpenVino, TensorRt};
 
     #[test]
     fn builtin_profiles_are_cumulative() {
@@ -253,31 +304,50 @@ mod tests {
         assert_eq!(p.passes, ["cleanup", "attention", "fuse-qkv", "conv1x1", "int8-dynamic"]);
         assert_eq!(Profile::load("baseline").unwrap().passes, Vec::<String>::new());
         assert_eq!(Profile::load("sdpa").unwrap().passes, ["cleanup", "attention"]);
-        let channels = p.pass_options("conv1x1", "cpu");
+        let channels = p.pass_options("conv1x1", Cpu);
         assert_eq!(channels["channels"].as_array().unwrap().len(), 1);
-        assert_eq!(p.pass_options("attention", "cpu")["op"].as_str(), Some("MultiHeadAttention"));
-        assert_eq!(p.pass_options("attention", "openvino")["op"].as_str(), Some("Attention"));
-        assert_eq!(p.pass_options("int8-dynamic", "openvino")["format"].as_str(), Some("qdq"));
-        assert_eq!(p.pass_options("int8-dynamic", "cpu")["min_in_features"].as_integer(), Some(16));
-        for name in SEED_PROGRESSION {
-            assert!(BUILTIN.iter().any(|(n, _)| *n == name), "{name}");
-        }
+        assert_eq!(p.pass_options("attention", Cpu)["op"].as_str(), Some("MultiHeadAttention"));
+        assert_eq!(p.pass_options("attention", OpenVino)["op"].as_str(), Some("Attention"));
+        assert_eq!(p.pass_options("int8-dynamic", OpenVino)["format"].as_str(), Some("qdq"));
+        assert_eq!(p.pass_options("int8-dynamic", Cpu)["min_in_features"].as_integer(), Some(16));
+        assert_eq!(p.components("int8-dynamic"), Some(&["unet".to_string(), "vae_decoder".to_string()][..]));
+    }
+
+    #[test]
+    fn profiles_know_their_eps_and_bench_defaults_come_from_them() {
+        let graph = Profile::load("cuda-graph").unwrap();
+        assert!(graph.made_for(Cuda) && !graph.made_for(Cpu));
+        assert!(Profile::load("int8-static").unwrap().made_for(OpenVino));
+        assert!(!Profile::load("int8-static").unwrap().made_for(Cpu));
+        assert!(Profile::load("fuse-qkv").unwrap().made_for(TensorRt));
+        let names = |ep| Profile::bench_defaults(ep).unwrap().into_iter().map(|p| p.name).collect::<Vec<_>>();
+        let seed = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
+        assert_eq!(names(Cpu), seed);
+        assert_eq!(names(OpenVino), seed);
+        assert_eq!(names(Cuda), [&seed[..], &["cuda-graph"]].concat());
+        // A profile file's own metadata decides, not a list in the code.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("mine.toml");
+        std::fs::write(&path, "extends = \"cuda-graph\"\n").unwrap();
+        assert!(!Profile::load(path.to_str().unwrap()).unwrap().made_for(Cpu), "eps are inherited");
+        std::fs::write(&path, "extends = \"cuda-graph\"\neps = [\"cpu\", \"cuda\"]\n").unwrap();
+        assert!(Profile::load(path.to_str().unwrap()).unwrap().made_for(Cpu));
     }
 
     #[test]
     fn session_options_per_ep_and_files_shared_with_fuse_qkv() {
         let graph = Profile::load("cuda-graph").unwrap();
         assert_eq!(graph.passes, Profile::load("fuse-qkv").unwrap().passes);
-        assert_eq!(graph.session_options("cuda").get("cuda_graph"), Some("true"));
-        assert!(graph.session_options("cpu").0.is_empty());
+        assert_eq!(graph.session_options(Cuda).get("cuda_graph"), Some("true"));
+        assert!(graph.session_options(Cpu).0.is_empty());
         let int8 = Profile::load("int8-static").unwrap();
         assert_eq!(int8.passes.last().map(String::as_str), Some("int8-static"));
-        assert_eq!(int8.pass_options("int8-static", "tensorrt")["activation"].as_str(), Some("s8"));
+        assert_eq!(int8.pass_options("int8-static", TensorRt)["activation"].as_str(), Some("s8"));
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("bad.toml");
         std::fs::write(&path, "[session.cuda]\ncuda_graph = { nested = 1 }\n").unwrap();
         let err = Profile::load(path.to_str().unwrap()).unwrap_err().to_string();
-        assert!(err.contains("`session` must hold one table of plain values"), "{err}");
+        assert!(err.contains("[session.cuda] key `cuda_graph`: expected a plain value"), "{err}");
     }
 
     #[test]
@@ -288,22 +358,47 @@ mod tests {
         let p = Profile::load(path.to_str().unwrap()).unwrap();
         assert_eq!(p.name, "mine");
         assert_eq!(p.passes.last().map(String::as_str), Some("conv1x1"));
-        assert_eq!(p.pass_options("conv1x1", "cpu")["channels"].as_array().unwrap().len(), 2);
+        assert_eq!(p.pass_options("conv1x1", Cpu)["channels"].as_array().unwrap().len(), 2);
+    }
+
+    /// Each bad profile: one sentence naming the file, the table and the key.
+    #[test]
+    fn unknown_keys_and_wrong_types_name_file_table_and_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("bad.toml");
+        let file = path.display().to_string();
+        for (text, expected) in [
+            ("passes = [\"cleanup\", \"warp-speed\"]\n", "names an unknown pass `warp-speed`"),
+            ("[conv1x1]\nchanels = [128]\n", "[conv1x1] key `chanels`: unknown field `chanels`"),
+            ("[conv1x1]\nchannels = \"128\"\n", "[conv1x1] key `channels`: invalid type: string"),
+            ("[ep.cpu.attention]\nop = 3\n", "[ep.cpu.attention] key `op`: invalid type"),
+            ("[ep.cpu.attention]\nopp = \"Attention\"\n", "[ep.cpu.attention] key `opp`: unknown field"),
+            ("[ep.tpu.attention]\nop = \"Attention\"\n", "key `ep.tpu`: unknown variant `tpu`"),
+            ("[warp]\nx = 1\n", "unknown pass `[warp]`"),
+            ("descripton = \"typo\"\n", "`descripton` is not a setting of a profile"),
+            ("eps = [\"gpu\"]\n", "key `eps[0]`: unknown variant `gpu`"),
+            ("bench = \"yes\"\n", "key `bench`: invalid type"),
+            ("[int8-dynamic]\ncomponents = \"unet\"\n", "[int8-dynamic] key `components`"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Profile::load(&file).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("profile {file}: ")), "{text}: {err}");
+            assert!(err.contains(expected), "{text}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        let err = Profile::load("no-such-profile").unwrap_err().to_string();
+        assert!(err.contains("unknown profile `no-such-profile`"), "{err}");
     }
 
     #[test]
-    fn unknown_pass_and_bad_lists_are_clear_errors() {
+    fn toml_errors_keep_their_source() {
+        use std::error::Error as _;
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("bad.toml");
-        std::fs::write(&path, "passes = [\"cleanup\", \"warp-speed\"]\n").unwrap();
-        let err = Profile::load(path.to_str().unwrap()).unwrap().validate(&["cleanup"]).unwrap_err().to_string();
-        assert!(err.contains("unknown pass `warp-speed`"), "{err}");
-        let err = Profile::load("no-such-profile").unwrap_err().to_string();
-        assert!(err.contains("unknown profile `no-such-profile`"), "{err}");
-        let bad: Value = toml::from_str::<Table>("x = [[1280, 640], [3]]").unwrap()["x"].clone();
-        let err = shape_pairs(&bad, "exclude").unwrap_err().to_string();
-        assert!(err.contains("entry 2 is not"), "{err}");
-        let good: Value = toml::from_str::<Table>("x = [[1280, 640]]").unwrap()["x"].clone();
-        assert_eq!(shape_pairs(&good, "exclude").unwrap(), [(1280, 640)]);
+        std::fs::write(&path, "passes = [\n").unwrap();
+        let err = Profile::load(path.to_str().unwrap()).unwrap_err();
+        assert!(err.source().is_some_and(|s| s.downcast_ref::<toml::de::Error>().is_some()), "{err:?}");
+        std::fs::write(&path, "[conv1x1]\nchannels = 1\n").unwrap();
+        assert!(Profile::load(path.to_str().unwrap()).unwrap_err().source().is_some());
     }
 }

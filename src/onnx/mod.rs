@@ -21,15 +21,21 @@
 //!
 //! ```
 //! use dfast::onnx::{GraphIndex, ModelProto, NodeBuilder, OnnxModel, Patch, dtype, is_op, make_tensor_value_info};
-//! use dfast::passes::{Pass, PassContext, PassManager, Target};
+//! use dfast::passes::{BuildContext, NoOptions, Pass, PassContext, PassManager, PassSpec, Target};
 //!
 //! struct DoubleNegation;
 //!
-//! impl Pass for DoubleNegation {
-//!     fn name(&self) -> &str {
-//!         "double-negation"
+//! // Its name, one-line summary and options (none); a real pass is also listed in passes::registry::PASSES.
+//! impl PassSpec for DoubleNegation {
+//!     const NAME: &'static str = "double-negation";
+//!     const SUMMARY: &'static str = "Neg(Neg(x)) becomes x";
+//!     type Options = NoOptions;
+//!     fn build(_: NoOptions, _: &BuildContext) -> dfast::Result<Self> {
+//!         Ok(DoubleNegation)
 //!     }
+//! }
 //!
+//! impl Pass for DoubleNegation {
 //!     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> dfast::Result<Option<Patch>> {
 //!         let index = GraphIndex::new(model);
 //!         let mut patch = Patch::new();

@@ -129,7 +129,7 @@ impl OnnxModel {
     /// files exist, the ranges fit) so that a broken export fails now, with the file named.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?;
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot read", e))?;
         if !meta.is_file() {
             return Err(Error::bad_file(path, "not an ONNX model: not a file"));
         }
@@ -348,10 +348,9 @@ impl OnnxModel {
         let result = self.write_files(&tmp_model, external.then_some((&tmp_data, data_name.as_str())), options);
         let finish = result.and_then(|(ext_tensors, ext_bytes)| {
             if external {
-                std::fs::rename(&tmp_data, &data_path)
-                    .map_err(|e| Error::bad_file(&data_path, format!("cannot write: {e}")))?;
+                std::fs::rename(&tmp_data, &data_path).map_err(|e| Error::io(&data_path, "cannot write", e))?;
             }
-            std::fs::rename(&tmp_model, path).map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))?;
+            std::fs::rename(&tmp_model, path).map_err(|e| Error::io(path, "cannot write", e))?;
             Ok((ext_tensors, ext_bytes))
         });
         match finish {
@@ -422,12 +421,10 @@ impl OnnxModel {
                 size as f64 / 1e9
             )));
         }
-        let file = File::create(model_path).map_err(|e| Error::bad_file(model_path, format!("cannot write: {e}")))?;
+        let file = File::create(model_path).map_err(|e| Error::io(model_path, "cannot write", e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        proto
-            .write_to_writer(&mut out)
-            .map_err(|e| Error::bad_file(model_path, format!("cannot write the model: {e}")))?;
-        out.flush().map_err(|e| Error::bad_file(model_path, format!("cannot write: {e}")))?;
+        proto.write_to_writer(&mut out).map_err(|e| Error::io(model_path, "cannot write the model", e))?;
+        out.flush().map_err(|e| Error::io(model_path, "cannot write", e))?;
         Ok((count, bytes))
     }
 
@@ -562,7 +559,7 @@ impl OnnxModel {
 
     /// The memory map of an external data file, mapped on first use.
     fn mapped(&self, file: &Path) -> Result<Bytes> {
-        let mut maps = self.maps.lock().map_err(|_| Error::runtime("external data cache poisoned"))?;
+        let mut maps = self.maps.lock().map_err(|_| Error::internal("external data cache poisoned"))?;
         if let Some(bytes) = maps.get(file) {
             return Ok(bytes.clone());
         }
@@ -574,8 +571,8 @@ impl OnnxModel {
 
 /// Maps a whole file read-only and wraps the map as shared bytes (slices keep the map alive).
 fn map_file(path: &Path) -> Result<Bytes> {
-    let file = File::open(path).map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?;
-    let len = file.metadata().map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?.len();
+    let file = File::open(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, "cannot read", e))?.len();
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -585,7 +582,7 @@ fn map_file(path: &Path) -> Result<Bytes> {
     match unsafe { memmap2::Mmap::map(&file) } {
         Ok(map) => Ok(Bytes::from_owner(map)),
         // Some file systems cannot map; reading is the fallback (costs memory, still correct).
-        Err(_) => std::fs::read(path).map(Bytes::from).map_err(|e| Error::bad_file(path, format!("cannot read: {e}"))),
+        Err(_) => std::fs::read(path).map(Bytes::from).map_err(|e| Error::io(path, "cannot read", e)),
     }
 }
 
@@ -662,7 +659,7 @@ struct DataWriter {
 
 impl DataWriter {
     fn create(path: &Path, location: &str) -> Result<Self> {
-        let file = File::create(path).map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))?;
+        let file = File::create(path).map_err(|e| Error::io(path, "cannot write", e))?;
         Ok(DataWriter {
             out: BufWriter::with_capacity(8 << 20, file),
             path: path.to_path_buf(),
@@ -678,7 +675,7 @@ impl DataWriter {
         let align = if data.len() >= LARGE_TENSOR { LARGE_TENSOR_ALIGNMENT } else { SMALL_TENSOR_ALIGNMENT };
         let offset = self.pos.div_ceil(align) * align;
         let pad = (offset - self.pos) as usize;
-        let err = |e: std::io::Error| Error::bad_file(&self.path, format!("cannot write: {e}"));
+        let err = |e: std::io::Error| Error::io(&self.path, "cannot write", e);
         self.out.write_all(&[0u8; LARGE_TENSOR_ALIGNMENT as usize][..pad]).map_err(err)?;
         self.out.write_all(data).map_err(err)?;
         self.pos = offset + data.len() as u64;
@@ -688,7 +685,7 @@ impl DataWriter {
     }
 
     fn finish(mut self) -> Result<(usize, u64)> {
-        self.out.flush().map_err(|e| Error::bad_file(&self.path, format!("cannot write: {e}")))?;
+        self.out.flush().map_err(|e| Error::io(&self.path, "cannot write", e))?;
         Ok((self.count, self.bytes))
     }
 }

@@ -132,7 +132,7 @@ pub fn apply_patch(model: &mut OnnxModel, patch: Patch) -> Result<PatchStats> {
     let graph = model.graph();
     let nodes_before = graph.node.len();
     if let Some(&bad) = patch.removed.iter().find(|&&i| i >= nodes_before) {
-        return Err(Error::runtime(format!("patch removes node {bad}, but the graph has {nodes_before} nodes")));
+        return Err(Error::internal(format!("patch removes node {bad}, but the graph has {nodes_before} nodes")));
     }
     let renames = resolve_shunts(&patch.shunts)?;
 
@@ -304,7 +304,7 @@ fn resolve_shunts(shunts: &[(String, String)]) -> Result<HashMap<String, String>
             to = next;
             steps += 1;
             if steps > direct.len() || to == from {
-                return Err(Error::runtime(format!("patch shunts value `{from}` in a cycle")));
+                return Err(Error::internal(format!("patch shunts value `{from}` in a cycle")));
             }
         }
         resolved.insert(from.clone(), to.to_string());
@@ -354,7 +354,7 @@ fn topological_sort(nodes: Vec<NodeProto>, g: &GraphProto) -> Result<Vec<NodePro
     for (i, n) in nodes.iter().enumerate() {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
             if producer.insert(o.as_str(), i).is_some() {
-                return Err(Error::runtime(format!("value `{o}` would be produced by two nodes")));
+                return Err(Error::internal(format!("value `{o}` would be produced by two nodes")));
             }
         }
     }
@@ -362,7 +362,7 @@ fn topological_sort(nodes: Vec<NodeProto>, g: &GraphProto) -> Result<Vec<NodePro
         g.input.iter().map(|v| v.name()).chain(g.initializer.iter().map(|t| t.name())).collect();
     for o in producer.keys() {
         if defined.contains(o) {
-            return Err(Error::runtime(format!(
+            return Err(Error::internal(format!(
                 "value `{o}` would be both a node output and a graph input/initializer"
             )));
         }
@@ -373,7 +373,7 @@ fn topological_sort(nodes: Vec<NodeProto>, g: &GraphProto) -> Result<Vec<NodePro
         .collect();
     for (i, r) in reads.iter().enumerate() {
         if let Some(missing) = r.iter().find(|s| !producer.contains_key(*s) && !defined.contains(*s)) {
-            return Err(Error::runtime(format!(
+            return Err(Error::internal(format!(
                 "node `{}` ({}) would read `{missing}`, which nothing defines",
                 nodes[i].name(),
                 nodes[i].op_type()
@@ -399,7 +399,7 @@ fn topological_sort(nodes: Vec<NodeProto>, g: &GraphProto) -> Result<Vec<NodePro
                             stack.push((p, 0));
                         }
                         1 => {
-                            return Err(Error::runtime(format!(
+                            return Err(Error::internal(format!(
                                 "the graph would have a cycle through node `{}`",
                                 nodes[p].name()
                             )));

@@ -70,19 +70,19 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::Result;
 use crate::onnx::infer::Inference;
 use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_float, attr_int, attr_ints, dtype, is_op,
     make_tensor_value_info,
 };
-use crate::passes::{Pass, PassContext, Target};
-use crate::{Error, Result};
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
 
 /// Added scores at or below this count as masked out (`exp` of them underflows to 0 in f32).
 const MASKED: f64 = -1.0e4;
 
 /// The op the fused attention becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum FusedOp {
     /// ONNX Runtime's contrib `com.microsoft::MultiHeadAttention`.
     MultiHeadAttention,
@@ -91,17 +91,6 @@ pub enum FusedOp {
 }
 
 impl FusedOp {
-    /// Parses the profile value `MultiHeadAttention` or `Attention`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "MultiHeadAttention" => Ok(FusedOp::MultiHeadAttention),
-            "Attention" => Ok(FusedOp::Attention),
-            _ => Err(Error::bad_input(format!(
-                "unknown attention op `{name}`; set `op` to \"MultiHeadAttention\" or \"Attention\""
-            ))),
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             FusedOp::MultiHeadAttention => "MultiHeadAttention",
@@ -138,42 +127,27 @@ impl Attention {
     pub fn op(&self) -> FusedOp {
         self.op
     }
-
-    /// Same as the module-level [`from_options`].
-    pub fn from_options(options: &toml::Table, target: Target) -> Result<Self> {
-        from_options(options, target)
-    }
 }
 
-/// The pass from its profile options for `target`: `op = "MultiHeadAttention" | "Attention"` (absent: the
-/// target's default). Unknown keys are rejected (a typo should not silently do nothing).
-pub fn from_options(options: &toml::Table, target: Target) -> Result<Attention> {
-    let mut op = FusedOp::default_for(target);
-    for (key, value) in options {
-        match key.as_str() {
-            "op" => {
-                let name = value.as_str().ok_or_else(|| {
-                    Error::bad_input(format!(
-                        "the attention option `op` must be \"MultiHeadAttention\" or \"Attention\", not {value}"
-                    ))
-                })?;
-                op = FusedOp::from_name(name)?;
-            }
-            other => {
-                return Err(Error::bad_input(format!(
-                    "the attention pass takes only the option `op`, but the profile sets `{other}`: remove it"
-                )));
-            }
-        }
+/// Options of the attention pass (a profile's `[attention]`): `op = "MultiHeadAttention" | "Attention"`;
+/// absent, the target's default.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionOptions {
+    pub op: Option<FusedOp>,
+}
+
+impl PassSpec for Attention {
+    const NAME: &'static str = "attention";
+    const SUMMARY: &'static str =
+        "decomposed and native attention become MultiHeadAttention or ONNX Attention (`op`, per EP)";
+    type Options = AttentionOptions;
+    fn build(options: AttentionOptions, ctx: &BuildContext) -> Result<Self> {
+        Ok(Attention::new(options.op.unwrap_or(FusedOp::default_for(ctx.target))))
     }
-    Ok(Attention::new(op))
 }
 
 impl Pass for Attention {
-    fn name(&self) -> &str {
-        "attention"
-    }
-
     fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
         let opset = model.opset("").unwrap_or(0);
         let emit = match self.op {
@@ -1193,12 +1167,15 @@ mod tests {
 
     #[test]
     fn reads_the_op_from_the_profile_options() {
-        let table = |s: &str| s.parse::<toml::Table>().unwrap();
-        assert_eq!(from_options(&table(""), Target::Cpu).unwrap().op(), FusedOp::MultiHeadAttention);
-        assert_eq!(from_options(&table(""), Target::Cuda).unwrap().op(), FusedOp::MultiHeadAttention);
-        assert_eq!(from_options(&table(""), Target::TensorRt).unwrap().op(), FusedOp::Attention);
-        assert_eq!(from_options(&table(""), Target::OpenVino).unwrap().op(), FusedOp::Attention);
-        let op = |s: &str, t| from_options(&table(s), t).map(|a| a.op());
+        let from_options = |s: &str, t| {
+            let ctx = BuildContext::new(t, crate::settings::Precision::Fp32);
+            crate::passes::registry::build_from_str::<Attention>(s, &ctx)
+        };
+        assert_eq!(from_options("", Target::Cpu).unwrap().op(), FusedOp::MultiHeadAttention);
+        assert_eq!(from_options("", Target::Cuda).unwrap().op(), FusedOp::MultiHeadAttention);
+        assert_eq!(from_options("", Target::TensorRt).unwrap().op(), FusedOp::Attention);
+        assert_eq!(from_options("", Target::OpenVino).unwrap().op(), FusedOp::Attention);
+        let op = |s: &str, t| from_options(s, t).map(|a| a.op());
         assert_eq!(op("op = \"Attention\"", Target::Cpu).unwrap(), FusedOp::Attention);
         assert_eq!(op("op = \"MultiHeadAttention\"", Target::OpenVino).unwrap(), FusedOp::MultiHeadAttention);
         let err = op("op = \"FlashAttention\"", Target::Cpu).unwrap_err().to_string();
@@ -1206,7 +1183,6 @@ mod tests {
         assert!(op("op = 3", Target::Cpu).is_err());
         let err = op("opp = \"Attention\"", Target::Cpu).unwrap_err().to_string();
         assert!(err.contains("opp"), "{err}");
-        assert_eq!(Attention::for_target(Target::Cpu).name(), "attention");
     }
 
     fn model(nodes: Vec<NodeProto>, inputs: &[(&str, Vec<Option<i64>>)], opset: i64) -> OnnxModel {

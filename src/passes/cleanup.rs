@@ -39,18 +39,23 @@ use crate::onnx::infer::Inference;
 use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_int, attr_ints, constant_node_tensor, is_op,
 };
-use crate::passes::{Pass, PassContext};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 use crate::{Error, Result};
 
 /// The cleanup pass (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cleanup;
 
-impl Pass for Cleanup {
-    fn name(&self) -> &str {
-        "cleanup"
+impl PassSpec for Cleanup {
+    const NAME: &'static str = "cleanup";
+    const SUMMARY: &'static str = "constant folding, no-op and duplicate node removal, Reshape pairs merged";
+    type Options = NoOptions;
+    fn build(_: NoOptions, _: &BuildContext) -> Result<Self> {
+        Ok(Cleanup)
     }
+}
 
+impl Pass for Cleanup {
     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
         let index = GraphIndex::new(model);
         let facts = Inference::run(&index);
@@ -101,7 +106,7 @@ fn fold_constants(index: &GraphIndex, facts: &Inference, patch: &mut Patch) -> R
                 facts.value(out).and_then(|c| c.to_tensor(out))
             };
             let tensor = tensor.ok_or_else(|| {
-                Error::runtime(format!("cannot encode the folded value `{out}` of node `{}`", node.name()))
+                Error::internal(format!("cannot encode the folded value `{out}` of node `{}`", node.name()))
             })?;
             patch.add_initializer(tensor);
         }

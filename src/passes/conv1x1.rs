@@ -31,11 +31,11 @@ use std::collections::HashMap;
 
 use ndarray::{Array1, ArrayD};
 
+use crate::Result;
 use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_int, attr_ints, attr_string, dtype, is_op, tensor,
 };
-use crate::passes::{Pass, PassContext};
-use crate::{Error, Result};
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec};
 
 /// NCHW -> NHWC.
 const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
@@ -49,31 +49,25 @@ pub struct Conv1x1 {
     pub channels: Vec<usize>,
 }
 
-impl Conv1x1 {
-    /// The pass from its profile options: `channels`, a list of positive integers (absent or empty:
-    /// convert every pointwise conv).
-    pub fn from_options(options: &toml::Table) -> Result<Self> {
-        let mut pass = Conv1x1::default();
-        for (key, value) in options {
-            if key != "channels" {
-                return Err(Error::bad_input(format!(
-                    "the conv1x1 pass has no option `{key}`: the only option is `channels`, a list of channel counts"
-                )));
-            }
-            let bad = || {
-                Error::bad_input(format!(
-                    "conv1x1: `channels` must be a list of positive integers such as [128], not {value}"
-                ))
-            };
-            let list = value.as_array().ok_or_else(bad)?;
-            for v in list {
-                let n = v.as_integer().filter(|&n| n > 0).ok_or_else(bad)?;
-                pass.channels.push(usize::try_from(n).map_err(|_| bad())?);
-            }
-        }
-        Ok(pass)
-    }
+/// Options of the conv1x1 pass (a profile's `[conv1x1]`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv1x1Options {
+    /// Channel counts; absent or empty: convert every pointwise conv.
+    #[serde(default)]
+    pub channels: Vec<std::num::NonZeroUsize>,
+}
 
+impl PassSpec for Conv1x1 {
+    const NAME: &'static str = "conv1x1";
+    const SUMMARY: &'static str = "pointwise convolutions with a listed channel count become MatMuls (`channels`)";
+    type Options = Conv1x1Options;
+    fn build(options: Conv1x1Options, _: &BuildContext) -> Result<Self> {
+        Ok(Conv1x1 { channels: options.channels.into_iter().map(usize::from).collect() })
+    }
+}
+
+impl Conv1x1 {
     /// True when a conv with `c_in` input and `c_out` output channels is to be converted.
     fn selects(&self, c_in: usize, c_out: usize) -> bool {
         self.channels.is_empty() || self.channels.contains(&c_in) || self.channels.contains(&c_out)
@@ -81,10 +75,6 @@ impl Conv1x1 {
 }
 
 impl Pass for Conv1x1 {
-    fn name(&self) -> &str {
-        "conv1x1"
-    }
-
     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
         let index = GraphIndex::new(model);
         let mut rewrite = Rewrite { index: &index, patch: Patch::new(), nhwc: HashMap::new(), gather_perm: None };
@@ -331,9 +321,7 @@ mod tests {
     }
 
     fn channels(list: &[i64]) -> Conv1x1 {
-        let mut table = toml::Table::new();
-        table.insert("channels".into(), toml::Value::Array(list.iter().map(|&c| toml::Value::Integer(c)).collect()));
-        Conv1x1::from_options(&table).unwrap()
+        Conv1x1 { channels: list.iter().map(|&c| c as usize).collect() }
     }
 
     fn ops(m: &OnnxModel) -> Vec<&str> {
@@ -395,12 +383,13 @@ mod tests {
 
     #[test]
     fn options() {
-        assert_eq!(Conv1x1::from_options(&toml::Table::new()).unwrap().channels, Vec::<usize>::new());
-        assert_eq!(channels(&[128, 64]).channels, [128, 64]);
+        let ctx = BuildContext::new(crate::passes::Target::Cpu, crate::settings::Precision::Fp32);
+        let build = |text: &str| crate::passes::registry::build_from_str::<Conv1x1>(text, &ctx);
+        assert_eq!(build("").unwrap().channels, Vec::<usize>::new());
+        assert_eq!(build("channels = [128, 64]").unwrap().channels, [128, 64]);
         for bad in ["channels = 128", "channels = [0]", "channels = [-128]", "channels = [\"128\"]", "width = [1]"] {
-            let table: toml::Table = toml::from_str(bad).unwrap();
-            let err = Conv1x1::from_options(&table).unwrap_err().to_string();
-            assert!(err.contains("conv1x1"), "{bad}: {err}");
+            let err = build(bad).unwrap_err().to_string();
+            assert!(err.starts_with("[conv1x1] key `"), "{bad}: {err}");
         }
     }
 

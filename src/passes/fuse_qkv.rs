@@ -48,31 +48,24 @@ use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{Array1, ArrayD, Axis};
 
+use crate::Result;
 use crate::onnx::{GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, dtype, is_op, tensor};
-use crate::passes::{Pass, PassContext};
-use crate::{Error, Result};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// The fuse-qkv pass (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FuseQkv;
 
-impl FuseQkv {
-    /// The pass from its profile options: it takes none, and names any key it is given.
-    pub fn from_options(options: &toml::Table) -> Result<Self> {
-        if let Some(key) = options.keys().next() {
-            return Err(Error::bad_input(format!(
-                "the fuse-qkv pass takes no options, but the profile sets `{key}`: remove it from [fuse-qkv]"
-            )));
-        }
+impl PassSpec for FuseQkv {
+    const NAME: &'static str = "fuse-qkv";
+    const SUMMARY: &'static str = "q/k/v (and cross-attention k/v) projections reading one input become one MatMul";
+    type Options = NoOptions;
+    fn build(_: NoOptions, _: &BuildContext) -> Result<Self> {
         Ok(FuseQkv)
     }
 }
 
 impl Pass for FuseQkv {
-    fn name(&self) -> &str {
-        "fuse-qkv"
-    }
-
     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
         let opset = model.opset("").unwrap_or(0);
         if opset < 11 {
@@ -545,9 +538,9 @@ pub(crate) mod tests {
 
     #[test]
     fn options() {
-        assert!(FuseQkv::from_options(&toml::Table::new()).is_ok());
-        let table: toml::Table = toml::from_str("groups = 3").unwrap();
-        let err = FuseQkv::from_options(&table).unwrap_err().to_string();
+        let ctx = crate::passes::BuildContext::new(crate::passes::Target::Cpu, crate::settings::Precision::Fp32);
+        assert!(crate::passes::registry::build_from_str::<FuseQkv>("", &ctx).is_ok());
+        let err = crate::passes::registry::build_from_str::<FuseQkv>("groups = 3", &ctx).err().unwrap().to_string();
         assert!(err.contains("`groups`"), "{err}");
     }
 

@@ -44,12 +44,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::convert::card::SEED_INT8_EXCLUDE;
-use crate::convert::profile::shape_pairs;
+use crate::Result;
 use crate::onnx::tensor::tensor_from_raw;
 use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, is_op};
-use crate::passes::{Pass, PassContext, Target};
-use crate::{Error, Result};
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
 
 /// The label a QDQ DequantizeLinear carries in its doc_string.
 pub const QDQ_LABEL: &str = "dfast int8-dynamic, format qdq: weight-only int8 (per-channel symmetric weights); \
@@ -59,8 +57,33 @@ pub const QDQ_LABEL: &str = "dfast int8-dynamic, format qdq: weight-only int8 (p
 /// Largest int8 value of a symmetric quantization (the range is -127..=127, as ONNX Runtime's).
 const QMAX: f32 = 127.0;
 
+/// The seed's single exclude list, `(in_features, out_features)` pairs found by timing each linear shape on
+/// SDXL: the default wherever neither the profile nor the model card gives one.
+pub const SEED_INT8_EXCLUDE: [(usize, usize); 19] = [
+    (1280, 640),
+    (1920, 1280),
+    (1920, 640),
+    (2048, 1280),
+    (2048, 2560),
+    (2560, 1280),
+    (256, 128),
+    (2816, 1280),
+    (320, 640),
+    (512, 1536),
+    (512, 256),
+    (512, 512),
+    (640, 1280),
+    (640, 1920),
+    (640, 320),
+    (640, 5120),
+    (640, 640),
+    (960, 320),
+    (960, 640),
+];
+
 /// What the pass emits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Int8Format {
     /// `DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul` (ONNX Runtime CPU / CUDA).
     Dynamic,
@@ -69,18 +92,6 @@ pub enum Int8Format {
 }
 
 impl Int8Format {
-    /// Parses `dynamic` or `qdq`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "dynamic" => Ok(Int8Format::Dynamic),
-            "qdq" => Ok(Int8Format::Qdq),
-            other => Err(Error::bad_input(format!(
-                "int8-dynamic: unknown format `{other}`; expected \"dynamic\" (ONNX Runtime's dynamic pattern) or \
-                 \"qdq\" (weight-only QuantizeLinear/DequantizeLinear pairs)"
-            ))),
-        }
-    }
-
     /// The format an execution provider runs best: the dynamic pattern on ONNX Runtime's own EPs, QDQ on
     /// the EPs that only take QDQ models.
     pub fn default_for(target: Target) -> Self {
@@ -109,9 +120,6 @@ pub struct Int8Dynamic {
 }
 
 impl Int8Dynamic {
-    /// The option names `from_options` accepts.
-    pub const OPTIONS: [&'static str; 3] = ["min_in_features", "exclude", "format"];
-
     /// The seed's settings (in > 16, the seed's exclude list) in the format `target` runs best.
     pub fn seed(target: Target) -> Self {
         Int8Dynamic {
@@ -121,42 +129,34 @@ impl Int8Dynamic {
         }
     }
 
-    /// Reads the pass options of a profile: `min_in_features` (default 16), `exclude` (a list of
-    /// `[in, out]` pairs; the seed's list when absent), `format` (`dynamic` / `qdq`; by default the one
-    /// `target` runs best).
-    pub fn from_options(options: &toml::Table, target: Target) -> Result<Self> {
-        let mut pass = Int8Dynamic::seed(target);
-        for (key, value) in options {
-            match key.as_str() {
-                "min_in_features" => {
-                    pass.min_in_features =
-                        value.as_integer().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
-                            Error::bad_input(format!(
-                                "int8-dynamic: `min_in_features` must be a non-negative integer, not {value}"
-                            ))
-                        })?;
-                }
-                "exclude" => pass.exclude = shape_pairs(value, "int8-dynamic: `exclude`")?,
-                "format" => {
-                    let name = value.as_str().ok_or_else(|| {
-                        Error::bad_input(format!("int8-dynamic: `format` must be a string, not {value}"))
-                    })?;
-                    pass.format = Int8Format::from_name(name)?;
-                }
-                other => {
-                    return Err(Error::bad_input(format!(
-                        "int8-dynamic: unknown option `{other}`; the options are {}",
-                        Self::OPTIONS.join(", ")
-                    )));
-                }
-            }
-        }
-        Ok(pass)
-    }
-
     /// True when a MatMul with a weight of this shape is quantized.
     pub fn eligible(&self, in_features: usize, out_features: usize) -> bool {
         in_features > self.min_in_features && out_features > 0 && !self.exclude.contains(&(in_features, out_features))
+    }
+}
+
+/// Options of the int8-dynamic pass (a profile's `[int8-dynamic]`): `min_in_features` (default 16),
+/// `exclude` (`[in, out]` pairs; absent: the model card's list, else the seed's), `format` (`dynamic` /
+/// `qdq`; absent: the one the target runs best).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8DynamicOptions {
+    pub min_in_features: Option<usize>,
+    pub exclude: Option<Vec<(usize, usize)>>,
+    pub format: Option<Int8Format>,
+}
+
+impl PassSpec for Int8Dynamic {
+    const NAME: &'static str = "int8-dynamic";
+    const SUMMARY: &'static str =
+        "dynamic int8 MatMuls with a shape exclude list (`min_in_features`, `exclude`, `format` dynamic|qdq)";
+    type Options = Int8DynamicOptions;
+    fn build(options: Int8DynamicOptions, ctx: &BuildContext) -> Result<Self> {
+        Ok(Int8Dynamic {
+            min_in_features: options.min_in_features.unwrap_or(16),
+            exclude: options.exclude.unwrap_or_else(|| ctx.int8_exclude.clone()),
+            format: options.format.unwrap_or(Int8Format::default_for(ctx.target)),
+        })
     }
 }
 
@@ -179,8 +179,12 @@ struct QuantizedActivation {
 }
 
 impl Pass for Int8Dynamic {
-    fn name(&self) -> &str {
-        "int8-dynamic"
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "min_in_features": self.min_in_features,
+            "exclude": self.exclude,
+            "format": self.format,
+        })
     }
 
     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
@@ -493,7 +497,7 @@ pub(crate) mod tests {
         let original = synthetic();
         let want = run(&original, dir.path(), "original", &synthetic_feeds());
         let mut model = original.clone();
-        let pass = Int8Dynamic::from_options(&toml::Table::new(), Target::OpenVino).unwrap();
+        let pass = from_options("", Target::OpenVino).unwrap();
         assert_eq!(pass.format, Int8Format::Qdq);
         assert_eq!(rewrite(pass.clone(), &mut model).rewrites, 2);
         assert_eq!((count(&model, "DequantizeLinear"), count(&model, "MatMul")), (1, 5));
@@ -544,31 +548,30 @@ pub(crate) mod tests {
         assert!(quantize_per_column(&bytes, 2, 2).is_none(), "byte count must match the shape");
     }
 
+    fn from_options(text: &str, target: Target) -> Result<Int8Dynamic> {
+        let ctx = BuildContext::new(target, crate::settings::Precision::Fp32);
+        crate::passes::registry::build_from_str::<Int8Dynamic>(text, &ctx)
+    }
+
     #[test]
     fn options_are_checked() {
-        let table = |s: &str| s.parse::<toml::Table>().unwrap();
-        let p = Int8Dynamic::from_options(
-            &table("min_in_features = 32\nexclude = [[320, 640]]\nformat = \"qdq\""),
-            Target::Cpu,
-        )
-        .unwrap();
+        let p = from_options("min_in_features = 32\nexclude = [[320, 640]]\nformat = \"qdq\"", Target::Cpu).unwrap();
         assert_eq!((p.min_in_features, p.exclude.as_slice(), p.format), (32, &[(320, 640)][..], Int8Format::Qdq));
-        let p = Int8Dynamic::from_options(&toml::Table::new(), Target::Cuda).unwrap();
+        let p = from_options("", Target::Cuda).unwrap();
         assert_eq!((p.exclude.len(), p.format, p.min_in_features), (19, Int8Format::Dynamic, 16));
-        assert_eq!(Int8Dynamic::from_options(&toml::Table::new(), Target::TensorRt).unwrap().format, Int8Format::Qdq);
-        let p = Int8Dynamic::from_options(&table("exclude = []"), Target::Cpu).unwrap();
-        assert!(p.exclude.is_empty());
+        assert_eq!(from_options("", Target::TensorRt).unwrap().format, Int8Format::Qdq);
+        assert!(from_options("exclude = []", Target::Cpu).unwrap().exclude.is_empty());
         for (text, expected) in [
-            ("exclude = [[1280, 640], [3]]", "entry 2 is not"),
-            ("exclude = 5", "pairs of positive integers"),
-            ("format = \"int4\"", "unknown format `int4`"),
-            ("format = 8", "`format` must be a string"),
-            ("min_in_features = -1", "non-negative integer"),
-            ("min_features = 16", "unknown option `min_features`"),
+            ("exclude = [[1280, 640], [3]]", "key `exclude[1]`"),
+            ("exclude = 5", "key `exclude`: invalid type"),
+            ("format = \"int4\"", "unknown variant `int4`"),
+            ("format = 8", "key `format`: invalid type"),
+            ("min_in_features = -1", "key `min_in_features`"),
+            ("min_features = 16", "key `min_features`: unknown field"),
         ] {
-            let err = Int8Dynamic::from_options(&table(text), Target::Cpu).unwrap_err().to_string();
+            let err = from_options(text, Target::Cpu).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
-            assert!(err.starts_with("int8-dynamic"), "{err}");
+            assert!(err.starts_with("[int8-dynamic]"), "{err}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! Calibrated static int8 in QDQ form for Conv and MatMul with constant weights: what OpenVINO (and
 //! TensorRT) run as int8 kernels, convolutions included. Activation scales come from calibration: the graph
-//! as it stands when this pass runs is executed on recorded UNet inputs with a ReduceMin/ReduceMax on each
-//! activation to quantize (`dfast convert --calibrate N`, see convert::calibrate).
+//! as it stands when this pass runs is executed on recorded UNet inputs with each activation to quantize as
+//! an output (`dfast convert --calibrate N`: a step of convert's plan, which hands the ranges to the pass
+//! with [`Int8Static::with_ranges`]; the pass itself runs nothing).
 //!
 //! ```text
 //! Which nodes: Conv with a constant float32 weight [out, in/groups, kh, kw], MatMul with a constant float32
@@ -25,14 +26,12 @@
 //! once. Nodes whose inputs already come from a DequantizeLinear are left alone, so the pass reaches its
 //! fixed point after one round.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use super::int8_dynamic::quantize_per_column;
-use super::{Pass, PassContext};
-use crate::convert::profile::shape_pairs;
+use super::{BuildContext, Pass, PassContext, PassSpec};
 use crate::onnx::tensor::tensor_from_raw;
 use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, is_op};
 use crate::{Error, Result};
@@ -40,11 +39,9 @@ use crate::{Error, Result};
 /// Activation ranges (min, max) by tensor name.
 pub type Ranges = HashMap<String, (f32, f32)>;
 
-/// Computes the ranges of the given activation tensors of a model (calibration).
-pub type Calibrator = Box<dyn Fn(&OnnxModel, &[String]) -> Result<Ranges>>;
-
 /// How activations are quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ActivationType {
     /// Asymmetric uint8.
     U8,
@@ -52,25 +49,57 @@ pub enum ActivationType {
     S8,
 }
 
+/// The ops the pass quantizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum QuantOp {
+    Conv,
+    MatMul,
+}
+
+impl QuantOp {
+    fn op_type(self) -> &'static str {
+        match self {
+            QuantOp::Conv => "Conv",
+            QuantOp::MatMul => "MatMul",
+        }
+    }
+}
+
+/// Options of the int8-static pass (a profile's `[int8-static]`): `min_in_features` (default 16), `exclude`
+/// (`[in, out]` pairs, default none), `ops` (`["Conv", "MatMul"]`), `activation` (`u8` default, `s8`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8StaticOptions {
+    pub min_in_features: Option<usize>,
+    pub exclude: Option<Vec<(usize, usize)>>,
+    pub ops: Option<Vec<QuantOp>>,
+    pub activation: Option<ActivationType>,
+}
+
 /// The int8-static pass (see the module docs).
+#[derive(Debug, Clone)]
 pub struct Int8Static {
     pub min_in_features: usize,
     pub exclude: Vec<(usize, usize)>,
-    pub ops: Vec<String>,
+    pub ops: Vec<QuantOp>,
     pub activation: ActivationType,
-    calibrator: Option<Calibrator>,
-    /// Ranges, from the calibrator on the first round (or given).
-    ranges: RefCell<Option<Ranges>>,
+    /// Calibrated ranges of the activations ([`Int8Static::targets`]); the pass refuses to run without.
+    ranges: Option<Ranges>,
 }
 
-impl std::fmt::Debug for Int8Static {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Int8Static")
-            .field("min_in_features", &self.min_in_features)
-            .field("exclude", &self.exclude)
-            .field("ops", &self.ops)
-            .field("activation", &self.activation)
-            .finish()
+impl PassSpec for Int8Static {
+    const NAME: &'static str = "int8-static";
+    const SUMMARY: &'static str =
+        "calibrated static int8 (QDQ) of convs and linears (`--calibrate`; `ops`, `activation`, `exclude`)";
+    type Options = Int8StaticOptions;
+    fn build(options: Int8StaticOptions, _: &BuildContext) -> Result<Self> {
+        Ok(Int8Static {
+            min_in_features: options.min_in_features.unwrap_or(16),
+            exclude: options.exclude.unwrap_or_default(),
+            ops: options.ops.unwrap_or(vec![QuantOp::Conv, QuantOp::MatMul]),
+            activation: options.activation.unwrap_or(ActivationType::U8),
+            ranges: None,
+        })
     }
 }
 
@@ -82,66 +111,9 @@ struct Candidate {
 }
 
 impl Int8Static {
-    pub const OPTIONS: [&'static str; 4] = ["min_in_features", "exclude", "ops", "activation"];
-
-    /// Reads the pass options of a profile. Without a calibrator (set later by the converter) or ranges
-    /// the pass cannot run.
-    pub fn from_options(options: &toml::Table) -> Result<Self> {
-        let mut pass = Int8Static {
-            min_in_features: 16,
-            exclude: Vec::new(),
-            ops: vec!["Conv".into(), "MatMul".into()],
-            activation: ActivationType::U8,
-            calibrator: None,
-            ranges: RefCell::new(None),
-        };
-        for (key, value) in options {
-            let bad = |what: &str| Error::bad_input(format!("int8-static: `{key}` must be {what}, not {value}"));
-            match key.as_str() {
-                "min_in_features" => {
-                    pass.min_in_features = value
-                        .as_integer()
-                        .and_then(|v| usize::try_from(v).ok())
-                        .ok_or_else(|| bad("a non-negative integer"))?
-                }
-                "exclude" => pass.exclude = shape_pairs(value, "int8-static: `exclude`")?,
-                "ops" => {
-                    let ops = value.as_array().ok_or_else(|| bad("a list of \"Conv\" and \"MatMul\""))?;
-                    pass.ops = ops
-                        .iter()
-                        .map(|o| match o.as_str() {
-                            Some(s @ ("Conv" | "MatMul")) => Ok(s.to_string()),
-                            _ => Err(bad("a list of \"Conv\" and \"MatMul\"")),
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "activation" => {
-                    pass.activation = match value.as_str() {
-                        Some("u8") => ActivationType::U8,
-                        Some("s8") => ActivationType::S8,
-                        _ => return Err(bad("\"u8\" or \"s8\"")),
-                    }
-                }
-                other => {
-                    return Err(Error::bad_input(format!(
-                        "int8-static: unknown option `{other}`; the options are {}",
-                        Self::OPTIONS.join(", ")
-                    )));
-                }
-            }
-        }
-        Ok(pass)
-    }
-
-    /// Calibrates with `calibrator` when the pass first runs.
-    pub fn with_calibrator(mut self, calibrator: Calibrator) -> Self {
-        self.calibrator = Some(calibrator);
-        self
-    }
-
-    /// Uses these ranges instead of calibrating.
-    pub fn with_ranges(self, ranges: Ranges) -> Self {
-        *self.ranges.borrow_mut() = Some(ranges);
+    /// The pass with the calibrated ranges of its activations.
+    pub fn with_ranges(mut self, ranges: Ranges) -> Self {
+        self.ranges = Some(ranges);
         self
     }
 
@@ -157,7 +129,7 @@ impl Int8Static {
         let mut out = Vec::new();
         for (i, node) in index.nodes().iter().enumerate() {
             let op = node.op_type();
-            if !self.ops.iter().any(|o| o == op) || node.input.len() < 2 || node.output.len() != 1 {
+            if !self.ops.iter().any(|o| o.op_type() == op) || node.input.len() < 2 || node.output.len() != 1 {
                 continue;
             }
             let (x, w) = (&node.input[0], &node.input[1]);
@@ -214,8 +186,13 @@ impl Int8Static {
 }
 
 impl Pass for Int8Static {
-    fn name(&self) -> &str {
-        "int8-static"
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "min_in_features": self.min_in_features,
+            "exclude": self.exclude,
+            "ops": self.ops,
+            "activation": self.activation,
+        })
     }
 
     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
@@ -224,15 +201,9 @@ impl Pass for Int8Static {
         if candidates.is_empty() {
             return Ok(None);
         }
-        if self.ranges.borrow().is_none() {
-            let calibrator = self.calibrator.as_ref().ok_or_else(|| {
-                Error::bad_input("int8-static needs calibration: run `dfast convert` with `--calibrate N`")
-            })?;
-            let ranges = calibrator(model, &self.targets(model))?;
-            *self.ranges.borrow_mut() = Some(ranges);
-        }
-        let ranges = self.ranges.borrow();
-        let ranges = ranges.as_ref().expect("set above");
+        let ranges = self.ranges.as_ref().ok_or_else(|| {
+            Error::bad_input("int8-static needs calibrated ranges: run `dfast convert` with `--calibrate N`")
+        })?;
 
         let mut patch = Patch::new();
         let mut activations: HashMap<String, String> = HashMap::new();
@@ -361,17 +332,17 @@ mod tests {
     use ndarray::ArrayD;
 
     use super::*;
-    use crate::convert::calibrate;
     use crate::passes::int8_dynamic::tests::{count, run, tiny_unet, unet_feeds};
     use crate::passes::test_util::relative_l2;
     use crate::passes::{PassManager, Target};
+    use crate::runtime::calibration;
     use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
 
     fn calibrated(model: &OnnxModel, feeds: &[(String, ArrayD<f32>)]) -> Int8Static {
-        let pass = Int8Static::from_options(&toml::Table::new()).unwrap();
+        let pass = from_options("").unwrap();
         let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
         let samples = vec![feeds.iter().map(|(n, a)| (n.clone(), HostTensor::F32(a.clone()))).collect()];
-        let ranges = calibrate::ranges(&runtime, model, &pass.targets(model), &samples, 100.0).unwrap();
+        let ranges = calibration::activation_ranges(&runtime, model, &pass.targets(model), &samples, 100.0).unwrap();
         pass.with_ranges(ranges)
     }
 
@@ -414,26 +385,31 @@ mod tests {
         }
     }
 
+    fn from_options(text: &str) -> Result<Int8Static> {
+        let ctx = BuildContext::new(Target::OpenVino, crate::settings::Precision::Fp32);
+        crate::passes::registry::build_from_str::<Int8Static>(text, &ctx)
+    }
+
     #[test]
     fn without_calibration_or_with_bad_options_it_says_so() {
         let model = OnnxModel::load(tiny_unet("tiny-sd")).unwrap();
-        let pass = Int8Static::from_options(&toml::Table::new()).unwrap();
+        let pass = from_options("").unwrap();
         let err = pass.run(&model, &PassContext::new(Target::OpenVino)).unwrap_err().to_string();
         assert!(err.contains("--calibrate"), "{err}");
         for (text, expected) in [
-            ("activation = \"u4\"", "\"u8\" or \"s8\""),
-            ("ops = [\"Gemm\"]", "\"Conv\" and \"MatMul\""),
-            ("min_in_features = -1", "non-negative integer"),
-            ("percentile = 99", "unknown option `percentile`"),
+            ("activation = \"u4\"", "unknown variant `u4`, expected `u8` or `s8`"),
+            ("ops = [\"Gemm\"]", "unknown variant `Gemm`, expected `Conv` or `MatMul`"),
+            ("min_in_features = -1", "key `min_in_features`"),
+            ("percentile = 99", "key `percentile`: unknown field"),
         ] {
-            let err = Int8Static::from_options(&text.parse().unwrap()).unwrap_err().to_string();
+            let err = from_options(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
         }
     }
 
     #[test]
     fn symmetric_and_asymmetric_activation_scales() {
-        let mut pass = Int8Static::from_options(&toml::Table::new()).unwrap();
+        let mut pass = from_options("").unwrap();
         let (s, z, t) = pass.activation_params((-1.0, 3.0));
         assert!((s - 4.0 / 255.0).abs() < 1e-7 && z == 64 && t == dtype::UINT8, "{s} {z}");
         // A range that excludes zero is widened to include it.

@@ -12,6 +12,8 @@
 //! - be idempotent: on a graph it already rewrote, return `None` (the manager errors after
 //!   [`PassManager::DEFAULT_MAX_ROUNDS`] rounds, which catches a pass that keeps undoing itself);
 //! - choose rewrites per [`Target`] where the emitted op is not available everywhere;
+//! - take its options as a serde struct with `deny_unknown_fields` ([`PassSpec::Options`]) and be listed
+//!   once in [`registry::PASSES`]: profiles, `convert --help` and the README's table read that list;
 //! - have a test that compares outputs with the unrewritten graph.
 
 pub mod attention;
@@ -21,6 +23,7 @@ pub mod fuse_qkv;
 pub mod int8_dynamic;
 pub mod int8_static;
 pub mod precision;
+pub mod registry;
 #[cfg(test)]
 pub(crate) mod test_util;
 
@@ -30,7 +33,7 @@ pub use conv1x1::Conv1x1;
 pub use fuse_qkv::FuseQkv;
 pub use int8_dynamic::{Int8Dynamic, Int8Format};
 pub use int8_static::Int8Static;
-pub use precision::{HalfType, OpPolicy, Precision};
+pub use precision::{OpPolicy, PrecisionPass};
 
 use serde::Serialize;
 
@@ -53,18 +56,52 @@ impl PassContext {
     }
 }
 
+/// What a pass is built from besides its own options: the conversion's target and precision, and the
+/// model card's int8 exclude list (the seed's when there is no card).
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub target: Target,
+    pub precision: crate::settings::Precision,
+    pub int8_exclude: Vec<(usize, usize)>,
+}
+
+impl BuildContext {
+    pub fn new(target: Target, precision: crate::settings::Precision) -> Self {
+        BuildContext { target, precision, int8_exclude: int8_dynamic::SEED_INT8_EXCLUDE.to_vec() }
+    }
+}
+
 /// A graph rewrite.
 pub trait Pass {
-    /// Short, stable name (`cleanup`, `attention-fusion`, ...): it appears in the conversion manifest.
-    fn name(&self) -> &str;
-
     /// Looks at `model` and returns what to change, or `None` (or an empty patch) when nothing applies.
     /// Must not assume anything about earlier rounds: it is called again on the patched model.
     fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>>;
+
+    /// The settings it runs with after defaults were applied (recorded in the manifest); `Null` if none.
+    fn settings(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
+/// How a pass is named, described and built from a profile's options: one `impl` per pass, listed once in
+/// [`registry::PASSES`].
+pub trait PassSpec: Pass + Sized + 'static {
+    /// Short, stable name (`cleanup`, `attention`, ...): profiles use it, and the manifest records it.
+    const NAME: &'static str;
+    /// One line for `convert --help` and the README.
+    const SUMMARY: &'static str;
+    /// The pass's options as a profile's `[<name>]` table holds them (`deny_unknown_fields`).
+    type Options: serde::de::DeserializeOwned;
+    fn build(options: Self::Options, ctx: &BuildContext) -> Result<Self>;
+}
+
+/// Options of a pass that takes none: any key is refused.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
 /// What one pass did, for the conversion manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PassRecord {
     pub pass: String,
     pub nodes_before: usize,
@@ -75,6 +112,9 @@ pub struct PassRecord {
     pub rewrites: usize,
     /// Patches applied before the pass reached its fixed point.
     pub rounds: usize,
+    /// The settings the pass ran with ([`Pass::settings`]), when it has any.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub settings: serde_json::Value,
 }
 
 impl PassRecord {
@@ -86,7 +126,7 @@ impl PassRecord {
 
 /// Runs passes in order, each to its fixed point.
 pub struct PassManager {
-    passes: Vec<Box<dyn Pass>>,
+    passes: Vec<(&'static str, Box<dyn Pass>)>,
     max_rounds: usize,
 }
 
@@ -105,14 +145,19 @@ impl PassManager {
     }
 
     /// Appends a pass.
-    pub fn with(mut self, pass: impl Pass + 'static) -> Self {
-        self.passes.push(Box::new(pass));
+    pub fn with<P: PassSpec>(mut self, pass: P) -> Self {
+        self.passes.push((P::NAME, Box::new(pass)));
         self
     }
 
-    /// Appends a boxed pass.
-    pub fn push(&mut self, pass: Box<dyn Pass>) {
-        self.passes.push(pass);
+    /// Appends a boxed pass under its registry name.
+    pub fn push(&mut self, name: &'static str, pass: Box<dyn Pass>) {
+        self.passes.push((name, pass));
+    }
+
+    /// True when no pass was added.
+    pub fn is_empty(&self) -> bool {
+        self.passes.is_empty()
     }
 
     /// Sets the round limit per pass.
@@ -123,14 +168,14 @@ impl PassManager {
 
     /// Names of the passes, in order.
     pub fn names(&self) -> Vec<&str> {
-        self.passes.iter().map(|p| p.name()).collect()
+        self.passes.iter().map(|(name, _)| *name).collect()
     }
 
     /// Runs every pass to its fixed point, in order; returns one record per pass.
     pub fn run(&self, model: &mut OnnxModel, ctx: &PassContext) -> Result<Vec<PassRecord>> {
         let mut records = Vec::with_capacity(self.passes.len());
-        for pass in &self.passes {
-            let name = pass.name();
+        for (name, pass) in &self.passes {
+            let name = *name;
             let mut record = PassRecord {
                 pass: name.to_string(),
                 nodes_before: model.node_count(),
@@ -139,6 +184,7 @@ impl PassManager {
                 initializers_after: 0,
                 rewrites: 0,
                 rounds: 0,
+                settings: pass.settings(),
             };
             loop {
                 let patch = match pass.run(model, ctx).map_err(|e| in_pass(name, e))? {
@@ -146,7 +192,7 @@ impl PassManager {
                     _ => break,
                 };
                 if record.rounds == self.max_rounds {
-                    return Err(Error::runtime(format!(
+                    return Err(Error::internal(format!(
                         "pass `{name}` still changes the graph after {} rounds: it does not reach a fixed point \
                          (a bug in the pass)",
                         self.max_rounds
@@ -167,9 +213,8 @@ impl PassManager {
 /// Prefixes an error with the pass it came from.
 fn in_pass(name: &str, e: Error) -> Error {
     match e {
-        Error::Runtime(m) => Error::runtime(format!("pass `{name}`: {m}")),
-        Error::BadInput(m) => Error::bad_input(format!("pass `{name}`: {m}")),
-        other => other,
+        Error::BadFile { .. } => e,
+        other => other.in_context(format!("pass `{name}`")),
     }
 }
 

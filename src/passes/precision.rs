@@ -71,41 +71,9 @@ use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, TensorProto, ValueInfoProto, attr, attr_int, dtype,
     make_attr_int, make_attr_tensor, outer_references,
 };
-use crate::passes::{Pass, PassContext, Target};
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
+use crate::settings::Precision;
 use crate::{Error, Result};
-
-/// The half-precision type a model is converted to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HalfType {
-    Fp16,
-    Bf16,
-}
-
-impl HalfType {
-    /// Parses `fp16` / `float16` or `bf16` / `bfloat16`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "fp16" | "float16" | "half" => Ok(HalfType::Fp16),
-            "bf16" | "bfloat16" => Ok(HalfType::Bf16),
-            _ => Err(Error::bad_input(format!("precision: unknown precision `{name}`; expected \"fp16\" or \"bf16\""))),
-        }
-    }
-
-    /// The ONNX element type.
-    pub fn dtype(self) -> i32 {
-        match self {
-            HalfType::Fp16 => dtype::FLOAT16,
-            HalfType::Bf16 => dtype::BFLOAT16,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            HalfType::Fp16 => "fp16",
-            HalfType::Bf16 => "bf16",
-        }
-    }
-}
 
 /// Which ops stay fp32 (besides the ones that must, see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +94,15 @@ impl OpPolicy {
     }
 
     /// The default policy for `target` and `precision` (see the module docs).
-    pub fn default_for(target: Target, precision: HalfType) -> Self {
+    pub fn default_for(target: Target, precision: Precision) -> Self {
         let set = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect();
         match (target, precision) {
-            (Target::Cpu, HalfType::Fp16) => OpPolicy::AllowOnly(set(CPU_FP16_KERNELS)),
-            (Target::Cpu, HalfType::Bf16) => OpPolicy::AllowOnly(set(CPU_BF16_KERNELS)),
-            (Target::Cuda | Target::TensorRt, HalfType::Bf16) => OpPolicy::Block(set(CUDA_BF16_MISSING)),
-            (Target::Cuda | Target::TensorRt | Target::OpenVino, _) => OpPolicy::Block(BTreeSet::new()),
+            (Target::Cpu, Precision::Fp16) => OpPolicy::AllowOnly(set(CPU_FP16_KERNELS)),
+            (Target::Cpu, Precision::Bf16) => OpPolicy::AllowOnly(set(CPU_BF16_KERNELS)),
+            (Target::Cuda | Target::TensorRt, Precision::Bf16) => OpPolicy::Block(set(CUDA_BF16_MISSING)),
+            (_, Precision::Fp32) | (Target::Cuda | Target::TensorRt | Target::OpenVino, _) => {
+                OpPolicy::Block(BTreeSet::new())
+            }
         }
     }
 }
@@ -397,10 +367,24 @@ const FOLLOWERS: &[&str] = &[
     "Unsqueeze",
 ];
 
+/// Options of the precision pass (a profile's `[precision]`); the precision itself is the conversion's
+/// (`--precision`). `keep_io_types` (default true), `op_block_list` (op types; replaces the target's
+/// default), `node_block_list` (node names), `sinusoid_fp32` (default true).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionOptions {
+    pub keep_io_types: Option<bool>,
+    pub op_block_list: Option<BTreeSet<String>>,
+    #[serde(default)]
+    pub node_block_list: BTreeSet<String>,
+    pub sinusoid_fp32: Option<bool>,
+}
+
 /// The precision pass (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Precision {
-    pub precision: HalfType,
+pub struct PrecisionPass {
+    /// fp16 or bf16 (`build` refuses fp32: there is nothing to convert to).
+    pub precision: Precision,
     /// Graph inputs and outputs stay float32 (Casts after the inputs and before the outputs).
     pub keep_io_types: bool,
     pub ops: OpPolicy,
@@ -410,56 +394,36 @@ pub struct Precision {
     pub sinusoid_fp32: bool,
 }
 
-impl Precision {
-    /// The option names `from_options` accepts.
-    pub const OPTIONS: [&'static str; 5] =
-        ["precision", "keep_io_types", "op_block_list", "node_block_list", "sinusoid_fp32"];
+impl PassSpec for PrecisionPass {
+    const NAME: &'static str = "precision";
+    const SUMMARY: &'static str =
+        "fp32 -> fp16/bf16 with fp32 islands per EP kernel table (`keep_io_types`, `op_block_list`, ...)";
+    type Options = PrecisionOptions;
+    fn build(options: PrecisionOptions, ctx: &BuildContext) -> Result<Self> {
+        if ctx.precision == Precision::Fp32 {
+            return Err(Error::bad_input("the precision pass converts to fp16 or bf16; fp32 has nothing to convert"));
+        }
+        let defaults = PrecisionPass::new(ctx.precision, ctx.target);
+        Ok(PrecisionPass {
+            keep_io_types: options.keep_io_types.unwrap_or(defaults.keep_io_types),
+            ops: options.op_block_list.map_or(defaults.ops, OpPolicy::Block),
+            node_block_list: options.node_block_list,
+            sinusoid_fp32: options.sinusoid_fp32.unwrap_or(defaults.sinusoid_fp32),
+            ..defaults
+        })
+    }
+}
 
-    /// `precision` with the defaults for `target`.
-    pub fn new(precision: HalfType, target: Target) -> Self {
-        Precision {
+impl PrecisionPass {
+    /// `precision` (fp16 or bf16) with the defaults for `target`.
+    pub fn new(precision: Precision, target: Target) -> Self {
+        PrecisionPass {
             precision,
             keep_io_types: true,
             ops: OpPolicy::default_for(target, precision),
             node_block_list: BTreeSet::new(),
             sinusoid_fp32: true,
         }
-    }
-
-    /// Reads the pass options of a profile: `precision` ("fp16", default, or "bf16"), `keep_io_types`
-    /// (default true), `op_block_list` (op types; replaces the target's default), `node_block_list` (node
-    /// names), `sinusoid_fp32` (default true).
-    pub fn from_options(options: &toml::Table, target: Target) -> Result<Self> {
-        let precision = match options.get("precision") {
-            None => HalfType::Fp16,
-            Some(v) => HalfType::from_name(v.as_str().ok_or_else(|| {
-                Error::bad_input(format!("precision: `precision` must be \"fp16\" or \"bf16\", not {v}"))
-            })?)?,
-        };
-        let mut pass = Precision::new(precision, target);
-        let strings = |key: &str, v: &toml::Value| -> Result<BTreeSet<String>> {
-            let bad = || Error::bad_input(format!("precision: `{key}` must be a list of strings, not {v}"));
-            v.as_array().ok_or_else(bad)?.iter().map(|e| e.as_str().map(str::to_string).ok_or_else(bad)).collect()
-        };
-        let boolean = |key: &str, v: &toml::Value| -> Result<bool> {
-            v.as_bool().ok_or_else(|| Error::bad_input(format!("precision: `{key}` must be true or false, not {v}")))
-        };
-        for (key, value) in options {
-            match key.as_str() {
-                "precision" => {}
-                "keep_io_types" => pass.keep_io_types = boolean(key, value)?,
-                "sinusoid_fp32" => pass.sinusoid_fp32 = boolean(key, value)?,
-                "op_block_list" => pass.ops = OpPolicy::Block(strings(key, value)?),
-                "node_block_list" => pass.node_block_list = strings(key, value)?,
-                other => {
-                    return Err(Error::bad_input(format!(
-                        "precision: unknown option `{other}`; the options are {}",
-                        Self::OPTIONS.join(", ")
-                    )));
-                }
-            }
-        }
-        Ok(pass)
     }
 
     /// Indices of the nodes of `model` that stay fp32 (for reports and tests).
@@ -572,11 +536,7 @@ enum Mode {
     Constant,
 }
 
-impl Pass for Precision {
-    fn name(&self) -> &str {
-        "precision"
-    }
-
+impl Pass for PrecisionPass {
     fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
         let index = GraphIndex::new(model);
         let nodes = index.nodes();
@@ -1015,16 +975,16 @@ fn op_matches(entry: &str, node: &NodeProto) -> bool {
 }
 
 /// True when the op's schema admits the half type at the model's opset.
-fn schema_accepts(node: &NodeProto, opset: i64, h: HalfType) -> bool {
+fn schema_accepts(node: &NodeProto, opset: i64, h: Precision) -> bool {
     let op = node.op_type();
     match node.domain() {
         "" | "ai.onnx" => {
             let (fp16, bf16) =
                 SCHEMA_SINCE.iter().find(|(o, _, _)| *o == op).map(|&(_, a, b)| (a, b)).unwrap_or((1, 13));
-            let since = if h == HalfType::Fp16 { fp16 } else { bf16 };
+            let since = if h == Precision::Fp16 { fp16 } else { bf16 };
             since != 0 && opset >= since
         }
-        "com.microsoft" => CONTRIB_FP16_BF16.contains(&op) || (h == HalfType::Fp16 && CONTRIB_FP16_ONLY.contains(&op)),
+        "com.microsoft" => CONTRIB_FP16_BF16.contains(&op) || (h == Precision::Fp16 && CONTRIB_FP16_ONLY.contains(&op)),
         _ => false,
     }
 }
@@ -1040,7 +1000,7 @@ fn needs_attr_change(node: &NodeProto, cur: &HashMap<String, i32>) -> bool {
 }
 
 /// Sets the type attribute of a converted ConstantOfShape / Random* node.
-fn change_attrs(node: &mut NodeProto, h: HalfType) -> Result<()> {
+fn change_attrs(node: &mut NodeProto, h: Precision) -> Result<()> {
     if is_default(node, "ConstantOfShape") {
         let value = match attr(node, "value").and_then(|a| a.t.as_ref()) {
             Some(t) => t.clone(),
@@ -1078,7 +1038,7 @@ fn set_attr(node: &mut NodeProto, a: crate::onnx::AttributeProto) {
 }
 
 /// A float32 constant as an h tensor called `name` (float16 clamps to its finite range).
-fn convert_tensor(model: &OnnxModel, t: &TensorProto, name: &str, h: HalfType) -> Result<TensorProto> {
+fn convert_tensor(model: &OnnxModel, t: &TensorProto, name: &str, h: Precision) -> Result<TensorProto> {
     if t.data_type() != dtype::FLOAT {
         return Err(Error::runtime(format!("`{}` is {}, not float32", t.name(), dtype_name(t.data_type()))));
     }
@@ -1092,7 +1052,7 @@ fn convert_tensor(model: &OnnxModel, t: &TensorProto, name: &str, h: HalfType) -
     Ok(out)
 }
 
-fn half_tensor(name: &str, dims: &[i64], values: &[f32], h: HalfType) -> TensorProto {
+fn half_tensor(name: &str, dims: &[i64], values: &[f32], h: Precision) -> TensorProto {
     let raw: Vec<u8> = values.iter().flat_map(|&v| half_bits(v, h).to_le_bytes()).collect();
     let mut t = tensor_from_raw(name, h.dtype(), &[], Bytes::from(raw));
     t.dims = dims.to_vec();
@@ -1100,15 +1060,13 @@ fn half_tensor(name: &str, dims: &[i64], values: &[f32], h: HalfType) -> TensorP
 }
 
 /// The bits of `v` in h; float16 saturates at ±65504 instead of overflowing to infinity.
-fn half_bits(v: f32, h: HalfType) -> u16 {
-    match h {
-        HalfType::Fp16 => {
-            let max = f16::MAX.to_f32();
-            let v = if v.is_finite() { v.clamp(-max, max) } else { v };
-            f16::from_f32(v).to_bits()
-        }
-        HalfType::Bf16 => bf16::from_f32(v).to_bits(),
+fn half_bits(v: f32, h: Precision) -> u16 {
+    if h == Precision::Bf16 {
+        return bf16::from_f32(v).to_bits();
     }
+    let max = f16::MAX.to_f32();
+    let v = if v.is_finite() { v.clamp(-max, max) } else { v };
+    f16::from_f32(v).to_bits()
 }
 
 /// A copy of value info `vi` called `name` with element type `t` (shape kept).
@@ -1161,7 +1119,7 @@ mod tests {
             .collect()
     }
 
-    fn convert(pass: &Precision, model: &mut OnnxModel) -> crate::passes::PassRecord {
+    fn convert(pass: &PrecisionPass, model: &mut OnnxModel) -> crate::passes::PassRecord {
         let records = PassManager::new().with(pass.clone()).run(model, &PassContext::new(Target::Cpu)).unwrap();
         records.into_iter().next().unwrap()
     }
@@ -1257,7 +1215,7 @@ mod tests {
     }
 
     /// Float32 initializers that a converted node reads (outside the slots that keep float32).
-    fn fp32_weights_in_converted_nodes(pass: &Precision, model: &OnnxModel) -> Vec<String> {
+    fn fp32_weights_in_converted_nodes(pass: &PrecisionPass, model: &OnnxModel) -> Vec<String> {
         let blocked = pass.blocked_nodes(model);
         let mut found = Vec::new();
         for (i, n) in model.graph().node.iter().enumerate() {
@@ -1280,7 +1238,7 @@ mod tests {
 
     /// Converts `path` with `pass`, checks types, I/O, weights and idempotence; runs it when `run_it`
     /// and returns the worst relative L2 error against the float32 model.
-    fn check(pass: &Precision, pipeline: &str, component: &str, dir: &Path, run_it: bool) -> Option<f64> {
+    fn check(pass: &PrecisionPass, pipeline: &str, component: &str, dir: &Path, run_it: bool) -> Option<f64> {
         let path = model_path(pipeline, component);
         let original = OnnxModel::load(&path).unwrap();
         let mut model = original.clone();
@@ -1328,9 +1286,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Everything in float16 that may be (no op block list): ONNX Runtime's CPU EP runs such graphs by
         // casting around the ops it has no float16 kernel for.
-        let full = Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Fp16, Target::Cpu) };
+        let full =
+            PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cpu) };
         // The CPU default: only ops with a float16 CPU kernel are converted.
-        let cpu = Precision::new(HalfType::Fp16, Target::Cpu);
+        let cpu = PrecisionPass::new(Precision::Fp16, Target::Cpu);
         for pipeline in TINY {
             for pass in [&full, &cpu] {
                 let err = check(pass, pipeline, "unet", dir.path(), true).unwrap();
@@ -1348,10 +1307,10 @@ mod tests {
             let feeds = feeds(&path);
             let want = run(&original, dir.path(), &format!("{pipeline}-fp32"), &feeds);
             for keep_io_types in [true, false] {
-                let pass = Precision {
+                let pass = PrecisionPass {
                     keep_io_types,
                     ops: OpPolicy::Block(BTreeSet::new()),
-                    ..Precision::new(HalfType::Fp16, Target::Cuda)
+                    ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
                 };
                 let mut model = original.clone();
                 PassManager::new()
@@ -1377,7 +1336,10 @@ mod tests {
     #[test]
     fn other_tiny_components_in_fp16_match_fp32() {
         let dir = tempfile::tempdir().unwrap();
-        let full = Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Fp16, Target::Cuda) };
+        let full = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+        };
         for (pipeline, component) in [
             ("tiny-sd", "text_encoder"),
             ("tiny-sd", "vae_decoder"),
@@ -1394,10 +1356,13 @@ mod tests {
     fn tiny_unets_in_bf16() {
         let dir = tempfile::tempdir().unwrap();
         // CPU default: only LayerNormalization and data movement run in bfloat16; the graph loads and runs.
-        let cpu = Precision::new(HalfType::Bf16, Target::Cpu);
+        let cpu = PrecisionPass::new(Precision::Bf16, Target::Cpu);
         // CUDA default and no block list at all: checked by types (ONNX Runtime's CPU EP cannot run them).
-        let cuda = Precision::new(HalfType::Bf16, Target::Cuda);
-        let full = Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Bf16, Target::Cuda) };
+        let cuda = PrecisionPass::new(Precision::Bf16, Target::Cuda);
+        let full = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Bf16, Target::Cuda)
+        };
         for pipeline in TINY {
             let err = check(&cpu, pipeline, "unet", dir.path(), true).unwrap();
             assert!(err <= 2e-2, "{pipeline}: bf16 relative L2 {err:.2e} > 2e-2");
@@ -1429,8 +1394,10 @@ mod tests {
             let quantize = Int8Dynamic { min_in_features: 16, exclude: vec![], format: Int8Format::Dynamic };
             PassManager::new().with(quantize).run(&mut int8, &PassContext::new(Target::Cpu)).unwrap();
             let mut model = int8.clone();
-            let pass =
-                Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Fp16, Target::Cpu) };
+            let pass = PrecisionPass {
+                ops: OpPolicy::Block(BTreeSet::new()),
+                ..PrecisionPass::new(Precision::Fp16, Target::Cpu)
+            };
             convert(&pass, &mut model);
             assert_eq!(type_problems(&model), Vec::<String>::new(), "{pipeline}");
             assert!(pass.run(&model, &PassContext::new(Target::Cpu)).unwrap().is_none(), "{pipeline}: not idempotent");
@@ -1552,7 +1519,10 @@ mod tests {
     fn kept_slots_constants_and_io() {
         let types = |m: &OnnxModel| current_types(&GraphIndex::new(m));
         let mut model = synthetic(17);
-        let pass = Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Fp16, Target::Cuda) };
+        let pass = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+        };
         convert(&pass, &mut model);
         let t = types(&model);
         let init = |name: &str| model.initializer(name).map(|t| t.data_type());
@@ -1580,7 +1550,7 @@ mod tests {
 
         // keep_io_types = false: the graph's float input and output are float16, no Cast at all.
         let mut open = synthetic(17);
-        let pass = Precision { keep_io_types: false, ..pass };
+        let pass = PrecisionPass { keep_io_types: false, ..pass };
         convert(&pass, &mut open);
         assert_eq!(io_types(&open)[..2], [("x".into(), Some(dtype::FLOAT16)), ("y".into(), Some(dtype::FLOAT16))]);
         assert_eq!(count(&open, "Cast"), 0);
@@ -1589,10 +1559,10 @@ mod tests {
 
         // A blocked node and a blocked op: Casts around them, their weights stay float32.
         let mut blocked = synthetic(17);
-        let pass = Precision {
+        let pass = PrecisionPass {
             ops: OpPolicy::Block(["LayerNormalization".to_string()].into()),
             node_block_list: ["mul".to_string()].into(),
-            ..Precision::new(HalfType::Fp16, Target::Cuda)
+            ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
         };
         convert(&pass, &mut blocked);
         let t = types(&blocked);
@@ -1604,7 +1574,10 @@ mod tests {
 
         // bfloat16 at opset 17: GroupNorm (contrib) has no bfloat16 type and ConstantOfShape needs opset 20.
         let mut bf = synthetic(17);
-        let pass = Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Bf16, Target::Cuda) };
+        let pass = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Bf16, Target::Cuda)
+        };
         convert(&pass, &mut bf);
         let t = types(&bf);
         assert_eq!(
@@ -1619,10 +1592,10 @@ mod tests {
         for pipeline in ["tiny-sd", "tiny-sdxl-dynamo"] {
             for sinusoid_fp32 in [true, false] {
                 let mut model = OnnxModel::load(model_path(pipeline, "unet")).unwrap();
-                let pass = Precision {
+                let pass = PrecisionPass {
                     sinusoid_fp32,
                     ops: OpPolicy::Block(BTreeSet::new()),
-                    ..Precision::new(HalfType::Fp16, Target::Cuda)
+                    ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
                 };
                 convert(&pass, &mut model);
                 let index = GraphIndex::new(&model);
@@ -1650,10 +1623,10 @@ mod tests {
         g.node
             .insert(0, NodeBuilder::new("Mul").name("scale_mul").inputs(["scales", "factor"]).outputs(["s2"]).build());
         g.node[1].input[2] = "s2".into();
-        let pass = Precision {
+        let pass = PrecisionPass {
             keep_io_types: false,
             ops: OpPolicy::Block(BTreeSet::new()),
-            ..Precision::new(HalfType::Fp16, Target::Cuda)
+            ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
         };
         convert(&pass, &mut model);
         assert_eq!(type_problems(&model), Vec::<String>::new());
@@ -1674,7 +1647,10 @@ mod tests {
         g.node.push(NodeBuilder::new("Mystery").domain("org.example").inputs(["y"]).outputs(["z"]).build());
         g.node.push(NodeBuilder::new("Relu").inputs(["z"]).outputs(["zr"]).build());
         g.output.push(make_tensor_value_info("zr", dtype::FLOAT, None));
-        let pass = Precision { ops: OpPolicy::Block(BTreeSet::new()), ..Precision::new(HalfType::Fp16, Target::Cuda) };
+        let pass = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+        };
         let blocked = pass.blocked_nodes(&model);
         let names: Vec<&str> = blocked.iter().map(|&i| model.graph().node[i].op_type()).collect();
         // The unknown op and its reader (whose input type is unknown) stay as they are.
@@ -1684,37 +1660,31 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        let table = |s: &str| s.parse::<toml::Table>().unwrap();
-        let p = Precision::from_options(&toml::Table::new(), Target::Cuda).unwrap();
+        let build = |text: &str, precision, target| {
+            crate::passes::registry::build_from_str::<PrecisionPass>(text, &BuildContext::new(target, precision))
+        };
+        let p = build("", Precision::Fp16, Target::Cuda).unwrap();
         assert_eq!(
             (p.precision, p.keep_io_types, p.sinusoid_fp32, &p.ops),
-            (HalfType::Fp16, true, true, &OpPolicy::Block(BTreeSet::new()))
+            (Precision::Fp16, true, true, &OpPolicy::Block(BTreeSet::new()))
         );
-        let p = Precision::from_options(
-            &table(
-                "precision = \"bf16\"\nkeep_io_types = false\nop_block_list = [\"Resize\"]\nnode_block_list = [\"n1\"]",
-            ),
-            Target::Cpu,
-        )
-        .unwrap();
-        assert_eq!((p.precision, p.keep_io_types), (HalfType::Bf16, false));
+        let text = "keep_io_types = false\nop_block_list = [\"Resize\"]\nnode_block_list = [\"n1\"]";
+        let p = build(text, Precision::Bf16, Target::Cpu).unwrap();
+        assert_eq!((p.precision, p.keep_io_types), (Precision::Bf16, false));
         assert_eq!(p.ops, OpPolicy::Block(["Resize".to_string()].into()));
         assert!(p.node_block_list.contains("n1"));
-        assert!(matches!(
-            Precision::from_options(&toml::Table::new(), Target::Cpu).unwrap().ops,
-            OpPolicy::AllowOnly(_)
-        ));
+        assert!(matches!(build("", Precision::Fp16, Target::Cpu).unwrap().ops, OpPolicy::AllowOnly(_)));
+        assert!(build("", Precision::Fp32, Target::Cpu).unwrap_err().to_string().contains("fp16 or bf16"));
         for (text, expected) in [
-            ("precision = \"int4\"", "unknown precision `int4`"),
-            ("precision = 16", "must be \"fp16\" or \"bf16\""),
-            ("keep_io_types = \"yes\"", "`keep_io_types` must be true or false"),
-            ("op_block_list = \"Resize\"", "`op_block_list` must be a list of strings"),
-            ("node_block_list = [1]", "`node_block_list` must be a list of strings"),
-            ("keep_io = true", "unknown option `keep_io`"),
+            ("precision = \"bf16\"", "key `precision`: unknown field"),
+            ("keep_io_types = \"yes\"", "key `keep_io_types`: invalid type"),
+            ("op_block_list = \"Resize\"", "key `op_block_list`: invalid type"),
+            ("node_block_list = [1]", "key `node_block_list[0]`: invalid type"),
+            ("keep_io = true", "key `keep_io`: unknown field"),
         ] {
-            let err = Precision::from_options(&table(text), Target::Cpu).unwrap_err().to_string();
+            let err = build(text, Precision::Fp16, Target::Cpu).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
-            assert!(err.starts_with("precision"), "{err}");
+            assert!(err.starts_with("[precision]"), "{err}");
         }
     }
 
@@ -1725,7 +1695,7 @@ mod tests {
         assert!(op_matches("MultiHeadAttention", &mha) && op_matches("com.microsoft.MultiHeadAttention", &mha));
         assert!(op_matches("ai.onnx.Attention", &att) && !op_matches("com.microsoft.Attention", &att));
         assert!(!op_matches("ai.onnx.MultiHeadAttention", &mha));
-        let cpu = OpPolicy::default_for(Target::Cpu, HalfType::Fp16);
+        let cpu = OpPolicy::default_for(Target::Cpu, Precision::Fp16);
         assert!(!cpu.blocks(&att) && cpu.blocks(&NodeBuilder::new("Attention").domain("com.microsoft").build()));
         assert!(cpu.blocks(&NodeBuilder::new("MatMul").build()));
     }

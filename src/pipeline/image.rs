@@ -39,5 +39,5 @@ pub fn to_rgb(sample: &ArrayD<f32>) -> Result<RgbImage> {
 
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     let format = format_for(path)?;
-    img.save_with_format(path, format).map_err(|e| Error::bad_file(path, format!("cannot write the image: {e}")))
+    img.save_with_format(path, format).map_err(|e| Error::io(path, "cannot write the image", e))
 }

@@ -18,7 +18,7 @@ pub fn seeded(seed: u64, shape: &[usize]) -> ArrayD<f32> {
 
 /// Reads a float32 .npy of exactly `shape`.
 pub fn read(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
-    let file = File::open(path).map_err(|e| Error::bad_file(path, format!("cannot open the latents file: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::io(path, "cannot open the latents file", e))?;
     let array = ArrayD::<f32>::read_npy(file)
         .map_err(|e| Error::bad_file(path, format!("expected a float32 .npy array of shape {shape:?} ({e})")))?;
     if array.shape() != shape {
@@ -31,9 +31,9 @@ pub fn read(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
 }
 
 pub fn write(path: &Path, latents: &ArrayD<f32>) -> Result<()> {
-    let file = File::create(path).map_err(|e| Error::bad_file(path, format!("cannot write the latents: {e}")))?;
+    let file = File::create(path).map_err(|e| Error::io(path, "cannot write the latents", e))?;
     latents
         .as_standard_layout()
         .write_npy(std::io::BufWriter::new(file))
-        .map_err(|e| Error::bad_file(path, format!("cannot write the latents: {e}")))
+        .map_err(|e| Error::io(path, "cannot write the latents", e))
 }

@@ -80,6 +80,8 @@ pub struct Pipeline {
     io_binding: bool,
     /// Sees every UNet call's inputs (calibration).
     unet_recorder: Option<UnetRecorder>,
+    /// Warnings from loading (a folder converted for another EP), handed out with the first image.
+    warnings: Vec<String>,
 }
 
 /// Called with the inputs of every UNet call.
@@ -88,7 +90,7 @@ pub type UnetRecorder = Box<dyn FnMut(&[(&str, HostTensor)])>;
 impl Pipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
         // A converted folder carries the session options its profile chose for its EP.
-        let defaults = dir.session_options(runtime.ep().name())?;
+        let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
         let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
         let mut text_encoders = vec![TextEncoder {
             tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?,
@@ -130,6 +132,7 @@ impl Pipeline {
             default_size,
             io_binding,
             unet_recorder: None,
+            warnings: ep_warning.into_iter().collect(),
         })
     }
 
@@ -196,7 +199,8 @@ impl Pipeline {
         let t0 = Instant::now();
         let cond = self.encode_prompt(opts, guidance, (height, width))?.repeat_per_prompt(batch, guidance)?;
         let text_encoding = t0.elapsed().as_secs_f64();
-        let mut warnings: Vec<String> = self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)).collect();
+        let mut warnings: Vec<String> = std::mem::take(&mut self.warnings);
+        warnings.extend(self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)));
         warnings.dedup();
 
         let mut latents = initial * scheduler.init_noise_sigma() as f32;
@@ -273,7 +277,7 @@ impl Pipeline {
                 let force_zeros = self.dir.force_zeros_for_empty_prompt();
                 let encoders: &mut [TextEncoder; 2] = (&mut self.text_encoders[..])
                     .try_into()
-                    .map_err(|_| Error::runtime("an SDXL pipeline needs two text encoders"))?;
+                    .map_err(|_| Error::internal("an SDXL pipeline needs two text encoders"))?;
                 conditioning::encode_sdxl(encoders, &opts.prompt, negative, guidance, force_zeros, size)
             }
         }
@@ -339,5 +343,5 @@ fn unet_conditioning(cond: &Conditioning) -> Vec<(&'static str, HostTensor)> {
 
 fn stack2(latents: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     concatenate(Axis(0), &[latents.view(), latents.view()])
-        .map_err(|e| Error::runtime(format!("batching latents: {e}")))
+        .map_err(|e| Error::internal(format!("batching latents: {e}")))
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::manifest::Manifest;
+use crate::runtime::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The pipeline families dfast runs.
@@ -115,28 +117,26 @@ impl PipelineDir {
         self.root.join("scheduler").join("scheduler_config.json")
     }
 
-    /// The session options a `dfast convert` manifest (dfast-manifest.json) records for execution provider
-    /// `ep`; none when the folder is no conversion or was converted for another EP.
-    pub fn session_options(&self, ep: &str) -> Result<crate::runtime::EpOptions> {
-        let path = self.root.join(crate::convert::MANIFEST);
-        if !path.is_file() {
-            return Ok(Default::default());
+    /// The manifest `dfast convert` wrote, when this folder is a conversion.
+    pub fn manifest(&self) -> Result<Option<Manifest>> {
+        Manifest::read(&self.root)
+    }
+
+    /// The session options the manifest records for execution provider `ep`, and a warning when the folder
+    /// was converted for another EP (its graphs and session options were chosen for that one).
+    pub fn session_options(&self, ep: ExecutionProvider) -> Result<(EpOptions, Option<String>)> {
+        let Some(manifest) = self.manifest()? else { return Ok(Default::default()) };
+        if manifest.execution_provider == ep {
+            return Ok((manifest.ep_options(), None));
         }
-        let manifest = read_json(&path)?;
-        if manifest.get("execution_provider").and_then(Value::as_str) != Some(ep) {
-            return Ok(Default::default());
-        }
-        let mut options = std::collections::BTreeMap::new();
-        if let Some(map) = manifest.get("session_options").and_then(Value::as_object) {
-            for (k, v) in map {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                options.insert(k.clone(), v);
-            }
-        }
-        Ok(crate::runtime::EpOptions(options))
+        let warning = format!(
+            "{} was converted for the {} EP (profile {}); running it on {} without its session options",
+            self.root.display(),
+            manifest.execution_provider,
+            manifest.profile,
+            ep
+        );
+        Ok((EpOptions::default(), Some(warning)))
     }
 
     /// SDXL's `force_zeros_for_empty_prompt` (true unless the pipeline says otherwise).
@@ -146,8 +146,8 @@ impl PipelineDir {
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    serde_json::from_str(&text).map_err(|e| Error::parse_file(path, "not valid JSON", e))
 }
 
 /// The Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.

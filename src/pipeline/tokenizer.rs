@@ -119,7 +119,7 @@ fn build_from_vocab(dir: &Path, unk: &str) -> Result<Tokenizer> {
         .map_err(|e| {
             Error::bad_file(dir, format!("cannot build a BPE tokenizer from vocab.json and merges.txt: {e}"))
         })?;
-    let pattern_err = |e| Error::runtime(format!("CLIP tokenizer pattern: {e}"));
+    let pattern_err = |e| Error::internal(format!("CLIP tokenizer pattern: {e}"));
     let normalizer = NormalizerSequence::new(vec![
         NFC.into(),
         Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
@@ -134,7 +134,7 @@ fn build_from_vocab(dir: &Path, unk: &str) -> Result<Tokenizer> {
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
     ]);
     let mut tokenizer = Tokenizer::new(bpe);
-    let setup_err = |e| Error::runtime(format!("CLIP tokenizer set-up: {e}"));
+    let setup_err = |e| Error::internal(format!("CLIP tokenizer set-up: {e}"));
     tokenizer.with_normalizer(Some(NormalizerWrapper::Sequence(normalizer))).map_err(setup_err)?;
     tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre_tokenizer)));
     Ok(tokenizer)

@@ -26,19 +26,40 @@ use super::library::Flavour;
 use crate::{Error, Result};
 
 /// The execution providers dfast can be asked for (`passes::Target` when a conversion targets one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionProvider {
     Cpu,
     Cuda,
+    #[cfg_attr(feature = "cli", value(name = "tensorrt", alias = "trt"))]
+    #[serde(alias = "trt")]
     TensorRt,
+    #[cfg_attr(feature = "cli", value(name = "openvino"))]
     OpenVino,
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExecutionProvider {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ExecutionProvider::from_name(s)
+    }
 }
 
 /// Every name `--ep` takes.
 pub const EP_NAMES: [&str; 4] = ["cpu", "cuda", "tensorrt", "openvino"];
 
 impl ExecutionProvider {
+    /// Every execution provider, in the order of [`EP_NAMES`].
+    pub const ALL: [ExecutionProvider; 4] =
+        [ExecutionProvider::Cpu, ExecutionProvider::Cuda, ExecutionProvider::TensorRt, ExecutionProvider::OpenVino];
+
     pub fn from_name(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "cpu" => Ok(ExecutionProvider::Cpu),

@@ -1,5 +1,6 @@
 //! ONNX Runtime: finding the library, execution providers, sessions.
 
+pub mod calibration;
 mod ep;
 pub mod library;
 mod session;

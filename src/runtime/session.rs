@@ -217,7 +217,7 @@ impl Model {
     /// Runs on the bound inputs and outputs; returns the bound outputs as f32 host arrays.
     pub fn run_bound(&mut self) -> Result<HashMap<String, ArrayD<f32>>> {
         let path = self.path.clone();
-        let bound = self.bound.as_mut().ok_or_else(|| Error::runtime("run_bound before anything was bound"))?;
+        let bound = self.bound.as_mut().ok_or_else(|| Error::internal("run_bound before anything was bound"))?;
         let fail =
             |e: ort::Error| Error::runtime(format!("{}: ONNX Runtime failed to run the model: {e}", path.display()));
         self.session.run_binding(&bound.binding).map_err(fail)?;

@@ -100,8 +100,7 @@ impl SchedulerConfig {
     /// Reads a diffusers `scheduler_config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::bad_file(path, format!("cannot read the scheduler config: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the scheduler config", e))?;
         Self::from_json_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))
     }
 
@@ -208,6 +207,16 @@ impl SchedulerKind {
             _ => Err(Error::bad_input(format!(
                 "Unknown scheduler `{name}`; valid names are euler, ddim, pndm and dpm++ (or dpmsolver++)."
             ))),
+        }
+    }
+
+    /// The name `--scheduler` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Euler => "euler",
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::Pndm => "pndm",
+            SchedulerKind::DpmSolverPP => "dpm++",
         }
     }
 

@@ -21,11 +21,15 @@ pub use pndm::PndmScheduler;
 use ndarray::ArrayD;
 
 /// The scheduler classes dfast implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
     Euler,
     Ddim,
     Pndm,
+    #[cfg_attr(feature = "cli", value(name = "dpm++", alias = "dpmsolver++"))]
+    #[serde(rename = "dpm++", alias = "dpmsolver++")]
     DpmSolverPP,
 }
 

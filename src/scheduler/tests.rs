@@ -278,7 +278,7 @@ fn schedule_sigmas(config: &SchedulerConfig, kind: SchedulerKind, steps: usize) 
 
 fn bad_input_message(result: Result<impl Sized, Error>) -> String {
     match result {
-        Err(Error::BadInput(message)) => message,
+        Err(Error::BadInput { message, .. }) => message,
         Err(other) => panic!("expected a BadInput error, got {other:?}"),
         Ok(_) => panic!("expected a BadInput error, got Ok"),
     }

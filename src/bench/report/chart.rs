@@ -88,7 +88,7 @@ struct Bar {
 
 /// Draws the chart of `rows` to `path` as PNG.
 pub fn draw(rows: &[Row], title: &str, path: &Path) -> Result<()> {
-    let font = canvas::font().ok_or_else(|| Error::runtime("the chart's embedded font could not be loaded"))?;
+    let font = canvas::font().ok_or_else(|| Error::internal("the chart's embedded font could not be loaded"))?;
     let eps = execution_providers(rows);
     let panels: Vec<Panel> = models(rows).into_iter().map(|m| panel(rows, &m, &eps)).collect();
     let total_slots: f64 = panels.iter().map(|p| p.slots).sum();
@@ -102,13 +102,11 @@ pub fn draw(rows: &[Row], title: &str, path: &Path) -> Result<()> {
             Canvas::new(BitMapBackend::with_buffer(&mut buffer, (width, CHART_HEIGHT)), font).into_drawing_area();
         render(&root, rows, title, &eps, &panels, slot_px)
             .and_then(|()| Ok(root.present()?))
-            .map_err(|e| Error::runtime(format!("drawing the chart failed: {e}")))?;
+            .map_err(|e| Error::internal(format!("drawing the chart failed: {e}")))?;
     }
     let image = image::RgbImage::from_raw(width, CHART_HEIGHT, buffer)
-        .ok_or_else(|| Error::runtime("the chart's pixel buffer has the wrong size"))?;
-    image
-        .save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| Error::bad_file(path, format!("cannot write the chart: {e}")))
+        .ok_or_else(|| Error::internal("the chart's pixel buffer has the wrong size"))?;
+    image.save_with_format(path, image::ImageFormat::Png).map_err(|e| Error::io(path, "cannot write the chart", e))
 }
 
 /// Lays out one model's bars: grouped by EP in the order EPs first appear, rows in input order within.

@@ -1,0 +1,115 @@
+//! The manifest `dfast convert` writes into every converted folder (`dfast-manifest.json`): what was done
+//! to the source, for which execution provider and precision, and the session options the folder runs with.
+//! One type, written by `convert` and read back through it by `pipeline` and `bench`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::passes::PassRecord;
+use crate::runtime::{EpOptions, ExecutionProvider};
+use crate::settings::Precision;
+use crate::{Error, Result};
+
+/// The manifest's file name in a converted folder.
+pub const MANIFEST: &str = "dfast-manifest.json";
+
+/// What happened to one component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentReport {
+    pub component: String,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub passes: Vec<PassRecord>,
+    /// Precision the component was written in (fp32 where it was kept so).
+    pub precision: Precision,
+    pub seconds: f64,
+}
+
+/// How int8-static was calibrated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Prompts, each one image.
+    pub prompts: usize,
+    /// Denoising steps per prompt; every UNet call is a calibration sample.
+    pub steps: usize,
+    /// Image size; default the pipeline's.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Ranges from an earlier conversion instead of running calibration.
+    pub from: Option<PathBuf>,
+    /// Percentile of the range (e.g. 99.99); 100 is the plain min and max.
+    pub percentile: f64,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration { prompts: 2, steps: 4, width: None, height: None, from: None, percentile: 99.99 }
+    }
+}
+
+/// The manifest written next to the converted pipeline: enough to know how it was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub dfast_version: String,
+    /// The ONNX Runtime version dfast targets (the graphs use its contrib ops).
+    pub onnxruntime_version: String,
+    pub source: String,
+    pub profile: String,
+    pub profile_source: String,
+    pub passes: Vec<String>,
+    pub precision: Precision,
+    pub execution_provider: ExecutionProvider,
+    /// Options for the execution provider's sessions when this folder runs (the profile's `[session.<ep>]`).
+    pub session_options: BTreeMap<String, String>,
+    pub model_card: Option<String>,
+    /// The exclude list the int8-dynamic pass applied (from its recorded settings), when it ran.
+    pub int8_exclude: Option<Vec<(usize, usize)>>,
+    /// How int8-static was calibrated, when the profile has it.
+    pub calibration: Option<Calibration>,
+    pub components: Vec<ComponentReport>,
+    pub seconds: f64,
+    /// Everything that decides the converted files (not the session options): equal keys, equal files.
+    pub conversion_key: serde_json::Value,
+    /// The conversion whose files this folder links (`dfast bench` relabels instead of converting again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relabelled_from: Option<String>,
+}
+
+impl Manifest {
+    /// The manifest of the converted folder `dir`; `None` when `dir` is no conversion.
+    pub fn read(dir: &Path) -> Result<Option<Manifest>> {
+        let path = dir.join(MANIFEST);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "cannot read", e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::parse_file(&path, "not a dfast manifest (written by another dfast version?)", e))
+    }
+
+    /// Writes the manifest into `dir` (replacing a hard link to another conversion's manifest, not its target).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::internal(format!("manifest as JSON: {e}")))?;
+        let path = dir.join(MANIFEST);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, "cannot write", e))
+    }
+
+    /// The session options this folder runs with on its execution provider.
+    pub fn ep_options(&self) -> EpOptions {
+        EpOptions(self.session_options.clone())
+    }
+
+    /// The settings one pass recorded for one component (`Null` when it has none or did not run there).
+    pub fn pass_settings(&self, component: &str, pass: &str) -> serde_json::Value {
+        self.components
+            .iter()
+            .filter(|c| c.component == component)
+            .flat_map(|c| &c.passes)
+            .find(|p| p.pass == pass)
+            .map_or(serde_json::Value::Null, |p| p.settings.clone())
+    }
+}
