@@ -102,7 +102,7 @@ fn read_ranges(from: &Path, component: &str, tensors: &[String]) -> Result<Range
     let path = if from.is_dir() { from.join(component).join(RANGES_FILE) } else { from.to_path_buf() };
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "cannot read the calibration", e))?;
     let map: HashMap<String, [f32; 2]> = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(&path, format!("expected a JSON object of tensor name -> [min, max]: {e}")))?;
+        .map_err(|e| Error::parse_file(&path, "expected a JSON object of tensor name -> [min, max]", e))?;
     let missing = tensors.iter().filter(|t| !map.contains_key(*t)).count();
     if missing > 0 {
         return Err(Error::bad_file(

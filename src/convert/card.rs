@@ -81,14 +81,7 @@ impl ModelCard {
     }
 
     fn parse(text: &str, source: &str) -> Result<Self> {
-        let table: Table = text.parse().map_err(|e: toml::de::Error| {
-            Error::bad_config(format!("model card {source}: not valid TOML: {}", e.message().trim()), e)
-        })?;
-        serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            Error::bad_config(format!("model card {source}: key `{key}`: {}", inner.message()), inner)
-        })
+        super::profile::from_toml(text, &format!("model card {source}"))
     }
 
     /// Keep the VAE decoder in fp32 when the rest goes to fp16/bf16.

@@ -157,9 +157,10 @@ impl Profile {
                 bad(format!("has options for an unknown pass `[{key}]`; known passes: {}", registry::names()))
             })?;
             if let Some(scope) = table.remove("components") {
-                let list = scope.as_array().and_then(|a| a.iter().map(|c| c.as_str().map(String::from)).collect());
-                let list: Vec<String> =
-                    list.ok_or_else(|| bad(format!("[{key}] key `components`: expected a list of component names")))?;
+                let list: Vec<String> = scope.try_into().map_err(|e: toml::de::Error| {
+                    let message = format!("profile {source}: [{key}] key `components`: {}", e.message().trim());
+                    Error::bad_config(message, e)
+                })?;
                 components.insert(key.clone(), list);
             }
             pass.check(&table).map_err(|e| Error::bad_config(format!("profile {source}: [{key}] {e}"), e))?;
@@ -265,8 +266,14 @@ impl Profile {
 
 /// Parses a profile's TOML, naming the key that does not fit.
 fn parse_file(text: &str, source: &str) -> Result<ProfileFile> {
+    from_toml(text, &format!("profile {source}"))
+}
+
+/// Deserializes a TOML document (a profile, a model card) into `T`; an error is one sentence that starts
+/// with `what` and names the key that does not fit, with the TOML error as its source.
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
-        Error::bad_config(format!("profile {source}: not valid TOML: {}", e.message().trim()), e)
+        Error::bad_config(format!("{what}: not valid TOML: {}", e.message().trim()), e)
     })?;
     serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
@@ -277,7 +284,7 @@ fn parse_file(text: &str, source: &str) -> Result<ProfileFile> {
             Some(v) if key.ends_with('?') => format!("{}{v}", &key[..key.len() - 1]),
             _ => key,
         };
-        Error::bad_config(format!("profile {source}: key `{key}`: {}", inner.message()), inner)
+        Error::bad_config(format!("{what}: key `{key}`: {}", inner.message()), inner)
     })
 }
 

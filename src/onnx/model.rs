@@ -137,8 +137,8 @@ impl OnnxModel {
             return Err(Error::bad_file(path, "not an ONNX model: the file is empty"));
         }
         let bytes = map_file(path)?;
-        let proto = ModelProto::parse_from_tokio_bytes(&bytes)
-            .map_err(|e| Error::bad_file(path, format!("not an ONNX model: {e}")))?;
+        let proto =
+            ModelProto::parse_from_tokio_bytes(&bytes).map_err(|e| Error::parse_file(path, "not an ONNX model", e))?;
         // Almost any short byte string parses as *some* protobuf; a model has at least these two.
         if proto.ir_version.is_none() || proto.graph.is_none() {
             return Err(Error::bad_file(path, "not an ONNX model: no IR version or no graph"));

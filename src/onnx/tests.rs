@@ -530,3 +530,19 @@ fn inference_of_shape_arithmetic() {
     assert_eq!(facts.value("h").unwrap().ints().unwrap(), vec![4]);
     assert_eq!(facts.dtype("ts"), Some(dtype::INT64));
 }
+
+/// I/O and parse errors keep the error they came from as `source()`, under one sentence naming the file.
+#[test]
+fn load_errors_keep_their_source() {
+    use std::error::Error as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.onnx");
+    std::fs::write(&path, [0x0a, 0xff, 0xff]).unwrap();
+    let err = OnnxModel::load(&path).err().expect("a truncated protobuf is refused");
+    assert!(err.to_string().contains("not an ONNX model"), "{err}");
+    assert!(err.source().is_some_and(|s| s.downcast_ref::<protobuf::Error>().is_some()), "{err:?}");
+    // A manifest that cannot be read as text: the I/O error is the source.
+    std::fs::write(dir.path().join(crate::manifest::MANIFEST), [0xff, 0xfe, 0x00]).unwrap();
+    let err = crate::manifest::Manifest::read(dir.path()).unwrap_err();
+    assert!(err.source().is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()), "{err:?}");
+}

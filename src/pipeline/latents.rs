@@ -20,7 +20,7 @@ pub fn seeded(seed: u64, shape: &[usize]) -> ArrayD<f32> {
 pub fn read(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open the latents file", e))?;
     let array = ArrayD::<f32>::read_npy(file)
-        .map_err(|e| Error::bad_file(path, format!("expected a float32 .npy array of shape {shape:?} ({e})")))?;
+        .map_err(|e| Error::parse_file(path, &format!("expected a float32 .npy array of shape {shape:?}"), e))?;
     if array.shape() != shape {
         return Err(Error::bad_file(
             path,
