@@ -538,7 +538,7 @@ fn load_errors_keep_their_source() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.onnx");
     std::fs::write(&path, [0x0a, 0xff, 0xff]).unwrap();
-    let err = OnnxModel::load(&path).err().expect("a truncated protobuf is refused");
+    let Err(err) = OnnxModel::load(&path) else { panic!("a truncated protobuf is refused") };
     assert!(err.to_string().contains("not an ONNX model"), "{err}");
     assert!(err.source().is_some_and(|s| s.downcast_ref::<protobuf::Error>().is_some()), "{err:?}");
     // A manifest that cannot be read as text: the I/O error is the source.
