@@ -158,13 +158,19 @@ def write_clip_vocab(dest: Path):
             f.write(" ".join(m) + "\n")
 
 
+# CLIP's ids for the start of TOKEN_PROMPTS[0], as the real vocabulary gives them.
+REAL_CLIP_IDS = {"a photo of an astronaut": [49406, 320, 1125, 539, 550, 18376, 49407]}
+
+
 def make_tokenizer(vocab_dir: Path, pad_token: str) -> CLIPTokenizer:
-    return CLIPTokenizer(
-        vocab_file=str(vocab_dir / "vocab.json"),
-        merges_file=str(vocab_dir / "merges.txt"),
-        pad_token=pad_token,
-        model_max_length=77,
-    )
+    """The tokenizer built the way diffusers loads one, `from_pretrained` on a folder with vocab.json and
+    merges.txt. (The `CLIPTokenizer(vocab_file=..., merges_file=...)` constructor was seen to build a 2-token
+    vocabulary under transformers 5.24: "a red fox" -> [0, 2, 2, ...].) Checked against the real ids."""
+    tok = CLIPTokenizer.from_pretrained(str(vocab_dir), pad_token=pad_token, model_max_length=77)
+    for text, ids in REAL_CLIP_IDS.items():
+        got = tok(text).input_ids
+        assert got == ids, f"tokenizer from {vocab_dir}: {text!r} -> {got}, expected CLIP's {ids}"
+    return tok
 
 
 def text_config(projection: bool) -> CLIPTextConfig:

@@ -66,7 +66,7 @@ import common  # this script's folder is on sys.path when it runs as a script
 # dfast's CSV columns, in order (src/bench/schema.rs COLUMNS).
 COLUMNS = [
     "timestamp", "tag", "model", "model_card", "pipeline", "runtime", "profile", "passes", "precision", "ep",
-    "onnxruntime_version", "dfast_version", "device", "scheduler", "steps", "batch_size", "width", "height",
+    "ep_options", "onnxruntime_version", "dfast_version", "device", "scheduler", "steps", "batch_size", "width", "height",
     "warmup_runs", "timed_runs", "session_create_s", "first_run_s", "text_encode_ms", "unet_step_ms",
     "vae_decode_ms", "total_s", "total_min_s", "total_max_s", "peak_host_mb", "peak_device_mb", "image", "command",
 ]
@@ -267,6 +267,7 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         "passes": "",
         "precision": spec["precision"],
         "ep": ep,
+        "ep_options": "",
         "onnxruntime_version": f"torch {torch.__version__}",
         "dfast_version": dfast_version(),
         "device": torch.cuda.get_device_name(device) if cuda else common.cpu_name(),

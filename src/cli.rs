@@ -19,17 +19,40 @@ use dfast::settings::Precision;
 use dfast::{Error, Result};
 
 #[derive(Parser, Debug)]
-#[command(name = "dfast", version, about = "Fast text-to-image diffusion on ONNX Runtime")]
+#[command(
+    name = "dfast",
+    version,
+    about = "Fast text-to-image diffusion on ONNX Runtime",
+    after_help = "Exit status: 0 on success, 1 for an error found while running, 2 for a bad argument."
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where ONNX Runtime comes from and the options of the EP's sessions (the commands that run models).
+#[derive(Args, Debug)]
+pub struct RuntimeArgs {
     /// ONNX Runtime shared library to load (else ORT_DYLIB_PATH, else .ort/<flavour>/ of the checkout).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
     /// An execution provider option (repeatable), over the ones a converted folder's manifest sets:
     /// e.g. cuda_graph=true, prefer_nhwc=true, precision=bf16 (openvino), threads=2. See the README.
-    #[arg(long = "ep-option", global = true, value_name = "KEY=VALUE")]
+    #[arg(long = "ep-option", value_name = "KEY=VALUE")]
     pub ep_option: Vec<String>,
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+/// A whole number of at least 1 (sizes, steps, counts).
+fn positive(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a positive whole number".into()),
+    }
+}
+
+/// A seed: a whole number from 0 to 2^64 - 1.
+fn seed(text: &str) -> std::result::Result<u64, String> {
+    text.parse::<u64>().map_err(|_| format!("expected a whole number from 0 to {}", u64::MAX))
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,9 +77,11 @@ pub enum Command {
 /// The image size and scheduler, shared by generate and bench.
 #[derive(Args, Debug)]
 pub struct SizeArgs {
-    #[arg(long)]
+    /// Image width in pixels, a multiple of the VAE's scale factor (8); default: the model's own size.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub width: Option<usize>,
-    #[arg(long)]
+    /// Image height in pixels, a multiple of the VAE's scale factor (8); default: the model's own size.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub height: Option<usize>,
     /// Scheduler class (configured from the pipeline's scheduler config); default: the pipeline's own.
     #[arg(long, value_enum)]
@@ -68,18 +93,20 @@ pub struct GenerateArgs {
     /// Pipeline folder (ONNX layout) or Hugging Face repo id in the local cache; default: the embedded tiny-sd.
     #[arg(long, value_name = "DIR|REPO_ID")]
     pub model: Option<String>,
+    /// What to draw.
     #[arg(long)]
     pub prompt: String,
+    /// What to steer away from (classifier-free guidance's unconditional prompt; default empty).
     #[arg(long)]
     pub negative_prompt: Option<String>,
     /// Denoising steps (default 50, as diffusers).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL).
-    #[arg(long)]
+    /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL; 1 or less turns guidance off).
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(N) does (default: random).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = seed)]
     pub seed: Option<u64>,
     #[command(flatten)]
     pub size: SizeArgs,
@@ -98,6 +125,8 @@ pub struct GenerateArgs {
     /// Output image (.png, .jpg or .jpeg).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +167,9 @@ pub struct ConvertArgs {
     /// int8-static: the percentile of each activation's range (100: min and max).
     #[arg(long, value_name = "P", default_value_t = 99.99)]
     pub calibration_percentile: f64,
+    /// int8-static: the ONNX Runtime library (CPU build) calibration runs with (else the usual lookup).
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -147,12 +179,12 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Image width FLOPs are counted at.
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    /// Image height FLOPs are counted at.
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Image width FLOPs are counted at (default: a pipeline's own size, else 512).
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
+    pub width: Option<usize>,
+    /// Image height FLOPs are counted at (default: a pipeline's own size, else 512).
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
+    pub height: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -186,10 +218,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub size: SizeArgs,
     /// Denoising steps; default: the model card's, else 30.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub steps: Option<usize>,
     /// Images per prompt (the UNet sees twice that with guidance).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = positive)]
     pub batch_size: usize,
     /// Whole-pipeline runs before timing (after the first run, which is timed on its own).
     #[arg(long, default_value_t = 3)]
@@ -202,6 +234,11 @@ pub struct BenchArgs {
     /// Free text stored in every row.
     #[arg(long, default_value = "")]
     pub tag: String,
+    /// Keep earlier rows of the same setting in results.csv (default: a new measurement replaces them).
+    #[arg(long)]
+    pub append: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Results folder: results.csv, one image per row, converted pipelines under converted/.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -238,6 +275,8 @@ pub struct UnetStepArgs {
     /// Print the report as one JSON line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `dfast convert --help`'s list of passes and built-in profiles, from the pass registry and the profiles.
@@ -263,6 +302,10 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) if e.kind() == ErrorKind::InvalidValue => {
             eprintln!("error: {}", invalid_value(&e));
+            return 2;
+        }
+        Err(e) if e.kind() == ErrorKind::ValueValidation => {
+            eprintln!("error: {}", invalid_number(&e));
             return 2;
         }
         Err(e) => {
@@ -298,15 +341,34 @@ fn invalid_value(e: &clap::Error) -> String {
     format!("unknown {what} `{}`{expected}", context(ContextKind::InvalidValue))
 }
 
+/// clap's error for a value its parser refused, as one sentence naming the flag.
+fn invalid_number(e: &clap::Error) -> String {
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let arg = context(ContextKind::InvalidArg);
+    let flag = arg.split_whitespace().next().unwrap_or_default();
+    let why = std::error::Error::source(e).map(ToString::to_string).unwrap_or_else(|| "not accepted".into());
+    format!("invalid value `{}` for {flag}: {why}", context(ContextKind::InvalidValue))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
-    let ep_options = EpOptions::parse(&cli.ep_option)?;
-    let ort_lib = cli.ort_lib;
     match cli.command {
-        Command::Generate(args) => generate(args, ort_lib, ep_options),
-        Command::Convert(args) => convert(args, ort_lib),
+        Command::Generate(args) => {
+            let (ort_lib, ep_options) = (args.runtime.ort_lib.clone(), EpOptions::parse(&args.runtime.ep_option)?);
+            generate(args, ort_lib, ep_options)
+        }
+        Command::Convert(args) => {
+            let ort_lib = args.ort_lib.clone();
+            convert(args, ort_lib)
+        }
         Command::Inspect(args) => inspect(args),
         Command::Report(args) => report(args),
-        Command::Bench(args) => bench(args, ort_lib, ep_options),
+        Command::Bench(args) => {
+            let (ort_lib, ep_options) = (args.runtime.ort_lib.clone(), EpOptions::parse(&args.runtime.ep_option)?);
+            bench(args, ort_lib, ep_options)
+        }
         Command::BenchWorker(args) => {
             let bar = progress("  runs [{bar:30}] {pos}/{len}, {elapsed}");
             let result = bench_run::answer_job(&args.job, &args.answer, &mut |i, n| {
@@ -316,7 +378,10 @@ pub fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             result
         }
-        Command::UnetStep(args) => unet_step(args, ort_lib, ep_options),
+        Command::UnetStep(args) => {
+            let (ort_lib, ep_options) = (args.runtime.ort_lib.clone(), EpOptions::parse(&args.runtime.ep_option)?);
+            unet_step(args, ort_lib, ep_options)
+        }
     }
 }
 
@@ -337,6 +402,7 @@ fn say(bar: &ProgressBar, line: String) {
 }
 
 fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
+    check_out_dir(&args.out)?;
     let eps = if args.ep.is_empty() { vec![ExecutionProvider::Cpu] } else { args.ep };
     let precisions =
         if args.precision.is_empty() { vec![None] } else { args.precision.into_iter().map(Some).collect() };
@@ -347,7 +413,7 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
         eps,
         scheduler: args.size.scheduler,
         steps: args.steps,
-        batch_size: args.batch_size.max(1),
+        batch_size: args.batch_size,
         width: args.size.width,
         height: args.size.height,
         warmup: args.warmup,
@@ -357,6 +423,7 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
         out: args.out,
         ort_lib,
         ep_options,
+        append: args.append,
     };
     let bar = progress("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}");
     bar.set_length(bench_run::combinations(&opts)?.len() as u64);
@@ -393,6 +460,7 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
 }
 
 fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
+    check_out_dir(&args.out)?;
     let opts = ConvertOptions {
         source: args.model,
         out: args.out,
@@ -448,6 +516,7 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
 }
 
 fn report(args: ReportArgs) -> Result<()> {
+    check_out_dir(&args.out)?;
     let summary = dfast::bench::report::report(&args.dirs, &args.title, &args.out)?;
     let files: Vec<String> = summary.files.iter().map(|f| f.display().to_string()).collect();
     println!(
@@ -461,7 +530,9 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let size = dfast::inspect::Size { width: args.width, height: args.height };
+    let own = dfast::inspect::Size::default_for(&args.path);
+    let size =
+        dfast::inspect::Size { width: args.width.unwrap_or(own.width), height: args.height.unwrap_or(own.height) };
     let reports = dfast::inspect::inspect(&args.path, size)?;
     if args.json {
         let text = serde_json::to_string_pretty(&reports).map_err(|e| Error::internal(format!("json: {e}")))?;
@@ -529,8 +600,12 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     pipe.resolve_size(&opts)?;
+    if let Some(warning) = pipe.steps_warning(&opts)? {
+        eprintln!("warning: {warning}");
+    }
 
     let bar = progress("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})");
+    bar.set_length(opts.steps.unwrap_or(50) as u64); // the first frame shows 0/N, not a full bar at 0/0
     bar.set_message("denoising");
     let result = pipe.generate(&opts, &mut |i, n| {
         bar.set_length(n as u64);
@@ -562,6 +637,24 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         t.vae_decode * 1e3
     );
     Ok(())
+}
+
+/// An output folder: created with its missing parents inside the current folder; elsewhere its parent must
+/// exist (a typo in an absolute path should not create folders up from the filesystem root).
+fn check_out_dir(out: &Path) -> Result<()> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", "cannot read the current folder", e))?;
+    let abs = if out.is_absolute() { out.to_path_buf() } else { cwd.join(out) };
+    match abs.parent() {
+        Some(parent) if !parent.is_dir() && !abs.starts_with(&cwd) => Err(Error::bad_file(
+            out,
+            format!(
+                "cannot write here: folder {} does not exist (outside the current folder dfast creates no missing \
+                 parents; create it first)",
+                parent.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Fails early when a file cannot be created there (missing folder, read-only place).

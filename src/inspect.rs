@@ -48,6 +48,19 @@ pub struct Size {
     pub height: usize,
 }
 
+impl Size {
+    /// The size FLOPs are counted at when none is given: a pipeline folder's own (the UNet's `sample_size`
+    /// times the VAE's scale factor), else 512x512.
+    pub fn default_for(path: &Path) -> Size {
+        let own = crate::pipeline::PipelineDir::open(path).ok().and_then(|dir| {
+            let sample = dir.component_config("unet").ok()?.get("sample_size")?.as_u64()? as usize;
+            Some(sample * dir.vae_scale_factor().ok()?)
+        });
+        let side = own.unwrap_or(512);
+        Size { width: side, height: side }
+    }
+}
+
 /// Inspects a model file, or every `*/model.onnx` of a pipeline folder.
 pub fn inspect(path: &Path, size: Size) -> Result<Vec<ModelReport>> {
     if path.is_file() {

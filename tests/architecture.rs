@@ -150,3 +150,38 @@ fn readme_lists_the_passes_of_the_registry() {
     }
     assert_eq!(&readme[start..end], want, "update the README's pass table from src/passes/registry.rs");
 }
+
+/// The README's usage lines name only flags the binary has: each `--flag` in a `dfast <command> ...` block
+/// appears in that command's `--help`.
+#[test]
+fn readme_usage_matches_the_binary() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let mut checked = 0;
+    let mut command: Option<String> = None;
+    let mut in_code = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            command = None;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if let Some(rest) = line.strip_prefix("dfast ") {
+            command = rest.split_whitespace().next().map(str::to_string);
+        } else if !(line.starts_with(' ') && trimmed.starts_with('[') || trimmed.starts_with("--")) {
+            command = None;
+        }
+        let Some(cmd) = &command else { continue };
+        let help = common::dfast(&[cmd, "--help"]);
+        assert!(help.status.success(), "README names `dfast {cmd}`, which has no --help");
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).filter(|w| w.starts_with("--")) {
+            assert!(help.contains(flag), "README: `dfast {cmd}` has no {flag}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} flags found in the README's usage lines");
+}

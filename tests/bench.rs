@@ -69,11 +69,18 @@ fn bench_writes_rows_images_and_skips_with_a_reason() {
     let manifest = out.join("converted").join("sdpa-fp32-cpu").join("dfast-manifest.json");
     let first = std::fs::metadata(&manifest).unwrap().modified().unwrap();
 
-    // A second run reuses the conversion and appends its rows.
+    // The EP that cannot run here was found out before any conversion: nothing was converted for it.
+    let converted: Vec<String> = std::fs::read_dir(out.join("converted"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(converted.iter().all(|c| !c.ends_with("-cuda")), "converted for an unusable EP: {converted:?}");
+
+    // A second run reuses the conversion and replaces its rows.
     let run = Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(std::fs::metadata(&manifest).unwrap().modified().unwrap(), first, "conversion was redone");
-    assert_eq!(csv::Reader::from_path(out.join("results.csv")).unwrap().records().count(), 4);
+    assert_eq!(csv::Reader::from_path(out.join("results.csv")).unwrap().records().count(), 2);
 
     // And report turns the folder into a table and a chart.
     let report = tmp.path().join("report");
@@ -97,6 +104,9 @@ fn bench_bad_input_is_a_clear_error() {
         (vec!["--precision", "fp8"], "unknown precision `fp8`"),
         (vec!["--runs", "0"], "--runs must be at least 1"),
         (vec!["--scheduler", "lms"], "lms"),
+        // Checked before any work (batch 0 used to run as 1; a bad width was "skipped" per combination).
+        (vec!["--batch-size", "0"], "invalid value `0` for --batch-size"),
+        (vec!["--width", "100", "--height", "64"], "--width 100 is not a positive multiple of 8"),
     ] {
         let mut all = vec!["bench", "--steps", "1", "--out", out.to_str().unwrap()];
         all.extend(args);
@@ -105,6 +115,7 @@ fn bench_bad_input_is_a_clear_error() {
         assert!(!run.status.success(), "{all:?} succeeded");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+        assert!(!out.join("converted").exists(), "{all:?} converted before refusing");
     }
 }
 
@@ -123,4 +134,32 @@ fn bench_runs_a_unet_with_a_one_value_timestep() {
     assert!(stdout.contains(": 2 rows in results.csv, 0 skipped"), "{stdout}");
     let rows = csv::Reader::from_path(out.join("results.csv")).unwrap().records().count();
     assert_eq!(rows, 2, "{stdout}");
+}
+
+/// Running the same benchmark again replaces its rows (the README's main command twice used to double the
+/// CSV and compare the baseline with itself); `--append` keeps both; another tag is another setting.
+#[test]
+fn a_rerun_replaces_its_rows_unless_appended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("results");
+    let bench = |extra: &[&str]| {
+        let args = ["bench", "--profile", "baseline", "--steps", "1", "--warmup", "0", "--runs", "1"];
+        let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+            .args(args)
+            .args(["--out", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        csv::Reader::from_path(out.join("results.csv")).unwrap().records().count()
+    };
+    assert_eq!(bench(&[]), 1);
+    assert_eq!(bench(&[]), 1, "the same setting again replaces its row");
+    assert_eq!(bench(&["--append"]), 2, "--append keeps the earlier row");
+    assert_eq!(bench(&["--tag", "other"]), 3, "another tag is another setting");
+    assert_eq!(bench(&["--ep-option", "threads=1"]), 4, "other EP options are another setting");
+    let mut reader = csv::Reader::from_path(out.join("results.csv")).unwrap();
+    let col = reader.headers().unwrap().iter().position(|c| c == "ep_options").unwrap();
+    let options: Vec<String> = reader.records().map(|r| r.unwrap()[col].to_string()).collect();
+    assert_eq!(options.iter().filter(|o| *o == "threads=1").count(), 1, "{options:?}");
 }

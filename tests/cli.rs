@@ -147,8 +147,7 @@ fn missing_onnx_runtime_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png");
     let missing = tmp.path().join("libonnxruntime.so.1.31.1");
-    let mut args = vec!["--ort-lib", missing.to_str().unwrap()];
-    args.extend(generate_args(out.to_str().unwrap(), &[]));
+    let args = generate_args(out.to_str().unwrap(), &["--ort-lib", missing.to_str().unwrap()]);
     assert_clear_error(&dfast(&args), "ONNX Runtime library not found");
     let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
         .args(generate_args(out.to_str().unwrap(), &[]))
@@ -237,4 +236,141 @@ fn static_shape_unet_at_another_size_is_a_clear_error() {
     // At the size it was exported for, it runs (tests/parity.rs checks its numbers).
     let run = dfast(&generate_args(out, &["--model", model]));
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+/// `dfast inspect ... --json | head -c 10`: the reader closes the pipe early; dfast ends quietly (no panic,
+/// nothing on stderr), as command-line tools do.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(["inspect", common::model("tiny-sdxl").to_str().unwrap(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // A one-page pipe: the ~9 KB of JSON cannot all be written before the reader closes it.
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a pipe descriptor this process owns.
+    assert!(unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 4096);
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout); // close the pipe, as `head -c 10` does
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "expected a quiet exit, got: {stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(out.status.success() || out.status.signal() == Some(13), "{:?}", out.status);
+}
+
+/// A model file cut short is one sentence naming it, from inspect and from convert (not a pass's complaint).
+#[test]
+fn a_truncated_model_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-sd");
+    common::copy_dir(&common::model("tiny-sd"), &model);
+    let unet = model.join("unet/model.onnx");
+    let bytes = std::fs::read(&unet).unwrap();
+    std::fs::write(&unet, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    assert_clear_error(&dfast(&["inspect", model.to_str().unwrap()]), "unet/model.onnx: not a");
+    let out = tmp.path().join("out");
+    let run =
+        dfast(&["convert", "--model", model.to_str().unwrap(), "--profile", "sdpa", "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "unet/model.onnx: not a");
+}
+
+/// Negative numbers: accepted where they mean something (`--guidance`), a range error naming the flag where
+/// they do not; argument errors exit with 2, errors found while running with 1.
+#[test]
+fn negative_numbers_and_exit_statuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let out = out.to_str().unwrap();
+    let run = dfast(&generate_args(out, &["--guidance", "-3"]));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for (flag, value, needle) in [
+        ("--width", "-8", "invalid value `-8` for --width: expected a positive whole number"),
+        ("--seed", "-1", "invalid value `-1` for --seed: expected a whole number from 0 to 18446744073709551615"),
+        ("--height", "0", "invalid value `0` for --height: expected a positive whole number"),
+    ] {
+        let run = dfast(&generate_args(out, &[flag, value]));
+        assert_clear_error(&run, needle);
+        assert_eq!(run.status.code(), Some(2), "{flag} {value}");
+    }
+    let run = dfast(&generate_args(out, &["--width", "60"]));
+    assert_clear_error(&run, "not a positive multiple of 8");
+    assert_eq!(run.status.code(), Some(1));
+}
+
+/// More steps than the scheduler's training timesteps: a warning up front with the number of UNet calls
+/// (diffusers runs them, so dfast does too; DDIM refuses, as diffusers does).
+#[test]
+fn steps_above_the_training_timesteps_warn_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--steps",
+        "1001",
+        "--scheduler",
+        "euler",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.starts_with("warning: --steps 1001 is more than the scheduler's 1000 training timesteps"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1001 UNet calls"), "{stderr}");
+    let run =
+        dfast(&["generate", "--prompt", "x", "--steps", "1001", "--scheduler", "ddim", "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "exceed the 1000 training timesteps");
+}
+
+/// Output folders: a missing parent outside the current folder is refused (it used to be created up from
+/// the filesystem root); under the current folder it is created.
+#[test]
+fn missing_output_parents_outside_the_current_folder_are_refused() {
+    let model = common::model("tiny-sd");
+    let run = dfast(&[
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        "sdpa",
+        "--out",
+        "/nonexistent-dfast/a/out",
+    ]);
+    assert_clear_error(&run, "folder /nonexistent-dfast/a does not exist");
+    assert!(!Path::new("/nonexistent-dfast").exists());
+    let csvs = common::root().join("benchmarks");
+    let run = dfast(&["report", csvs.to_str().unwrap(), "--out", "/nonexistent-dfast/report"]);
+    assert_clear_error(&run, "folder /nonexistent-dfast does not exist");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .current_dir(tmp.path())
+        .args(["convert", "--model", model.to_str().unwrap(), "--profile", "baseline", "--out", "new/deeper/out"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(tmp.path().join("new/deeper/out/dfast-manifest.json").is_file());
+}
+
+/// Help: what generate's flags mean, the EP's values, and no runtime flags on commands that run no model.
+#[test]
+fn help_describes_the_flags_and_offers_only_what_works() {
+    let help = String::from_utf8_lossy(&dfast(&["generate", "--help"]).stdout).to_string();
+    for needle in ["What to draw", "What to steer away from", "Image width in pixels", "Image height in pixels"] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+    assert!(help.contains("[possible values: cpu, cuda, tensorrt, openvino]"), "{help}");
+    for command in ["report", "inspect"] {
+        let help = String::from_utf8_lossy(&dfast(&[command, "--help"]).stdout).to_string();
+        assert!(!help.contains("--ort-lib") && !help.contains("--ep-option"), "{command}: {help}");
+    }
 }

@@ -30,9 +30,9 @@ fn generate_error_with(model: &Path, pipeline: &str, scheduler: &str, lib: &Path
     let (out, latents) = (tmp.path().join("x.png"), tmp.path().join("x.npy"));
     let n = |key: &str| params[key].as_u64().unwrap().to_string();
     let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .arg("generate")
         .arg("--ort-lib")
         .arg(lib)
-        .arg("generate")
         .args(args)
         .arg("--model")
         .arg(model)
@@ -112,10 +112,10 @@ fn generate_with(lib: &Path, ep: &str, extra: &[&str]) -> std::process::Output {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png");
     Command::new(env!("CARGO_BIN_EXE_dfast"))
-        .arg("--ort-lib")
+        .args(["generate", "--ort-lib"])
         .arg(lib)
         .args(extra)
-        .args(["generate", "--prompt", "a castle", "--steps", "2", "--ep", ep, "--out"])
+        .args(["--prompt", "a castle", "--steps", "2", "--ep", ep, "--out"])
         .arg(&out)
         .output()
         .unwrap()

@@ -333,3 +333,36 @@ fn big_external_model_round_trips_in_bounded_memory() {
         eprintln!("{}", line.1.trim());
     }
 }
+
+/// Truncated, bit-flipped and empty copies of a real export: `OnnxModel::load` answers each with a result,
+/// never a panic, and a copy cut short anywhere is an error that names the file (it used to load a cut
+/// UNet as "opset 0" and let a pass fail on a missing input).
+#[test]
+fn damaged_files_are_errors_never_panics() {
+    let source = std::fs::read(common::model("tiny-sd").join("unet/model.onnx")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.onnx");
+    let load = |bytes: &[u8]| -> Result<(), String> {
+        std::fs::write(&path, bytes).unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| OnnxModel::load(&path).map(|_| ())));
+        let result = result.unwrap_or_else(|_| panic!("OnnxModel::load panicked on {} bytes", bytes.len()));
+        result.map_err(|e| e.to_string())
+    };
+    assert!(load(&[]).unwrap_err().contains("empty"));
+    for k in 1..=97 {
+        let cut = source.len() * k / 98;
+        let err = load(&source[..cut]).expect_err("a truncated model must not load");
+        assert!(err.starts_with(&path.display().to_string()), "cut at {cut}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // Bit flips at pseudo-random places: any answer but a panic.
+    let mut state = 0x9e3779b97f4a7c15u64;
+    for _ in 0..300 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut bytes = source.clone();
+        let at = (state >> 33) as usize % bytes.len();
+        bytes[at] ^= 1 << ((state >> 20) % 8);
+        let _ = load(&bytes);
+    }
+    assert!(load(&source).is_ok(), "the intact model loads");
+}

@@ -36,6 +36,7 @@ fn row(model: &str, runtime: &str, profile: &str, precision: &str, ep: &str, tot
         passes: String::new(),
         precision: precision.into(),
         ep: ep.into(),
+        ep_options: String::new(),
         // As experiment-scripts/pytorch_reference.py writes it.
         onnxruntime_version: if runtime == "pytorch" { "torch 2.11.0" } else { "1.24.1" }.into(),
         dfast_version: "0.1.0".into(),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use chart::{CHART_HEIGHT, CHART_WIDTH};
 
-use super::schema::{COLUMNS, RESULTS_CSV, Row};
+use super::schema::{COLUMNS, OPTIONAL_COLUMNS, RESULTS_CSV, Row};
 use crate::{Error, Result};
 
 /// The Markdown report's file name in the output folder.
@@ -112,6 +112,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
     for column in COLUMNS {
         match names.iter().position(|n| *n == column) {
             Some(i) => index.push(i),
+            None if OPTIONAL_COLUMNS.contains(&column) => index.push(usize::MAX),
             None => missing.push(format!("`{column}`")),
         }
     }
@@ -151,7 +152,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
 }
 
 /// `total_s`'s index in [`COLUMNS`].
-const TOTAL_S: usize = 25;
+const TOTAL_S: usize = 26;
 
 /// A data row's number: 1 is the first row under the header. (Not its line: csv's line count is off by one
 /// in files with CRLF line ends, and a quoted field may span lines.)
@@ -220,8 +221,9 @@ fn check_out_is_not_an_input(dirs: &[PathBuf], out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_csv(rows: &[Row], path: &Path) -> Result<()> {
-    let fail = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot write the collated CSV: {e}"));
+/// Writes `rows` as a benchmark CSV (header first).
+pub(crate) fn write_csv(rows: &[Row], path: &Path) -> Result<()> {
+    let fail = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot write the CSV: {e}"));
     let mut writer = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
     for row in rows {
         writer.serialize(row).map_err(|e| fail(&e))?;
@@ -265,8 +267,17 @@ pub fn setting(row: &Row) -> String {
     if row.runtime.eq_ignore_ascii_case("pytorch") {
         format!("pytorch {}", row.profile)
     } else {
-        format!("{}/{}/{}/{}", row.runtime, row.profile, row.precision, row.ep)
+        let base = format!("{}/{}/{}/{}", row.runtime, row.profile, row.precision, row.ep);
+        if row.ep_options.is_empty() { base } else { format!("{base} ({})", row.ep_options) }
     }
+}
+
+/// The row's setting in a table of `rows`: [`setting`], plus the tag when another row of the same model has
+/// the same setting and another tag (so that two runs of one setting read apart).
+pub fn setting_in(rows: &[Row], row: &Row) -> String {
+    let base = setting(row);
+    let twin = rows.iter().any(|r| r.model == row.model && r.tag != row.tag && setting(r) == base);
+    if twin && !row.tag.is_empty() { format!("{base} [{}]", row.tag) } else { base }
 }
 
 /// The index in `rows` of the baseline `row` is compared with: the same model's `profile = baseline`,
@@ -365,7 +376,7 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
             let _ = writeln!(
                 md,
                 "| {} |{device} {} | {} | {} | {} | {speedup} | {} |",
-                escape(&setting(row)),
+                escape(&setting_in(rows, row)),
                 format_number(row.total_s),
                 format_number(row.unet_step_ms),
                 format_number(row.vae_decode_ms),
@@ -454,6 +465,15 @@ mod tests {
         r.runtime = "pytorch".into();
         assert_eq!(setting(&r), "pytorch bf16+sdpa");
         assert_eq!(setting(&row("a", "sdpa", "fp16", "cuda", 1.0)), "dfast/sdpa/fp16/cuda");
+        // Rows that differ only in EP options or tag read apart.
+        let nhwc = Row { ep_options: "prefer_nhwc=true".into(), ..row("a", "sdpa", "fp16", "cuda", 1.0) };
+        assert_eq!(setting(&nhwc), "dfast/sdpa/fp16/cuda (prefer_nhwc=true)");
+        let rows = [
+            row("a", "sdpa", "fp16", "cuda", 1.0),
+            Row { tag: "run 2".into(), ..row("a", "sdpa", "fp16", "cuda", 1.0) },
+        ];
+        assert_eq!(setting_in(&rows, &rows[1]), "dfast/sdpa/fp16/cuda [run 2]");
+        assert_eq!(setting_in(&rows[1..], &rows[1]), "dfast/sdpa/fp16/cuda");
     }
 
     #[test]

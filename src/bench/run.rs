@@ -48,6 +48,8 @@ pub struct BenchOptions {
     pub ort_lib: Option<PathBuf>,
     /// `--ep-option key=value` for every combination's sessions.
     pub ep_options: EpOptions,
+    /// Keep earlier rows of the same setting in results.csv (default: a new measurement replaces them).
+    pub append: bool,
 }
 
 /// One combination to measure.
@@ -109,8 +111,12 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     if opts.runs == 0 {
         return Err(Error::bad_input("--runs must be at least 1"));
     }
+    if opts.batch_size == 0 || opts.steps == Some(0) {
+        return Err(Error::bad_input("--batch-size and --steps must be at least 1"));
+    }
     // Everything that can be checked is checked before the first conversion.
     let dir = PipelineDir::open(&opts.model)?;
+    dir.check_size(opts.width, opts.height)?;
     let combinations = combinations(opts)?;
     let mut profiles: Vec<(String, Profile)> = Vec::new();
     for c in &combinations {
@@ -128,8 +134,38 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     let source = opts.model.canonicalize().map_err(|e| Error::io(&opts.model, "cannot read", e))?;
     let model_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
 
+    // ONNX Runtime and each EP are checked once, in a worker process, before anything is converted.
+    let mut unusable: BTreeMap<ExecutionProvider, String> = BTreeMap::new();
+    for &ep in &opts.eps {
+        let job = WorkerJob {
+            model: source.clone(),
+            ep,
+            prompt: String::new(),
+            steps: 0,
+            batch_size: 1,
+            width: None,
+            height: None,
+            scheduler: None,
+            warmup: 0,
+            runs: 0,
+            image: PathBuf::new(),
+            ort_lib: opts.ort_lib.clone(),
+            ep_options: opts.ep_options.0.clone(),
+            probe: true,
+        };
+        if let Err(reason) = run_worker(worker_exe, &job, &opts.out.join(format!(".probe-{}", ep.name()))) {
+            unusable.insert(ep, reason);
+        }
+    }
+
     let mut outcomes = Vec::new();
     for combination in combinations {
+        if let Some(reason) = unusable.get(&combination.ep) {
+            let outcome = Outcome::Skipped { combination: combination.clone(), reason: reason.clone() };
+            on_event(Event::Done(&outcome));
+            outcomes.push(outcome);
+            continue;
+        }
         let profile =
             &profiles.iter().find(|(spec, _)| *spec == combination.profile).expect("every profile was loaded").1;
         let outcome =
@@ -138,7 +174,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
                     row.model = model_name.clone();
                     row.model_card = card.as_ref().map(|c| c.name.clone()).unwrap_or_default();
                     row.scheduler = scheduler_name.clone();
-                    append_row(&opts.out.join(RESULTS_CSV), &row)?;
+                    record_row(&opts.out.join(RESULTS_CSV), &row, opts.append)?;
                     Outcome::Measured(Box::new(row))
                 }
                 Err(reason) => Outcome::Skipped { combination: combination.clone(), reason },
@@ -193,8 +229,10 @@ fn measure(
         image: opts.out.join(&image),
         ort_lib: opts.ort_lib.clone(),
         ep_options: opts.ep_options.0.clone(),
+        probe: false,
     };
-    let m = run_worker(worker_exe, &job, &opts.out.join(format!(".{label}")))?;
+    let m = run_worker(worker_exe, &job, &opts.out.join(format!(".{label}")))?
+        .ok_or_else(|| "the measuring process measured nothing".to_string())?;
     let pipeline = match dir.kind {
         PipelineKind::StableDiffusion => "StableDiffusionPipeline",
         PipelineKind::StableDiffusionXl => "StableDiffusionXLPipeline",
@@ -208,6 +246,7 @@ fn measure(
         passes: profile.passes.join("+"),
         precision: combination.precision.name().into(),
         ep: combination.ep.name().into(),
+        ep_options: opts.ep_options.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"),
         onnxruntime_version: m.onnxruntime_version,
         dfast_version: env!("CARGO_PKG_VERSION").into(),
         device: if ep.device_memory() {
@@ -321,17 +360,30 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Appends a row, writing the header when the file is new.
-fn append_row(path: &Path, row: &Row) -> Result<()> {
+/// Adds a row to the results CSV. Unless `append`, it replaces the rows of the same setting (model, runtime,
+/// profile, precision, EP, EP options, tag): running the same benchmark again updates its rows instead of
+/// doubling them. The file is rewritten through a temporary file renamed over it.
+fn record_row(path: &Path, row: &Row, append: bool) -> Result<()> {
     let exists = path.is_file() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, "cannot write the results", e))?;
-    let mut w = csv::WriterBuilder::new().has_headers(!exists).from_writer(file);
-    w.serialize(row).map_err(|e| Error::io(path, "cannot write the results", e))?;
-    w.flush().map_err(|e| Error::io(path, "cannot write the results", e))
+    let mut rows = if exists { super::report::read_csv(path)? } else { Vec::new() };
+    if !append {
+        let key = |r: &Row| {
+            (
+                r.model.clone(),
+                r.runtime.clone(),
+                r.profile.clone(),
+                r.precision.clone(),
+                r.ep.clone(),
+                r.ep_options.clone(),
+                r.tag.clone(),
+            )
+        };
+        rows.retain(|r| key(r) != key(row));
+    }
+    rows.push(row.clone());
+    let partial = path.with_extension("csv.partial");
+    super::report::write_csv(&rows, &partial)?;
+    std::fs::rename(&partial, path).map_err(|e| Error::io(path, "cannot write the results", e))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -372,19 +424,23 @@ pub struct WorkerJob {
     pub image: PathBuf,
     pub ort_lib: Option<PathBuf>,
     pub ep_options: BTreeMap<String, String>,
+    /// Only check that ONNX Runtime and the EP can run a session here (no model is measured).
+    #[serde(default)]
+    pub probe: bool,
 }
 
-/// The worker's answer: its measurement, or the error that stopped it.
+/// The worker's answer: its measurement, the probe's success, or the error that stopped it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerAnswer {
     Measured(Measurement),
+    Usable,
     Failed { error: String },
 }
 
-/// Runs one job in a worker process (`<stem>.job.json` in, `<stem>.answer.json` out); `Err` is why no
-/// measurement came back.
-fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::Result<Measurement, String> {
+/// Runs one job in a worker process (`<stem>.job.json` in, `<stem>.answer.json` out): the measurement
+/// (`None` for a probe that succeeded); `Err` is why none came back.
+fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::Result<Option<Measurement>, String> {
     let (job_path, answer_path) = (stem.with_extension("job.json"), stem.with_extension("answer.json"));
     let text = serde_json::to_string_pretty(job).map_err(|e| format!("cannot write the job: {e}"))?;
     std::fs::write(&job_path, text).map_err(|e| format!("{}: cannot write the job: {e}", job_path.display()))?;
@@ -401,7 +457,8 @@ fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::R
     let answer = std::fs::read_to_string(&answer_path);
     let _ = std::fs::remove_file(&answer_path);
     match answer.ok().and_then(|t| serde_json::from_str::<WorkerAnswer>(&t).ok()) {
-        Some(WorkerAnswer::Measured(m)) => Ok(m),
+        Some(WorkerAnswer::Measured(m)) => Ok(Some(m)),
+        Some(WorkerAnswer::Usable) => Ok(None),
         Some(WorkerAnswer::Failed { error }) => Err(error),
         None => Err(format!(
             "the measuring process ended ({}) without an answer: {}",
@@ -413,12 +470,37 @@ fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::R
 
 /// Reads a job, measures it and writes the answer (success or the error); the worker process's whole work.
 pub fn answer_job(job_path: &Path, answer_path: &Path, on_run: &mut dyn FnMut(usize, usize)) -> Result<()> {
-    let answer = match read_job(job_path).and_then(|job| worker(&job, on_run)) {
-        Ok(m) => WorkerAnswer::Measured(m),
-        Err(e) => WorkerAnswer::Failed { error: e.to_string() },
-    };
+    let job = read_job(job_path);
+    let answer =
+        match job.and_then(|job| if job.probe { probe(&job).map(|()| None) } else { worker(&job, on_run).map(Some) }) {
+            Ok(Some(m)) => WorkerAnswer::Measured(m),
+            Ok(None) => WorkerAnswer::Usable,
+            Err(e) => WorkerAnswer::Failed { error: e.to_string() },
+        };
     let text = serde_json::to_string(&answer).map_err(|e| Error::internal(format!("worker answer: {e}")))?;
     std::fs::write(answer_path, text).map_err(|e| Error::io(answer_path, "cannot write", e))
+}
+
+/// Loads ONNX Runtime for the job's EP and runs a one-node model with it: what every combination of that
+/// EP needs, found out before anything is converted.
+fn probe(job: &WorkerJob) -> Result<()> {
+    use crate::onnx::{ModelProto, NodeBuilder, OnnxModel, OperatorSetIdProto, dtype, make_tensor_value_info};
+    let runtime = Runtime::with_options(job.ep, EpOptions(job.ep_options.clone()), job.ort_lib.as_deref())?;
+    let mut proto = ModelProto::new();
+    proto.set_ir_version(8);
+    let mut opset = OperatorSetIdProto::new();
+    opset.set_version(17);
+    proto.opset_import.push(opset);
+    let graph = proto.graph.mut_or_insert_default();
+    graph.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[Some(1)])));
+    graph.output.push(make_tensor_value_info("y", dtype::FLOAT, Some(&[Some(1)])));
+    graph.node.push(NodeBuilder::new("Relu").inputs(["x"]).outputs(["y"]).build());
+    let dir = std::env::temp_dir().join(format!("dfast-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "cannot create", e))?;
+    let path = dir.join("probe.onnx");
+    let result = OnnxModel::from_proto(proto, None).save(&path).and_then(|_| runtime.load(&path).map(drop));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn read_job(path: &Path) -> Result<WorkerJob> {
@@ -588,6 +670,7 @@ mod tests {
             out: PathBuf::new(),
             ort_lib: None,
             ep_options: EpOptions::default(),
+            append: false,
         };
         let labels: Vec<String> = combinations(&opts).unwrap().iter().map(Combination::label).collect();
         assert_eq!(labels, ["baseline-fp32-cpu", "sdpa-fp32-cpu", "baseline-fp16-cuda", "sdpa-fp16-cuda"]);

@@ -48,6 +48,8 @@ pub struct Row {
     pub passes: String,
     pub precision: String,
     pub ep: String,
+    /// `--ep-option` pairs the row ran with, `key=value` joined by `;` (empty: none).
+    pub ep_options: String,
     pub onnxruntime_version: String,
     pub dfast_version: String,
     pub device: String,
@@ -73,7 +75,7 @@ pub struct Row {
 }
 
 /// The column names, in order.
-pub const COLUMNS: [&str; 32] = [
+pub const COLUMNS: [&str; 33] = [
     "timestamp",
     "tag",
     "model",
@@ -84,6 +86,7 @@ pub const COLUMNS: [&str; 32] = [
     "passes",
     "precision",
     "ep",
+    "ep_options",
     "onnxruntime_version",
     "dfast_version",
     "device",
@@ -107,6 +110,9 @@ pub const COLUMNS: [&str; 32] = [
     "image",
     "command",
 ];
+
+/// Columns that CSVs written before them lack; read as empty there.
+pub const OPTIONAL_COLUMNS: [&str; 1] = ["ep_options"];
 
 /// The name of the CSV `dfast bench` writes in its output folder.
 pub const RESULTS_CSV: &str = "results.csv";

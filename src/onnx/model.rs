@@ -150,8 +150,38 @@ impl OnnxModel {
             base_dir: base_dir.map(Path::to_path_buf),
             maps: Mutex::new(HashMap::new()),
         };
+        model.check_complete(path)?;
         model.check_external_refs()?;
         Ok(model)
+    }
+
+    /// A file cut short (a failed download, a full disk) often still parses: protobuf stops at a field
+    /// boundary. What every exported model has tells: an opset import (written after the graph), graph
+    /// outputs (written after the nodes), and a definition for every value a top-level node reads.
+    fn check_complete(&self, path: &Path) -> Result<()> {
+        let damaged = |what: String| {
+            Error::bad_file(path, format!("not a complete ONNX model: {what} (a truncated or damaged file?)"))
+        };
+        if self.proto.opset_import.is_empty() {
+            return Err(damaged("it imports no opset".into()));
+        }
+        let graph = self.graph();
+        if graph.output.is_empty() {
+            return Err(damaged("its graph has no outputs".into()));
+        }
+        let mut defined: std::collections::HashSet<&str> = graph.input.iter().map(|i| i.name()).collect();
+        defined.extend(graph.initializer.iter().map(|t| t.name()));
+        defined.extend(graph.sparse_initializer.iter().filter_map(|t| t.values.as_ref()).map(|t| t.name()));
+        defined.extend(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
+        for node in &graph.node {
+            if let Some(missing) = node.input.iter().find(|i| !i.is_empty() && !defined.contains(i.as_str())) {
+                return Err(damaged(format!("node `{}` reads `{missing}`, which nothing defines", node.name())));
+            }
+        }
+        if let Some(missing) = graph.output.iter().find(|o| !defined.contains(o.name())) {
+            return Err(damaged(format!("graph output `{}` is not produced", missing.name())));
+        }
+        Ok(())
     }
 
     /// Wraps a protobuf built in memory. `base_dir` is where its external data locations (if any) are

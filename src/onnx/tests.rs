@@ -232,6 +232,7 @@ fn external_model(dir: &Path, location: &str, offset: u64, length: u64) -> PathB
     g.initializer.push(t);
     g.node.push(NodeBuilder::new("Identity").inputs(["w"]).outputs(["y"]).build());
     g.output.push(make_tensor_value_info("y", dtype::FLOAT, Some(&[Some(4)])));
+    m.opset_import.push(default_opset(17));
     let path = dir.join("model.onnx");
     std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
     path
@@ -292,6 +293,8 @@ fn typed_fields_read_and_save_like_raw_data() {
     big.dims = vec![1000];
     big.float_data = (0..1000).map(|v| v as f32).collect();
     g.initializer.extend([f, h, i, big]);
+    g.output.push(make_tensor_value_info("f", dtype::FLOAT, Some(&[Some(2), Some(2)])));
+    m.opset_import.push(default_opset(17));
     let model = OnnxModel::from_proto(m, None);
 
     assert_eq!(
@@ -545,4 +548,11 @@ fn load_errors_keep_their_source() {
     std::fs::write(dir.path().join(crate::manifest::MANIFEST), [0xff, 0xfe, 0x00]).unwrap();
     let err = crate::manifest::Manifest::read(dir.path()).unwrap_err();
     assert!(err.source().is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()), "{err:?}");
+}
+
+/// The default-domain opset import `version`.
+fn default_opset(version: i64) -> OperatorSetIdProto {
+    let mut op = OperatorSetIdProto::new();
+    op.set_version(version);
+    op
 }

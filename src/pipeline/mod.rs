@@ -109,8 +109,7 @@ impl Pipeline {
         let io_binding = defaults.merged(runtime.options()).flag("io_binding", runtime.ep().device_memory())?;
         let vae_config = dir.component_config("vae_decoder")?;
         let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
-        let blocks = vae_config.get("block_out_channels").and_then(Value::as_array).map_or(4, Vec::len);
-        let vae_scale_factor = 1usize << blocks.saturating_sub(1);
+        let vae_scale_factor = dir.vae_scale_factor()?;
         let unet_config = dir.component_config("unet").unwrap_or(Value::Null);
         let latent_channels = unet_config.get("in_channels").and_then(Value::as_u64).unwrap_or(4) as usize;
         let sample_size = unet_config.get("sample_size").and_then(Value::as_u64).map(|s| s as usize);
@@ -158,15 +157,27 @@ impl Pipeline {
     pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
         let width = opts.width.unwrap_or(self.default_size);
         let height = opts.height.unwrap_or(self.default_size);
-        let f = self.vae_scale_factor;
-        for (name, v) in [("width", width), ("height", height)] {
-            if v == 0 || v % f != 0 {
-                return Err(Error::bad_input(format!(
-                    "--{name} {v} is not a positive multiple of {f} (the VAE's scale factor)"
-                )));
-            }
-        }
+        self.dir.check_size(Some(width), Some(height))?;
         Ok((height, width))
+    }
+
+    /// A warning for more steps than the scheduler's training timesteps (diffusers runs them, so dfast does
+    /// too; only DDIM refuses), with the number of UNet calls that will run; for the caller to show first.
+    pub fn steps_warning(&self, opts: &GenerateOptions) -> Result<Option<String>> {
+        let steps = opts.steps.unwrap_or(50);
+        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| self.dir.scheduler_config());
+        let config = SchedulerConfig::from_file(&config_path)?;
+        let trained = config.train_timesteps()?;
+        if steps <= trained {
+            return Ok(None);
+        }
+        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
+        scheduler.set_timesteps(steps)?;
+        let calls = scheduler.timesteps().len();
+        Ok(Some(format!(
+            "--steps {steps} is more than the scheduler's {trained} training timesteps; diffusers runs them all, \
+             and so does dfast: {calls} UNet calls"
+        )))
     }
 
     /// Generates one image; `on_step(i, n)` is called after each denoising step.

@@ -139,6 +139,29 @@ impl PipelineDir {
         Ok((EpOptions::default(), Some(warning)))
     }
 
+    /// Image pixels per latent pixel: 2^(VAE blocks - 1), from the VAE decoder's config (8 for every real
+    /// checkpoint).
+    pub fn vae_scale_factor(&self) -> Result<usize> {
+        let config = self.component_config("vae_decoder")?;
+        let blocks = config.get("block_out_channels").and_then(Value::as_array).map_or(4, Vec::len);
+        Ok(1usize << blocks.saturating_sub(1))
+    }
+
+    /// Checks `--width` / `--height` against the VAE's scale factor before any work.
+    pub fn check_size(&self, width: Option<usize>, height: Option<usize>) -> Result<()> {
+        let f = self.vae_scale_factor()?;
+        for (name, v) in [("width", width), ("height", height)] {
+            if let Some(v) = v
+                && (v == 0 || v % f != 0)
+            {
+                return Err(Error::bad_input(format!(
+                    "--{name} {v} is not a positive multiple of {f} (the VAE's scale factor)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// SDXL's `force_zeros_for_empty_prompt` (true unless the pipeline says otherwise).
     pub fn force_zeros_for_empty_prompt(&self) -> bool {
         self.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true)

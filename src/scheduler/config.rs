@@ -175,7 +175,7 @@ impl SchedulerConfig {
 
     /// `num_train_timesteps`, default 1000, which must be positive (and not absurdly large, since every
     /// scheduler allocates per-timestep tables).
-    pub(crate) fn train_timesteps(&self) -> Result<usize> {
+    pub fn train_timesteps(&self) -> Result<usize> {
         const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
         match self.num_train_timesteps.unwrap_or(1000) {
             n @ 1..=MAX_TRAIN_TIMESTEPS => Ok(n),

@@ -132,9 +132,15 @@ fn panel(rows: &[Row], model: &str, eps: &[String]) -> Panel {
 /// `dfast/sdpa/fp16/cuda` gives `dfast`, `sdpa`, `fp16`; `pytorch bf16+sdpa` gives `pytorch`, `bf16+sdpa`.
 fn label_parts(row: &Row) -> Vec<String> {
     let text = setting(row);
+    let (text, options) = match text.split_once(" (") {
+        Some((main, rest)) => (main.to_string(), Some(rest.trim_end_matches(')').to_string())),
+        None => (text, None),
+    };
     let ep_suffix = format!("/{}", row.ep);
     let text = text.strip_suffix(&ep_suffix).unwrap_or(&text);
-    text.split(['/', ' ']).filter(|p| !p.is_empty()).map(str::to_string).collect()
+    let mut parts: Vec<String> = text.split(['/', ' ']).filter(|p| !p.is_empty()).map(str::to_string).collect();
+    parts.extend(options);
+    parts
 }
 
 fn font(size: u32) -> TextStyle<'static> {
