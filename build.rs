@@ -7,6 +7,17 @@
 fn main() {
     println!("cargo:rerun-if-changed=src/onnx/onnx.proto");
     println!("cargo:rerun-if-changed=build.rs");
+    // The commit the binary was built from, for `dfast --version` ("unknown" outside a git checkout).
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=DFAST_COMMIT={commit}");
     protobuf_codegen::Codegen::new()
         .pure()
         .include("src/onnx")

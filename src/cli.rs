@@ -72,6 +72,11 @@ pub enum Command {
     BenchWorker(BenchWorkerArgs),
     /// Time one UNet call on inputs from an .npz and save its output (to compare with other runtimes).
     UnetStep(UnetStepArgs),
+    /// Print a shell completion script (e.g. `dfast completions bash > /etc/bash_completion.d/dfast`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The image size and scheduler, shared by generate and bench.
@@ -93,6 +98,13 @@ pub struct GenerateArgs {
     /// Pipeline folder (ONNX layout) or Hugging Face repo id in the local cache; default: the embedded tiny-sd.
     #[arg(long, value_name = "DIR|REPO_ID")]
     pub model: Option<String>,
+    /// With a repo id: the revision (branch, tag or commit) in the cache; default main (older ONNX exports
+    /// live at revision `onnx`).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// With a repo id: the folder of the snapshot that holds the pipeline (e.g. `onnx`).
+    #[arg(long, value_name = "DIR")]
+    pub subfolder: Option<String>,
     /// What to draw.
     #[arg(long)]
     pub prompt: String,
@@ -125,6 +137,9 @@ pub struct GenerateArgs {
     /// Output image (.png, .jpg or .jpeg).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Print one JSON object (files written, size, steps, seed, timings) instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -294,9 +309,26 @@ fn convert_help() -> String {
     text
 }
 
+/// `dfast --version`: the version, the commit it was built from, and the ONNX Runtime libraries it finds.
+fn long_version() -> String {
+    use dfast::runtime::{Flavour, library};
+    let mut text = format!("{} (commit {})", env!("CARGO_PKG_VERSION"), env!("DFAST_COMMIT"));
+    for flavour in [Flavour::Cpu, Flavour::Gpu, Flavour::OpenVino] {
+        let found = match library::find(None, flavour) {
+            Ok(path) => format!("{}", path.display()),
+            Err(_) => format!("not found (experiment-scripts/setup_ort.sh {})", flavour.name()),
+        };
+        text.push_str(&format!("\nONNX Runtime {} ({}): {found}", flavour.version(), flavour.name()));
+    }
+    text
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let command = Cli::command().mut_subcommand("convert", |c| c.after_help(convert_help()));
+    let command = Cli::command()
+        .version(concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DFAST_COMMIT"), ")"))
+        .long_version(long_version())
+        .mut_subcommand("convert", |c| c.after_help(convert_help()));
     let parsed = command.try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
     let cli = match parsed {
         Ok(cli) => cli,
@@ -377,6 +409,10 @@ pub fn run(cli: Cli) -> Result<()> {
             });
             bar.finish_and_clear();
             result
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "dfast", &mut std::io::stdout());
+            Ok(())
         }
         Command::UnetStep(args) => {
             let (ort_lib, ep_options) = (args.runtime.ort_lib.clone(), EpOptions::parse(&args.runtime.ep_option)?);
@@ -581,7 +617,8 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     if let Some(path) = &args.save_latents {
         check_writable(path)?;
     }
-    let dir = PipelineDir::resolve(args.model.as_deref())?;
+    let hub = dfast::pipeline::HubLocation { revision: args.revision.clone(), subfolder: args.subfolder.clone() };
+    let dir = PipelineDir::resolve(args.model.as_deref(), &hub)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let opts = GenerateOptions {
         prompt: args.prompt,
@@ -621,6 +658,26 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         pipeline::latents::write(path, &out.latents)?;
     }
     let t = &out.timings;
+    if args.json {
+        let report = serde_json::json!({
+            "image": args.out,
+            "latents": args.save_latents,
+            "width": out.width,
+            "height": out.height,
+            "steps": out.steps,
+            "unet_calls": t.unet_steps.len(),
+            "seed": seed,
+            "timings_s": {
+                "total": t.total,
+                "text_encoding": t.text_encoding,
+                "unet_steps": t.unet_steps,
+                "vae_decode": t.vae_decode,
+            },
+            "warnings": out.warnings,
+        });
+        println!("{report}");
+        return Ok(());
+    }
     let per_step =
         if t.unet_steps.is_empty() { 0.0 } else { t.unet_steps.iter().sum::<f64>() / t.unet_steps.len() as f64 };
     let calls = t.unet_steps.len();

@@ -374,3 +374,61 @@ fn help_describes_the_flags_and_offers_only_what_works() {
         assert!(!help.contains("--ort-lib") && !help.contains("--ep-option"), "{command}: {help}");
     }
 }
+
+/// `--revision` and `--subfolder` for repos in the Hugging Face cache (the `onnx` revision convention, ONNX
+/// files in `onnx/`), and what is missing said exactly.
+#[test]
+fn hub_revision_and_subfolder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("hub");
+    let repo = cache.join("models--dfast--tiny-sd");
+    common::copy_dir(&common::model("tiny-sd"), &repo.join("snapshots").join("feedbeef").join("onnx"));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("onnx"), "feedbeef").unwrap();
+    let out = tmp.path().join("x.png");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dfast"))
+            .args(generate_args(out.to_str().unwrap(), &[&["--model", "dfast/tiny-sd"][..], extra].concat()))
+            .env("HF_HUB_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    assert_clear_error(&run(&[]), "is in the Hugging Face cache at");
+    assert_clear_error(&run(&[]), "but not at revision `main` (it has: onnx); pass --revision");
+    assert_clear_error(&run(&["--revision", "onnx"]), "that snapshot has no model_index.json");
+    for revision in ["onnx", "feedbeef"] {
+        let ok = run(&["--revision", revision, "--subfolder", "onnx"]);
+        assert!(ok.status.success(), "{revision}: {}", String::from_utf8_lossy(&ok.stderr));
+    }
+    assert_clear_error(&run_missing(&out), "is not a folder and is not in the Hugging Face cache");
+}
+
+fn run_missing(out: &Path) -> std::process::Output {
+    dfast(&generate_args(out.to_str().unwrap(), &["--model", "nobody/nothing"]))
+}
+
+/// `--version` names the commit and the ONNX Runtime libraries found; `completions` prints a script;
+/// `generate --json` prints one JSON object that matches what was written.
+#[test]
+fn version_completions_and_json() {
+    let version = String::from_utf8_lossy(&dfast(&["--version"]).stdout).to_string();
+    assert!(version.starts_with(&format!("dfast {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(version.contains(&format!("ONNX Runtime {} (cpu): ", dfast::runtime::ORT_VERSION)), "{version}");
+    for shell in ["bash", "zsh", "fish"] {
+        let run = dfast(&["completions", shell]);
+        assert!(run.status.success() && String::from_utf8_lossy(&run.stdout).contains("generate"), "{shell}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--seed", "7", "--json"]));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("one JSON object on stdout");
+    assert_eq!(report["seed"], 7);
+    assert_eq!(report["image"], out.to_str().unwrap());
+    assert_eq!((report["width"].as_u64(), report["steps"].as_u64()), (Some(64), Some(10)));
+    assert_eq!(
+        report["timings_s"]["unet_steps"].as_array().unwrap().len(),
+        report["unet_calls"].as_u64().unwrap() as usize
+    );
+    assert!(out.is_file());
+}

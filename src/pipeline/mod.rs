@@ -18,7 +18,7 @@ use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
-pub use model_dir::{PipelineDir, PipelineKind};
+pub use model_dir::{HubLocation, PipelineDir, PipelineKind};
 use tokenizer::ClipTokenizer;
 
 /// What to generate. `None` fields take diffusers' pipeline defaults.

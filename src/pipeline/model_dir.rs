@@ -33,12 +33,13 @@ pub struct PipelineDir {
 
 impl PipelineDir {
     /// Resolves `--model`: None is the embedded tiny-sd, an existing path is a folder, anything else is
-    /// looked up as a repo id in the Hugging Face cache (offline).
-    pub fn resolve(model: Option<&str>) -> Result<Self> {
+    /// looked up as a repo id in the Hugging Face cache (offline), at `hub.revision` (default `main`) and in
+    /// `hub.subfolder` of the snapshot.
+    pub fn resolve(model: Option<&str>, hub: &HubLocation) -> Result<Self> {
         let root = match model {
             None => embedded_tiny_sd(),
             Some(spec) if Path::new(spec).exists() => PathBuf::from(spec),
-            Some(spec) => from_hf_cache(spec)?,
+            Some(spec) => from_hf_cache(spec, hub)?,
         };
         Self::open(&root)
     }
@@ -185,19 +186,57 @@ fn hf_cache_dir() -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
-fn from_hf_cache(repo_id: &str) -> Result<PathBuf> {
+/// Where in a Hugging Face cache repo the pipeline is: a revision (branch, tag or commit; the old ONNX
+/// convention is `onnx`) and a subfolder of the snapshot (repos that keep the ONNX files in `onnx/`).
+#[derive(Debug, Clone, Default)]
+pub struct HubLocation {
+    pub revision: Option<String>,
+    pub subfolder: Option<String>,
+}
+
+fn from_hf_cache(repo_id: &str, hub: &HubLocation) -> Result<PathBuf> {
     let cache_dir = hf_cache_dir();
     let looks_like_repo = repo_id.split('/').count() == 2 && !repo_id.starts_with('.') && !repo_id.ends_with('/');
     if !looks_like_repo {
         return Err(Error::bad_file(repo_id, "no such folder (expected a pipeline folder or a Hugging Face repo id)"));
     }
-    let cache = hf_hub::Cache::new(cache_dir.clone());
-    match cache.model(repo_id.to_string()).get("model_index.json") {
-        Some(index) => Ok(index.parent().map(Path::to_path_buf).unwrap_or_default()),
-        None => Err(Error::bad_input(format!(
-            "model `{repo_id}` is not a folder and is not in the Hugging Face cache at {} (dfast works offline: \
-             download the repo first, or pass the folder)",
-            cache_dir.display()
-        ))),
+    let revision = hub.revision.as_deref().unwrap_or("main");
+    let file = match &hub.subfolder {
+        Some(sub) => format!("{}/model_index.json", sub.trim_matches('/')),
+        None => "model_index.json".to_string(),
+    };
+    let repo = hf_hub::Repo::with_revision(repo_id.to_string(), hf_hub::RepoType::Model, revision.to_string());
+    if let Some(index) = hf_hub::Cache::new(cache_dir.clone()).repo(repo).get(&file) {
+        return Ok(index.parent().map(Path::to_path_buf).unwrap_or_default());
     }
+    // A commit hash has a snapshot but no ref.
+    let repo_dir = cache_dir.join(format!("models--{}", repo_id.replace('/', "--")));
+    let by_commit = repo_dir.join("snapshots").join(revision).join(&file);
+    if by_commit.is_file() {
+        return Ok(by_commit.parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    // Say exactly what is missing.
+    let at = format!("the Hugging Face cache at {}", cache_dir.display());
+    let message = if !repo_dir.is_dir() {
+        format!(
+            "model `{repo_id}` is not a folder and is not in {at} (dfast works offline: download the repo first, \
+             or pass the folder)"
+        )
+    } else if !repo_dir.join("refs").join(revision).is_file() {
+        let mut refs: Vec<String> = std::fs::read_dir(repo_dir.join("refs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        refs.sort();
+        let has = if refs.is_empty() { "no revisions".to_string() } else { refs.join(", ") };
+        format!("model `{repo_id}` is in {at}, but not at revision `{revision}` (it has: {has}); pass --revision")
+    } else {
+        format!(
+            "model `{repo_id}` is in {at} at revision `{revision}`, but that snapshot has no {file} (a repo that \
+             keeps its ONNX files in a subfolder needs --subfolder, e.g. --subfolder onnx)"
+        )
+    };
+    Err(Error::bad_input(message))
 }
