@@ -137,6 +137,10 @@ pub struct GenerateArgs {
     /// Output image (.png, .jpg or .jpeg).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Images for the prompt, made in one batch through the UNet (diffusers' num_images_per_prompt): the
+    /// noise for all of them is drawn from the one seed; files are named OUT-0.png, OUT-1.png, ...
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = positive)]
+    pub num_images: usize,
     /// Print one JSON object (files written, size, steps, seed, timings) instead of the summary line.
     #[arg(long)]
     pub json: bool,
@@ -189,7 +193,7 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// An ONNX model file or a pipeline folder.
+    /// An ONNX model file, a pipeline folder, or a PNG that `dfast generate` wrote (prints how it was made).
     pub path: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -566,6 +570,22 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
+    if args.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        // An image dfast made: how it was made, from its text chunks.
+        let text = pipeline::image::read_text(&args.path)?;
+        if args.json {
+            let map: serde_json::Map<String, serde_json::Value> =
+                text.into_iter().map(|(k, v)| (k, v.into())).collect();
+            println!("{}", serde_json::Value::Object(map));
+        } else if text.is_empty() {
+            println!("{}: no text chunks (not made by dfast generate?)", args.path.display());
+        } else {
+            for (key, value) in text {
+                println!("{key}: {value}");
+            }
+        }
+        return Ok(());
+    }
     let own = dfast::inspect::Size::default_for(&args.path);
     let size =
         dfast::inspect::Size { width: args.width.unwrap_or(own.width), height: args.height.unwrap_or(own.height) };
@@ -631,7 +651,7 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         scheduler: args.size.scheduler,
         scheduler_config: args.scheduler_config,
         latents: args.latents,
-        batch_size: 1,
+        batch_size: args.num_images,
     };
 
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
@@ -653,14 +673,36 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
-    pipeline::image::save(&out.image, &args.out)?;
+    let model = pipe.dir().root.display().to_string();
+    let profile = pipe.dir().manifest().ok().flatten().map(|m| m.profile).unwrap_or_else(|| "export".into());
+    let mut written = Vec::new();
+    for (i, image) in out.images.iter().enumerate() {
+        let path = if out.images.len() == 1 { args.out.clone() } else { indexed(&args.out, i) };
+        let text = [
+            ("prompt", opts.prompt.clone()),
+            ("negative_prompt", opts.negative_prompt.clone().unwrap_or_default()),
+            ("seed", seed.to_string()),
+            ("image_index", i.to_string()),
+            ("steps", out.steps.to_string()),
+            ("scheduler", out.scheduler.clone()),
+            ("guidance", out.guidance.to_string()),
+            ("size", format!("{}x{}", out.width, out.height)),
+            ("model", model.clone()),
+            ("profile", profile.clone()),
+            ("ep", args.ep.to_string()),
+            ("software", format!("dfast {} (commit {})", env!("CARGO_PKG_VERSION"), env!("DFAST_COMMIT"))),
+        ]
+        .map(|(k, v)| (k.to_string(), v));
+        pipeline::image::save_with_text(image, &path, &text)?;
+        written.push(path);
+    }
     if let Some(path) = &args.save_latents {
         pipeline::latents::write(path, &out.latents)?;
     }
     let t = &out.timings;
     if args.json {
         let report = serde_json::json!({
-            "image": args.out,
+            "images": written,
             "latents": args.save_latents,
             "width": out.width,
             "height": out.height,
@@ -683,9 +725,10 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     let calls = t.unet_steps.len();
     let steps =
         if calls == out.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", out.steps) };
+    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     println!(
         "{}: {}x{}, {steps}, seed {seed}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
-        args.out.display(),
+        files.join(", "),
         out.width,
         out.height,
         per_step * 1e3,
@@ -712,6 +755,13 @@ fn check_out_dir(out: &Path) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// `out.png` -> `out-3.png`.
+fn indexed(path: &Path, i: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}-{i}{ext}"))
 }
 
 /// Fails early when a file cannot be created there (missing folder, read-only place).

@@ -424,11 +424,54 @@ fn version_completions_and_json() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("one JSON object on stdout");
     assert_eq!(report["seed"], 7);
-    assert_eq!(report["image"], out.to_str().unwrap());
+    assert_eq!(report["images"], serde_json::json!([out.to_str().unwrap()]));
     assert_eq!((report["width"].as_u64(), report["steps"].as_u64()), (Some(64), Some(10)));
     assert_eq!(
         report["timings_s"]["unet_steps"].as_array().unwrap().len(),
         report["unet_calls"].as_u64().unwrap() as usize
     );
     assert!(out.is_file());
+}
+
+/// `--num-images 2`: one batch through the UNet, files OUT-0/OUT-1, each PNG saying how it was made
+/// (`dfast inspect IMAGE` reads it back); the first image's latents are the single image's of the same
+/// seed (torch draws the batch's noise as one sequence), the second differs.
+#[test]
+fn several_images_per_prompt_with_their_settings_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let single = tmp.path().join("one.png");
+    let one_latents = tmp.path().join("one.npy");
+    let run = dfast(&generate_args(
+        single.to_str().unwrap(),
+        &["--seed", "5", "--save-latents", one_latents.to_str().unwrap()],
+    ));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let batch = tmp.path().join("many.png");
+    let batch_latents = tmp.path().join("many.npy");
+    let run = dfast(&generate_args(
+        batch.to_str().unwrap(),
+        &["--seed", "5", "--num-images", "2", "--save-latents", batch_latents.to_str().unwrap()],
+    ));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(!batch.exists() && tmp.path().join("many-0.png").is_file() && tmp.path().join("many-1.png").is_file());
+    let one = common::read_npy(&one_latents);
+    let many = common::read_npy(&batch_latents);
+    assert_eq!(many.shape(), &[2, 4, 8, 8]);
+    let first = many.slice(ndarray::s![0..1, .., .., ..]).to_owned().into_dyn();
+    let second = many.slice(ndarray::s![1..2, .., .., ..]).to_owned().into_dyn();
+    assert!(common::relative_l2(&first, &one) < 1e-4, "{}", common::relative_l2(&first, &one));
+    assert!(common::relative_l2(&second, &one) > 1e-2);
+
+    let run = dfast(&["inspect", tmp.path().join("many-1.png").to_str().unwrap(), "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(text["prompt"], PROMPT);
+    assert_eq!(text["negative_prompt"], NEGATIVE);
+    assert_eq!((text["seed"].as_str(), text["image_index"].as_str()), (Some("5"), Some("1")));
+    assert_eq!((text["steps"].as_str(), text["scheduler"].as_str()), (Some("10"), Some("PNDMScheduler")));
+    assert_eq!(
+        (text["guidance"].as_str(), text["size"].as_str(), text["ep"].as_str()),
+        (Some("7.5"), Some("64x64"), Some("cpu"))
+    );
+    assert!(text["software"].as_str().unwrap().starts_with("dfast "));
 }

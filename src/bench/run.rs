@@ -548,7 +548,7 @@ pub fn worker(opts: &WorkerJob, on_run: &mut dyn FnMut(usize, usize)) -> Result<
         last = out;
         on_run(2 + opts.warmup + i, total_runs);
     }
-    crate::pipeline::image::save(&last.image, &opts.image)?;
+    crate::pipeline::image::save(last.image(), &opts.image)?;
     Ok(Measurement {
         onnxruntime_version: runtime.version(),
         width: last.width,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ::image::RgbImage;
-use ndarray::{ArrayD, Axis, IxDyn, concatenate, s};
+use ndarray::{ArrayD, Axis, IxDyn, concatenate};
 use serde_json::Value;
 
 use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
@@ -53,15 +53,20 @@ pub struct Timings {
     pub total: f64,
 }
 
-/// A generated image with its final latents (before VAE scaling).
+/// Generated images (one per image per prompt, `batch_size` of them) with their final latents (before VAE
+/// scaling).
 pub struct Generated {
-    pub image: RgbImage,
+    pub images: Vec<RgbImage>,
     pub latents: ArrayD<f32>,
     pub timings: Timings,
     pub warnings: Vec<String>,
     pub width: usize,
     pub height: usize,
     pub steps: usize,
+    /// The guidance scale used (the pipeline's default when none was given).
+    pub guidance: f32,
+    /// The scheduler class that ran (diffusers' name).
+    pub scheduler: String,
 }
 
 /// A loaded pipeline: every session created once, reusable for many images.
@@ -86,6 +91,13 @@ pub struct Pipeline {
 
 /// Called with the inputs of every UNet call.
 pub type UnetRecorder = Box<dyn FnMut(&[(&str, HostTensor)])>;
+
+impl Generated {
+    /// The first image.
+    pub fn image(&self) -> &RgbImage {
+        &self.images[0]
+    }
+}
 
 impl Pipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
@@ -196,6 +208,10 @@ impl Pipeline {
 
         let config_path = opts.scheduler_config.clone().unwrap_or_else(|| self.dir.scheduler_config());
         let config = SchedulerConfig::from_file(&config_path)?;
+        let scheduler_name = match opts.scheduler {
+            Some(kind) => kind.class_name().to_string(),
+            None => config.class_name.clone().unwrap_or_default(),
+        };
         let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
         scheduler.set_timesteps(steps)?;
 
@@ -239,10 +255,20 @@ impl Pipeline {
         }
 
         let t_vae = Instant::now();
-        let image = self.decode(&latents)?;
+        let images = self.decode(&latents)?;
         let vae_decode = t_vae.elapsed().as_secs_f64();
         let timings = Timings { text_encoding, unet_steps, vae_decode, total: start.elapsed().as_secs_f64() };
-        Ok(Generated { image, latents, timings, warnings, width, height, steps })
+        Ok(Generated {
+            images,
+            latents,
+            timings,
+            warnings,
+            width,
+            height,
+            steps,
+            guidance: guidance_scale,
+            scheduler: scheduler_name,
+        })
     }
 
     /// Refuses, before any work, an image size or batch that an export with static input shapes cannot
@@ -318,11 +344,11 @@ impl Pipeline {
         take_output(&mut out, &self.unet, "out_sample")
     }
 
-    fn decode(&mut self, latents: &ArrayD<f32>) -> Result<RgbImage> {
+    fn decode(&mut self, latents: &ArrayD<f32>) -> Result<Vec<RgbImage>> {
         let scaled = latents / self.vae_scaling_factor;
         let mut out = self.vae_decoder.run(vec![("latent_sample", HostTensor::F32(scaled))])?;
         let sample = take_output(&mut out, &self.vae_decoder, "sample")?;
-        image::to_rgb(&sample.slice(s![0..1, .., .., ..]).to_owned().into_dyn())
+        image::to_rgb(&sample)
     }
 }
 

@@ -119,5 +119,5 @@ pub fn reference_error(dir: &Path, reference: &str, scheduler: &str) -> (f64, f6
     let out = pipe.generate(&opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let err = relative_l2(&out.latents, &read_npy(&refs.join("latents.npy")));
     let want_image = image::open(refs.join("image.png")).unwrap().to_rgb8();
-    (err, fraction_within_one_level(&out.image, &want_image))
+    (err, fraction_within_one_level(out.image(), &want_image))
 }
