@@ -40,6 +40,10 @@ pub struct RuntimeArgs {
     /// e.g. cuda_graph=true, prefer_nhwc=true, precision=bf16 (openvino), threads=2. See the README.
     #[arg(long = "ep-option", value_name = "KEY=VALUE")]
     pub ep_option: Vec<String>,
+    /// Show ONNX Runtime's own log: -v warnings and errors, -vv everything (default: nothing; its errors
+    /// still reach you as dfast's).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// A whole number of at least 1 (sizes, steps, counts).
@@ -390,6 +394,13 @@ fn invalid_number(e: &clap::Error) -> String {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    let verbosity = match &cli.command {
+        Command::Generate(a) => a.runtime.verbose,
+        Command::Bench(a) => a.runtime.verbose,
+        Command::UnetStep(a) => a.runtime.verbose,
+        _ => 0,
+    };
+    dfast::runtime::library::set_log_verbosity(verbosity);
     match cli.command {
         Command::Generate(args) => {
             let (ort_lib, ep_options) = (args.runtime.ort_lib.clone(), EpOptions::parse(&args.runtime.ep_option)?);
@@ -464,6 +475,7 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
         ort_lib,
         ep_options,
         append: args.append,
+        log_verbosity: args.runtime.verbose,
     };
     let bar = progress("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}");
     bar.set_length(bench_run::combinations(&opts)?.len() as u64);

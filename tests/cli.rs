@@ -475,3 +475,42 @@ fn several_images_per_prompt_with_their_settings_inside() {
     );
     assert!(text["software"].as_str().unwrap().starts_with("dfast "));
 }
+
+/// Running out of memory (in a child process limited to 4 GB of address space, never the test machine's
+/// memory): one sentence with the size that ran out and a smaller one to try, and none of ONNX Runtime's
+/// own coloured log lines, which `-v` shows as plain text.
+#[test]
+fn out_of_memory_names_the_size_and_onnx_runtime_logs_only_with_v() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = |verbose: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfast"));
+        cmd.args(["generate", "--prompt", "x", "--steps", "1", "--width", "2048", "--height", "2048"]);
+        cmd.args(["--out", out.to_str().unwrap()]);
+        if verbose {
+            cmd.arg("-v");
+        }
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let quiet = run(false);
+    assert_clear_error(&quiet, "ran out of memory in");
+    assert_clear_error(
+        &quiet,
+        "at 2048x2048 with 1 image(s) per prompt; try a smaller size, e.g. --width 1024 --height 1024",
+    );
+    let verbose = run(true);
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains("onnxruntime Error"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes on a non-terminal: {stderr}");
+}

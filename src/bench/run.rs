@@ -50,6 +50,8 @@ pub struct BenchOptions {
     pub ep_options: EpOptions,
     /// Keep earlier rows of the same setting in results.csv (default: a new measurement replaces them).
     pub append: bool,
+    /// How much of ONNX Runtime's log the workers show (`-v`).
+    pub log_verbosity: u8,
 }
 
 /// One combination to measure.
@@ -152,6 +154,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
             ort_lib: opts.ort_lib.clone(),
             ep_options: opts.ep_options.0.clone(),
             probe: true,
+            log_verbosity: opts.log_verbosity,
         };
         if let Err(reason) = run_worker(worker_exe, &job, &opts.out.join(format!(".probe-{}", ep.name()))) {
             unusable.insert(ep, reason);
@@ -230,6 +233,7 @@ fn measure(
         ort_lib: opts.ort_lib.clone(),
         ep_options: opts.ep_options.0.clone(),
         probe: false,
+        log_verbosity: opts.log_verbosity,
     };
     let m = run_worker(worker_exe, &job, &opts.out.join(format!(".{label}")))?
         .ok_or_else(|| "the measuring process measured nothing".to_string())?;
@@ -427,6 +431,9 @@ pub struct WorkerJob {
     /// Only check that ONNX Runtime and the EP can run a session here (no model is measured).
     #[serde(default)]
     pub probe: bool,
+    /// How much of ONNX Runtime's log the worker shows (`-v`).
+    #[serde(default)]
+    pub log_verbosity: u8,
 }
 
 /// The worker's answer: its measurement, the probe's success, or the error that stopped it.
@@ -471,6 +478,9 @@ fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::R
 /// Reads a job, measures it and writes the answer (success or the error); the worker process's whole work.
 pub fn answer_job(job_path: &Path, answer_path: &Path, on_run: &mut dyn FnMut(usize, usize)) -> Result<()> {
     let job = read_job(job_path);
+    if let Ok(job) = &job {
+        crate::runtime::library::set_log_verbosity(job.log_verbosity);
+    }
     let answer =
         match job.and_then(|job| if job.probe { probe(&job).map(|()| None) } else { worker(&job, on_run).map(Some) }) {
             Ok(Some(m)) => WorkerAnswer::Measured(m),
@@ -671,6 +681,7 @@ mod tests {
             ort_lib: None,
             ep_options: EpOptions::default(),
             append: false,
+            log_verbosity: 0,
         };
         let labels: Vec<String> = combinations(&opts).unwrap().iter().map(Combination::label).collect();
         assert_eq!(labels, ["baseline-fp32-cpu", "sdpa-fp32-cpu", "baseline-fp16-cuda", "sdpa-fp16-cuda"]);

@@ -193,7 +193,26 @@ impl Pipeline {
     }
 
     /// Generates one image; `on_step(i, n)` is called after each denoising step.
+    /// Running out of memory is said with the size and batch that ran out and a smaller size to try.
     pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
+        self.generate_once(opts, on_step).map_err(|e| {
+            let Ok((height, width)) = self.resolve_size(opts) else { return e };
+            if !crate::runtime::is_out_of_memory(&e) {
+                return e;
+            }
+            let f = self.vae_scale_factor;
+            let half = |v: usize| (v / 2 / f).max(1) * f;
+            let message = format!(
+                "{e} at {width}x{height} with {} image(s) per prompt; try a smaller size, e.g. --width {} --height {}",
+                opts.batch_size.max(1),
+                half(width),
+                half(height)
+            );
+            Error::Runtime { message, source: Some(Box::new(e)) }
+        })
+    }
+
+    fn generate_once(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
         let start = Instant::now();
         let (height, width) = self.resolve_size(opts)?;
         let steps = opts.steps.unwrap_or(50);

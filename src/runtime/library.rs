@@ -102,6 +102,23 @@ static LOADED: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::ne
 /// Loads the library once per process and returns the ONNX Runtime environment.
 ///
 /// A process holds one ONNX Runtime library: asking for another one later is an error.
+/// How much of ONNX Runtime's log dfast shows: 0 nothing, 1 warnings and errors, 2 and more everything.
+static LOG_VERBOSITY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets how much of ONNX Runtime's log is shown (`-v` on the command line); before the first session.
+pub fn set_log_verbosity(verbosity: u8) {
+    LOG_VERBOSITY.store(verbosity, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn shows(level: ort::logging::LogLevel) -> bool {
+    use ort::logging::LogLevel;
+    match LOG_VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => false,
+        1 => level >= LogLevel::Warning,
+        _ => true,
+    }
+}
+
 pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::environment::Environment> {
     let path = find(explicit, flavour)?;
     if let Some((loaded, env)) = LOADED.get() {
@@ -116,8 +133,16 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
     }
     let builder = ort::init_from(&path)
         .map_err(|e| Error::runtime(format!("could not load ONNX Runtime from {}: {e}", path.display())))?;
+    // ONNX Runtime's own log goes through dfast: nothing by default (its errors reach the user as dfast's
+    // one-sentence errors), warnings and errors with -v, everything with -vv; plain text, no colour codes.
+    let logger: ort::logging::LoggerFunction = std::sync::Arc::new(|level, _category, _id, location, message| {
+        if shows(level) {
+            eprintln!("onnxruntime {level:?} ({location}): {message}");
+        }
+    });
     let env = builder
         .with_name("dfast")
+        .with_logger(logger)
         .build()
         .map_err(|e| Error::runtime(format!("could not start ONNX Runtime from {}: {e}", path.display())))?;
     Ok(LOADED.get_or_init(|| (path, env)).1.clone())

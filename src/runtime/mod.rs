@@ -7,7 +7,7 @@ mod session;
 
 pub use ep::{EP_NAMES, EpOptions, ExecutionProvider, SessionRole};
 pub use library::{Flavour, ORT_OPENVINO_VERSION, ORT_VERSION};
-pub use session::{HostTensor, InputSpec, Model, fit_shape, format_dims};
+pub use session::{HostTensor, InputSpec, Model, fit_shape, format_dims, is_out_of_memory};
 
 use crate::Result;
 

@@ -145,10 +145,7 @@ impl Model {
             }
         }
         let path = self.path.clone();
-        let outputs = self
-            .session
-            .run(values)
-            .map_err(|e| Error::runtime(format!("{}: ONNX Runtime failed to run the model: {e}", path.display())))?;
+        let outputs = self.session.run(values).map_err(|e| run_error(&path, e))?;
         let mut result = HashMap::new();
         for (name, value) in outputs.iter() {
             if let Some(array) = to_f32(&value) {
@@ -218,8 +215,7 @@ impl Model {
     pub fn run_bound(&mut self) -> Result<HashMap<String, ArrayD<f32>>> {
         let path = self.path.clone();
         let bound = self.bound.as_mut().ok_or_else(|| Error::internal("run_bound before anything was bound"))?;
-        let fail =
-            |e: ort::Error| Error::runtime(format!("{}: ONNX Runtime failed to run the model: {e}", path.display()));
+        let fail = |e: ort::Error| run_error(&path, e);
         self.session.run_binding(&bound.binding).map_err(fail)?;
         let mut result = HashMap::new();
         for (name, (_, device)) in &bound.outputs {
@@ -363,6 +359,26 @@ fn fit_array<T: Clone + PartialEq>(a: ArrayD<T>, dims: &[i64]) -> std::result::R
 pub fn format_dims(dims: &[i64]) -> String {
     let parts: Vec<String> = dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
     format!("[{}]", parts.join(", "))
+}
+
+/// The marker of an error that is running out of memory (see [`is_out_of_memory`]).
+const OUT_OF_MEMORY: &str = "ran out of memory";
+
+/// ONNX Runtime's failure to run a model, as one sentence; running out of memory (`bad_alloc`, a failed
+/// arena allocation, CUDA out of memory) is said so, for the caller to add which size ran out.
+fn run_error(path: &Path, e: ort::Error) -> Error {
+    let text = e.to_string();
+    let oom = ["bad_alloc", "Failed to allocate memory", "out of memory", "CUDNN_STATUS_ALLOC_FAILED"];
+    if oom.iter().any(|m| text.contains(m)) {
+        let node = text.split("Name:'").nth(1).and_then(|r| r.split('\'').next()).unwrap_or("a node");
+        return Error::ort(format!("{}: {OUT_OF_MEMORY} in {node}", path.display()), e);
+    }
+    Error::ort(format!("{}: ONNX Runtime failed to run the model: {text}", path.display()), e)
+}
+
+/// True when `e` is ONNX Runtime running out of memory.
+pub fn is_out_of_memory(e: &Error) -> bool {
+    matches!(e.root(), Error::Runtime { message, .. } if message.contains(OUT_OF_MEMORY))
 }
 
 /// A floating-point tensor in host memory as f32; None for other element types.
