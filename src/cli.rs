@@ -260,6 +260,9 @@ pub struct BenchArgs {
     /// Keep earlier rows of the same setting in results.csv (default: a new measurement replaces them).
     #[arg(long)]
     pub append: bool,
+    /// Print the measured rows and the skipped combinations as one JSON object instead of text lines.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Results folder: results.csv, one image per row, converted pipelines under converted/.
@@ -454,6 +457,7 @@ fn say(bar: &ProgressBar, line: String) {
 
 fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
     check_out_dir(&args.out)?;
+    let json = args.json;
     let eps = if args.ep.is_empty() { vec![ExecutionProvider::Cpu] } else { args.ep };
     let precisions =
         if args.precision.is_empty() { vec![None] } else { args.precision.into_iter().map(Some).collect() };
@@ -485,23 +489,38 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
         BenchEvent::Measuring(c) => bar.set_message(format!("measuring {}", c.label())),
         BenchEvent::Done(outcome) => {
             bar.inc(1);
-            match outcome {
-                Outcome::Measured(r) => say(
-                    &bar,
-                    format!(
-                        "{:12} {:5} {:9} total {:8.3} s, unet step {:8.1} ms, vae {:7.1} ms, peak {:6.0} MB",
-                        r.profile, r.precision, r.ep, r.total_s, r.unet_step_ms, r.vae_decode_ms, r.peak_host_mb
-                    ),
+            let line = match outcome {
+                Outcome::Measured(r) => format!(
+                    "{:12} {:5} {:9} total {:8.3} s, unet step {:8.1} ms, vae {:7.1} ms, peak {:6.0} MB",
+                    r.profile, r.precision, r.ep, r.total_s, r.unet_step_ms, r.vae_decode_ms, r.peak_host_mb
                 ),
-                Outcome::Skipped { combination, reason } => {
-                    say(&bar, format!("skipped {}: {reason}", combination.label()))
-                }
-            }
+                Outcome::Skipped { combination, reason } => format!("skipped {}: {reason}", combination.label()),
+            };
+            // With --json, stdout holds the JSON alone; the lines go to stderr.
+            if json { bar.suspend(|| eprintln!("{line}")) } else { say(&bar, line) }
         }
     });
     bar.finish_and_clear();
     let outcomes = outcomes?;
     let measured = outcomes.iter().filter(|o| matches!(o, Outcome::Measured(_))).count();
+    if json {
+        let rows: Vec<&dfast::bench::Row> =
+            outcomes.iter().filter_map(|o| if let Outcome::Measured(r) = o { Some(&**r) } else { None }).collect();
+        let skipped: Vec<serde_json::Value> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Skipped { combination, reason } => {
+                    Some(serde_json::json!({"combination": combination.label(), "reason": reason}))
+                }
+                Outcome::Measured(_) => None,
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"rows": rows, "skipped": skipped, "results": opts.out.join(dfast::bench::RESULTS_CSV)})
+        );
+        return Ok(());
+    }
     println!(
         "{}: {measured} rows in {}, {} skipped",
         opts.out.display(),

@@ -163,3 +163,24 @@ fn a_rerun_replaces_its_rows_unless_appended() {
     let options: Vec<String> = reader.records().map(|r| r.unwrap()[col].to_string()).collect();
     assert_eq!(options.iter().filter(|o| *o == "threads=1").count(), 1, "{options:?}");
 }
+
+/// `bench --json`: stdout is one JSON object with the measured rows (the CSV's) and the skipped combinations.
+#[test]
+fn bench_json_prints_the_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("results");
+    let args = ["bench", "--profile", "baseline", "--ep", "cpu,cuda", "--steps", "1", "--warmup", "0", "--runs", "1"];
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(args)
+        .args(["--json", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("stdout is one JSON object");
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0]["profile"].as_str(), rows[0]["ep"].as_str()), (Some("baseline"), Some("cpu")));
+    assert!(rows[0]["total_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["skipped"][0]["combination"], "baseline-fp16-cuda");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("skipped baseline-fp16-cuda"));
+}
