@@ -110,8 +110,12 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "DIR")]
     pub subfolder: Option<String>,
     /// What to draw.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Prompts, one per line, or JSON objects per line with their own seed, width, height, steps and
+    /// negative_prompt; one run each, written as OUT-0.png, OUT-1.png, ... (one pipeline load for all).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
     /// What to steer away from (classifier-free guidance's unconditional prompt; default empty).
     #[arg(long)]
     pub negative_prompt: Option<String>,
@@ -668,34 +672,56 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     if let Some(path) = &args.save_latents {
         check_writable(path)?;
     }
+    let jobs = match (&args.prompt_file, &args.prompt) {
+        (Some(file), _) => pipeline::prompt_file::read(file)?,
+        (None, Some(prompt)) => vec![pipeline::prompt_file::PromptJob { prompt: prompt.clone(), ..Default::default() }],
+        (None, None) => return Err(Error::bad_input("give --prompt or --prompt-file")),
+    };
     let hub = dfast::pipeline::HubLocation { revision: args.revision.clone(), subfolder: args.subfolder.clone() };
     let dir = PipelineDir::resolve(args.model.as_deref(), &hub)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
-    let opts = GenerateOptions {
-        prompt: args.prompt,
-        negative_prompt: args.negative_prompt,
-        steps: args.steps,
-        guidance: args.guidance,
-        seed,
-        width: args.size.width,
-        height: args.size.height,
-        scheduler: args.size.scheduler,
-        scheduler_config: args.scheduler_config,
-        latents: args.latents,
-        batch_size: args.num_images,
-    };
-
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
-    pipe.resolve_size(&opts)?;
-    if let Some(warning) = pipe.steps_warning(&opts)? {
+    let several = jobs.len() > 1;
+    for (j, job) in jobs.into_iter().enumerate() {
+        let opts = GenerateOptions {
+            prompt: job.prompt,
+            negative_prompt: job.negative_prompt.or_else(|| args.negative_prompt.clone()),
+            steps: job.steps.or(args.steps),
+            guidance: args.guidance,
+            seed: job.seed.or(args.seed).unwrap_or_else(random_seed),
+            width: job.width.or(args.size.width),
+            height: job.height.or(args.size.height),
+            scheduler: args.size.scheduler,
+            scheduler_config: args.scheduler_config.clone(),
+            latents: args.latents.clone(),
+            batch_size: args.num_images,
+        };
+        let out = if several { indexed(&args.out, j) } else { args.out.clone() };
+        let latents = args.save_latents.as_ref().map(|p| if several { indexed(p, j) } else { p.clone() });
+        generate_one(&mut pipe, &opts, &args, &out, latents.as_deref())
+            .map_err(|e| if several { e.in_context(format!("prompt {} of the prompt file", j + 1)) } else { e })?;
+    }
+    Ok(())
+}
+
+/// One prompt: generate, write the images (with how they were made) and latents, report.
+fn generate_one(
+    pipe: &mut Pipeline,
+    opts: &GenerateOptions,
+    args: &GenerateArgs,
+    out_path: &Path,
+    save_latents: Option<&Path>,
+) -> Result<()> {
+    let seed = opts.seed;
+    pipe.resolve_size(opts)?;
+    if let Some(warning) = pipe.steps_warning(opts)? {
         eprintln!("warning: {warning}");
     }
 
     let bar = progress("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})");
     bar.set_length(opts.steps.unwrap_or(50) as u64); // the first frame shows 0/N, not a full bar at 0/0
     bar.set_message("denoising");
-    let result = pipe.generate(&opts, &mut |i, n| {
+    let result = pipe.generate(opts, &mut |i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
     });
@@ -708,7 +734,7 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     let profile = pipe.dir().manifest().ok().flatten().map(|m| m.profile).unwrap_or_else(|| "export".into());
     let mut written = Vec::new();
     for (i, image) in out.images.iter().enumerate() {
-        let path = if out.images.len() == 1 { args.out.clone() } else { indexed(&args.out, i) };
+        let path = if out.images.len() == 1 { out_path.to_path_buf() } else { indexed(out_path, i) };
         let text = [
             ("prompt", opts.prompt.clone()),
             ("negative_prompt", opts.negative_prompt.clone().unwrap_or_default()),
@@ -727,14 +753,15 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         pipeline::image::save_with_text(image, &path, &text)?;
         written.push(path);
     }
-    if let Some(path) = &args.save_latents {
+    if let Some(path) = save_latents {
         pipeline::latents::write(path, &out.latents)?;
     }
     let t = &out.timings;
     if args.json {
         let report = serde_json::json!({
             "images": written,
-            "latents": args.save_latents,
+            "latents": save_latents,
+            "prompt": opts.prompt,
             "width": out.width,
             "height": out.height,
             "steps": out.steps,

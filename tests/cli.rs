@@ -514,3 +514,34 @@ fn out_of_memory_names_the_size_and_onnx_runtime_logs_only_with_v() {
     assert!(stderr.contains("onnxruntime Error"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "colour codes on a non-terminal: {stderr}");
 }
+
+/// `--prompt-file`: one run per line (plain or JSON with its own settings), one pipeline load, files
+/// OUT-0, OUT-1, ...; the JSON line set to the reference's prompt, seed and steps reproduces diffusers.
+#[test]
+fn prompt_file_runs_each_line_with_its_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prompts.txt");
+    let json = serde_json::json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": 0, "steps": 10});
+    std::fs::write(&file, format!("# two prompts\na red fox\n{json}\n")).unwrap();
+    let (out, lat) = (tmp.path().join("x.png"), tmp.path().join("x.npy"));
+    let run = dfast(&[
+        "generate",
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-latents",
+        lat.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("x-0.png: 64x64, 2 steps") && stdout.contains("seed 9"), "{stdout}");
+    assert_matches_reference(&tmp.path().join("x-1.npy"), &tmp.path().join("x-1.png"), "tiny-sd/pndm");
+    std::fs::write(&file, "{\"prompt\": \"x\", \"sed\": 1}\n").unwrap();
+    let run = dfast(&["generate", "--prompt-file", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "line 1: not a prompt object: unknown field `sed`");
+}
