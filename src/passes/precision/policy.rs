@@ -1,0 +1,206 @@
+//! Which nodes stay fp32: [`OpPolicy`] (the op block or allow list), the node block list, and the rules
+//! for schemas, int8 parts, subgraphs, sinusoidal embeddings and values of unknown type.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::kernels::{CPU_BF16_KERNELS, CPU_FP16_KERNELS, CUDA_BF16_MISSING, schema_accepts};
+use super::plan::current_types;
+use super::{PrecisionPass, is_agnostic, is_constant, is_default};
+use crate::onnx::{GraphIndex, NodeProto, OnnxModel, dtype, outer_references};
+use crate::passes::Target;
+use crate::settings::Precision;
+
+/// Which ops stay fp32 (besides the ones that must, see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpPolicy {
+    /// These ops stay fp32, every other op is converted.
+    Block(BTreeSet<String>),
+    /// Only these ops are converted (the CPU defaults: ONNX Runtime's CPU kernels for the type).
+    AllowOnly(BTreeSet<String>),
+}
+
+impl OpPolicy {
+    /// True when `node` stays fp32 under this policy.
+    pub fn blocks(&self, node: &NodeProto) -> bool {
+        match self {
+            OpPolicy::Block(ops) => ops.iter().any(|e| op_matches(e, node)),
+            OpPolicy::AllowOnly(ops) => !ops.iter().any(|e| op_matches(e, node)),
+        }
+    }
+
+    /// The default policy for `target` and `precision` (see the module docs).
+    pub fn default_for(target: Target, precision: Precision) -> Self {
+        let set = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect();
+        match (target, precision) {
+            (Target::Cpu, Precision::Fp16) => OpPolicy::AllowOnly(set(CPU_FP16_KERNELS)),
+            (Target::Cpu, Precision::Bf16) => OpPolicy::AllowOnly(set(CPU_BF16_KERNELS)),
+            (Target::Cuda | Target::TensorRt, Precision::Bf16) => OpPolicy::Block(set(CUDA_BF16_MISSING)),
+            (_, Precision::Fp32) | (Target::Cuda | Target::TensorRt | Target::OpenVino, _) => {
+                OpPolicy::Block(BTreeSet::new())
+            }
+        }
+    }
+}
+
+impl PrecisionPass {
+    /// Indices of the nodes of `model` that stay fp32 (for reports and tests).
+    pub fn blocked_nodes(&self, model: &OnnxModel) -> BTreeSet<usize> {
+        let index = GraphIndex::new(model);
+        let types = current_types(&index);
+        self.blocked(&index, &types).iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect()
+    }
+
+    /// Which nodes stay fp32.
+    pub(super) fn blocked(&self, index: &GraphIndex, cur: &HashMap<String, i32>) -> Vec<bool> {
+        let nodes = index.nodes();
+        let opset = index.model().opset("").unwrap_or(1);
+        let h = self.precision;
+        let mut blocked: Vec<bool> = nodes
+            .iter()
+            .map(|n| {
+                !is_constant(n)
+                    && !is_default(n, "Cast")
+                    && (self.node_block_list.contains(n.name())
+                        || self.ops.blocks(n)
+                        || is_int8_op(n)
+                        || !schema_accepts(n, opset, h)
+                        || has_subgraph(n))
+            })
+            .collect();
+        block_int8_chains(index, &mut blocked);
+        // Values read inside subgraphs keep their type: their producers stay fp32.
+        for n in nodes.iter().filter(|n| has_subgraph(n)) {
+            for v in outer_references(n) {
+                if let Some(p) = index.producer(v) {
+                    blocked[p] = true;
+                }
+            }
+        }
+        if self.sinusoid_fp32 {
+            block_sinusoid_arguments(index, cur, &mut blocked);
+        }
+        // A node that reads or writes a value of unknown type cannot be converted safely.
+        let unknown = |v: &String| !v.is_empty() && !cur.contains_key(v.as_str());
+        for (i, n) in nodes.iter().enumerate() {
+            if !blocked[i] && !is_constant(n) && (n.output.iter().any(unknown) || n.input.iter().any(unknown)) {
+                blocked[i] = true;
+            }
+        }
+        blocked
+    }
+}
+
+/// Blocks the int8 chains: MatMulInteger -> Cast -> Mul(·, x_scale · w_scale), and the scale product.
+fn block_int8_chains(index: &GraphIndex, blocked: &mut [bool]) {
+    let nodes = index.nodes();
+    for (i, n) in nodes.iter().enumerate() {
+        if !(is_default(n, "MatMulInteger") || is_default(n, "ConvInteger")) {
+            continue;
+        }
+        blocked[i] = true;
+        for out in n.output.iter().filter(|o| !o.is_empty()) {
+            for &c in index.consumers(out) {
+                if !is_default(&nodes[c], "Cast") {
+                    continue;
+                }
+                blocked[c] = true;
+                let cast_out = nodes[c].output.first().map(String::as_str).unwrap_or("");
+                for &m in index.consumers(cast_out) {
+                    if !is_default(&nodes[m], "Mul") {
+                        continue;
+                    }
+                    blocked[m] = true;
+                    for s in &nodes[m].input {
+                        if let Some(p) = index.producer_op(s, "Mul") {
+                            blocked[p] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Blocks Sin / Cos and the float nodes that feed them, up to the first layer (`sinusoid_fp32`).
+fn block_sinusoid_arguments(index: &GraphIndex, cur: &HashMap<String, i32>, blocked: &mut [bool]) {
+    let nodes = index.nodes();
+    let mut stack: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| is_default(n, "Sin") || is_default(n, "Cos"))
+        .map(|(i, _)| i)
+        .collect();
+    let mut seen: HashSet<usize> = stack.iter().copied().collect();
+    while let Some(i) = stack.pop() {
+        // The walk stays in the cheap region that computes the embedding's argument: it stops at
+        // layers (a timestep embedding is the input of Linears, never their output) and at Shape /
+        // Size, which read no values.
+        if is_layer(&nodes[i]) || is_agnostic(&nodes[i]) {
+            continue;
+        }
+        if !is_constant(&nodes[i]) {
+            blocked[i] = true;
+        }
+        for v in nodes[i].input.iter().filter(|v| cur.get(v.as_str()) == Some(&dtype::FLOAT)) {
+            if let Some(p) = index.producer(v)
+                && seen.insert(p)
+            {
+                stack.push(p);
+            }
+        }
+    }
+}
+
+/// Ops with weights or whole-tensor statistics (where the sinusoid walk stops).
+fn is_layer(node: &NodeProto) -> bool {
+    matches!(
+        node.op_type(),
+        "MatMul"
+            | "Gemm"
+            | "Conv"
+            | "ConvTranspose"
+            | "Einsum"
+            | "Attention"
+            | "MultiHeadAttention"
+            | "LayerNormalization"
+            | "GroupNormalization"
+            | "InstanceNormalization"
+            | "GroupNorm"
+            | "SkipLayerNormalization"
+            | "MatMulInteger"
+            | "FusedMatMul"
+    )
+}
+
+fn has_subgraph(node: &NodeProto) -> bool {
+    node.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+}
+
+/// Quantization ops, whatever their domain: the int8 parts stay as they are.
+fn is_int8_op(node: &NodeProto) -> bool {
+    let op = node.op_type();
+    op.starts_with("QLinear")
+        || matches!(
+            op,
+            "DynamicQuantizeLinear"
+                | "QuantizeLinear"
+                | "DequantizeLinear"
+                | "MatMulInteger"
+                | "ConvInteger"
+                | "MatMulIntegerToFloat"
+                | "DynamicQuantizeMatMul"
+                | "DynamicQuantizeLSTM"
+                | "QAttention"
+                | "QGemm"
+                | "QOrderedMatMul"
+        )
+}
+
+/// True when a block-list entry names `node`'s op: `Op` (any domain) or `domain.Op`.
+pub(super) fn op_matches(entry: &str, node: &NodeProto) -> bool {
+    if entry == node.op_type() {
+        return true;
+    }
+    let domain = if node.domain().is_empty() { "ai.onnx" } else { node.domain() };
+    entry.strip_prefix(domain).and_then(|r| r.strip_prefix('.')) == Some(node.op_type())
+}
