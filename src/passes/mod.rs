@@ -4,7 +4,7 @@
 //! [`Patch`]; the [`PassManager`] applies the patch and runs the pass again until it has nothing left
 //! to do (a fixed point). See the worked example in [`crate::onnx`].
 //!
-//! Conventions for a pass, one file each:
+//! Conventions for a pass, one file each (a folder with one file per phase when it is large, as `precision`):
 //! - open the file with a text drawing of the subgraph it matches and what it emits;
 //! - match on dataflow and constant values (via [`crate::onnx::GraphIndex`] and
 //!   [`crate::onnx::infer::Inference`]), never on node names, so that both exporter styles match;

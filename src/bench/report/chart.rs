@@ -29,7 +29,7 @@ use super::{execution_providers, format_number, models, setting};
 use crate::bench::schema::Row;
 use crate::{Error, Result};
 
-/// The chart's width in pixels; it grows only when the bars would be narrower than [`MIN_SLOT_PX`].
+/// The chart's width in pixels; it grows only when the bars would be narrower than `MIN_SLOT_PX`.
 pub const CHART_WIDTH: u32 = 1200;
 /// The chart's height in pixels.
 pub const CHART_HEIGHT: u32 = 600;
