@@ -696,8 +696,9 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
             latents: args.latents.clone(),
             batch_size: args.num_images,
         };
-        let out = if several { indexed(&args.out, j) } else { args.out.clone() };
-        let latents = args.save_latents.as_ref().map(|p| if several { indexed(p, j) } else { p.clone() });
+        let out = if several { pipeline::output::indexed(&args.out, j) } else { args.out.clone() };
+        let latents =
+            args.save_latents.as_ref().map(|p| if several { pipeline::output::indexed(p, j) } else { p.clone() });
         generate_one(&mut pipe, &opts, &args, &out, latents.as_deref())
             .map_err(|e| if several { e.in_context(format!("prompt {} of the prompt file", j + 1)) } else { e })?;
     }
@@ -712,7 +713,6 @@ fn generate_one(
     out_path: &Path,
     save_latents: Option<&Path>,
 ) -> Result<()> {
-    let seed = opts.seed;
     pipe.resolve_size(opts)?;
     if let Some(warning) = pipe.steps_warning(opts)? {
         eprintln!("warning: {warning}");
@@ -730,70 +730,17 @@ fn generate_one(
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
-    let model = pipe.dir().root.display().to_string();
-    let profile = pipe.dir().manifest().ok().flatten().map(|m| m.profile).unwrap_or_else(|| "export".into());
-    let mut written = Vec::new();
-    for (i, image) in out.images.iter().enumerate() {
-        let path = if out.images.len() == 1 { out_path.to_path_buf() } else { indexed(out_path, i) };
-        let text = [
-            ("prompt", opts.prompt.clone()),
-            ("negative_prompt", opts.negative_prompt.clone().unwrap_or_default()),
-            ("seed", seed.to_string()),
-            ("image_index", i.to_string()),
-            ("steps", out.steps.to_string()),
-            ("scheduler", out.scheduler.clone()),
-            ("guidance", out.guidance.to_string()),
-            ("size", format!("{}x{}", out.width, out.height)),
-            ("model", model.clone()),
-            ("profile", profile.clone()),
-            ("ep", args.ep.to_string()),
-            ("software", format!("dfast {} (commit {})", env!("CARGO_PKG_VERSION"), env!("DFAST_COMMIT"))),
-        ]
-        .map(|(k, v)| (k.to_string(), v));
-        pipeline::image::save_with_text(image, &path, &text)?;
-        written.push(path);
-    }
-    if let Some(path) = save_latents {
-        pipeline::latents::write(path, &out.latents)?;
-    }
-    let t = &out.timings;
+    let info = pipeline::output::RunInfo {
+        model: pipe.dir().root.display().to_string(),
+        profile: pipe.dir().manifest().ok().flatten().map_or_else(|| "export".into(), |m| m.profile),
+        ep: args.ep.to_string(),
+    };
+    let written = pipeline::output::save(&out, opts, &info, out_path, save_latents)?;
     if args.json {
-        let report = serde_json::json!({
-            "images": written,
-            "latents": save_latents,
-            "prompt": opts.prompt,
-            "width": out.width,
-            "height": out.height,
-            "steps": out.steps,
-            "unet_calls": t.unet_steps.len(),
-            "seed": seed,
-            "timings_s": {
-                "total": t.total,
-                "text_encoding": t.text_encoding,
-                "unet_steps": t.unet_steps,
-                "vae_decode": t.vae_decode,
-            },
-            "warnings": out.warnings,
-        });
-        println!("{report}");
-        return Ok(());
+        println!("{}", pipeline::output::summary_json(&out, opts, &written, save_latents));
+    } else {
+        println!("{}", pipeline::output::summary_line(&out, opts, &written));
     }
-    let per_step =
-        if t.unet_steps.is_empty() { 0.0 } else { t.unet_steps.iter().sum::<f64>() / t.unet_steps.len() as f64 };
-    let calls = t.unet_steps.len();
-    let steps =
-        if calls == out.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", out.steps) };
-    let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-    println!(
-        "{}: {}x{}, {steps}, seed {seed}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
-        files.join(", "),
-        out.width,
-        out.height,
-        per_step * 1e3,
-        t.total,
-        t.text_encoding * 1e3,
-        t.vae_decode * 1e3
-    );
     Ok(())
 }
 
@@ -813,13 +760,6 @@ fn check_out_dir(out: &Path) -> Result<()> {
         )),
         _ => Ok(()),
     }
-}
-
-/// `out.png` -> `out-3.png`.
-fn indexed(path: &Path, i: usize) -> PathBuf {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    path.with_file_name(format!("{stem}-{i}{ext}"))
 }
 
 /// Fails early when a file cannot be created there (missing folder, read-only place).

@@ -4,6 +4,7 @@ pub mod conditioning;
 pub mod image;
 pub mod latents;
 pub mod model_dir;
+pub mod output;
 pub mod prompt_file;
 pub mod tokenizer;
 pub mod torch_rng;

@@ -1,0 +1,115 @@
+//! What `generate` leaves behind: the images (a PNG keeps how it was made in text chunks), the final latents,
+//! and the run's summary as JSON.
+
+use std::path::{Path, PathBuf};
+
+use super::{GenerateOptions, Generated, image, latents};
+use crate::Result;
+
+/// What a run was, besides its options: for the images' text chunks.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The pipeline folder.
+    pub model: String,
+    /// The conversion's profile (`export` for an unconverted pipeline).
+    pub profile: String,
+    /// The execution provider.
+    pub ep: String,
+}
+
+/// `out.png` -> `out-3.png`: the name of the `i`-th of several outputs.
+pub fn indexed(path: &Path, i: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}-{i}{ext}"))
+}
+
+/// The text chunks of image `index`: prompt, negative prompt, seed, index, steps, scheduler, guidance, size,
+/// model, profile, EP and dfast's version and commit.
+pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index: usize) -> Vec<(String, String)> {
+    [
+        ("prompt", opts.prompt.clone()),
+        ("negative_prompt", opts.negative_prompt.clone().unwrap_or_default()),
+        ("seed", opts.seed.to_string()),
+        ("image_index", index.to_string()),
+        ("steps", run.steps.to_string()),
+        ("scheduler", run.scheduler.clone()),
+        ("guidance", run.guidance.to_string()),
+        ("size", format!("{}x{}", run.width, run.height)),
+        ("model", info.model.clone()),
+        ("profile", info.profile.clone()),
+        ("ep", info.ep.clone()),
+        ("software", format!("dfast {} (commit {})", env!("CARGO_PKG_VERSION"), env!("DFAST_COMMIT"))),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into()
+}
+
+/// Writes the images (one: `out`; several: `out-0`, `out-1`, ...) and, when asked, the final latents;
+/// returns the image files written.
+pub fn save(
+    run: &Generated,
+    opts: &GenerateOptions,
+    info: &RunInfo,
+    out: &Path,
+    latents_to: Option<&Path>,
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (i, img) in run.images.iter().enumerate() {
+        let path = if run.images.len() == 1 { out.to_path_buf() } else { indexed(out, i) };
+        image::save_with_text(img, &path, &provenance(run, opts, info, i))?;
+        written.push(path);
+    }
+    if let Some(path) = latents_to {
+        latents::write(path, &run.latents)?;
+    }
+    Ok(written)
+}
+
+/// The run as one JSON object: files written, size, steps, UNet calls, seed, timings, warnings.
+pub fn summary_json(
+    run: &Generated,
+    opts: &GenerateOptions,
+    images: &[PathBuf],
+    latents_to: Option<&Path>,
+) -> serde_json::Value {
+    let t = &run.timings;
+    serde_json::json!({
+        "images": images,
+        "latents": latents_to,
+        "prompt": opts.prompt,
+        "width": run.width,
+        "height": run.height,
+        "steps": run.steps,
+        "unet_calls": t.unet_steps.len(),
+        "seed": opts.seed,
+        "timings_s": {
+            "total": t.total,
+            "text_encoding": t.text_encoding,
+            "unet_steps": t.unet_steps,
+            "vae_decode": t.vae_decode,
+        },
+        "warnings": run.warnings,
+    })
+}
+
+/// The one-line summary: files, size, steps (and UNet calls), seed, time per step, total.
+pub fn summary_line(run: &Generated, opts: &GenerateOptions, images: &[PathBuf]) -> String {
+    let t = &run.timings;
+    let calls = t.unet_steps.len();
+    let per_step = if calls == 0 { 0.0 } else { t.unet_steps.iter().sum::<f64>() / calls as f64 };
+    let steps =
+        if calls == run.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", run.steps) };
+    let files: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "{}: {}x{}, {steps}, seed {}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
+        files.join(", "),
+        run.width,
+        run.height,
+        opts.seed,
+        per_step * 1e3,
+        t.total,
+        t.text_encoding * 1e3,
+        t.vae_decode * 1e3
+    )
+}
