@@ -312,7 +312,7 @@ pub struct UnetStepArgs {
 /// `dfast convert --help`'s list of passes and built-in profiles, from the pass registry and the profiles.
 fn convert_help() -> String {
     let mut text = String::from("Passes (a profile names them; see the README for their options):\n");
-    for pass in &registry::PASSES {
+    for pass in registry::PASSES {
         text.push_str(&format!("  {:14} {}\n", pass.name, pass.summary));
     }
     text.push_str("\nBuilt-in profiles:\n");

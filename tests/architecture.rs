@@ -145,7 +145,7 @@ fn readme_lists_the_passes_of_the_registry() {
     let start = readme.find("<!-- passes:start -->").expect("README has the passes table") + 21;
     let end = readme.find("<!-- passes:end -->").unwrap();
     let mut want = String::from("\n| pass | what it does (options) |\n|---|---|\n");
-    for pass in &dfast::passes::registry::PASSES {
+    for pass in dfast::passes::registry::PASSES {
         want.push_str(&format!("| `{}` | {} |\n", pass.name, pass.summary.replace('|', "\\|")));
     }
     assert_eq!(&readme[start..end], want, "update the README's pass table from src/passes/registry.rs");

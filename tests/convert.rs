@@ -282,7 +282,7 @@ fn profiles_and_folders_used_with_another_ep_are_refused_or_warn() {
 fn convert_help_lists_the_registry() {
     let run = dfast(&["convert", "--help"]);
     let help = String::from_utf8_lossy(&run.stdout);
-    for pass in &dfast::passes::registry::PASSES {
+    for pass in dfast::passes::registry::PASSES {
         assert!(help.contains(pass.name) && help.contains(pass.summary), "{} missing from:\n{help}", pass.name);
     }
     assert!(help.contains("cuda-graph") && help.contains("[cuda]"), "{help}");

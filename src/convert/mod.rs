@@ -108,7 +108,12 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
         // OpenVINO takes fp32 graphs and runs them in bf16/f16 by its inference precision hint (a session
         // option, recorded in the manifest), so its graphs stay fp32.
         let precision = if keep_fp32 || opts.target == Target::OpenVino { Precision::Fp32 } else { opts.precision };
-        let ctx = BuildContext { target: opts.target, precision, int8_exclude: exclude.clone() };
+        let ctx = BuildContext {
+            target: opts.target,
+            precision,
+            int8_exclude: exclude.clone(),
+            cuda_only_fusions: opts.profile.cuda_only_fusions,
+        };
         let steps = plan(&opts.profile, component, &ctx)
             .map_err(|e| e.in_context(format!("profile {}", opts.profile.source)))?;
         plans.push(Plan { component: component.clone(), precision, steps });
@@ -253,6 +258,7 @@ pub fn conversion_key(opts: &ConvertOptions, card: Option<&ModelCard>) -> serde_
         "target": target,
         "card": card.map(|c| c.name.clone()),
         "vae_half": opts.vae_half,
+        "cuda_only_fusions": opts.profile.cuda_only_fusions,
         "calibration": opts.profile.passes.iter().any(|p| p == Int8Static::NAME).then(|| serde_json::json!(opts.calibration.settings)),
         "dfast_version": env!("CARGO_PKG_VERSION"),
     })

@@ -52,6 +52,8 @@ struct ProfileFile {
     eps: Option<Vec<ExecutionProvider>>,
     #[serde(default)]
     bench: bool,
+    /// Emit fusions into CUDA-only `com.microsoft` ops (see `passes::BuildContext`); inherited.
+    cuda_only_fusions: Option<bool>,
     #[serde(default)]
     ep: BTreeMap<ExecutionProvider, BTreeMap<String, Table>>,
     #[serde(default)]
@@ -62,7 +64,8 @@ struct ProfileFile {
 }
 
 /// The keys a profile has besides its pass tables (for the message about an unknown one).
-const KEYS: &str = "name, description, extends, passes, eps, bench, [ep.<ep>.<pass>], [session.<ep>]";
+const KEYS: &str =
+    "name, description, extends, passes, eps, bench, cuda_only_fusions, [ep.<ep>.<pass>], [session.<ep>]";
 
 /// A resolved profile: its `extends` chain flattened, every table checked.
 #[derive(Debug, Clone)]
@@ -77,6 +80,8 @@ pub struct Profile {
     pub eps: Option<Vec<ExecutionProvider>>,
     /// Part of `dfast bench`'s default progression (built-in profiles).
     pub bench: bool,
+    /// Fusions into CUDA-only ops are emitted (on cuda) only when set: off until verified on a GPU.
+    pub cuda_only_fusions: bool,
     /// Options per pass (`components` taken out).
     options: BTreeMap<String, Table>,
     /// `components = [...]` per pass.
@@ -210,6 +215,7 @@ impl Profile {
                 passes: Vec::new(),
                 eps: None,
                 bench: false,
+                cuda_only_fusions: false,
                 options: BTreeMap::new(),
                 components: BTreeMap::new(),
                 ep_options: BTreeMap::new(),
@@ -222,6 +228,9 @@ impl Profile {
         profile.bench = file.bench;
         if file.eps.is_some() {
             profile.eps = file.eps;
+        }
+        if let Some(on) = file.cuda_only_fusions {
+            profile.cuda_only_fusions = on;
         }
         for pass in file.passes {
             if !profile.passes.contains(&pass) {

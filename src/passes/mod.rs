@@ -56,18 +56,33 @@ impl PassContext {
     }
 }
 
-/// What a pass is built from besides its own options: the conversion's target and precision, and the
-/// model card's int8 exclude list (the seed's when there is no card).
+/// What a pass is built from besides its own options: the conversion's target and precision, the model
+/// card's int8 exclude list (the seed's when there is no card), and whether fusions into CUDA-only
+/// `com.microsoft` ops may be emitted.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
     pub target: Target,
     pub precision: crate::settings::Precision,
     pub int8_exclude: Vec<(usize, usize)>,
+    /// The profile's `cuda_only_fusions`: fusions whose ops only ONNX Runtime's CUDA EP runs (BiasSplitGelu,
+    /// GroupNorm, BiasAdd, ...) are emitted only when this is set and the target is cuda. Off until a GPU
+    /// check has verified them.
+    pub cuda_only_fusions: bool,
 }
 
 impl BuildContext {
     pub fn new(target: Target, precision: crate::settings::Precision) -> Self {
-        BuildContext { target, precision, int8_exclude: int8_dynamic::SEED_INT8_EXCLUDE.to_vec() }
+        BuildContext {
+            target,
+            precision,
+            int8_exclude: int8_dynamic::SEED_INT8_EXCLUDE.to_vec(),
+            cuda_only_fusions: false,
+        }
+    }
+
+    /// True when a fusion into a CUDA-only op may be emitted (the target is cuda and the profile allows it).
+    pub fn allows_cuda_only_ops(&self) -> bool {
+        self.cuda_only_fusions && self.target == Target::Cuda
     }
 }
 

@@ -38,7 +38,7 @@ impl PassInfo {
 }
 
 /// Every pass, in the order a profile would usually run them (precision last).
-pub static PASSES: [PassInfo; 7] = [
+pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<Cleanup>(),
     PassInfo::of::<Attention>(),
     PassInfo::of::<FuseQkv>(),
@@ -122,7 +122,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), PASSES.len());
         let typo: toml::Table = "no_such_option = 1".parse().unwrap();
-        for pass in &PASSES {
+        for pass in PASSES {
             let err = pass.check(&typo).unwrap_err();
             assert_eq!(err.key, "no_such_option", "{}: {err}", pass.name);
             assert!(pass.check(&toml::Table::new()).is_ok(), "{}: empty options must be valid", pass.name);
