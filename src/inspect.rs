@@ -86,14 +86,7 @@ pub fn inspect(path: &Path, size: Size) -> Result<Vec<ModelReport>> {
 
 fn inspect_model(path: &Path, component: &str, size: Size) -> Result<ModelReport> {
     let mut model = OnnxModel::load(path)?;
-    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
-    for node in &model.graph().node {
-        let key = match node.domain() {
-            "" | "ai.onnx" => node.op_type().to_string(),
-            d => format!("{d}::{}", node.op_type()),
-        };
-        *ops.entry(key).or_default() += 1;
-    }
+    let ops = model.op_histogram();
     let mut parameters = 0u64;
     for t in &model.graph().initializer {
         parameters += tensor::numel(t).unwrap_or(0) as u64;

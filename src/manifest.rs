@@ -24,6 +24,9 @@ pub struct ComponentReport {
     pub passes: Vec<PassRecord>,
     /// Precision the component was written in (fp32 where it was kept so).
     pub precision: Precision,
+    /// Nodes per op after the conversion (`com.microsoft::SkipLayerNormalization`, `Conv`, ...).
+    #[serde(default)]
+    pub ops: BTreeMap<String, usize>,
     pub seconds: f64,
 }
 

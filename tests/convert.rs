@@ -222,6 +222,10 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
     let applied = read.pass_settings("unet", "int8-dynamic");
     assert_eq!(applied["exclude"], serde_json::json!([[32, 64], [64, 32]]), "{applied}");
     assert_eq!(applied["format"], "dynamic");
+    // The op histogram after the conversion: the int8 pattern is there, and the counts add up.
+    let unet = read.components.iter().find(|c| c.component == "unet").unwrap();
+    assert!(unet.ops.get("MatMulInteger").is_some_and(|&n| n > 0), "{:?}", unet.ops);
+    assert_eq!(unet.ops.values().sum::<usize>(), unet.nodes_after);
     // Without an override, the model card's (here: the seed's, no card matches tiny-sd) list.
     let out = tmp.path().join("seed");
     let opts = ConvertOptions { out: out.clone(), profile: Profile::load("int8-dynamic").unwrap(), ..opts };

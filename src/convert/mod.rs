@@ -139,6 +139,7 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
                 component: component.to_string(),
                 nodes_before,
                 nodes_after: model.node_count(),
+                ops: model.op_histogram(),
                 passes: records,
                 precision: plan.precision,
                 seconds: t0.elapsed().as_secs_f64(),

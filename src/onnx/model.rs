@@ -222,6 +222,19 @@ impl OnnxModel {
         self.proto.opset_import.iter().find(|o| norm(o.domain()) == want).map(|o| o.version())
     }
 
+    /// How many nodes of each op the main graph has: `Conv`, `com.microsoft::GroupNorm`, ...
+    pub fn op_histogram(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut ops = std::collections::BTreeMap::new();
+        for node in &self.graph().node {
+            let key = match node.domain() {
+                "" | "ai.onnx" => node.op_type().to_string(),
+                d => format!("{d}::{}", node.op_type()),
+            };
+            *ops.entry(key).or_default() += 1;
+        }
+        ops
+    }
+
     /// Number of nodes in the main graph.
     pub fn node_count(&self) -> usize {
         self.graph().node.len()
