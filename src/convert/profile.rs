@@ -8,7 +8,8 @@
 //! description = "..."
 //! passes = ["fuse-qkv"]       # appended to the passes of the profile it extends
 //! eps = ["cuda"]              # the EPs it is made for (absent: every EP, or the base profile's)
-//! bench = true                # built-in profiles: part of `dfast bench`'s default progression
+//! bench = true                # built-in profiles: part of `dfast bench`'s default progression on the EPs
+//!                             # it is made for (`true`), or on these EPs only (`bench = ["cuda"]`)
 //! [conv1x1]                   # options of one pass (its typed options; `components` limits it) ...
 //! channels = [128]
 //! [ep.cpu.attention]          # ... and their overrides for one execution provider
@@ -51,7 +52,7 @@ struct ProfileFile {
     passes: Vec<String>,
     eps: Option<Vec<ExecutionProvider>>,
     #[serde(default)]
-    bench: bool,
+    bench: BenchOn,
     /// Emit fusions into CUDA-only `com.microsoft` ops (see `passes::BuildContext`); inherited.
     cuda_only_fusions: Option<bool>,
     #[serde(default)]
@@ -61,6 +62,22 @@ struct ProfileFile {
     /// `[<pass>]` tables; anything else is refused after parsing.
     #[serde(flatten)]
     pass_tables: BTreeMap<String, Value>,
+}
+
+/// Where a built-in profile is part of `dfast bench`'s default progression.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum BenchOn {
+    /// `true`: on every EP it is made for; `false`: nowhere.
+    All(bool),
+    /// On these EPs (among those it is made for).
+    Eps(Vec<ExecutionProvider>),
+}
+
+impl Default for BenchOn {
+    fn default() -> Self {
+        BenchOn::All(false)
+    }
 }
 
 /// The keys a profile has besides its pass tables (for the message about an unknown one).
@@ -78,8 +95,8 @@ pub struct Profile {
     pub passes: Vec<String>,
     /// The execution providers it is made for; `None`: every one.
     pub eps: Option<Vec<ExecutionProvider>>,
-    /// Part of `dfast bench`'s default progression (built-in profiles).
-    pub bench: bool,
+    /// Where it is part of `dfast bench`'s default progression (built-in profiles).
+    pub bench: BenchOn,
     /// Fusions into CUDA-only ops are emitted (on cuda) only when set: off until verified on a GPU.
     pub cuda_only_fusions: bool,
     /// Options per pass (`components` taken out).
@@ -103,7 +120,11 @@ impl Profile {
         let mut out = Vec::new();
         for (name, _) in BUILTIN {
             let profile = Profile::load(name)?;
-            if profile.bench && profile.made_for(ep) {
+            let on = match &profile.bench {
+                BenchOn::All(on) => *on,
+                BenchOn::Eps(eps) => eps.contains(&ep),
+            };
+            if on && profile.made_for(ep) {
                 out.push(profile);
             }
         }
@@ -214,7 +235,7 @@ impl Profile {
                 source: String::new(),
                 passes: Vec::new(),
                 eps: None,
-                bench: false,
+                bench: BenchOn::default(),
                 cuda_only_fusions: false,
                 options: BTreeMap::new(),
                 components: BTreeMap::new(),
@@ -393,7 +414,7 @@ mod tests {
             ("[warp]\nx = 1\n", "unknown pass `[warp]`"),
             ("descripton = \"typo\"\n", "`descripton` is not a setting of a profile"),
             ("eps = [\"gpu\"]\n", "key `eps[0]`: unknown variant `gpu`"),
-            ("bench = \"yes\"\n", "key `bench`: invalid type"),
+            ("bench = \"yes\"\n", "key `bench`: data did not match any variant"),
             ("[int8-dynamic]\ncomponents = \"unet\"\n", "[int8-dynamic] key `components`"),
         ] {
             std::fs::write(&path, text).unwrap();
