@@ -17,6 +17,7 @@
 //! - have a test that compares outputs with the unrewritten graph.
 
 pub mod attention;
+pub mod bias_add;
 pub mod cleanup;
 pub mod conv1x1;
 pub mod fuse_qkv;
@@ -24,16 +25,19 @@ pub mod int8_dynamic;
 pub mod int8_static;
 pub mod precision;
 pub mod registry;
+pub mod skip_layer_norm;
 #[cfg(test)]
 pub(crate) mod test_util;
 
 pub use attention::Attention;
+pub use bias_add::BiasAdd;
 pub use cleanup::Cleanup;
 pub use conv1x1::Conv1x1;
 pub use fuse_qkv::FuseQkv;
 pub use int8_dynamic::{Int8Dynamic, Int8Format};
 pub use int8_static::Int8Static;
 pub use precision::{OpPolicy, PrecisionPass};
+pub use skip_layer_norm::SkipLayerNorm;
 
 use serde::Serialize;
 
