@@ -18,9 +18,11 @@
 
 pub mod attention;
 pub mod bias_add;
+pub mod bias_gelu;
 pub mod cleanup;
 pub mod conv1x1;
 pub mod fuse_qkv;
+pub mod geglu;
 pub mod int8_dynamic;
 pub mod int8_static;
 pub mod precision;
@@ -31,9 +33,11 @@ pub(crate) mod test_util;
 
 pub use attention::Attention;
 pub use bias_add::BiasAdd;
+pub use bias_gelu::BiasGelu;
 pub use cleanup::Cleanup;
 pub use conv1x1::Conv1x1;
 pub use fuse_qkv::FuseQkv;
+pub use geglu::Geglu;
 pub use int8_dynamic::{Int8Dynamic, Int8Format};
 pub use int8_static::Int8Static;
 pub use precision::{OpPolicy, PrecisionPass};

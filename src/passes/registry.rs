@@ -45,6 +45,8 @@ pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<Conv1x1>(),
     PassInfo::of::<Int8Dynamic>(),
     PassInfo::of::<Int8Static>(),
+    PassInfo::of::<super::Geglu>(),
+    PassInfo::of::<super::BiasGelu>(),
     PassInfo::of::<super::SkipLayerNorm>(),
     PassInfo::of::<super::BiasAdd>(),
     PassInfo::of::<PrecisionPass>(),
