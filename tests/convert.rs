@@ -18,7 +18,7 @@ use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 
 const PIPELINES: [&str; 4] = ["tiny-sd", "tiny-sdxl", "tiny-sd-dynamo", "tiny-sdxl-dynamo"];
-const PROFILES: [&str; 5] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
+const PROFILES: [&str; 6] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic", "fused"];
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn noise(n: usize, seed: u64) -> Vec<f32> {
@@ -116,7 +116,7 @@ fn check_source(source: &Path, pipeline: &str, reference: &str) {
                     "{pipeline}/{profile}/{name}/{output}: relative L2 {err:.2e} > {tolerance:e}"
                 );
             }
-            if matches!(profile, "sdpa" | "fuse-qkv") {
+            if matches!(profile, "sdpa" | "fuse-qkv" | "fused") {
                 assert!(
                     component.nodes_after < component.nodes_before,
                     "{pipeline}/{profile}/{name}: node count did not drop ({} -> {})",

@@ -688,8 +688,8 @@ mod tests {
         // Without --profile: each EP's default progression, from the profiles' own metadata.
         let defaults = BenchOptions { profiles: Vec::new(), ..opts };
         let labels: Vec<String> = combinations(&defaults).unwrap().iter().map(Combination::label).collect();
-        assert!(labels.contains(&"cuda-graph-fp16-cuda".to_string()), "{labels:?}");
-        assert!(!labels.contains(&"cuda-graph-fp32-cpu".to_string()), "{labels:?}");
+        assert!(labels.contains(&"fused-graph-fp16-cuda".to_string()), "{labels:?}");
+        assert!(!labels.contains(&"fused-graph-fp32-cpu".to_string()), "{labels:?}");
         assert_eq!(labels.iter().filter(|l| l.ends_with("-cpu")).count(), 5, "{labels:?}");
     }
 }

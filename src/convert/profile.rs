@@ -32,7 +32,7 @@ use crate::runtime::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
-pub const BUILTIN: [(&str, &str); 7] = [
+pub const BUILTIN: [(&str, &str); 9] = [
     ("baseline", include_str!("../../profiles/baseline.toml")),
     ("sdpa", include_str!("../../profiles/sdpa.toml")),
     ("fuse-qkv", include_str!("../../profiles/fuse-qkv.toml")),
@@ -40,6 +40,8 @@ pub const BUILTIN: [(&str, &str); 7] = [
     ("int8-dynamic", include_str!("../../profiles/int8-dynamic.toml")),
     ("int8-static", include_str!("../../profiles/int8-static.toml")),
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
+    ("fused", include_str!("../../profiles/fused.toml")),
+    ("fused-graph", include_str!("../../profiles/fused-graph.toml")),
 ];
 
 /// A profile file as written (before `extends` is resolved).
@@ -361,7 +363,8 @@ mod tests {
         let seed = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
         assert_eq!(names(Cpu), seed);
         assert_eq!(names(OpenVino), seed);
-        assert_eq!(names(Cuda), [&seed[..], &["cuda-graph"]].concat());
+        assert_eq!(names(Cuda), [&seed[..], &["fused", "fused-graph"]].concat());
+        assert_eq!(names(TensorRt), seed, "fused is in the default progression on cuda only");
         // A profile file's own metadata decides, not a list in the code.
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("mine.toml");
