@@ -45,6 +45,7 @@ pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<Conv1x1>(),
     PassInfo::of::<Int8Dynamic>(),
     PassInfo::of::<Int8Static>(),
+    PassInfo::of::<super::GroupNorm>(),
     PassInfo::of::<PrecisionPass>(),
 ];
 
