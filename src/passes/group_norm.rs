@@ -40,6 +40,15 @@
 //!   or C / groups itself when that is 256 or more) at most 512, i.e. C / groups <= 512;
 //! - skip (SkipGroupNorm) of shape [N, H, W, C], [N, 1, 1, C] or [N, C]; bias optional (not emitted here).
 //!
+//! What else is checked: the grouped Reshape's target is [0 | N | run-time batch, G, -1 | C/G·H·W] on a 4-D x
+//! with a static C; the Reshape back is `Shape(x)` or a shape equal to x's on all axes but one; the
+//! intermediate values of the chain have no other readers; InstanceNormalization's scale and bias are
+//! ones and zeros; γ and β are constants with one value per channel; a residual Add has two non-constant
+//! operands, one [N, C, H, W] and the other the same or [N, C, 1, 1] with the same batch entry (when both
+//! batches are dynamic, a batch-1 skip against a larger batch at run time is not excluded).
+//! Not matched: the decomposed form on a 5-D reshape [N, G, C/G, H, W], Reciprocal/Mul instead of Div, a
+//! native SiLU op (the exports in `models/` write Sigmoid + Mul), a residual bias (SkipGroupNorm's `bias`).
+//!
 //! There is no CPU kernel for these ops: the pass only rewrites when the target is cuda and the profile
 //! allows CUDA-only fusions ([`BuildContext::allows_cuda_only_ops`]). Its matcher ([`find`]) is tested
 //! against ONNX Runtime's CPU run of the unrewritten graph with a reference GroupNorm computed from the

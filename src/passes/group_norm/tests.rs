@@ -410,3 +410,42 @@ fn assert_well_formed(model: &OnnxModel, name: &str) {
         assert!(known.contains(o.name()), "{name}: output {} not produced", o.name());
     }
 }
+
+/// The decomposed form as opset 18 writes it (ReduceMean axes as an input) and with Mul(d, d) for the square.
+#[test]
+fn matches_decomposed_variants() {
+    let mut model = graph(Form::Decomposed, 640, 32, true, Input::Broadcast);
+    let mut proto = model.proto().clone();
+    proto.opset_import[0].set_version(18);
+    let g = proto.graph.mut_or_insert_default();
+    g.initializer.push(i64_init("axes_last", &[-1]));
+    for n in g.node.iter_mut() {
+        match n.op_type() {
+            "ReduceMean" => {
+                n.attribute.clear();
+                n.input.push("axes_last".into());
+            }
+            "Pow" => {
+                n.op_type = Some("Mul".into());
+                n.input[1] = n.input[0].clone();
+            }
+            _ => {}
+        }
+    }
+    model = OnnxModel::from_proto(proto, None);
+    let found = find(&model);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].form, found[0].silu, found[0].epsilon), (Form::Decomposed, true, 1e-6));
+    let f = feeds(&model, 77);
+    let err = relative_l2(&reference(&found[0], &f), &run_ort(&model, &f));
+    assert!(err <= 1e-5, "relative L2 {err:.2e}");
+    let mut after = model.clone();
+    assert_eq!(run_pass(&mut after, GroupNorm::new(true), &cuda()).rewrites, 1);
+    assert_eq!(count(&after, "SkipGroupNorm"), 1);
+    assert_eq!(
+        count(&after, "Mul") + count(&after, "ReduceMean") + count(&after, "Sub"),
+        0,
+        "{:?}",
+        after.graph().node
+    );
+}
