@@ -49,6 +49,7 @@ pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<super::BiasGelu>(),
     PassInfo::of::<super::SkipLayerNorm>(),
     PassInfo::of::<super::BiasAdd>(),
+    PassInfo::of::<super::GroupNorm>(),
     PassInfo::of::<PrecisionPass>(),
 ];
 
