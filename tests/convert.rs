@@ -412,3 +412,41 @@ fn inspect_reports_shapes_attention_and_flops() {
     let shapes = unet["weight_shapes"].as_array().unwrap();
     assert!(shapes.iter().any(|w| w["op"] == "Conv1x1"), "the 1x1 proj_in/proj_out convs are listed");
 }
+
+/// `fused` on tiny-sdxl: SkipLayerNormalization everywhere ONNX Runtime runs com.microsoft ops; the
+/// CUDA-only GroupNorm only for cuda with `cuda_only_fusions = true` (off in the built-in profile until a
+/// GPU check has passed). Conversion needs no GPU; these graphs are checked for what they hold.
+#[test]
+fn fused_emits_cuda_only_ops_only_when_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let forced = tmp.path().join("forced.toml");
+    std::fs::write(&forced, "name = \"fused-forced\"\nextends = \"fused\"\ncuda_only_fusions = true\n").unwrap();
+    let ops = |profile: &str, target: Target, precision: Precision| {
+        let out = tmp.path().join(format!("{}-{}", profile.replace('/', "_"), target.name()));
+        let opts = ConvertOptions {
+            source: common::model("tiny-sdxl"),
+            out: out.clone(),
+            profile: Profile::load(profile).unwrap(),
+            precision,
+            target,
+            card: None,
+            vae_half: false,
+            calibration: Default::default(),
+            force: true,
+        };
+        let manifest = convert::convert(&opts, &mut |_| {}).unwrap();
+        manifest.components.into_iter().find(|c| c.component == "unet").unwrap().ops
+    };
+    let count = |ops: &std::collections::BTreeMap<String, usize>, op: &str| ops.get(op).copied().unwrap_or(0);
+    let cpu = ops("fused", Target::Cpu, Precision::Fp32);
+    assert_eq!(count(&cpu, "com.microsoft::SkipLayerNormalization"), 20, "{cpu:?}");
+    assert_eq!(count(&cpu, "com.microsoft::GroupNorm") + count(&cpu, "com.microsoft::SkipGroupNorm"), 0);
+    let cuda = ops("fused", Target::Cuda, Precision::Fp16);
+    assert_eq!(count(&cuda, "com.microsoft::GroupNorm") + count(&cuda, "com.microsoft::SkipGroupNorm"), 0);
+    let forced = ops(forced.to_str().unwrap(), Target::Cuda, Precision::Fp16);
+    let group_norms = count(&forced, "com.microsoft::GroupNorm") + count(&forced, "com.microsoft::SkipGroupNorm");
+    assert_eq!(group_norms, 21, "{forced:?}");
+    assert_eq!(count(&forced, "com.microsoft::SkipLayerNormalization"), 20);
+    let openvino = ops("fused", Target::OpenVino, Precision::Fp32);
+    assert!(openvino.keys().all(|op| !op.starts_with("com.microsoft::SkipLayer")), "{openvino:?}");
+}
