@@ -98,6 +98,10 @@ fn existing(path: &Path, source: &str) -> Result<PathBuf> {
 }
 
 static LOADED: OnceLock<(PathBuf, ort::environment::Environment)> = OnceLock::new();
+/// Held while the environment is created: two threads (tests run in parallel) must not both create one.
+/// ONNX Runtime keeps one environment per process, and a second creation racing the first can leave it
+/// calling a logger that the losing side has already freed.
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Loads the library once per process and returns the ONNX Runtime environment.
 ///
@@ -121,6 +125,7 @@ fn shows(level: ort::logging::LogLevel) -> bool {
 
 pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::environment::Environment> {
     let path = find(explicit, flavour)?;
+    let _loading = LOADING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((loaded, env)) = LOADED.get() {
         if loaded != &path {
             return Err(Error::runtime(format!(
