@@ -35,6 +35,21 @@ bench, the first whole call is timed on its own (`first_run_s`, compilation incl
 calls, then `--runs` timed calls. `peak_host_mb`: the setting's process's max RSS;
 `peak_device_mb`: torch.cuda.max_memory_allocated.
 
+UNet alone (`unet_alone_ms`): after the timed runs, the inputs of one UNet call of the last timed run (the
+first step's; positional and keyword arguments exactly as the pipeline passed them: sample, timestep,
+encoder_hidden_states, and for SDXL added_cond_kwargs; tensors cloned) are fed back to `pipe.unet`, the same
+(possibly torch.compile'd) module, with the timing hooks removed: 2 untimed calls, then `--unet-alone-runs`
+(default 10; 0 leaves the column empty) calls under torch.no_grad, each between torch.cuda.synchronize() calls
+on the GPU; the median, in ms. The two figures differ because inside the pipeline the per-step Python work
+(scheduler step and scale_model_input, the classifier-free-guidance chunk/arithmetic, latent concatenation,
+callbacks) and its synchronisation points land between UNet calls, so on a GPU the host cannot queue the next
+UNet's kernels ahead of the device. `unet_step_ms` is what a UNet step costs in the pipeline; `unet_alone_ms`
+is what the (compiled) UNet itself costs, the figure to set beside `dfast unet-step` (dfast's own rows leave
+`unet_alone_ms` empty). On an H200, the seed's torch.compile recipe measured 55 ms per UNet call in the
+pipeline against 34.45 ms for the compiled UNet called alone on the same inputs. A `pytorch.csv` written
+before this column has another header: give another --out or move it away. On a shared or busy CPU, pass
+`--threads` (e.g. 1): oversubscribed OpenMP threads can make either figure many times slower.
+
 Output: rows appended to `OUT/pytorch.csv` (created with dfast's header; an existing file must have the same
 header) and one JPEG per setting, `OUT/pytorch-<ep>-<setting>.jpg` (the first image of the last timed run).
 With `--random-weights` the pipeline is built once (export_onnx.random_pipeline: same seed, same weights as
@@ -68,7 +83,8 @@ COLUMNS = [
     "timestamp", "tag", "model", "model_card", "pipeline", "runtime", "profile", "passes", "precision", "ep",
     "ep_options", "onnxruntime_version", "dfast_version", "device", "scheduler", "steps", "batch_size", "width", "height",
     "warmup_runs", "timed_runs", "session_create_s", "first_run_s", "text_encode_ms", "unet_step_ms",
-    "vae_decode_ms", "total_s", "total_min_s", "total_max_s", "peak_host_mb", "peak_device_mb", "image", "command",
+    "unet_alone_ms", "vae_decode_ms", "total_s", "total_min_s", "total_max_s", "peak_host_mb", "peak_device_mb",
+    "image", "command",
 ]
 CSV_NAME = "pytorch.csv"
 DEFAULT_SETTINGS = ["fp32", "bf16", "bf16+sdpa", "bf16+sdpa+compile", "bf16+sdpa+compile+fused-qkv"]
@@ -197,8 +213,12 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
 
     pipe.encode_prompt = timed_encode
     unet_start = []
+    # The inputs of the first UNet call of the run marked for capture (the last timed run), for the UNet alone.
+    capture = {"on": False, "args": None, "kwargs": None}
 
-    def pre_hook(_module, _inputs):
+    def pre_hook(_module, args, kwargs):
+        if capture["on"] and capture["args"] is None:
+            capture["args"], capture["kwargs"] = clone_inputs(args), clone_inputs(kwargs)
         sync()
         unet_start.append(time.perf_counter())
 
@@ -207,8 +227,8 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         rec["unet"].append(time.perf_counter() - unet_start.pop())
 
     # On the module the pipeline calls: outside the compiled region when pipe.unet is torch.compile's wrapper.
-    pipe.unet.register_forward_pre_hook(pre_hook)
-    pipe.unet.register_forward_hook(post_hook)
+    hooks = [pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True),
+             pipe.unet.register_forward_hook(post_hook)]
     decode = pipe.vae.decode
 
     def timed_decode(z, *a, **k):
@@ -238,6 +258,7 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
             for v in rec.values():
                 v.clear()
         generator = torch.Generator("cpu").manual_seed(args.seed)
+        capture["on"] = i == n_calls - 1
         sync()
         t = time.perf_counter()
         result = pipe(**call, generator=generator)
@@ -250,6 +271,25 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
             image = result.images[0]
         kind = "first run" if i == 0 else "warm-up" if i < first_timed else "timed run"
         print(f"  {setting}: {kind} {i + 1}/{n_calls}: {elapsed:.3f} s", flush=True)
+    capture["on"] = False
+
+    # --- the UNet alone, on one call's inputs of the last timed run --------------------------------------
+    for h in hooks:
+        h.remove()
+    alone = []
+    if args.unet_alone_runs > 0:
+        if capture["args"] is None:
+            raise SystemExit(f"pytorch_reference: {setting}: the last timed run made no UNet call to capture")
+        with torch.no_grad():  # as the pipeline's __call__
+            for j in range(2 + args.unet_alone_runs):
+                sync()
+                t = time.perf_counter()
+                pipe.unet(*capture["args"], **capture["kwargs"])
+                sync()
+                if j >= 2:
+                    alone.append(time.perf_counter() - t)
+        print(f"  {setting}: unet alone: median {statistics.median(alone) * 1e3:.3f} ms over {len(alone)} "
+              f"calls (in the pipeline: {statistics.median(rec['unet']) * 1e3:.3f} ms)", flush=True)
 
     ep = f"torch-{args.device}"
     image_name = f"pytorch-{ep}-{file_safe(setting)}.jpg"
@@ -282,6 +322,7 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         "first_run_s": round(first_run_s, 4),
         "text_encode_ms": round(med(rec["text"]) * 1e3, 3),
         "unet_step_ms": round(med(rec["unet"]) * 1e3, 3),
+        "unet_alone_ms": round(med(alone) * 1e3, 3) if alone else "",
         "vae_decode_ms": round(med(rec["vae"]) * 1e3, 3),
         "total_s": round(med(totals), 4),
         "total_min_s": round(min(totals), 4),
@@ -291,6 +332,19 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         "image": image_name,
         "command": args.row_command,
     }
+
+
+def clone_inputs(x):
+    """A copy of a module call's inputs: tensors cloned (same dtype, device, strides), containers rebuilt."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, dict):
+        return {k: clone_inputs(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(clone_inputs(v) for v in x)
+    return x
 
 
 def materialize(arch: str, dest: Path):
@@ -376,6 +430,9 @@ def main():
                      help="whole-pipeline warm-up calls after the first run, which is timed on its own "
                           "(default 3, as the seed; as dfast bench)")
     run.add_argument("--runs", type=int, default=3, help="timed calls (default 3)")
+    run.add_argument("--unet-alone-runs", type=int, default=10,
+                     help="timed calls of the UNet alone on one captured call's inputs, after 2 untimed ones "
+                          "(`unet_alone_ms`, the median; default 10; 0: skip, column empty)")
     run.add_argument("--prompt", default=PROMPT)
     run.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
     run.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="swap the scheduler class, keep its config")
@@ -417,6 +474,8 @@ def main():
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         ap.error("--warmup must be 0 or more")
+    if args.unet_alone_runs < 0:
+        ap.error("--unet-alone-runs must be 0 or more")
     for dim in (args.width, args.height):
         if dim is not None and (dim <= 0 or dim % 8):
             ap.error("--width and --height must be positive multiples of 8")
@@ -479,7 +538,9 @@ def main():
                 row = json.loads(Path(row_file).read_text())
                 rows.append(row)
                 write_rows(args.out / CSV_NAME, [row])
-                print(f"pytorch_reference: {s}: unet step {row['unet_step_ms']:.1f} ms, vae decode "
+                alone = row["unet_alone_ms"]
+                alone = f" (alone {alone:.1f} ms)" if alone != "" else ""
+                print(f"pytorch_reference: {s}: unet step {row['unet_step_ms']:.1f} ms{alone}, vae decode "
                       f"{row['vae_decode_ms']:.1f} ms, total {row['total_s']:.3f} s (first run "
                       f"{row['first_run_s']:.1f} s)", flush=True)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:

@@ -52,6 +52,7 @@ fn row(model: &str, runtime: &str, profile: &str, precision: &str, ep: &str, tot
         first_run_s: total_s * 1.2,
         text_encode_ms: 12.0,
         unet_step_ms: total_s * 1000.0 / 30.0 * 0.9,
+        unet_alone_ms: None,
         vae_decode_ms: 80.0,
         total_s,
         total_min_s: total_s * 0.98,
@@ -209,6 +210,73 @@ fn many_bars_widen_the_chart() {
     let png = image::open(out.join("report.png")).unwrap();
     assert!(png.width() > CHART_WIDTH, "width {}", png.width());
     assert_eq!(png.height(), CHART_HEIGHT);
+}
+
+/// Writes `rows` under the schema's header less the columns in `drop` (a CSV from before those columns).
+fn write_rows_without(path: &Path, rows: &[Row], drop: &[&str]) {
+    let mut tmp = csv::Writer::from_writer(vec![]);
+    for r in rows {
+        tmp.serialize(r).unwrap();
+    }
+    let text = String::from_utf8(tmp.into_inner().unwrap()).unwrap();
+    let keep: Vec<usize> = (0..COLUMNS.len()).filter(|&i| !drop.contains(&COLUMNS[i])).collect();
+    let mut w = csv::Writer::from_path(path).unwrap();
+    for record in csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes()).records() {
+        let record = record.unwrap();
+        w.write_record(keep.iter().map(|&i| &record[i])).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+#[test]
+fn unet_alone_ms_reads_with_and_without_the_column_and_shows_only_when_present() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A PyTorch reference CSV with the column (and a dfast row, which leaves it empty) ...
+    let with = tmp.path().join("with");
+    std::fs::create_dir_all(&with).unwrap();
+    let mut torch = row("sd15", "pytorch", "bf16+sdpa+compile", "bf16", "torch-cuda", 2.0);
+    torch.unet_alone_ms = Some(34.45);
+    let dfast_row = row("sd15", "dfast", "baseline", "fp32", "cuda", 4.0);
+    write_rows(&with.join("pytorch.csv"), &[torch.clone(), dfast_row.clone()]);
+    let header = std::fs::read_to_string(with.join("pytorch.csv")).unwrap();
+    assert!(header.lines().next().unwrap().contains(",unet_step_ms,unet_alone_ms,vae_decode_ms,"), "{header}");
+    // ... and an older one without it.
+    let without = tmp.path().join("without");
+    std::fs::create_dir_all(&without).unwrap();
+    let mut old_torch = row("sd15", "pytorch", "bf16+sdpa", "bf16", "torch-cuda", 2.5);
+    old_torch.unet_alone_ms = Some(99.0); // dropped with the column: reads back as empty
+    write_rows_without(&without.join("pytorch.csv"), &[old_torch.clone()], &["unet_alone_ms"]);
+    let text = std::fs::read_to_string(without.join("pytorch.csv")).unwrap();
+    assert!(!text.contains("unet_alone_ms"), "{text}");
+
+    let rows = dfast::bench::report::read_rows(&with).unwrap();
+    assert_eq!(rows, [torch.clone(), dfast_row.clone()]);
+    let rows = dfast::bench::report::read_rows(&without).unwrap();
+    old_torch.unet_alone_ms = None;
+    assert_eq!(rows, [old_torch.clone()]);
+
+    // The markdown: the column where a row has it, a dash for rows without; no column otherwise.
+    let out = tmp.path().join("out-with");
+    report(std::slice::from_ref(&with), "t", &out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| setting | total_s | unet_step_ms | unet_alone_ms | vae_decode_ms |"), "{md}");
+    let torch_line = md.lines().find(|l| l.starts_with("| pytorch bf16+sdpa+compile |")).unwrap();
+    assert!(torch_line.contains(&format!("| {:.1} | 34.5 | 80.0 |", torch.unet_step_ms)), "{torch_line}");
+    let dfast_line = md.lines().find(|l| l.starts_with("| dfast/baseline/fp32/cuda |")).unwrap();
+    assert!(dfast_line.contains(" | – | 80.0 |"), "{dfast_line}");
+    let out = tmp.path().join("out-without");
+    report(std::slice::from_ref(&without), "t", &out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(!md.contains("unet_alone_ms"), "{md}");
+    assert!(md.contains("| setting | total_s | unet_step_ms | vae_decode_ms |"), "{md}");
+    // Both together: the column, the old row's cell a dash; the collated CSV has the column.
+    let out = tmp.path().join("out-both");
+    report(&[with, without], "t", &out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let old_line = md.lines().find(|l| l.starts_with("| pytorch bf16+sdpa |")).unwrap();
+    assert!(old_line.contains(" | – | 80.0 |"), "{old_line}");
+    let csv_text = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv_text.lines().next().unwrap(), COLUMNS.join(","));
 }
 
 /// Runs `dfast report DIR --out OUT` and returns its output.

@@ -152,7 +152,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<Row>> {
 }
 
 /// `total_s`'s index in [`COLUMNS`].
-const TOTAL_S: usize = 26;
+const TOTAL_S: usize = 27;
 
 /// A data row's number: 1 is the first row under the header. (Not its line: csv's line count is off by one
 /// in files with CRLF line ends, and a quoted field may span lines.)
@@ -354,11 +354,15 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
         let several_devices = distinct(model_rows.iter().map(|r| r.device.as_str())).len() > 1;
         let device_head = if several_devices { " device |" } else { "" };
         let device_rule = if several_devices { "---|" } else { "" };
+        // The UNet called alone (PyTorch reference rows) beside the in-pipeline step, where any row has it.
+        let alone = rows.iter().any(|r| r.unet_alone_ms.is_some());
+        let alone_head = if alone { " unet_alone_ms |" } else { "" };
+        let alone_rule = if alone { "---:|" } else { "" };
         let _ = writeln!(
             md,
-            "| setting |{device_head} total_s | unet_step_ms | vae_decode_ms | peak_host_mb | speed-up | tag |"
+            "| setting |{device_head} total_s | unet_step_ms |{alone_head} vae_decode_ms | peak_host_mb | speed-up | tag |"
         );
-        let _ = writeln!(md, "|---|{device_rule}---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(md, "|---|{device_rule}---:|---:|{alone_rule}---:|---:|---:|---|");
         for row in model_rows {
             let speedup = match baseline_of(rows, row) {
                 Some(b) => {
@@ -373,9 +377,14 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
                 None => "–".to_string(),
             };
             let device = if several_devices { format!(" {} |", escape(&row.device)) } else { String::new() };
+            let alone_cell = match (alone, row.unet_alone_ms) {
+                (false, _) => String::new(),
+                (true, Some(ms)) => format!(" {} |", format_number(ms)),
+                (true, None) => " – |".to_string(),
+            };
             let _ = writeln!(
                 md,
-                "| {} |{device} {} | {} | {} | {} | {speedup} | {} |",
+                "| {} |{device} {} | {} |{alone_cell} {} | {} | {speedup} | {} |",
                 escape(&setting_in(rows, row)),
                 format_number(row.total_s),
                 format_number(row.unet_step_ms),

@@ -268,6 +268,8 @@ fn measure(
         first_run_s: m.first_run_s,
         text_encode_ms: m.text_encode_ms,
         unet_step_ms: m.unet_step_ms,
+        // dfast's UNet-alone figure is `dfast unet-step`'s, not a bench column.
+        unet_alone_ms: None,
         vae_decode_ms: m.vae_decode_ms,
         total_s: median(&m.totals_s),
         total_min_s: m.totals_s.iter().copied().fold(f64::INFINITY, f64::min),

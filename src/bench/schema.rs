@@ -25,6 +25,7 @@
 //! | `first_run_s` | the first whole-pipeline run, seconds |
 //! | `text_encode_ms` | text encoding, median over timed runs |
 //! | `unet_step_ms` | one UNet step (guidance batch included), median over every step of the timed runs |
+//! | `unet_alone_ms` | PyTorch rows: the UNet called alone on one step's captured inputs, median; empty in dfast's rows (`dfast unet-step` measures dfast's) and in older CSVs |
 //! | `vae_decode_ms` | VAE decode, median |
 //! | `total_s` | whole pipeline, median over timed runs |
 //! | `total_min_s`, `total_max_s` | fastest and slowest timed run |
@@ -64,6 +65,9 @@ pub struct Row {
     pub first_run_s: f64,
     pub text_encode_ms: f64,
     pub unet_step_ms: f64,
+    /// The UNet called alone, outside the pipeline, on one step's inputs (median ms); written by the PyTorch
+    /// reference only (dfast's figure comes from `dfast unet-step`), empty in dfast's rows and older CSVs.
+    pub unet_alone_ms: Option<f64>,
     pub vae_decode_ms: f64,
     pub total_s: f64,
     pub total_min_s: f64,
@@ -75,7 +79,7 @@ pub struct Row {
 }
 
 /// The column names, in order.
-pub const COLUMNS: [&str; 33] = [
+pub const COLUMNS: [&str; 34] = [
     "timestamp",
     "tag",
     "model",
@@ -101,6 +105,7 @@ pub const COLUMNS: [&str; 33] = [
     "first_run_s",
     "text_encode_ms",
     "unet_step_ms",
+    "unet_alone_ms",
     "vae_decode_ms",
     "total_s",
     "total_min_s",
@@ -112,7 +117,7 @@ pub const COLUMNS: [&str; 33] = [
 ];
 
 /// Columns that CSVs written before them lack; read as empty there.
-pub const OPTIONAL_COLUMNS: [&str; 1] = ["ep_options"];
+pub const OPTIONAL_COLUMNS: [&str; 2] = ["ep_options", "unet_alone_ms"];
 
 /// The name of the CSV `dfast bench` writes in its output folder.
 pub const RESULTS_CSV: &str = "results.csv";
