@@ -496,13 +496,11 @@ pub fn answer_job(job_path: &Path, answer_path: &Path, on_run: &mut dyn FnMut(us
 /// Loads ONNX Runtime for the job's EP and runs a one-node model with it: what every combination of that
 /// EP needs, found out before anything is converted.
 fn probe(job: &WorkerJob) -> Result<()> {
-    use crate::onnx::{ModelProto, NodeBuilder, OnnxModel, OperatorSetIdProto, dtype, make_tensor_value_info};
+    use crate::onnx::{ModelProto, NodeBuilder, OnnxModel, dtype, make_tensor_value_info};
     let runtime = Runtime::with_options(job.ep, EpOptions(job.ep_options.clone()), job.ort_lib.as_deref())?;
     let mut proto = ModelProto::new();
     proto.set_ir_version(8);
-    let mut opset = OperatorSetIdProto::new();
-    opset.set_version(17);
-    proto.opset_import.push(opset);
+    proto.opset_import.push(crate::onnx::make_opset("", 17));
     let graph = proto.graph.mut_or_insert_default();
     graph.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[Some(1)])));
     graph.output.push(make_tensor_value_info("y", dtype::FLOAT, Some(&[Some(1)])));

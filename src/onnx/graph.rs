@@ -17,7 +17,7 @@ use super::proto::onnx::attribute_proto::AttributeType;
 use super::proto::onnx::tensor_shape_proto::dimension;
 use super::proto::onnx::type_proto;
 use super::proto::onnx::{
-    AttributeProto, GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use super::tensor::{self, dtype};
 use crate::Result;
@@ -464,6 +464,14 @@ impl NodeBuilder {
     pub fn build(self) -> NodeProto {
         self.node
     }
+}
+
+/// An opset import: `domain` (`""` for ONNX's own ops, `com.microsoft`, ...) at `version`.
+pub fn make_opset(domain: &str, version: i64) -> OperatorSetIdProto {
+    let mut opset = OperatorSetIdProto::new();
+    opset.set_domain(domain.to_string());
+    opset.set_version(version);
+    opset
 }
 
 /// A tensor value info: element type and shape (`None` entries become unnamed dynamic dimensions,

@@ -105,7 +105,7 @@ mod tests;
 pub use graph::{
     GraphIndex, NodeBuilder, attr, attr_float, attr_floats, attr_graph, attr_int, attr_ints, attr_string, attr_tensor,
     constant_node_tensor, is_op, make_attr_float, make_attr_floats, make_attr_int, make_attr_ints, make_attr_string,
-    make_attr_tensor, make_tensor_value_info, outer_references,
+    make_attr_tensor, make_opset, make_tensor_value_info, outer_references,
 };
 pub use model::{DEFAULT_SIZE_THRESHOLD, EXTERNAL_DATA_THRESHOLD, ExternalData, OnnxModel, SaveOptions, SaveReport};
 pub use patch::{Patch, PatchStats, apply_patch};

@@ -283,10 +283,7 @@ fn merged_opsets(model: &OnnxModel, wanted: &[(String, i64)]) -> Result<Vec<Oper
             }
             Some(o) => o.set_version(*version),
             None => {
-                let mut o = OperatorSetIdProto::new();
-                o.set_domain(domain.clone());
-                o.set_version(*version);
-                opsets.push(o);
+                opsets.push(super::make_opset(domain, *version));
             }
         }
     }

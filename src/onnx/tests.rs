@@ -232,7 +232,7 @@ fn external_model(dir: &Path, location: &str, offset: u64, length: u64) -> PathB
     g.initializer.push(t);
     g.node.push(NodeBuilder::new("Identity").inputs(["w"]).outputs(["y"]).build());
     g.output.push(make_tensor_value_info("y", dtype::FLOAT, Some(&[Some(4)])));
-    m.opset_import.push(default_opset(17));
+    m.opset_import.push(crate::onnx::make_opset("", 17));
     let path = dir.join("model.onnx");
     std::fs::write(&path, m.write_to_bytes().unwrap()).unwrap();
     path
@@ -294,7 +294,7 @@ fn typed_fields_read_and_save_like_raw_data() {
     big.float_data = (0..1000).map(|v| v as f32).collect();
     g.initializer.extend([f, h, i, big]);
     g.output.push(make_tensor_value_info("f", dtype::FLOAT, Some(&[Some(2), Some(2)])));
-    m.opset_import.push(default_opset(17));
+    m.opset_import.push(crate::onnx::make_opset("", 17));
     let model = OnnxModel::from_proto(m, None);
 
     assert_eq!(
@@ -443,10 +443,7 @@ fn inference_follows_the_tiny_unet_attention_scale() {
 #[test]
 fn require_opset_adds_contrib_domains_and_guards_the_default() {
     let mut m = small_graph();
-    let mut op = OperatorSetIdProto::new();
-    op.set_domain(String::new());
-    op.set_version(17);
-    m.proto_mut().opset_import.push(op);
+    m.proto_mut().opset_import.push(crate::onnx::make_opset("", 17));
     let mut patch = Patch::new();
     patch.require_opset("com.microsoft", 1);
     patch.require_opset("", 13);
@@ -499,9 +496,7 @@ fn inference_of_shape_arithmetic() {
     // x: [batch, 16, 8] -> Reshape(x, Concat(Shape(x)[0], -1, 2, Shape(x)[2] / 2)) -> Transpose -> Shape
     let mut m = ModelProto::new();
     m.set_ir_version(8);
-    let mut op = OperatorSetIdProto::new();
-    op.set_version(17);
-    m.opset_import.push(op);
+    m.opset_import.push(crate::onnx::make_opset("", 17));
     let g = m.graph.mut_or_insert_default();
     g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[None, Some(16), Some(8)])));
     let i64s = |name: &str, v: &[i64]| {
@@ -548,11 +543,4 @@ fn load_errors_keep_their_source() {
     std::fs::write(dir.path().join(crate::manifest::MANIFEST), [0xff, 0xfe, 0x00]).unwrap();
     let err = crate::manifest::Manifest::read(dir.path()).unwrap_err();
     assert!(err.source().is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()), "{err:?}");
-}
-
-/// The default-domain opset import `version`.
-fn default_opset(version: i64) -> OperatorSetIdProto {
-    let mut op = OperatorSetIdProto::new();
-    op.set_version(version);
-    op
 }

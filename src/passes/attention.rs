@@ -1026,7 +1026,7 @@ impl Matcher<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::{ModelProto, OperatorSetIdProto};
+    use crate::onnx::ModelProto;
     use crate::passes::test_util::{Sizes, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord};
     use ndarray::{ArrayD, IxDyn};
@@ -1188,10 +1188,7 @@ mod tests {
     fn model(nodes: Vec<NodeProto>, inputs: &[(&str, Vec<Option<i64>>)], opset: i64) -> OnnxModel {
         let mut m = ModelProto::new();
         m.set_ir_version(8);
-        let mut op = OperatorSetIdProto::new();
-        op.set_domain(String::new());
-        op.set_version(opset);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", opset));
         let g = m.graph.mut_or_insert_default();
         g.node = nodes;
         for (name, shape) in inputs {

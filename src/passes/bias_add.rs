@@ -129,7 +129,7 @@ mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
-    use crate::onnx::{ModelProto, NodeProto, OperatorSetIdProto, dtype, tensor};
+    use crate::onnx::{ModelProto, NodeProto, dtype, tensor};
     use crate::passes::fuse_qkv::tests::count;
     use crate::passes::test_util::noise;
     use crate::passes::{PassManager, PassRecord};
@@ -155,9 +155,7 @@ mod tests {
     fn ff_graph(c: usize, elem: i32, norm_after: bool) -> OnnxModel {
         let mut m = ModelProto::new();
         m.set_ir_version(8);
-        let mut op = OperatorSetIdProto::new();
-        op.set_version(17);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", 17));
         let g = m.graph.mut_or_insert_default();
         let ci = c as i64;
         g.input.push(make_tensor_value_info("h", elem, Some(&[None, Some(64), Some(ci)])));

@@ -278,17 +278,14 @@ fn merge_reshapes(index: &GraphIndex, facts: &Inference, folded: &HashSet<usize>
 mod tests {
     use super::*;
     use crate::onnx::tensor::dtype;
-    use crate::onnx::{ModelProto, OperatorSetIdProto, make_tensor_value_info, tensor};
+    use crate::onnx::{ModelProto, make_tensor_value_info, tensor};
     use crate::passes::{PassManager, Target};
     use ndarray::{ArrayD, IxDyn};
 
     fn model(nodes: Vec<NodeProto>, inputs: &[(&str, Vec<Option<i64>>)], outputs: &[&str]) -> OnnxModel {
         let mut m = ModelProto::new();
         m.set_ir_version(8);
-        let mut op = OperatorSetIdProto::new();
-        op.set_domain(String::new());
-        op.set_version(17);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", 17));
         let g = m.graph.mut_or_insert_default();
         g.node = nodes;
         for (name, shape) in inputs {

@@ -260,7 +260,7 @@ mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
-    use crate::onnx::{ModelProto, OperatorSetIdProto, TensorProto, make_tensor_value_info};
+    use crate::onnx::{ModelProto, TensorProto, make_tensor_value_info};
     use crate::passes::fuse_qkv::tests::{compare, count, noise, run_passes, tiny};
     use crate::passes::{Cleanup, PassManager};
 
@@ -285,9 +285,7 @@ mod tests {
     fn graph() -> OnnxModel {
         let mut m = ModelProto::new();
         m.set_ir_version(8);
-        let mut op = OperatorSetIdProto::new();
-        op.set_version(17);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", 17));
         let g = m.graph.mut_or_insert_default();
         g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[None, Some(128), Some(4), Some(4)])));
         g.input.push(make_tensor_value_info("t", dtype::FLOAT, Some(&[None, Some(4), Some(4), Some(128)])));

@@ -387,7 +387,7 @@ pub(crate) mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
-    use crate::onnx::{ModelProto, OperatorSetIdProto, make_tensor_value_info};
+    use crate::onnx::{ModelProto, make_tensor_value_info};
     use crate::passes::test_util::Sizes;
     pub(crate) use crate::passes::test_util::{noise, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord, Target};
@@ -423,9 +423,7 @@ pub(crate) mod tests {
     fn attention_graph(opset: i64) -> OnnxModel {
         let mut m = ModelProto::new();
         m.set_ir_version(8);
-        let mut op = OperatorSetIdProto::new();
-        op.set_version(opset);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", opset));
         let g = m.graph.mut_or_insert_default();
         g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[None, Some(5), Some(8)])));
         g.output.push(make_tensor_value_info("y", dtype::FLOAT, None));

@@ -321,7 +321,7 @@ pub(crate) mod tests {
     use ndarray::{Array1, ArrayD, IxDyn};
 
     use super::*;
-    use crate::onnx::{ModelProto, OperatorSetIdProto, tensor};
+    use crate::onnx::{ModelProto, tensor};
     use crate::passes::test_util::{noise, tiny};
     use crate::passes::{Cleanup, PassManager, PassRecord};
     use crate::settings::Precision;
@@ -359,9 +359,7 @@ pub(crate) mod tests {
     pub(crate) fn model(opset: i64, k: usize, seq: i64) -> ModelProto {
         let mut m = ModelProto::new();
         m.set_ir_version(9);
-        let mut op = OperatorSetIdProto::new();
-        op.set_version(opset);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", opset));
         let g = m.graph.mut_or_insert_default();
         g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[None, Some(seq), Some(k as i64)])));
         g.output.push(make_tensor_value_info("out", dtype::FLOAT, None));

@@ -412,9 +412,7 @@ pub(crate) mod tests {
     fn synthetic() -> OnnxModel {
         let mut proto = ModelProto::new();
         proto.set_ir_version(8);
-        let mut opset = crate::onnx::OperatorSetIdProto::new();
-        opset.set_version(17);
-        proto.opset_import.push(opset);
+        proto.opset_import.push(crate::onnx::make_opset("", 17));
         let g = proto.graph.mut_or_insert_default();
         for (name, last) in [("a", 320), ("b", 64), ("c", 16)] {
             g.input.push(make_tensor_value_info(name, dtype::FLOAT, Some(&[Some(2), Some(7), Some(last)])));

@@ -246,7 +246,7 @@ mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
-    use crate::onnx::{ModelProto, OperatorSetIdProto, tensor};
+    use crate::onnx::{ModelProto, tensor};
     use crate::passes::PassManager;
     use crate::passes::fuse_qkv::tests::{compare, count};
     use crate::passes::test_util::{noise, tiny};
@@ -270,9 +270,7 @@ mod tests {
     fn residual_graph(bias: bool, sum_read: bool) -> OnnxModel {
         let mut m = ModelProto::new();
         m.set_ir_version(8);
-        let mut op = OperatorSetIdProto::new();
-        op.set_version(17);
-        m.opset_import.push(op);
+        m.opset_import.push(crate::onnx::make_opset("", 17));
         let g = m.graph.mut_or_insert_default();
         let shape = [Some(2), Some(5), Some(8)];
         g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&shape)));

@@ -4,7 +4,7 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::*;
-use crate::onnx::{ModelProto, OperatorSetIdProto, TensorProto, make_tensor_value_info};
+use crate::onnx::{ModelProto, TensorProto, make_tensor_value_info};
 use crate::passes::test_util::{noise, relative_l2, tiny};
 use crate::passes::{Cleanup, PassManager, PassRecord};
 use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
@@ -41,9 +41,7 @@ fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeBuilder {
 fn graph(form: Form, c: usize, g: usize, silu: bool, input: Input) -> OnnxModel {
     let mut m = ModelProto::new();
     m.set_ir_version(if form == Form::Native { 10 } else { 8 });
-    let mut op = OperatorSetIdProto::new();
-    op.set_version(if form == Form::Native { 21 } else { 17 });
-    m.opset_import.push(op);
+    m.opset_import.push(crate::onnx::make_opset("", if form == Form::Native { 21 } else { 17 }));
     let gr = m.graph.mut_or_insert_default();
     let full = [Some(N as i64), Some(c as i64), Some(H as i64), Some(W as i64)];
     match input {

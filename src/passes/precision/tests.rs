@@ -10,9 +10,7 @@ use super::plan::{fixed_input, is_follower};
 use super::policy::op_matches;
 use super::*;
 use crate::onnx::tensor::{dtype_name, tensor_from_f32, tensor_from_i64};
-use crate::onnx::{
-    ModelProto, NodeBuilder, OperatorSetIdProto, attr_int, attr_tensor, dtype, is_op, make_tensor_value_info,
-};
+use crate::onnx::{ModelProto, NodeBuilder, attr_int, attr_tensor, dtype, is_op, make_tensor_value_info};
 use crate::passes::int8_dynamic::tests::{array, count, relative_l2, run, unet_feeds};
 use crate::passes::{Int8Dynamic, Int8Format, PassManager};
 
@@ -352,10 +350,7 @@ fn synthetic(opset: i64) -> OnnxModel {
     let mut proto = ModelProto::new();
     proto.set_ir_version(10);
     for (domain, version) in [("", opset), ("com.microsoft", 1)] {
-        let mut o = OperatorSetIdProto::new();
-        o.set_domain(domain.to_string());
-        o.set_version(version);
-        proto.opset_import.push(o);
+        proto.opset_import.push(crate::onnx::make_opset(domain, version));
     }
     let g = proto.graph.mut_or_insert_default();
     g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[Some(1), Some(4), Some(8), Some(8)])));
