@@ -21,9 +21,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Every precision, in the order the CLI lists them.
-    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Fp16, Precision::Bf16];
-
     pub fn from_name(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "fp32" | "float32" => Ok(Precision::Fp32),

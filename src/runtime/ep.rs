@@ -56,10 +56,6 @@ impl std::str::FromStr for ExecutionProvider {
 pub const EP_NAMES: [&str; 4] = ["cpu", "cuda", "tensorrt", "openvino"];
 
 impl ExecutionProvider {
-    /// Every execution provider, in the order of [`EP_NAMES`].
-    pub const ALL: [ExecutionProvider; 4] =
-        [ExecutionProvider::Cpu, ExecutionProvider::Cuda, ExecutionProvider::TensorRt, ExecutionProvider::OpenVino];
-
     pub fn from_name(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "cpu" => Ok(ExecutionProvider::Cpu),
