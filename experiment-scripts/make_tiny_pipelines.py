@@ -588,6 +588,27 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
     pipe.scheduler = default_cls.from_config(base)
 
 
+def link_duplicates(models: Path, min_size: int = 4096):
+    """Replaces each file under `models` whose bytes equal an earlier one's (in path order) by a relative
+    symlink to it: the six CLIP vocabularies and the shared VAEs are stored once, which keeps the tracked tree
+    within its budget. dfast reads through the links; `convert` resolves them before linking its output."""
+    import hashlib
+
+    first = {}
+    files = sorted((p for p in models.rglob("*") if p.is_file() and not p.is_symlink()), key=lambda p: p.parts)
+    for path in files:
+        if path.stat().st_size < min_size:
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest not in first:
+            first[digest] = path
+            continue
+        target = os.path.relpath(first[digest], path.parent)
+        path.unlink()
+        path.symlink_to(target)
+        print(f"  {path.relative_to(models)} -> {target}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root to write into")
@@ -614,6 +635,7 @@ def main():
         print("exporting tiny-sd-dynamo, tiny-sdxl-dynamo (dynamo exporter, opset 23) ...")
         save_pipeline_layout(sd, models / "tiny-sd-dynamo", sdxl=False, vocab_dir=vocab_dir, dynamo=True)
         save_pipeline_layout(sdxl, models / "tiny-sdxl-dynamo", sdxl=True, vocab_dir=vocab_dir, dynamo=True)
+        link_duplicates(models)
 
     # References come from the saved folders' own tokenizers, loaded as diffusers loads them.
     toks = {

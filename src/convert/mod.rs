@@ -288,8 +288,12 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             link_tree(&entry.path(), &target)?;
-        } else if std::fs::hard_link(entry.path(), &target).is_err() {
-            std::fs::copy(entry.path(), &target)?;
+        } else {
+            // Resolve symlinks first: a hard link to a relative symlink would dangle in the new folder.
+            let source = std::fs::canonicalize(entry.path())?;
+            if std::fs::hard_link(&source, &target).is_err() {
+                std::fs::copy(&source, &target)?;
+            }
         }
     }
     Ok(())
