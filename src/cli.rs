@@ -201,7 +201,8 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// An ONNX model file, a pipeline folder, or a PNG that `dfast generate` wrote (prints how it was made).
+    /// An ONNX model file, a pipeline folder, or a PNG or JPEG that `dfast generate` wrote (prints how it was
+    /// made).
     pub path: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -605,15 +606,20 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    if args.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
-        // An image dfast made: how it was made, from its text chunks.
+    if pipeline::image::format_for(&args.path).is_ok() {
+        // An image dfast made: how it was made, from its PNG text chunks or JPEG EXIF.
         let text = pipeline::image::read_text(&args.path)?;
         if args.json {
             let map: serde_json::Map<String, serde_json::Value> =
                 text.into_iter().map(|(k, v)| (k, v.into())).collect();
             println!("{}", serde_json::Value::Object(map));
         } else if text.is_empty() {
-            println!("{}: no text chunks (not made by dfast generate?)", args.path.display());
+            let place = if args.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+                "no text chunks"
+            } else {
+                "no EXIF metadata"
+            };
+            println!("{}: {place} (not made by dfast generate?)", args.path.display());
         } else {
             for (key, value) in text {
                 println!("{key}: {value}");

@@ -476,6 +476,41 @@ fn several_images_per_prompt_with_their_settings_inside() {
     assert!(text["software"].as_str().unwrap().starts_with("dfast "));
 }
 
+/// A JPEG keeps the same settings as a PNG, in EXIF, and `dfast inspect IMAGE.jpg` reads them back; a JPEG
+/// without them is said so (exit 0), a file that is not a JPEG is one error naming it.
+#[test]
+fn jpeg_keeps_its_settings_in_exif() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpg = tmp.path().join("fox.jpg");
+    let png = tmp.path().join("fox.png");
+    for out in [&jpg, &png] {
+        let run = dfast(&generate_args(out.to_str().unwrap(), &["--seed", "5"]));
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let read = |path: &Path| {
+        let run = dfast(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        serde_json::from_slice::<serde_json::Value>(&run.stdout).unwrap()
+    };
+    let (from_jpg, from_png) = (read(&jpg), read(&png));
+    assert_eq!(from_jpg["prompt"], PROMPT);
+    assert_eq!((from_jpg["seed"].as_str(), from_jpg["size"].as_str()), (Some("5"), Some("64x64")));
+    assert_eq!(from_jpg, from_png);
+    let text = dfast(&["inspect", jpg.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("prompt: {PROMPT}\n")));
+
+    let plain = tmp.path().join("plain.jpg");
+    image::open(&png).unwrap().save(&plain).unwrap();
+    let run = dfast(&["inspect", plain.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("plain.jpg: no EXIF metadata (not made by dfast generate?)"), "{stdout}");
+
+    let not_jpeg = tmp.path().join("not.jpg");
+    std::fs::copy(&png, &not_jpeg).unwrap();
+    assert_clear_error(&dfast(&["inspect", not_jpeg.to_str().unwrap()]), "not.jpg: not a JPEG image");
+}
+
 /// Running out of memory (in a child process limited to 4 GB of address space, never the test machine's
 /// memory): one sentence with the size that ran out and a smaller one to try, and none of ONNX Runtime's
 /// own coloured log lines, which `-v` shows as plain text.

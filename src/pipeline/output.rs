@@ -1,12 +1,12 @@
-//! What `generate` leaves behind: the images (a PNG keeps how it was made in text chunks), the final latents,
-//! and the run's summary as JSON.
+//! What `generate` leaves behind: the images (a PNG keeps how it was made in text chunks, a JPEG in EXIF), the
+//! final latents, and the run's summary as JSON.
 
 use std::path::{Path, PathBuf};
 
 use super::{GenerateOptions, Generated, image, latents};
 use crate::Result;
 
-/// What a run was, besides its options: for the images' text chunks.
+/// What a run was, besides its options: for the images' text chunks or EXIF.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
     /// The pipeline folder.
@@ -24,7 +24,7 @@ pub fn indexed(path: &Path, i: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{i}{ext}"))
 }
 
-/// The text chunks of image `index`: prompt, negative prompt, seed, index, steps, scheduler, guidance, size,
+/// The settings image `index` keeps (PNG text chunks, JPEG EXIF): prompt, negative prompt, seed, index, steps, scheduler, guidance, size,
 /// model, profile, EP and dfast's version and commit.
 pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index: usize) -> Vec<(String, String)> {
     [
