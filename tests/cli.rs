@@ -580,3 +580,46 @@ fn prompt_file_runs_each_line_with_its_settings() {
     let run = dfast(&["generate", "--prompt-file", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_clear_error(&run, "line 1: not a prompt object: unknown field `sed`");
 }
+
+/// What `command` draws on a terminal: its stderr on a pseudo-terminal (progress bars are drawn only there),
+/// split into frames at each carriage return.
+fn terminal_frames(args: &[&str]) -> Vec<String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut leader, mut follower) = (0, 0);
+    let winsize = libc::winsize { ws_row: 24, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two new descriptors into the two integers, which are then owned by Files.
+    let opened = unsafe { libc::openpty(&mut leader, &mut follower, std::ptr::null_mut(), std::ptr::null(), &winsize) };
+    assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    let (mut leader, follower) = unsafe { (std::fs::File::from_raw_fd(leader), std::fs::File::from_raw_fd(follower)) };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(follower)
+        .spawn()
+        .expect("dfast runs");
+    let mut seen = Vec::new();
+    // Reads until the child has closed the terminal (EIO on Linux once no process holds the follower).
+    let _ = leader.read_to_end(&mut seen);
+    assert!(child.wait().unwrap().success(), "{}", String::from_utf8_lossy(&seen));
+    String::from_utf8_lossy(&seen).split('\r').map(|f| f.replace("\x1b[2K", "").trim().to_string()).collect()
+}
+
+/// The first progress frame already counts the steps (`[   ] 0/10 steps`), never a full bar at `0/0`; so
+/// does convert's, in components.
+#[test]
+fn first_progress_frame_counts_what_is_to_come() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let frames = terminal_frames(&generate_args(out.to_str().unwrap(), &["--scheduler", "euler"]));
+    let first = frames.iter().find(|f| f.contains(" steps")).unwrap_or_else(|| panic!("no progress frame: {frames:?}"));
+    assert!(first.contains("] 0/10 steps") && !first.contains('='), "first frame: {first:?}");
+
+    let converted = tmp.path().join("converted");
+    let model = common::model("tiny-sd");
+    let args = ["convert", "--model", model.to_str().unwrap(), "--profile", "baseline", "--out"];
+    let frames = terminal_frames(&[&args[..], &[converted.to_str().unwrap()]].concat());
+    let first =
+        frames.iter().find(|f| f.contains(" components")).unwrap_or_else(|| panic!("no progress frame: {frames:?}"));
+    assert!(!first.contains("/0 components"), "first frame: {first:?}");
+}

@@ -9,7 +9,10 @@ const PIPELINE: &str = "tiny-sd-optimum";
 
 fn check(scheduler: &str) {
     let (err, close) = common::reference_error(&common::model(PIPELINE), PIPELINE, scheduler);
-    eprintln!("{PIPELINE}/{scheduler}: latents relative L2 {err:.2e}, {:.3}% of values within one level", close * 100.0);
+    eprintln!(
+        "{PIPELINE}/{scheduler}: latents relative L2 {err:.2e}, {:.3}% of values within one level",
+        close * 100.0
+    );
     assert!(err <= 1e-4, "{PIPELINE}/{scheduler}: latents relative L2 {err:.2e} > 1e-4");
     assert!(close == 1.0, "{PIPELINE}/{scheduler}: only {:.4}% of pixel values within one level", close * 100.0);
 }
