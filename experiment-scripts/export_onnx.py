@@ -61,9 +61,27 @@ SDXL_UNET = dict(
     projection_class_embeddings_input_dim=2816,
     norm_num_groups=32,
 )
-# SSD-1B keeps SDXL's blocks with fewer transformer layers; this is an approximation of its published
-# config (transformer depth per down block 1/2/4 instead of 1/2/10), labelled as such in results.
-SSD1B_UNET = dict(SDXL_UNET, transformer_layers_per_block=(1, 2, 4))
+# SSD-1B (segmind/SSD-1B) keeps SDXL's blocks with fewer transformer layers, different on the way down and up,
+# and a mid block of one ResNet (no attention). Its unet/config.json could not be read from here (no network but
+# the package registries); the values are those that load its weights, taken from two public sources:
+#  - ComfyUI's comfy/model_detection.py, table SSD_1B (matched against the checkpoint's keys):
+#    transformer_depth [0, 0, 2, 2, 4, 4] (per down-block ResNet), transformer_depth_output
+#    [0, 0, 0, 1, 1, 2, 10, 4, 4] (entry k is output_blocks[8 - k], detect_unet_config's mirror order; diffusers'
+#    up_blocks[i].attentions[j] is output_blocks[3 i + j]), transformer_depth_middle -1 (a ResBlock alone);
+#  - diffusers' mid_block_type "UNetMidBlock2D" (num_layers=0, no attention: one ResNet) and its
+#    reverse_transformer_layers_per_block; a Segmind author names huggingface/diffusers PR 5400 as what diffusers
+#    needed to load the asymmetric UNet (ComfyUI issue 1827), ComfyUI PR 1848 a single-ResNet mid block, and
+#    diffusers PR 5779 added the UNetMidBlock2D option to ControlNet to train on SSD-1B.
+# Down 2x2 + 2x4 = 12 transformer blocks, mid 0, up 4+4+10 + 2+1+1 = 22: 34 in all (SDXL: 70); 1.33 B UNet
+# parameters (SDXL: 2.57 B), the published "1.3B". The third up block (UpBlock2D) has no attention: its entry
+# is unused. Earlier exports approximated SSD-1B as SDXL with depths 1/2/4 both ways and SDXL's cross-attention
+# mid block (1.32 B parameters, 4 transformer blocks in the mid block that SSD-1B does not have).
+SSD1B_UNET = dict(
+    SDXL_UNET,
+    transformer_layers_per_block=(1, 2, 4),
+    reverse_transformer_layers_per_block=((4, 4, 10), (2, 1, 1), (1, 1, 1)),
+    mid_block_type="UNetMidBlock2D",
+)
 
 VAE = dict(
     in_channels=3,

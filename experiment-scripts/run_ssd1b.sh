@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# SSD-1B (segmind's distilled SDXL; here SDXL's blocks with transformer depth 1/2/4, an approximation of
-# its published config, random weights): the seed's progressive settings on dfast and PyTorch, one report.
+# SSD-1B (segmind's distilled SDXL: SDXL's blocks with transformer depth 1/2/4 down, 4/4/10 and 2/1/1 up, a
+# one-ResNet mid block, as export_onnx.py's SSD1B_UNET; random weights): the seed's progressive settings on
+# dfast and PyTorch, one report.
 #
 #   experiment-scripts/run_ssd1b.sh [EP]     EP: cuda (default), tensorrt, cpu, openvino; or the EP variable
 #
-# 1. exports the random-weight SSD-1B-like pipeline with export_onnx.py when EXPORTS/ssd-1b-random is
+# 1. exports the random-weight SSD-1B pipeline with export_onnx.py when EXPORTS/ssd-1b-random is
 #    missing (about 9 GB of disk; roughly 10 minutes on 16 cores);
 # 2. dfast bench, one folder per row: the fp32 baseline, then baseline, sdpa, fuse-qkv, conv1x1 and
 #    int8-dynamic in the EP's precision (fp16 on cuda/tensorrt; the VAE decoder stays fp32);

@@ -146,10 +146,18 @@ mod tests {
             "cross_attention_dim": 2048, "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 10]
         });
         assert_eq!(ModelCard::detect(&sdxl).unwrap().name, "sdxl");
+        // SSD-1B's UNet (export_onnx.py's SSD1B_UNET); the old approximation (SDXL's cross-attention mid block,
+        // the same depths both ways) is neither card.
         let ssd: serde_json::Value = serde_json::json!({
-            "cross_attention_dim": 2048, "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 4]
+            "cross_attention_dim": 2048, "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 4],
+            "reverse_transformer_layers_per_block": [[4, 4, 10], [2, 1, 1], [1, 1, 1]], "mid_block_type": "UNetMidBlock2D"
         });
         assert_eq!(ModelCard::detect(&ssd).unwrap().name, "ssd-1b");
+        let approximation: serde_json::Value = serde_json::json!({
+            "cross_attention_dim": 2048, "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 4],
+            "mid_block_type": "UNetMidBlock2DCrossAttn"
+        });
+        assert!(ModelCard::detect(&approximation).is_none());
         let sd15 = serde_json::json!({"cross_attention_dim": 768, "block_out_channels": [320, 640, 1280, 1280]});
         let card = ModelCard::detect(&sd15).unwrap();
         assert_eq!(card.name, "sd15");
