@@ -26,6 +26,7 @@ pub mod geglu;
 pub mod group_norm;
 pub mod int8_dynamic;
 pub mod int8_static;
+pub mod nhwc_conv;
 pub mod precision;
 pub mod registry;
 pub mod skip_layer_norm;
@@ -42,6 +43,7 @@ pub use geglu::Geglu;
 pub use group_norm::GroupNorm;
 pub use int8_dynamic::{Int8Dynamic, Int8Format};
 pub use int8_static::Int8Static;
+pub use nhwc_conv::NhwcConv;
 pub use precision::{OpPolicy, PrecisionPass};
 pub use skip_layer_norm::SkipLayerNorm;
 
