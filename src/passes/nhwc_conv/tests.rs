@@ -319,11 +319,19 @@ fn fused_passes(until: &str) -> PassManager {
     manager
 }
 
-/// The tiny UNets after cleanup, group-norm and nhwc-conv, lowered, against cleanup alone on the CPU EP;
-/// and after nhwc-conv without group-norm.
+/// The tiny UNets and VAE decoders after cleanup, group-norm and nhwc-conv, lowered, against cleanup alone
+/// on the CPU EP; and after nhwc-conv without group-norm. (The VAE decoder's attention reshapes NCHW to
+/// tokens as [B, C, HW], so a Transpose back to NCHW stays in front of it.)
 #[test]
 fn tiny_unets_match_the_unrewritten_graph() {
-    for name in ["tiny-sdxl/unet", "tiny-sdxl-dynamo/unet", "tiny-sd/unet"] {
+    for name in [
+        "tiny-sdxl/unet",
+        "tiny-sdxl-dynamo/unet",
+        "tiny-sd/unet",
+        "tiny-sdxl/vae_decoder",
+        "tiny-sdxl-dynamo/vae_decoder",
+    ] {
+        let unet = name.ends_with("unet");
         let mut before = OnnxModel::load(tiny(name)).unwrap();
         PassManager::new().with(Cleanup).run(&mut before, &cuda()).unwrap();
         for with_group_norm in [true, false] {
@@ -333,7 +341,7 @@ fn tiny_unets_match_the_unrewritten_graph() {
                 manager = manager.with(GroupNorm::new(true));
             }
             let records = manager.with(NhwcConv::new(true)).run(&mut after, &cuda()).unwrap();
-            let transposes = count(&after, "Transpose");
+            let transposes = layout_transposes(&after);
             eprintln!(
                 "{name} group-norm {with_group_norm}: {:?}; NhwcConv {}, Conv {}, Transpose {transposes}",
                 records.iter().map(|r| (r.pass.as_str(), r.rewrites, r.rounds)).collect::<Vec<_>>(),
@@ -342,7 +350,7 @@ fn tiny_unets_match_the_unrewritten_graph() {
             );
             assert_eq!(count(&after, "Conv"), 0, "{name}");
             assert_eq!(count(&after, "NhwcConv"), count(&before, "Conv"), "{name}");
-            if with_group_norm {
+            if with_group_norm && unet {
                 assert_eq!(layout_transposes(&after), 2, "{name}: only the entry and the exit");
             }
             assert!(run_pass(&mut after, NhwcConv::new(true)).unchanged(), "{name}: idempotent");
@@ -376,5 +384,30 @@ fn fused_tiny_sdxl_is_channels_last() {
         assert_eq!(count(&model, "Transpose"), 2, "{name}: only the entry and the exit");
         assert_eq!(count(&model, "GroupNorm") + count(&model, "SkipGroupNorm"), 21, "{name}");
         assert!(run_pass(&mut model, NhwcConv::new(true)).unchanged(), "{name}: idempotent");
+    }
+}
+
+/// The two profile files for the GPU comparison: both turn the CUDA-only fusions on; the prefer_nhwc one turns
+/// nhwc-conv off and asks the CUDA EP for its own channels-last convolutions.
+#[test]
+fn the_comparison_profiles() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+    let ours = Profile::load(dir.join("fused-cuda-only.toml").to_str().unwrap()).unwrap();
+    let theirs = Profile::load(dir.join("fused-prefer-nhwc.toml").to_str().unwrap()).unwrap();
+    for p in [&ours, &theirs] {
+        assert!(p.cuda_only_fusions && p.passes.contains(&"nhwc-conv".to_string()), "{}", p.name);
+        assert!(p.made_for(Target::Cuda) && !p.made_for(Target::Cpu));
+    }
+    let mut ctx = BuildContext::new(Target::Cuda, Precision::Fp16);
+    ctx.cuda_only_fusions = true;
+    let model = net(8, &[], vec![]);
+    for (p, fires, nhwc) in [(&ours, true, false), (&theirs, false, true)] {
+        let options = p.pass_options("nhwc-conv", Target::Cuda);
+        let pass = registry::lookup("nhwc-conv").unwrap().build(&options, &ctx).unwrap();
+        let mut manager = PassManager::new();
+        manager.push("nhwc-conv", pass);
+        let r = manager.run(&mut model.clone(), &cuda()).unwrap().remove(0);
+        assert_eq!(r.rewrites > 0, fires, "{}", p.name);
+        assert_eq!(p.session_options(Target::Cuda).flag("prefer_nhwc", false).unwrap(), nhwc, "{}", p.name);
     }
 }
