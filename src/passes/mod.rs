@@ -18,6 +18,7 @@
 
 pub mod attention;
 pub mod bias_add;
+pub mod bias_epilogue;
 pub mod bias_gelu;
 pub mod cleanup;
 pub mod conv1x1;
@@ -35,6 +36,7 @@ pub(crate) mod test_util;
 
 pub use attention::Attention;
 pub use bias_add::BiasAdd;
+pub use bias_epilogue::BiasEpilogue;
 pub use bias_gelu::BiasGelu;
 pub use cleanup::Cleanup;
 pub use conv1x1::Conv1x1;

@@ -27,6 +27,7 @@
 //!   not kept alive for its shape alone;
 //! - a value whose producer went NHWC but that is still read in NCHW (by an op left alone, or as a graph
 //!   output) gets one `Transpose(v', [0, 3, 1, 2])`.
+//!
 //! So transposes remain at the entry (the sample), the exit (the noise prediction), and where an op that
 //! needs NCHW reads an NHWC value. All in one patch: the pass reaches its fixed point in one round.
 //!
@@ -608,4 +609,4 @@ fn transpose(input: &str, output: &str, perm: &[i64]) -> NodeProto {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

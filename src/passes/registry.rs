@@ -51,6 +51,7 @@ pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<super::BiasAdd>(),
     PassInfo::of::<super::GroupNorm>(),
     PassInfo::of::<super::NhwcConv>(),
+    PassInfo::of::<super::BiasEpilogue>(),
     PassInfo::of::<PrecisionPass>(),
 ];
 

@@ -70,8 +70,9 @@ fn run_pass(model: &mut OnnxModel, pass: NhwcConv) -> PassRecord {
 
 /// Rewrites every `NhwcConv` into Transpose -> Conv -> Transpose and every channels-last `GroupNorm` /
 /// `SkipGroupNorm` into standard ops (Transpose, Reshape, InstanceNormalization, Mul, Add, Sigmoid), so that
-/// ONNX Runtime's CPU EP runs the graph. Written from the ops' definitions, independently of the passes.
-fn lower(model: &OnnxModel) -> OnnxModel {
+/// ONNX Runtime's CPU EP runs the graph; `BiasAdd` into two Adds. Written from the ops' definitions,
+/// independently of the passes.
+pub(crate) fn lower(model: &OnnxModel) -> OnnxModel {
     let mut proto: ModelProto = model.proto().clone();
     let g = proto.graph.mut_or_insert_default();
     let old = std::mem::take(&mut g.node);
@@ -109,9 +110,14 @@ fn lower(model: &OnnxModel) -> OnnxModel {
                 inits.push(f32_init(&v("zeros"), &[groups as usize], vec![0.0; groups as usize]));
                 inits.push(i64_init(&v("grouped"), &[0, groups, -1]));
                 let x = if op == "SkipGroupNorm" {
-                    assert!(n.input.get(4).is_none_or(|b| b.is_empty()), "bias not emitted by the passes");
                     let sum = n.output.get(1).filter(|s| !s.is_empty()).cloned().unwrap_or(v("sum"));
-                    nodes.push(node("Add", &[&n.input[0], &n.input[3]], &[&sum]).build());
+                    match n.input.get(4).filter(|b| !b.is_empty()) {
+                        None => nodes.push(node("Add", &[&n.input[0], &n.input[3]], &[&sum]).build()),
+                        Some(b) => {
+                            nodes.push(node("Add", &[&n.input[0], &n.input[3]], &[&v("sum0")]).build());
+                            nodes.push(node("Add", &[&v("sum0"), b], &[&sum]).build());
+                        }
+                    }
                     sum
                 } else {
                     n.input[0].clone()
@@ -135,6 +141,10 @@ fn lower(model: &OnnxModel) -> OnnxModel {
                     v("ya")
                 };
                 nodes.push(transpose(&y, &n.output[0], &TO_NHWC));
+            }
+            ("com.microsoft", "BiasAdd") => {
+                nodes.push(node("Add", &[&n.input[0], &n.input[1]], &[&v("xb")]).build());
+                nodes.push(node("Add", &[&v("xb"), &n.input[2]], &[&n.output[0]]).build());
             }
             _ => nodes.push(n),
         }
@@ -304,7 +314,7 @@ fn only_on_cuda_with_cuda_only_fusions() {
 }
 
 /// The passes of profile `fused` with `cuda_only_fusions` on, built as `convert --ep cuda` builds them.
-fn fused_passes(until: &str) -> PassManager {
+pub(crate) fn fused_passes(until: &str) -> PassManager {
     let profile = Profile::load("fused").unwrap();
     let mut ctx = BuildContext::new(Target::Cuda, Precision::Fp32);
     ctx.cuda_only_fusions = true;
