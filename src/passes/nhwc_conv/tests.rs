@@ -421,3 +421,23 @@ fn the_comparison_profiles() {
         assert_eq!(p.session_options(Target::Cuda).flag("prefer_nhwc", false).unwrap(), nhwc, "{}", p.name);
     }
 }
+
+/// At SD's channel counts (no channel limit in the kernel): every conv of the small network becomes
+/// NhwcConv with its weight laid out [M, kH, kW, C], two transposes left.
+#[test]
+fn real_channel_counts() {
+    for c in [320, 640, 1280] {
+        let mut model = net(c, &[], vec![]);
+        assert_eq!(run_pass(&mut model, NhwcConv::new(true)).rounds, 1);
+        assert_eq!((count(&model, "NhwcConv"), count(&model, "Conv"), count(&model, "Transpose")), (3, 0, 2));
+        let dims: Vec<Vec<i64>> = model
+            .graph()
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "NhwcConv")
+            .map(|n| model.initializer(&n.input[1]).unwrap().dims.clone())
+            .collect();
+        let c = c as i64;
+        assert_eq!(dims, [vec![c, 3, 3, 4], vec![c, 3, 3, c], vec![4, 3, 3, 2 * c]]);
+    }
+}
