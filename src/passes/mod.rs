@@ -18,6 +18,7 @@
 
 pub mod attention;
 pub mod bias_add;
+pub mod bias_epilogue;
 pub mod bias_gelu;
 pub mod cleanup;
 pub mod conv1x1;
@@ -26,6 +27,7 @@ pub mod geglu;
 pub mod group_norm;
 pub mod int8_dynamic;
 pub mod int8_static;
+pub mod nhwc_conv;
 pub mod precision;
 pub mod registry;
 pub mod skip_layer_norm;
@@ -34,6 +36,7 @@ pub(crate) mod test_util;
 
 pub use attention::Attention;
 pub use bias_add::BiasAdd;
+pub use bias_epilogue::BiasEpilogue;
 pub use bias_gelu::BiasGelu;
 pub use cleanup::Cleanup;
 pub use conv1x1::Conv1x1;
@@ -42,6 +45,7 @@ pub use geglu::Geglu;
 pub use group_norm::GroupNorm;
 pub use int8_dynamic::{Int8Dynamic, Int8Format};
 pub use int8_static::Int8Static;
+pub use nhwc_conv::NhwcConv;
 pub use precision::{OpPolicy, PrecisionPass};
 pub use skip_layer_norm::SkipLayerNorm;
 

@@ -50,6 +50,8 @@ pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<super::SkipLayerNorm>(),
     PassInfo::of::<super::BiasAdd>(),
     PassInfo::of::<super::GroupNorm>(),
+    PassInfo::of::<super::NhwcConv>(),
+    PassInfo::of::<super::BiasEpilogue>(),
     PassInfo::of::<PrecisionPass>(),
 ];
 
