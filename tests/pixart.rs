@@ -65,3 +65,34 @@ fn resize_and_crop_equals_diffusers() {
     }
     assert_eq!(cases.len(), 5);
 }
+
+/// The DiT's FLOPs per step (batch 2: guidance) from `inspect` equal the count worked out from its
+/// config.json (PixArtTransformer2DModel's layers), in both exporter styles.
+#[test]
+fn inspect_counts_the_dit_flops_per_step() {
+    use dfast::inspect::{Size, inspect};
+    for model in ["tiny-pixart", "tiny-pixart-dynamo"] {
+        let dir = common::model(model);
+        let size = Size::default_for(&dir);
+        let config = common::read_json(&dir.join("transformer").join("config.json"));
+        let get = |k: &str| config[k].as_u64().unwrap() as f64;
+        let (p, c, c_out, dc) = (get("patch_size"), get("in_channels"), get("out_channels"), get("caption_channels"));
+        let d = get("num_attention_heads") * get("attention_head_dim");
+        let (b, l) = (2.0, 120.0);
+        let n = (size.height as f64 / 8.0 / p) * (size.width as f64 / 8.0 / p);
+        let per_layer = 2.0 * b * n * d * d * 4.0 // self-attention: Q, K, V, out
+            + 4.0 * b * n * n * d // Q·K^T and P·V
+            + 2.0 * b * n * d * d * 2.0 + 2.0 * 2.0 * b * l * d * d // cross-attention: Q, out; K, V of the caption
+            + 4.0 * b * n * l * d
+            + 2.0 * b * n * d * 4.0 * d * 2.0; // feed-forward, 4x wide
+        let want = 2.0 * b * n * d * c * p * p // patch embedding
+            + 2.0 * b * l * (dc * d + d * d) // caption projection
+            + 2.0 * b * (256.0 * d + d * d + 6.0 * d * d) // timestep embedding and adaLN-single
+            + get("num_layers") * per_layer
+            + 2.0 * b * n * d * p * p * c_out; // final projection
+        let reports = inspect(&dir, size).unwrap();
+        let dit = reports.iter().find(|r| r.component == "transformer").unwrap();
+        assert_eq!(dit.nodes_without_shapes, 0, "{model}");
+        assert!((dit.gflops * 1e9 - want).abs() <= 1.0, "{model}: {} GFLOP, want {}", dit.gflops, want / 1e9);
+    }
+}
