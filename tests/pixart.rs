@@ -1,10 +1,175 @@
-//! PixArt-α: resolution binning and resize/crop equal diffusers' (tests/references/pixart_binning.json, made by
-//! experiment-scripts/make_pixart_binning_references.py).
+//! PixArt-α against diffusers' `PixArtAlphaPipeline`: final latents and images of the tiny PixArt pipelines
+//! (tests/references/tiny-pixart/, made by experiment-scripts/make_tiny_pipelines.py --pixart) in both exporter
+//! styles, T5 token ids and prompt embeddings, resolution binning and resize/crop
+//! (tests/references/pixart_binning.json, made by experiment-scripts/make_pixart_binning_references.py), and
+//! the DiT's FLOPs.
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use dfast::pipeline::binning::{classify_height_width_bin, resize_and_crop, table_for};
+use dfast::pipeline::pixart::{MAX_SEQUENCE_LENGTH, T5Tokenizer, preprocess};
+use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
+use dfast::runtime::{ExecutionProvider, HostTensor, Runtime};
 use ndarray::{ArrayD, IxDyn};
+
+fn reference_dir(case: &str) -> PathBuf {
+    common::references().join("tiny-pixart").join(case)
+}
+
+/// Generates reference case `case` from the pipeline folder `dir` through the library (CPU EP) and checks it:
+/// final latents within 1e-3 relative L2 of diffusers', and 99.9% of the image's values within one level
+/// (of the crop the reference keeps, for the large images).
+fn check(dir: &Path, case: &str) {
+    let refs = reference_dir(case);
+    let params = common::read_json(&refs.join("params.json"));
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(dir).unwrap()).unwrap();
+    let size = |k: &str| Some(params[k].as_u64().unwrap() as usize);
+    let opts = GenerateOptions {
+        prompt: params["prompt"].as_str().unwrap().into(),
+        negative_prompt: params["negative_prompt_given"]
+            .as_bool()
+            .unwrap()
+            .then(|| params["negative_prompt"].as_str().unwrap().into()),
+        steps: size("steps"),
+        guidance: Some(params["guidance"].as_f64().unwrap() as f32),
+        seed: params["seed"].as_u64().unwrap(),
+        width: size("width"),
+        height: size("height"),
+        scheduler_config: Some(refs.join("scheduler_config.json")),
+        batch_size: 1,
+        no_resolution_binning: !params["resolution_binning"].as_bool().unwrap(),
+        ..Default::default()
+    };
+    assert_eq!(pipe.generation_size(&opts).unwrap(), (size("binned_height").unwrap(), size("binned_width").unwrap()));
+    let out = pipe.generate(&opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let err = common::relative_l2(&out.latents, &common::read_npy(&refs.join("latents.npy")));
+    let mut image = out.image().clone();
+    assert_eq!((image.height() as usize, image.width() as usize), (size("height").unwrap(), size("width").unwrap()));
+    if let Some(crop) = params.get("image_crop") {
+        let at = |k: &str| crop[k].as_u64().unwrap() as u32;
+        image = ::image::imageops::crop_imm(&image, at("left"), at("top"), at("width"), at("height")).to_image();
+    }
+    let want = ::image::open(refs.join("image.png")).unwrap().to_rgb8();
+    let close = common::fraction_within_one_level(&image, &want);
+    let model = dir.display();
+    assert!(err <= 1e-3, "{model}/{case}: latents relative L2 {err:.2e} > 1e-3");
+    assert!(close >= 0.999, "{model}/{case}: only {:.4}% of pixel values within one level", close * 100.0);
+    eprintln!("{model}/{case}: latents relative L2 {err:.2e}, {:.3}% of values within one level", close * 100.0);
+}
+
+/// The square and binned cases of models/tiny-pixart (the dynamo export holds the same weights).
+const CASES: [&str; 8] = [
+    "dpm++",
+    "euler",
+    "ddim",
+    "dpm++-binned-200x300",
+    "euler-binned-300x200",
+    "dpm++-no-binning-64x96",
+    "euler-1step",
+    "ddim-1step",
+];
+
+#[test]
+fn tiny_pixart_dpm_solver() {
+    check(&common::model("tiny-pixart"), "dpm++");
+}
+
+#[test]
+fn tiny_pixart_euler_and_ddim() {
+    for case in ["euler", "ddim"] {
+        check(&common::model("tiny-pixart"), case);
+    }
+}
+
+/// Non-square sizes that binning moves (200x300 -> 176x256 ... as diffusers' 256 table says), back to the
+/// requested size by resize and crop; and a size generated as it is with binning off.
+#[test]
+fn tiny_pixart_binned_non_square_sizes_and_no_binning() {
+    for case in ["dpm++-binned-200x300", "euler-binned-300x200", "dpm++-no-binning-64x96"] {
+        check(&common::model("tiny-pixart"), case);
+    }
+}
+
+/// With one step diffusers' pipeline keeps the scheduler's `pred_original_sample`.
+#[test]
+fn tiny_pixart_one_step() {
+    for case in ["euler-1step", "ddim-1step"] {
+        check(&common::model("tiny-pixart"), case);
+    }
+}
+
+#[test]
+fn tiny_pixart_dynamo_export_all_cases() {
+    for case in CASES {
+        check(&common::model("tiny-pixart-dynamo"), case);
+    }
+}
+
+/// `resolution` and `aspect_ratio`: the sample_size-128 transformer swapped into a copy of tiny-pixart, at a
+/// size the 1024 table bins (1000x600 -> 1280x768).
+#[test]
+fn tiny_pixart_added_conditions_at_sample_size_128() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny-pixart-1024");
+    common::copy_dir(&common::model("tiny-pixart"), &dir);
+    std::fs::remove_dir_all(dir.join("transformer")).unwrap();
+    common::copy_dir(&common::model("variants").join("tiny-pixart-1024").join("transformer"), &dir.join("transformer"));
+    check(&dir, "dpm++-binned-1000x600");
+}
+
+/// DPM-Solver++ and PNDM give no `pred_original_sample`; diffusers fails on one step with them, dfast says so.
+#[test]
+fn one_step_with_a_scheduler_without_pred_original_sample_is_refused() {
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
+    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(&common::model("tiny-pixart")).unwrap()).unwrap();
+    let opts = GenerateOptions { prompt: "a cat".into(), steps: Some(1), ..Default::default() };
+    let err = pipe.generate(&opts, &mut |_, _| {}).err().unwrap().to_string();
+    assert!(err.contains("pred_original_sample") && err.contains("--scheduler euler"), "{err}");
+}
+
+#[test]
+fn t5_token_ids_and_masks_equal_diffusers() {
+    let rows = common::read_json(&reference_dir("tokens.json"));
+    let tok = T5Tokenizer::from_dir(&common::model("tiny-pixart").join("tokenizer"), MAX_SEQUENCE_LENGTH).unwrap();
+    let rows = rows.as_array().unwrap();
+    for row in rows {
+        let prompt = row["prompt"].as_str().unwrap();
+        let ints = |k: &str| -> Vec<i64> { row[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect() };
+        assert_eq!(preprocess(prompt), row["preprocessed"].as_str().unwrap(), "{prompt:?}");
+        let got = tok.encode(&preprocess(prompt)).unwrap();
+        assert_eq!(got.ids, ints("input_ids"), "{prompt:?}");
+        assert_eq!(got.attention_mask, ints("attention_mask"), "{prompt:?}");
+        assert_eq!(got.truncated, row["truncated"].as_bool().unwrap(), "{prompt:?}");
+    }
+    assert!(rows.len() >= 10 && rows.iter().any(|r| r["truncated"].as_bool().unwrap()));
+}
+
+/// T5's `last_hidden_state` for the prompt and the negative prompt equals diffusers' prompt embeddings, in both
+/// exporter styles.
+#[test]
+fn t5_prompt_embeddings_equal_diffusers() {
+    let refs = reference_dir("text");
+    let params = common::read_json(&refs.join("params.json"));
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
+    for model in ["tiny-pixart", "tiny-pixart-dynamo"] {
+        let dir = common::model(model);
+        let tok = T5Tokenizer::from_dir(&dir.join("tokenizer"), MAX_SEQUENCE_LENGTH).unwrap();
+        let mut encoder = runtime.load(&dir.join("text_encoder").join("model.onnx")).unwrap();
+        for (key, file) in [("prompt", "prompt_embeds.npy"), ("negative_prompt", "negative_prompt_embeds.npy")] {
+            let encoded = tok.encode(&preprocess(params[key].as_str().unwrap())).unwrap();
+            let row = |v: Vec<i64>| HostTensor::I64(ArrayD::from_shape_vec(IxDyn(&[1, v.len()]), v).unwrap());
+            let mut out = encoder
+                .run(vec![("input_ids", row(encoded.ids)), ("attention_mask", row(encoded.attention_mask))])
+                .unwrap();
+            let hidden = out.remove("last_hidden_state").unwrap();
+            let err = common::relative_l2(&hidden, &common::read_npy(&refs.join(file)));
+            assert!(err <= 1e-5, "{model} {key}: relative L2 {err:.2e}");
+        }
+    }
+}
 
 fn binning_reference() -> serde_json::Value {
     common::read_json(&common::references().join("pixart_binning.json"))

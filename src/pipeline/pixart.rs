@@ -2,7 +2,8 @@
 //! decoder, point for point as diffusers runs them:
 //! - the prompt and the negative prompt (empty by default) tokenized to `max_sequence_length` 120 (padded,
 //!   truncated, `</s>` appended) and encoded by T5 with their attention masks, which go on to the transformer
-//!   as `encoder_attention_mask`; captions are not cleaned (diffusers' `clean_caption` needs bs4 and ftfy);
+//!   as `encoder_attention_mask`; captions are not cleaned (diffusers' `clean_caption` needs bs4 and ftfy),
+//!   only lowercased and stripped, as diffusers does with `clean_caption=False`;
 //! - classifier-free guidance (default 4.5) over 20 steps by default, with the checkpoint's DPM-Solver++ or
 //!   any of dfast's schedulers;
 //! - `resolution` and `aspect_ratio` fed only when the transformer's `sample_size` is 128;
@@ -94,6 +95,12 @@ impl T5Tokenizer {
             truncated: whole.get_ids().len() > self.max_length,
         })
     }
+}
+
+/// What diffusers' `_text_preprocessing` does to a prompt with `clean_caption=False`: lowercase, then strip
+/// the surrounding whitespace.
+pub fn preprocess(text: &str) -> String {
+    text.to_lowercase().trim().to_string()
 }
 
 /// A special token named in `tokenizer_config.json` or `special_tokens_map.json` (a string or an
@@ -210,30 +217,39 @@ impl PixArtPipeline {
         [batch, self.in_channels, height / self.vae_scale_factor, width / self.vae_scale_factor]
     }
 
-    /// The image size asked for (default `sample_size` x the VAE's scale factor), checked.
+    /// The image size asked for (default `sample_size` x the VAE's scale factor), checked. As in diffusers,
+    /// with binning any size will do (the bin is generated, then resized to it); without, it must be a
+    /// multiple of the VAE's scale factor.
     pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
-        let default = self.sample_size * self.vae_scale_factor;
-        let (width, height) = (opts.width.unwrap_or(default), opts.height.unwrap_or(default));
-        self.dir.check_size(Some(width), Some(height))?;
-        if !opts.no_resolution_binning {
-            binning::table_for(self.sample_size)?;
-        }
-        Ok((height, width))
+        self.sizes(opts).map(|(requested, _)| requested)
     }
 
     /// The size the transformer generates at: the requested one, or its bin.
     pub fn generation_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
-        let (height, width) = self.resolve_size(opts)?;
+        self.sizes(opts).map(|(_, generated)| generated)
+    }
+
+    /// (requested, generated) sizes, each (height, width).
+    fn sizes(&self, opts: &GenerateOptions) -> Result<((usize, usize), (usize, usize))> {
+        let default = self.sample_size * self.vae_scale_factor;
+        let (width, height) = (opts.width.unwrap_or(default), opts.height.unwrap_or(default));
         if opts.no_resolution_binning {
-            return Ok((height, width));
+            self.dir.check_size(Some(width), Some(height))?;
+            return Ok(((height, width), (height, width)));
         }
-        Ok(binning::classify_height_width_bin(height, width, binning::table_for(self.sample_size)?))
+        for (name, v) in [("width", width), ("height", height)] {
+            if v == 0 {
+                return Err(Error::bad_input(format!("--{name} must be positive")));
+            }
+        }
+        let (bh, bw) = binning::classify_height_width_bin(height, width, binning::table_for(self.sample_size)?);
+        self.dir.check_size(Some(bw), Some(bh))?;
+        Ok(((height, width), (bh, bw)))
     }
 
     pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
         let start = Instant::now();
-        let (orig_height, orig_width) = self.resolve_size(opts)?;
-        let (height, width) = self.generation_size(opts)?;
+        let ((orig_height, orig_width), (height, width)) = self.sizes(opts)?;
         let steps = opts.steps.unwrap_or(DEFAULT_STEPS);
         if steps == 0 {
             return Err(Error::bad_input("--steps must be at least 1"));
@@ -391,7 +407,7 @@ impl PixArtPipeline {
 
     /// T5's `last_hidden_state` `[1, 120, dim]` and the attention mask `[1, 120]` of one prompt.
     fn encode_one(&mut self, text: &str) -> Result<(ArrayD<f32>, ArrayD<i64>)> {
-        let encoded = self.tokenizer.encode(text)?;
+        let encoded = self.tokenizer.encode(&preprocess(text))?;
         if encoded.truncated {
             let n = self.tokenizer.max_length();
             self.warnings.push(format!("the prompt is longer than {n} tokens; T5 only sees the first {}", n - 1));

@@ -4,8 +4,8 @@
 use super::rules::Args;
 use super::shapes::{axes_of, conv_shape, matmul_shape, normalize_axis, reduce_shape};
 use super::{Const, Facts, Shape};
-use crate::onnx::{attr_int, attr_string};
 use crate::onnx::tensor::dtype;
+use crate::onnx::{attr_int, attr_string};
 
 /// Output shapes of the attention ops the passes emit: ONNX `Attention` (opset 23) and
 /// `com.microsoft::MultiHeadAttention`, whose output has the query's leading dims and the value's width.
@@ -68,10 +68,8 @@ pub(super) fn einsum(a: &Args) -> Vec<Facts> {
     let (lhs, rhs) = match equation.split_once("->") {
         Some((l, r)) => (l.to_string(), r.to_string()),
         None => {
-            let mut once: Vec<char> = equation
-                .chars()
-                .filter(|c| c.is_ascii_alphabetic() && equation.matches(*c).count() == 1)
-                .collect();
+            let mut once: Vec<char> =
+                equation.chars().filter(|c| c.is_ascii_alphabetic() && equation.matches(*c).count() == 1).collect();
             once.sort_unstable();
             (equation.clone(), once.into_iter().collect())
         }
