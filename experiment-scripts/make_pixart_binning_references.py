@@ -9,9 +9,7 @@ Recorded:
   the bin `PixArtImageProcessor.classify_height_width_bin` returns. The sizes are a grid of multiples of 8 plus
   sizes whose aspect ratio falls exactly between two table keys (ties);
 - `resize_and_crop`: `PixArtImageProcessor.resize_and_crop_tensor` (torch bilinear, align_corners=False, then
-  a center crop) on small seeded float32 images, input and output;
-- `t5_tokens` (when models/tiny-pixart/tokenizer exists): the ids and attention mask the pipeline's
-  `encode_prompt` makes (max_length 120, padded, truncated, special tokens added) for a few prompts.
+  a center crop) on small seeded float32 images, input and output.
 """
 
 import json
@@ -29,15 +27,6 @@ from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import (
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "references" / "pixart_binning.json"
 TABLES = {128: ASPECT_RATIO_1024_BIN, 64: ASPECT_RATIO_512_BIN, 32: ASPECT_RATIO_256_BIN}
-
-PROMPTS = [
-    "a photo of an astronaut riding a horse on mars",
-    "",
-    "A small cactus with a happy face in the Sahara desert.",
-    "Ünïcödé, punctuation!? and   extra   spaces\tand numbers 12345",
-    "a very long prompt " + " ".join(f"word{i}" for i in range(200)),
-]
-
 
 def bins():
     sizes = set()
@@ -88,37 +77,12 @@ def resize_and_crop():
     return cases
 
 
-def t5_tokens():
-    tok_dir = ROOT / "models" / "tiny-pixart" / "tokenizer"
-    if not tok_dir.is_dir():
-        return None
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    rows = []
-    for prompt in PROMPTS:
-        enc = tok(prompt, padding="max_length", max_length=120, truncation=True, add_special_tokens=True)
-        longest = tok(prompt, padding="longest").input_ids
-        rows.append(
-            {
-                "prompt": prompt,
-                "input_ids": enc.input_ids,
-                "attention_mask": enc.attention_mask,
-                "truncated": len(longest) > 120,
-            }
-        )
-    return {"tokenizer": "tiny-pixart/tokenizer", "class": type(tok).__name__, "rows": rows}
-
-
 def main():
     out = {
         "tables": {str(s): [[k, int(v[0]), int(v[1])] for k, v in t.items()] for s, t in TABLES.items()},
         "bins": bins(),
         "resize_and_crop": resize_and_crop(),
     }
-    tokens = t5_tokens()
-    if tokens is not None:
-        out["t5_tokens"] = tokens
     OUT.write_text(json.dumps(out, separators=(",", ":")) + "\n")
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(out['bins'])} bins)")
 
