@@ -178,7 +178,7 @@ pub struct ConvertArgs {
     /// Convert with a profile made for other execution providers (a warning instead of an error).
     #[arg(long)]
     pub force: bool,
-    /// Model card (sd15, sdxl, ssd-1b or a file); default: recognised from the UNet's config.
+    /// Model card (sd15, sdxl, ssd-1b, pixart-alpha, pixart-alpha-512 or a file); default: recognised from the UNet's or transformer's config.
     #[arg(long, value_name = "NAME|FILE")]
     pub card: Option<String>,
     /// Convert the VAE decoder to fp16/bf16 even where the model card keeps it fp32 (SDXL).
