@@ -261,3 +261,106 @@ fn inspect_counts_the_dit_flops_per_step() {
         assert!((dit.gflops * 1e9 - want).abs() <= 1.0, "{model}: {} GFLOP, want {}", dit.gflops, want / 1e9);
     }
 }
+
+/// Inputs like the pipeline's for one PixArt component: T5 on a tokenized prompt; the transformer on a guidance
+/// batch of two whose key padding masks differ (24 and 15 tokens); latents of 32x32. Values are seeded noise.
+fn pixart_inputs(model: &dfast::runtime::Model, tokenizer: &T5Tokenizer) -> Vec<(String, HostTensor)> {
+    let noise = |n: usize, seed: u64| -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let encoded = tokenizer.encode("a photo of an astronaut riding a horse on mars, highly detailed").unwrap();
+    let row = |v: Vec<i64>| ArrayD::from_shape_vec(IxDyn(&[1, v.len()]), v).unwrap();
+    let f32s = |shape: &[usize], seed: u64| {
+        HostTensor::F32(ArrayD::from_shape_vec(IxDyn(shape), noise(shape.iter().product(), seed)).unwrap())
+    };
+    let n = MAX_SEQUENCE_LENGTH;
+    model
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let tensor = match spec.name.as_str() {
+                "input_ids" => HostTensor::I64(row(encoded.ids.clone())),
+                "attention_mask" => HostTensor::I64(row(encoded.attention_mask.clone())),
+                "encoder_attention_mask" => HostTensor::I64(ArrayD::from_shape_fn(IxDyn(&[2, n]), |i| {
+                    i64::from(i[1] < if i[0] == 0 { 24 } else { 15 })
+                })),
+                "hidden_states" => f32s(&[2, 4, 32, 32], 1),
+                "encoder_hidden_states" => f32s(&[2, n, 32], 2),
+                "timestep" => HostTensor::F32(ArrayD::from_elem(IxDyn(&[2]), 500.0)),
+                "resolution" => HostTensor::F32(ArrayD::from_shape_fn(IxDyn(&[2, 2]), |_| 256.0)),
+                "aspect_ratio" => HostTensor::F32(ArrayD::from_elem(IxDyn(&[2, 1]), 1.0)),
+                "latent_sample" => f32s(&[1, 4, 32, 32], 3),
+                other => panic!("unexpected input {other}"),
+            };
+            (spec.name.clone(), tensor)
+        })
+        .collect()
+}
+
+/// `dfast convert` on both tiny PixArt exports: every component of every fp32 profile matches the unconverted
+/// one on the pipeline's kind of inputs (relative L2 <= 1e-5; int8-dynamic 5e-2), the attention profiles fuse
+/// all four of the DiT's attention blocks (self-attention, and cross-attention with the key padding mask),
+/// and a converted pipeline still makes diffusers' image.
+#[test]
+fn converted_tiny_pixart_matches_the_source_graphs() {
+    use dfast::convert::{self, ConvertOptions, Profile};
+    use dfast::passes::Target;
+    use dfast::settings::Precision;
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for pipeline in ["tiny-pixart", "tiny-pixart-dynamo"] {
+        let source = common::model(pipeline);
+        let tokenizer = T5Tokenizer::from_dir(&source.join("tokenizer"), MAX_SEQUENCE_LENGTH).unwrap();
+        for profile in ["baseline", "sdpa", "fuse-qkv", "fused", "int8-dynamic"] {
+            let out = tmp.path().join(format!("{pipeline}-{profile}"));
+            let opts = ConvertOptions {
+                source: source.clone(),
+                out: out.clone(),
+                profile: Profile::load(profile).unwrap(),
+                precision: Precision::Fp32,
+                target: Target::Cpu,
+                card: None,
+                vae_half: false,
+                calibration: Default::default(),
+                force: false,
+            };
+            let manifest = convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{pipeline}/{profile}: {e}"));
+            let tolerance = if profile == "int8-dynamic" { 5e-2 } else { 1e-5 };
+            for component in &manifest.components {
+                let name = &component.component;
+                let outputs = |dir: &Path| {
+                    let mut model = runtime.load(&dir.join(name).join("model.onnx")).unwrap();
+                    let inputs = pixart_inputs(&model, &tokenizer);
+                    model.run(inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()).unwrap()
+                };
+                let (want, got) = (outputs(&source), outputs(&out));
+                for (output, w) in &want {
+                    let err = common::relative_l2(&got[output], w);
+                    assert!(err <= tolerance, "{pipeline}/{profile}/{name}/{output}: relative L2 {err:.2e}");
+                }
+            }
+            if matches!(profile, "sdpa" | "fuse-qkv" | "fused") {
+                // Self- and cross-attention of both blocks: MultiHeadAttention, the cross-attention with the
+                // mask as key_padding_mask (input 4); no Softmax or native Attention left.
+                let dit = dfast::onnx::OnnxModel::load(out.join("transformer").join("model.onnx")).unwrap();
+                let ops = dit.op_histogram();
+                let mha: Vec<_> = dit.graph().node.iter().filter(|n| n.op_type() == "MultiHeadAttention").collect();
+                let padded = mha.iter().filter(|n| n.input.get(4).is_some_and(|m| !m.is_empty())).count();
+                assert_eq!((mha.len(), padded), (4, 2), "{pipeline}/{profile}: {ops:?}");
+                assert!(
+                    !ops.contains_key("Softmax") && !ops.contains_key("Attention"),
+                    "{pipeline}/{profile}: {ops:?}"
+                );
+            }
+            if profile != "int8-dynamic" {
+                check(&out, "dpm++");
+            }
+        }
+    }
+}
