@@ -345,6 +345,12 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
                     assert!(err <= tolerance, "{pipeline}/{profile}/{name}/{output}: relative L2 {err:.2e}");
                 }
             }
+            if profile == "fuse-qkv" {
+                // One MatMul for q, k, v of each self-attention and one for k, v of each cross-attention.
+                let dit = manifest.components.iter().find(|c| c.component == "transformer").unwrap();
+                let fused = dit.passes.iter().find(|p| p.pass == "fuse-qkv").unwrap();
+                assert_eq!(fused.rewrites, 4, "{pipeline}: {fused:?}");
+            }
             if matches!(profile, "sdpa" | "fuse-qkv" | "fused") {
                 // Self- and cross-attention of both blocks: MultiHeadAttention, the cross-attention with the
                 // mask as key_padding_mask (input 4); no Softmax or native Attention left.
