@@ -370,3 +370,29 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
         }
     }
 }
+
+/// With a PixArt model card, an fp16 conversion keeps T5 in fp32 (it overflows in fp16) and halves the rest.
+#[test]
+fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
+    use dfast::convert::{self, ConvertOptions, ModelCard, Profile};
+    use dfast::passes::Target;
+    use dfast::settings::Precision;
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = ConvertOptions {
+        source: common::model("tiny-pixart"),
+        out: tmp.path().join("fp16"),
+        profile: Profile::load("baseline").unwrap(),
+        precision: Precision::Fp16,
+        target: Target::Cuda,
+        card: Some(ModelCard::load("pixart-alpha-512").unwrap()),
+        vae_half: false,
+        calibration: Default::default(),
+        force: true,
+    };
+    let manifest = convert::convert(&opts, &mut |_| {}).unwrap();
+    let precision = |name: &str| manifest.components.iter().find(|c| c.component == name).unwrap().precision;
+    assert_eq!(precision("text_encoder"), Precision::Fp32);
+    assert_eq!(precision("transformer"), Precision::Fp16);
+    assert_eq!(precision("vae_decoder"), Precision::Fp16);
+    assert_eq!(manifest.model_card.as_deref(), Some("pixart-alpha-512"));
+}
