@@ -396,3 +396,27 @@ fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
     assert_eq!(precision("vae_decoder"), Precision::Fp16);
     assert_eq!(manifest.model_card.as_deref(), Some("pixart-alpha-512"));
 }
+
+/// `dfast bench` runs a PixArt pipeline like the others: a row with its class, the text encoding timed apart.
+#[test]
+fn bench_runs_a_pixart_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("results");
+    let model = common::model("tiny-pixart");
+    let args = ["bench", "--model", model.to_str().unwrap(), "--profile", "baseline,sdpa", "--ep", "cpu"];
+    let run = common::dfast(
+        &[&args[..], &["--steps", "2", "--warmup", "0", "--runs", "1", "--json", "--out", out.to_str().unwrap()]]
+            .concat(),
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["pipeline"], "PixArtAlphaPipeline");
+        assert_eq!(row["scheduler"], "DPMSolverMultistepScheduler");
+        assert_eq!((row["width"].as_u64(), row["height"].as_u64()), (Some(256), Some(256)));
+        assert!(row["text_encode_ms"].as_f64().unwrap() > 0.0 && row["unet_step_ms"].as_f64().unwrap() > 0.0);
+        assert!(out.join(row["image"].as_str().unwrap()).is_file());
+    }
+}
