@@ -420,3 +420,49 @@ fn bench_runs_a_pixart_pipeline() {
         assert!(out.join(row["image"].as_str().unwrap()).is_file());
     }
 }
+
+/// The command line: `--no-resolution-binning` reaches the pipeline (diffusers' latents at 64x96 itself), and
+/// bad input is one sentence.
+#[test]
+fn cli_no_resolution_binning_and_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = reference_dir("dpm++-no-binning-64x96");
+    let params = common::read_json(&refs.join("params.json"));
+    let model = common::model("tiny-pixart");
+    let (image, latents) = (tmp.path().join("out.png"), tmp.path().join("out.npy"));
+    let s = |k: &str| params[k].to_string();
+    let run = common::dfast(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        params["prompt"].as_str().unwrap(),
+        "--negative-prompt",
+        params["negative_prompt"].as_str().unwrap(),
+        "--steps",
+        &s("steps"),
+        "--seed",
+        &s("seed"),
+        "--width",
+        &s("width"),
+        "--height",
+        &s("height"),
+        "--scheduler-config",
+        refs.join("scheduler_config.json").to_str().unwrap(),
+        "--no-resolution-binning",
+        "--out",
+        image.to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let err = common::relative_l2(&common::read_npy(&latents), &common::read_npy(&refs.join("latents.npy")));
+    assert!(err <= 1e-3, "relative L2 {err:.2e}");
+    let base = ["generate", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--out", image.to_str().unwrap()];
+    let with = |extra: &[&str]| common::dfast(&[&base[..], extra].concat());
+    common::assert_clear_error(
+        &with(&["--no-resolution-binning", "--width", "100"]),
+        "--width 100 is not a positive multiple of 8",
+    );
+    common::assert_clear_error(&with(&["--steps", "1"]), "pred_original_sample");
+}
