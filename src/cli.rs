@@ -119,10 +119,11 @@ pub struct GenerateArgs {
     /// What to steer away from (classifier-free guidance's unconditional prompt; default empty).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Denoising steps (default 50, as diffusers).
+    /// Denoising steps (default 50 for SD and SDXL, 20 for PixArt, as diffusers).
     #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL; 1 or less turns guidance off).
+    /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL, 4.5 for PixArt; 1 or less turns
+    /// guidance off).
     #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(N) does (default: random).
@@ -152,6 +153,10 @@ pub struct GenerateArgs {
     /// Print one JSON object (files written, size, steps, seed, timings) instead of the summary line.
     #[arg(long)]
     pub json: bool,
+    /// PixArt: generate at the requested size itself, not at the nearest size of the model's aspect-ratio
+    /// table (resized and cropped back afterwards), which diffusers' pipeline does by default.
+    #[arg(long)]
+    pub no_resolution_binning: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -173,7 +178,7 @@ pub struct ConvertArgs {
     /// Convert with a profile made for other execution providers (a warning instead of an error).
     #[arg(long)]
     pub force: bool,
-    /// Model card (sd15, sdxl, ssd-1b or a file); default: recognised from the UNet's config.
+    /// Model card (sd15, sdxl, ssd-1b, pixart-alpha, pixart-alpha-512 or a file); default: recognised from the UNet's or transformer's config.
     #[arg(long, value_name = "NAME|FILE")]
     pub card: Option<String>,
     /// Convert the VAE decoder to fp16/bf16 even where the model card keeps it fp32 (SDXL).
@@ -701,6 +706,7 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
             scheduler_config: args.scheduler_config.clone(),
             latents: args.latents.clone(),
             batch_size: args.num_images,
+            no_resolution_binning: args.no_resolution_binning,
         };
         let out = if several { pipeline::output::indexed(&args.out, j) } else { args.out.clone() };
         let latents =

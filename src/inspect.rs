@@ -41,7 +41,8 @@ pub struct ModelReport {
     pub nodes_without_shapes: usize,
 }
 
-/// The image size FLOPs are counted at; the UNet sees a batch of 2 (classifier-free guidance).
+/// The image size FLOPs are counted at; the denoiser (UNet, or PixArt's transformer) sees a batch of 2
+/// (classifier-free guidance), so its FLOPs are those of one denoising step.
 #[derive(Debug, Clone, Copy)]
 pub struct Size {
     pub width: usize,
@@ -49,11 +50,11 @@ pub struct Size {
 }
 
 impl Size {
-    /// The size FLOPs are counted at when none is given: a pipeline folder's own (the UNet's `sample_size`
-    /// times the VAE's scale factor), else 512x512.
+    /// The size FLOPs are counted at when none is given: a pipeline folder's own (the UNet's or transformer's
+    /// `sample_size` times the VAE's scale factor), else 512x512.
     pub fn default_for(path: &Path) -> Size {
         let own = crate::pipeline::PipelineDir::open(path).ok().and_then(|dir| {
-            let sample = dir.component_config("unet").ok()?.get("sample_size")?.as_u64()? as usize;
+            let sample = dir.component_config(dir.denoiser()).ok()?.get("sample_size")?.as_u64()? as usize;
             Some(sample * dir.vae_scale_factor().ok()?)
         });
         let side = own.unwrap_or(512);
@@ -66,7 +67,8 @@ pub fn inspect(path: &Path, size: Size) -> Result<Vec<ModelReport>> {
     if path.is_file() {
         let component =
             path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(vec![inspect_model(path, &component, size)?]);
+        let tokens = path.parent().and_then(Path::parent).map_or(CLIP_TOKENS, text_tokens);
+        return Ok(vec![inspect_model(path, &component, size, tokens)?]);
     }
     if !path.is_dir() {
         return Err(Error::bad_file(path, "no such file or folder; expected an ONNX model or a pipeline folder"));
@@ -81,10 +83,22 @@ pub fn inspect(path: &Path, size: Size) -> Result<Vec<ModelReport>> {
         return Err(Error::bad_file(path, "not an ONNX model or pipeline: no */model.onnx inside"));
     }
     models.sort();
-    models.iter().map(|(c, p)| inspect_model(p, c, size)).collect()
+    let tokens = text_tokens(path);
+    models.iter().map(|(c, p)| inspect_model(p, c, size, tokens)).collect()
 }
 
-fn inspect_model(path: &Path, component: &str, size: Size) -> Result<ModelReport> {
+/// CLIP's prompt length.
+const CLIP_TOKENS: usize = 77;
+
+/// The prompt length text inputs have in the pipeline folder `dir`: PixArt's T5 takes 120 tokens, CLIP 77.
+fn text_tokens(dir: &Path) -> usize {
+    match crate::pipeline::PipelineDir::open(dir) {
+        Ok(d) if d.kind == crate::pipeline::PipelineKind::PixArtAlpha => crate::pipeline::pixart::MAX_SEQUENCE_LENGTH,
+        _ => CLIP_TOKENS,
+    }
+}
+
+fn inspect_model(path: &Path, component: &str, size: Size, tokens: usize) -> Result<ModelReport> {
     let mut model = OnnxModel::load(path)?;
     let ops = model.op_histogram();
     let mut parameters = 0u64;
@@ -93,7 +107,7 @@ fn inspect_model(path: &Path, component: &str, size: Size) -> Result<ModelReport
     }
     let weight_shapes = weight_shapes(&model);
     let (attention_decomposed, attention_fused) = attention_counts(&model);
-    concretize_inputs(&mut model, component, size);
+    concretize_inputs(&mut model, component, size, tokens);
     let (gflops, nodes_without_shapes) = flops(&model);
     Ok(ModelReport {
         component: component.to_string(),
@@ -159,10 +173,10 @@ fn attention_counts(model: &OnnxModel) -> (usize, usize) {
     (decomposed, fused)
 }
 
-/// Gives every dynamic input dimension a size: batch (2 for the UNet: guidance), 77 tokens, and the image
-/// or latent size (latents are 1/8 of the image).
-fn concretize_inputs(model: &mut OnnxModel, component: &str, size: Size) {
-    let batch = if component == "unet" { 2 } else { 1 };
+/// Gives every dynamic input dimension a size: batch (2 for the UNet or transformer: guidance), `tokens`
+/// tokens, and the image or latent size (latents are 1/8 of the image).
+fn concretize_inputs(model: &mut OnnxModel, component: &str, size: Size, tokens: usize) {
+    let batch = if component == "unet" || component == "transformer" { 2 } else { 1 };
     let initializers: std::collections::HashSet<String> =
         model.graph().initializer.iter().map(|t| t.name().to_string()).collect();
     for input in model.graph_mut().input.iter_mut() {
@@ -186,7 +200,7 @@ fn concretize_inputs(model: &mut OnnxModel, component: &str, size: Size) {
                 (4, 3) if channels == Some(3) => size.width,
                 (4, 2) => size.height / 8,
                 (4, 3) => size.width / 8,
-                (2 | 3, 1) => 77,
+                (2 | 3, 1) => tokens,
                 _ => 1,
             };
             dim.set_dim_value(value as i64);
@@ -254,7 +268,7 @@ pub fn render_text(reports: &[ModelReport], size: Size) -> String {
     let mut s = String::new();
     for r in reports {
         s += &format!(
-            "{} ({}): opset {}, {} nodes, {:.2} M parameters, {:.2} GFLOP at {}x{}{}\n",
+            "{} ({}): opset {}, {} nodes, {:.2} M parameters, {:.2} GFLOP at {}x{}{}{}\n",
             r.component,
             r.path,
             r.opset,
@@ -263,6 +277,7 @@ pub fn render_text(reports: &[ModelReport], size: Size) -> String {
             r.gflops,
             size.width,
             size.height,
+            if r.component == "unet" || r.component == "transformer" { " per step (batch 2)" } else { "" },
             if r.nodes_without_shapes > 0 {
                 format!(" ({} compute nodes without known shapes)", r.nodes_without_shapes)
             } else {

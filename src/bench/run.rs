@@ -126,7 +126,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
             profiles.push((c.profile.clone(), Profile::load(&c.profile)?));
         }
     }
-    let card = dir.component_config("unet").ok().and_then(|c| ModelCard::detect(&c));
+    let card = ModelCard::detect_dir(&dir);
     let scheduler_name = match opts.scheduler {
         Some(s) => s.class_name().to_string(),
         None => SchedulerConfig::from_file(dir.scheduler_config())?.class_name.unwrap_or_default(),
@@ -240,6 +240,7 @@ fn measure(
     let pipeline = match dir.kind {
         PipelineKind::StableDiffusion => "StableDiffusionPipeline",
         PipelineKind::StableDiffusionXl => "StableDiffusionXLPipeline",
+        PipelineKind::PixArtAlpha => "PixArtAlphaPipeline",
     };
     Ok(Row {
         timestamp: rfc3339_now(),

@@ -16,7 +16,8 @@ use crate::{Error, Result};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct StepOptions {
-    /// A pipeline folder (its `unet/model.onnx` runs, with a conversion's session options) or a model file.
+    /// A pipeline folder (its `unet/model.onnx`, or PixArt's `transformer/model.onnx`, runs with a conversion's
+    /// session options) or a model file.
     pub model: PathBuf,
     /// An .npz whose arrays are named after the UNet's inputs (float32, or int64 for integer inputs).
     pub inputs: PathBuf,
@@ -44,7 +45,7 @@ pub fn unet_step(runtime: &Runtime, opts: &StepOptions) -> Result<StepReport> {
     }
     let (path, defaults) = if opts.model.is_dir() {
         let dir = PipelineDir::open(&opts.model)?;
-        (dir.component_model("unet"), dir.session_options(runtime.ep())?.0)
+        (dir.component_model(dir.denoiser()), dir.session_options(runtime.ep())?.0)
     } else {
         (opts.model.clone(), Default::default())
     };

@@ -32,7 +32,7 @@ pub struct ConvertOptions {
     pub profile: Profile,
     pub precision: Precision,
     pub target: Target,
-    /// The model card (per-model defaults); detected from the UNet config when None.
+    /// The model card (per-model defaults); detected from the UNet's or transformer's config when None.
     pub card: Option<ModelCard>,
     /// Convert the VAE decoder to fp16/bf16 even where the model card keeps it fp32 (SDXL).
     pub vae_half: bool,
@@ -96,7 +96,7 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     check_output(&opts.source, &opts.out)?;
     let card = match &opts.card {
         Some(c) => Some(c.clone()),
-        None => dir.component_config("unet").ok().and_then(|c| ModelCard::detect(&c)),
+        None => ModelCard::detect_dir(&dir),
     };
     let components = onnx_components(&opts.source)?;
     let exclude = ModelCard::exclude_or_seed(card.as_ref());
@@ -104,7 +104,8 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     let mut plans = Vec::new();
     for component in &components {
         let keep_fp32 =
-            component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(ModelCard::vae_decoder_fp32);
+            (component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(ModelCard::vae_decoder_fp32))
+                || (component == "text_encoder" && card.as_ref().is_some_and(ModelCard::text_encoder_fp32));
         // OpenVINO takes fp32 graphs and runs them in bf16/f16 by its inference precision hint (a session
         // option, recorded in the manifest), so its graphs stay fp32.
         let precision = if keep_fp32 || opts.target == Target::OpenVino { Precision::Fp32 } else { opts.precision };

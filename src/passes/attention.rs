@@ -45,9 +45,18 @@
 //! - the heads and head sizes of q, k and v agree; v carries no scale; the output path merges the heads
 //!   back to `[b, s, h·d]`;
 //! - the Softmax runs over the last axis; the scale is a positive scalar constant (or the chain above);
-//! - a mask is fused only when it is causal (the two forms drawn above, or `is_causal = 1`) and q and k
-//!   are projections of the same tensor (self-attention, so the causal square is `s × s`); other masks
-//!   (padding, additive biases) are left alone;
+//! - a mask is fused when it is causal (the two forms drawn above, or `is_causal = 1`) and q and k
+//!   are projections of the same tensor (self-attention, so the causal square is `s × s`), or when it is a
+//!   key padding mask, which PixArt's cross-attention adds to its scores (both exporter styles):
+//!
+//!      m [b, t] (0/1) ─(Cast)─ Sub(1, ·) ─ Mul(c ≤ -1e4) ─ Unsqueeze/Expand/Tile/Reshape ─> [b, h, 1, t]
+//!
+//!   spread over heads and queries by ops that keep the batch first and the keys last (see
+//!   `key_padding`); it becomes MultiHeadAttention's `key_padding_mask` (m as int32) with
+//!   `mask_filter_value` c (times any scale applied after the mask), which adds c to the scores of the
+//!   keys where m is 0, as the bias did (exact for a 0/1 mask). For the ONNX `Attention` target such
+//!   blocks are left as they are (its mask would have to be a bias of [b, h, s, t]). Other masks
+//!   (arbitrary additive biases, T5's relative-position bias) are left alone;
 //! - a native `Attention` has no past key/value, no softcap, and only its first output is read.
 //!
 //! Which op: option `op` ("MultiHeadAttention" or "Attention") from the profile, per execution provider;
@@ -60,7 +69,9 @@
 //! they cannot run would split their graph).
 //!
 //! ONNX Runtime 1.31 (CPU EP, checked with small graphs): MultiHeadAttention runs fp32 with 3-D query /
-//! key / value, `scale`, `unidirectional = 1` (causal) and `attention_bias` of shape [1|b, 1|h, s, t];
+//! key / value, `scale`, `unidirectional = 1` (causal), a 2-D int32 `key_padding_mask` [b, t] with
+//! `mask_filter_value`, and `attention_bias` of shape [1|b, 1|h, s, t] (s itself: a [b, h, 1, t] bias is
+//! refused, hence the key padding mask); the CUDA kernel with a 2-D key padding mask is not checked here;
 //! ONNX `Attention` (opset 23) runs in both its 3-D and 4-D forms, with `is_causal`. The CUDA kernel of
 //! MultiHeadAttention supports `unidirectional` since ONNX Runtime 1.20 (microsoft/onnxruntime#21852;
 //! earlier releases refused it); not checked on a GPU here. Causal is only fused for self-attention
@@ -163,6 +174,7 @@ impl Pass for Attention {
         let m = Matcher { index: &index, facts: &facts, opset };
         let mut names: HashSet<String> = index.nodes().iter().map(|n| n.name().to_string()).collect();
         let mut patch = Patch::new();
+        let mut cast_added: HashSet<String> = HashSet::new();
         for (i, node) in index.nodes().iter().enumerate() {
             let found = if is_op(node, "Softmax") {
                 m.decomposed(i)
@@ -173,6 +185,10 @@ impl Pass for Attention {
             };
             let Some(f) = found else { continue };
             if patch.is_removed(f.replaced) {
+                continue;
+            }
+            // ONNX `Attention` would need the padding mask as a bias broadcast to [b, h, s, t]: left as it is.
+            if emit == FusedOp::Attention && matches!(f.mask, Mask::KeyPadding { .. }) {
                 continue;
             }
             // The output is shaped like the query; saying so lets later passes (whose inference does not
@@ -190,15 +206,40 @@ impl Pass for Attention {
             let name = if node.name().is_empty() || !names.insert(name.clone()) { String::new() } else { name };
             let fused = match emit {
                 FusedOp::MultiHeadAttention => {
+                    let mut inputs = vec![f.query, f.key, f.value];
+                    if let Mask::KeyPadding { mask, .. } = &f.mask {
+                        // key_padding_mask is int32; one Cast per mask, shared by the blocks that read it.
+                        let int32 = if facts.dtype(mask) == Some(dtype::INT32) {
+                            mask.clone()
+                        } else {
+                            let cast = format!("{mask}_int32");
+                            if cast_added.insert(cast.clone()) {
+                                patch.add_node(
+                                    NodeBuilder::new("Cast")
+                                        .name(format!("{mask}/CastToInt32"))
+                                        .inputs([mask.clone()])
+                                        .outputs([cast.clone()])
+                                        .attr_int("to", i64::from(dtype::INT32))
+                                        .build(),
+                                );
+                            }
+                            cast
+                        };
+                        inputs.extend([String::new(), int32]);
+                    }
                     let b = NodeBuilder::new("MultiHeadAttention")
                         .domain("com.microsoft")
                         .name(name)
-                        .inputs([f.query, f.key, f.value])
+                        .inputs(inputs)
                         .outputs([f.output])
                         .attr_int("num_heads", f.heads)
                         .attr_float("scale", f.scale as f32);
                     patch.require_opset("com.microsoft", 1);
-                    if f.causal { b.attr_int("unidirectional", 1) } else { b }
+                    match f.mask {
+                        Mask::Causal => b.attr_int("unidirectional", 1),
+                        Mask::KeyPadding { filter, .. } => b.attr_float("mask_filter_value", filter as f32),
+                        Mask::None => b,
+                    }
                 }
                 FusedOp::Attention => {
                     patch.require_opset("", 23);
@@ -209,7 +250,7 @@ impl Pass for Attention {
                         .attr_int("q_num_heads", f.heads)
                         .attr_int("kv_num_heads", f.heads)
                         .attr_float("scale", f.scale as f32)
-                        .attr_int("is_causal", i64::from(f.causal))
+                        .attr_int("is_causal", i64::from(f.mask == Mask::Causal))
                 }
             };
             patch.remove_node(f.replaced);
@@ -229,10 +270,24 @@ struct Fused {
     value: String,
     heads: i64,
     scale: f64,
-    causal: bool,
+    mask: Mask,
     /// The node whose first output (`output`, `[b, s, h·d]`) the fused op produces instead.
     replaced: usize,
     output: String,
+}
+
+/// The mask a block applies to its scores.
+#[derive(Debug, Clone, PartialEq)]
+enum Mask {
+    None,
+    /// Key position <= query position (self-attention).
+    Causal,
+    /// A key padding mask: `mask` is `[b, t]`, 1 for keys to attend to and 0 for padding, and the scores of
+    /// padded keys get `filter` added (after scaling).
+    KeyPadding {
+        mask: String,
+        filter: f64,
+    },
 }
 
 /// What an axis of a head-split tensor holds.
@@ -340,7 +395,7 @@ impl Matcher<'_, '_> {
         // Scores: MatMul(q, kᵀ), then scalar scales and at most one causal mask, in any order.
         let mut scores = sm.input.first()?.clone();
         let mut factor = 1.0f64;
-        let mut masked = false;
+        let mut mask = Mask::None;
         let matmul = loop {
             let node = self.index.producer_node(&scores)?;
             if !matches!(node.domain(), "" | "ai.onnx") || node.input.len() < 2 {
@@ -362,15 +417,21 @@ impl Matcher<'_, '_> {
                     factor /= self.scalar(b)?;
                     scores = a.clone();
                 }
-                "Add" if !masked => {
-                    scores = if self.is_causal_additive(b) {
-                        a.clone()
+                "Add" if mask == Mask::None => {
+                    // The scale factors met so far come after the mask: they scale it too.
+                    let padding =
+                        |m: &str| self.key_padding(m).map(|(mask, c)| Mask::KeyPadding { mask, filter: c * factor });
+                    (mask, scores) = if self.is_causal_additive(b) {
+                        (Mask::Causal, a.clone())
                     } else if self.is_causal_additive(a) {
-                        b.clone()
+                        (Mask::Causal, b.clone())
+                    } else if let Some(m) = padding(b) {
+                        (m, a.clone())
+                    } else if let Some(m) = padding(a) {
+                        (m, b.clone())
                     } else {
                         return None;
                     };
-                    masked = true;
                 }
                 _ => return None,
             }
@@ -400,7 +461,7 @@ impl Matcher<'_, '_> {
         if v.perm != [0, 2, 1, 3] || !v.factors.is_empty() {
             return None;
         }
-        self.assemble(q, k, v, Some(factor), masked, pv.output.first()?)
+        self.assemble(q, k, v, Some(factor), mask, pv.output.first()?)
     }
 
     /// A native `Attention` node (drawing 2).
@@ -419,21 +480,25 @@ impl Matcher<'_, '_> {
             return None;
         }
         let is_causal = attr_int(node, "is_causal").unwrap_or(0) != 0;
-        let causal = match node.input.get(3).filter(|m| !m.is_empty()) {
-            None => is_causal,
+        let mask = match node.input.get(3).filter(|m| !m.is_empty()) {
+            None if is_causal => Mask::Causal,
+            None => Mask::None,
             Some(_) if is_causal => return None,
-            Some(mask) => {
-                let ok = if self.facts.dtype(mask) == Some(dtype::BOOL) {
-                    self.is_causal_bool(mask, 0)
-                } else {
-                    self.is_causal_additive(mask)
-                };
-                if !ok {
+            Some(mask) if self.facts.dtype(mask) == Some(dtype::BOOL) => {
+                if !self.is_causal_bool(mask, 0) {
                     return None;
                 }
-                true
+                Mask::Causal
             }
+            Some(mask) if self.is_causal_additive(mask) => Mask::Causal,
+            // A padding mask stays on a native Attention where Attention is the target (it is fused already).
+            Some(mask) if emit == FusedOp::MultiHeadAttention => {
+                let (mask, filter) = self.key_padding(mask)?;
+                Mask::KeyPadding { mask, filter }
+            }
+            Some(_) => return None,
         };
+        let causal = mask == Mask::Causal;
         let scale = attr_float(node, "scale").map(f64::from);
         let (q, k, v) = (&node.input[0], &node.input[1], &node.input[2]);
         if let Some(heads) = attr_int(node, "q_num_heads") {
@@ -455,7 +520,7 @@ impl Matcher<'_, '_> {
                 value: v.clone(),
                 heads,
                 scale: scale.unwrap_or(1.0 / (head_dim as f64).sqrt()),
-                causal,
+                mask,
                 replaced: node_index,
                 output: out.clone(),
             });
@@ -464,7 +529,7 @@ impl Matcher<'_, '_> {
         if q.perm != [0, 2, 1, 3] || k.perm != [0, 2, 1, 3] || v.perm != [0, 2, 1, 3] || !v.factors.is_empty() {
             return None;
         }
-        self.assemble(q, k, v, scale, causal, out)
+        self.assemble(q, k, v, scale, mask, out)
     }
 
     /// Checks that q, k and v agree and traces the output back to `[b, s, h·d]`. `scale` multiplies
@@ -475,13 +540,13 @@ impl Matcher<'_, '_> {
         k: Heads,
         v: Heads,
         scale: Option<f64>,
-        causal: bool,
+        mask: Mask,
         attention_out: &str,
     ) -> Option<Fused> {
         if q.heads != k.heads || q.heads != v.heads || q.head_dim != k.head_dim || q.head_dim != v.head_dim {
             return None;
         }
-        if causal && !self.same_source(&q.x, &k.x) {
+        if mask == Mask::Causal && !self.same_source(&q.x, &k.x) {
             return None;
         }
         let head_last: HashSet<&str> =
@@ -501,7 +566,7 @@ impl Matcher<'_, '_> {
             seq: self.facts.shape(&q.x).and_then(|s| s[1]),
         };
         let (replaced, output) = self.merge_heads(attention_out, sizes, q.seq_axes)?;
-        Some(Fused { query: q.x, key: k.x, value: v.x, heads: q.heads, scale: total, causal, replaced, output })
+        Some(Fused { query: q.x, key: k.x, value: v.x, heads: q.heads, scale: total, mask, replaced, output })
     }
 
     /// Walks back from a 4-D q, k or v through Transposes and scalar Mul/Div to the Reshape that splits
@@ -887,6 +952,97 @@ impl Matcher<'_, '_> {
         let zero = |v: &str| self.facts.value(v).is_some_and(|c| c.is_all(0.0));
         (masked(a) && zero(b) && self.is_strict_upper(cond, 0))
             || (zero(a) && masked(b) && self.is_causal_bool(cond, 0))
+    }
+
+    /// A key padding mask added to 4-D scores `[b, h, s, t]`: `(1 - m) * c` (`c` <= -1e4, `m` a 2-D `[b, t]`
+    /// 0/1 tensor, possibly Cast to float) spread over heads and queries by ops that keep the batch as the
+    /// first axis and the keys as the last, so that element `[b, h, s, t]` is `(1 - m[b, t]) * c`:
+    /// - Identity, and Unsqueeze of axes between the first and the last;
+    /// - Expand or Tile that leaves the first and the last axis as they are (1 in the shape or repeats);
+    /// - Reshape (of a chain of Reshapes, which only regroup the same row-major data) to a shape whose first
+    ///   entry is a batch read at run time (`Shape(x)[0]`) and whose last is not 1: the batch rows stay
+    ///   whole blocks and the position along the keys stays the position modulo `t`.
+    ///
+    /// diffusers' PixArt builds exactly this from `encoder_attention_mask` (`repeat_interleave` over heads,
+    /// then a `[b, h, -1, t]` view). Returns `m` and `c`.
+    fn key_padding(&self, value: &str) -> Option<(String, f64)> {
+        if !self.is_float(value) || self.rank(value) != Some(4) {
+            return None;
+        }
+        let mut cur = value.to_string();
+        for _ in 0..12 {
+            let node = self.index.producer_node(&cur)?;
+            if !matches!(node.domain(), "" | "ai.onnx") {
+                return None;
+            }
+            let x = node.input.first()?.clone();
+            match node.op_type() {
+                "Identity" => cur = x,
+                "Reshape" => {
+                    let target = self.elems(node.input.get(1)?, 0)?;
+                    let batch_first = matches!(target.first(), Some(Elem::Dim(_, 0)));
+                    let keys_last = match target.last() {
+                        Some(Elem::Dim(..)) => true,
+                        Some(Elem::Known(n)) => *n >= 2,
+                        _ => false,
+                    };
+                    if target.len() < 2 || !batch_first || !keys_last {
+                        return None;
+                    }
+                    let mut inner = x;
+                    while let Some(r) = self.producer(&inner, "Reshape") {
+                        inner = r.input.first()?.clone();
+                    }
+                    cur = inner;
+                }
+                "Unsqueeze" => {
+                    let out_rank = self.rank(&cur)? as i64;
+                    let axes: Vec<i64> = match node.input.get(1).filter(|a| !a.is_empty()) {
+                        Some(a) => self.ints(a)?,
+                        None => attr_ints(node, "axes")?.to_vec(),
+                    };
+                    let inner = |a: i64| {
+                        let a = if a < 0 { a + out_rank } else { a };
+                        a >= 1 && a < out_rank - 1
+                    };
+                    if axes.is_empty() || !axes.iter().all(|&a| inner(a)) {
+                        return None;
+                    }
+                    cur = x;
+                }
+                "Expand" | "Tile" => {
+                    let rank = self.rank(&x)?;
+                    let shape = self.elems(node.input.get(1)?, 0)?;
+                    let keeps = |e: Option<&Elem>| matches!(e, Some(Elem::Known(1)));
+                    if rank < 2 || shape.len() != rank || !keeps(shape.first()) || !keeps(shape.last()) {
+                        return None;
+                    }
+                    cur = x;
+                }
+                "Mul" => {
+                    let (a, b) = (&node.input[0], node.input.get(1)?);
+                    let (c, other) = match (self.scalar(a), self.scalar(b)) {
+                        (_, Some(c)) => (c, a),
+                        (Some(c), None) => (c, b),
+                        _ => return None,
+                    };
+                    if c > MASKED {
+                        return None;
+                    }
+                    let sub = self.producer(other, "Sub")?;
+                    if sub.input.len() != 2 || self.scalar(&sub.input[0]) != Some(1.0) {
+                        return None;
+                    }
+                    let mut m = sub.input[1].clone();
+                    if let Some(cast) = self.producer(&m, "Cast") {
+                        m = cast.input.first()?.clone();
+                    }
+                    return (self.rank(&m) == Some(2)).then_some((m, c));
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Strips the ops that only broadcast a mask (Expand, Unsqueeze) or keep it (Identity, Cast to itself).
@@ -1276,6 +1432,64 @@ mod tests {
         m.graph_mut().input.push(make_tensor_value_info("bias", dtype::FLOAT, Some(&[Some(5), Some(5)])));
         let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
         assert!(r.unchanged());
+    }
+
+    /// diffusers' key padding bias, `(1 - m) * -10000` over `[b, t]` unsqueezed to `[b, 1, 1, t]` (and
+    /// scaled by 2 after it is added), over cross-attention; `tile` repeats the unsqueezed mask first.
+    fn padded(m_rows: i64, tile: Option<&[i64]>) -> OnnxModel {
+        let mut mask = vec![
+            constant_f32("one", 1.0),
+            constant_f32("neg", -10000.0),
+            constant("axes", &[1, 2]),
+            node("Sub", &["one", "m"], &["inv"]).build(),
+            node("Mul", &["inv", "neg"], &["bias2"]).build(),
+            node("Unsqueeze", &["bias2", "axes"], &["bias4"]).build(),
+        ];
+        let last = match tile {
+            Some(reps) => {
+                mask.push(constant("reps", reps));
+                mask.push(node("Tile", &["bias4", "reps"], &["tiled"]).build());
+                "tiled"
+            }
+            None => "bias4",
+        };
+        mask.push(node("Identity", &[last], &["mask"]).build());
+        let mut m = decomposed(Some(mask), false);
+        // Scaled after the mask: the filter value scales too.
+        let g = m.graph_mut();
+        let add = g.node.iter().position(|n| n.op_type() == "Add").unwrap();
+        g.node[add].output[0] = "masked0".into();
+        g.node.insert(add + 1, constant_f32("two", 2.0));
+        g.node.insert(add + 2, node("Mul", &["masked0", "two"], &["masked"]).build());
+        g.input.push(make_tensor_value_info("m", dtype::FLOAT, Some(&[Some(m_rows), Some(5)])));
+        m
+    }
+
+    #[test]
+    fn a_key_padding_mask_becomes_key_padding_mask() {
+        let mut m = padded(2, None);
+        let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        assert_eq!(r.rewrites, 1, "{r:?}");
+        let mha = m.graph().node.iter().find(|n| n.op_type() == "MultiHeadAttention").unwrap();
+        assert_eq!(mha.input[..4], ["q", "k", "v", ""]);
+        let cast = m.graph().node.iter().find(|n| n.output.first() == Some(&mha.input[4])).unwrap();
+        assert_eq!((cast.op_type(), cast.input[0].as_str()), ("Cast", "m"));
+        assert_eq!(attr_int(cast, "to"), Some(i64::from(dtype::INT32)));
+        assert_eq!(attr_float(mha, "mask_filter_value"), Some(-20000.0));
+        assert_eq!(attr_float(mha, "scale"), Some(1.0));
+        // With ONNX Attention as the target the block stays (the mask would need a [b, h, s, t] bias).
+        let mut m = padded(2, None);
+        m.proto_mut().opset_import[0].set_version(23);
+        assert!(run(&mut m, Attention::new(FusedOp::Attention), Target::Cpu).unchanged());
+    }
+
+    /// A mask repeated over the batch axis is not a per-row key padding mask: left alone.
+    #[test]
+    fn a_mask_repeated_over_the_batch_is_left_alone() {
+        let mut m = padded(1, Some(&[2, 1, 1, 1]));
+        assert!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).unchanged());
+        let mut m = padded(2, Some(&[1, 2, 1, 1]));
+        assert_eq!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).rewrites, 1);
     }
 
     /// An upper-triangular (anti-causal) mask is not taken for a causal one.

@@ -1,10 +1,12 @@
 //! Text-to-image: tokenizers, text encoders, the denoising loop over a scheduler, the VAE decoder.
 
+pub mod binning;
 pub mod conditioning;
 pub mod image;
 pub mod latents;
 pub mod model_dir;
 pub mod output;
+pub mod pixart;
 pub mod prompt_file;
 pub mod tokenizer;
 pub mod torch_rng;
@@ -44,6 +46,9 @@ pub struct GenerateOptions {
     /// Images per prompt (diffusers' `num_images_per_prompt`); 0 means 1. The UNet sees twice as many
     /// with guidance.
     pub batch_size: usize,
+    /// PixArt: generate at the requested size instead of the nearest bin of the aspect-ratio table
+    /// (diffusers' `use_resolution_binning=False`).
+    pub no_resolution_binning: bool,
 }
 
 /// Where the time went, in seconds.
@@ -71,8 +76,14 @@ pub struct Generated {
     pub scheduler: String,
 }
 
-/// A loaded pipeline: every session created once, reusable for many images.
-pub struct Pipeline {
+/// A loaded pipeline, reusable for many images: a UNet pipeline (SD, SDXL) or PixArt-α.
+pub enum Pipeline {
+    Unet(Box<UnetPipeline>),
+    PixArt(Box<pixart::PixArtPipeline>),
+}
+
+/// A loaded UNet pipeline: every session created once, reusable for many images.
+pub struct UnetPipeline {
     dir: PipelineDir,
     text_encoders: Vec<TextEncoder>,
     unet: Model,
@@ -103,6 +114,80 @@ impl Generated {
 
 impl Pipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
+        Ok(match dir.kind {
+            PipelineKind::PixArtAlpha => Pipeline::PixArt(Box::new(pixart::PixArtPipeline::load(runtime, dir)?)),
+            PipelineKind::StableDiffusion | PipelineKind::StableDiffusionXl => {
+                Pipeline::Unet(Box::new(UnetPipeline::load(runtime, dir)?))
+            }
+        })
+    }
+
+    /// Sets (or clears) the function that sees every denoiser call's inputs (the UNet's or the transformer's).
+    pub fn set_unet_recorder(&mut self, recorder: Option<UnetRecorder>) {
+        match self {
+            Pipeline::Unet(p) => p.set_unet_recorder(recorder),
+            Pipeline::PixArt(p) => p.set_recorder(recorder),
+        }
+    }
+
+    pub fn dir(&self) -> &PipelineDir {
+        match self {
+            Pipeline::Unet(p) => p.dir(),
+            Pipeline::PixArt(p) => p.dir(),
+        }
+    }
+
+    pub fn vae_scale_factor(&self) -> usize {
+        match self {
+            Pipeline::Unet(p) => p.vae_scale_factor(),
+            Pipeline::PixArt(p) => p.vae_scale_factor(),
+        }
+    }
+
+    /// Shape of the initial latents for `batch` images of `height` x `width` (PixArt: the size generated at,
+    /// after resolution binning).
+    pub fn latents_shape(&self, batch: usize, height: usize, width: usize) -> [usize; 4] {
+        match self {
+            Pipeline::Unet(p) => p.latents_shape(batch, height, width),
+            Pipeline::PixArt(p) => p.latents_shape(batch, height, width),
+        }
+    }
+
+    /// The image size (height, width) the options ask for, checked against this pipeline before any work.
+    pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
+        match self {
+            Pipeline::Unet(p) => p.resolve_size(opts),
+            Pipeline::PixArt(p) => p.resolve_size(opts),
+        }
+    }
+
+    /// The size the denoiser runs at: the requested one, or PixArt's resolution bin.
+    pub fn generation_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
+        match self {
+            Pipeline::Unet(p) => p.resolve_size(opts),
+            Pipeline::PixArt(p) => p.generation_size(opts),
+        }
+    }
+
+    /// A warning for more steps than the scheduler's training timesteps, for the caller to show first.
+    pub fn steps_warning(&self, opts: &GenerateOptions) -> Result<Option<String>> {
+        match self {
+            Pipeline::Unet(p) => p.steps_warning(opts),
+            Pipeline::PixArt(p) => steps_warning(p.dir(), opts, pixart::DEFAULT_STEPS),
+        }
+    }
+
+    /// Generates `batch_size` images; `on_step(i, n)` is called after each denoising step.
+    pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
+        match self {
+            Pipeline::Unet(p) => p.generate(opts, on_step),
+            Pipeline::PixArt(p) => p.generate(opts, on_step),
+        }
+    }
+}
+
+impl UnetPipeline {
+    pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
         // A converted folder carries the session options its profile chose for its EP.
         let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
         let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
@@ -130,11 +215,11 @@ impl Pipeline {
         let default_size = sample_size.map_or(
             match dir.kind {
                 PipelineKind::StableDiffusion => 512,
-                PipelineKind::StableDiffusionXl => 1024,
+                PipelineKind::StableDiffusionXl | PipelineKind::PixArtAlpha => 1024,
             },
             |s| s * vae_scale_factor,
         );
-        Ok(Pipeline {
+        Ok(UnetPipeline {
             dir,
             text_encoders,
             unet,
@@ -178,20 +263,7 @@ impl Pipeline {
     /// A warning for more steps than the scheduler's training timesteps (diffusers runs them, so dfast does
     /// too; only DDIM refuses), with the number of UNet calls that will run; for the caller to show first.
     pub fn steps_warning(&self, opts: &GenerateOptions) -> Result<Option<String>> {
-        let steps = opts.steps.unwrap_or(50);
-        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| self.dir.scheduler_config());
-        let config = SchedulerConfig::from_file(&config_path)?;
-        let trained = config.train_timesteps()?;
-        if steps <= trained {
-            return Ok(None);
-        }
-        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
-        scheduler.set_timesteps(steps)?;
-        let calls = scheduler.timesteps().len();
-        Ok(Some(format!(
-            "--steps {steps} is more than the scheduler's {trained} training timesteps; diffusers runs them all, \
-             and so does dfast: {calls} UNet calls"
-        )))
+        steps_warning(&self.dir, opts, 50)
     }
 
     /// Generates one image; `on_step(i, n)` is called after each denoising step.
@@ -223,7 +295,7 @@ impl Pipeline {
         }
         let guidance_scale = opts.guidance.unwrap_or(match self.dir.kind {
             PipelineKind::StableDiffusion => 7.5,
-            PipelineKind::StableDiffusionXl => 5.0,
+            PipelineKind::StableDiffusionXl | PipelineKind::PixArtAlpha => 5.0,
         });
         let guidance = guidance_scale > 1.0;
 
@@ -338,6 +410,7 @@ impl Pipeline {
                     .map_err(|_| Error::internal("an SDXL pipeline needs two text encoders"))?;
                 conditioning::encode_sdxl(encoders, &opts.prompt, negative, guidance, force_zeros, size)
             }
+            PipelineKind::PixArtAlpha => Err(Error::internal("a PixArt pipeline is not a UNet pipeline")),
         }
     }
 
@@ -371,6 +444,26 @@ impl Pipeline {
         let sample = take_output(&mut out, &self.vae_decoder, "sample")?;
         image::to_rgb(&sample)
     }
+}
+
+/// A warning for more steps than the scheduler's training timesteps (diffusers runs them, so dfast does too;
+/// only DDIM refuses), with the number of denoiser calls that will run; for the caller to show first.
+fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions, default_steps: usize) -> Result<Option<String>> {
+    let steps = opts.steps.unwrap_or(default_steps);
+    let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
+    let config = SchedulerConfig::from_file(&config_path)?;
+    let trained = config.train_timesteps()?;
+    if steps <= trained {
+        return Ok(None);
+    }
+    let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
+    scheduler.set_timesteps(steps)?;
+    let calls = scheduler.timesteps().len();
+    let denoiser = if dir.kind == PipelineKind::PixArtAlpha { "transformer" } else { "UNet" };
+    Ok(Some(format!(
+        "--steps {steps} is more than the scheduler's {trained} training timesteps; diffusers runs them all, \
+         and so does dfast: {calls} {denoiser} calls"
+    )))
 }
 
 /// The named output, or the model's first output when it is named otherwise.

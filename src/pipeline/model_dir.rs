@@ -16,6 +16,8 @@ pub enum PipelineKind {
     StableDiffusion,
     /// `StableDiffusionXLPipeline`: two text encoders and `text_time` added conditioning (SDXL, SSD-1B).
     StableDiffusionXl,
+    /// `PixArtAlphaPipeline`: a T5 encoder and a DiT (`transformer/`) in place of the UNet.
+    PixArtAlpha,
 }
 
 /// The embedded tiny pipeline used when no `--model` is given.
@@ -62,7 +64,9 @@ impl PipelineDir {
         }
         let model_index = read_json(&index_path)?;
         let class = model_index.get("_class_name").and_then(Value::as_str).unwrap_or("");
-        let kind = if class.contains("XL") || root.join("text_encoder_2").is_dir() {
+        let kind = if class.starts_with("PixArtAlpha") || (class.is_empty() && root.join("transformer").is_dir()) {
+            PipelineKind::PixArtAlpha
+        } else if class.contains("XL") || root.join("text_encoder_2").is_dir() {
             PipelineKind::StableDiffusionXl
         } else if class.contains("StableDiffusion") || class.is_empty() {
             PipelineKind::StableDiffusion
@@ -70,7 +74,8 @@ impl PipelineDir {
             return Err(Error::bad_file(
                 &index_path,
                 format!(
-                    "pipeline class `{class}` is not supported; dfast runs StableDiffusion and StableDiffusionXL pipelines"
+                    "pipeline class `{class}` is not supported; dfast runs StableDiffusion, StableDiffusionXL and \
+                     PixArtAlpha pipelines"
                 ),
             ));
         };
@@ -84,6 +89,17 @@ impl PipelineDir {
     }
 
     fn required_files(&self) -> Vec<PathBuf> {
+        if self.kind == PipelineKind::PixArtAlpha {
+            return vec![
+                self.scheduler_config(),
+                self.component_model("text_encoder"),
+                self.component_model("transformer"),
+                self.root.join("transformer").join("config.json"),
+                self.component_model("vae_decoder"),
+                self.root.join("vae_decoder").join("config.json"),
+                self.root.join("tokenizer").join("tokenizer.json"),
+            ];
+        }
         let mut files = vec![
             self.scheduler_config(),
             self.component_model("text_encoder"),
@@ -104,6 +120,14 @@ impl PipelineDir {
             }
         }
         files
+    }
+
+    /// The component that denoises: `unet`, or `transformer` (PixArt's DiT).
+    pub fn denoiser(&self) -> &'static str {
+        match self.kind {
+            PipelineKind::PixArtAlpha => "transformer",
+            PipelineKind::StableDiffusion | PipelineKind::StableDiffusionXl => "unet",
+        }
     }
 
     pub fn component_model(&self, component: &str) -> PathBuf {

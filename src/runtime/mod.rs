@@ -12,6 +12,8 @@ pub use session::{HostTensor, InputSpec, Model, fit_shape, format_dims, is_out_o
 use crate::Result;
 
 /// An ONNX Runtime environment plus the execution provider (and its options) sessions are created for.
+/// Clones share the environment.
+#[derive(Clone)]
 pub struct Runtime {
     env: ort::environment::Environment,
     ep: ExecutionProvider,

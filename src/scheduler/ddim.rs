@@ -91,8 +91,6 @@ impl Scheduler for DdimScheduler {
             if prev_timestep >= 0 { self.alphas_cumprod[prev_timestep as usize] } else { self.final_alpha_cumprod };
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
-        let sqrt_alpha_t = alpha_prod_t.sqrt();
-        let sqrt_beta_t = beta_prod_t.sqrt();
 
         // eta = 0, but diffusers still folds the (zero) noise level into the direction coefficient; keep it so
         // degenerate schedules produce the same NaNs.
@@ -101,17 +99,41 @@ impl Scheduler for DdimScheduler {
         let direction_coeff = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
         let sqrt_alpha_prev = alpha_prod_t_prev.sqrt();
 
+        let predict = self.predict(timestep);
+        zip_map(sample, model_output, |s, m| {
+            let (pred_original_sample, pred_epsilon) = predict(s, m);
+            sqrt_alpha_prev * pred_original_sample + direction_coeff * pred_epsilon
+        })
+    }
+
+    fn pred_original_sample(
+        &self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+    ) -> Option<ArrayD<f32>> {
+        let predict = self.predict(self.timesteps[step_index]);
+        Some(zip_map(sample, model_output, |s, m| predict(s, m).0))
+    }
+}
+
+impl DdimScheduler {
+    /// (pred_original_sample, clipped as configured; pred_epsilon) from one sample value and model output at
+    /// `timestep`.
+    fn predict(&self, timestep: i64) -> impl Fn(f32, f32) -> (f32, f32) + use<> {
+        let alpha_prod_t = self.alphas_cumprod[timestep as usize];
+        let sqrt_alpha_t = alpha_prod_t.sqrt();
+        let sqrt_beta_t = (1.0 - alpha_prod_t).sqrt();
         let (clip, range) = (self.clip_sample, self.clip_sample_range);
         let clamp = move |x: f32| if clip && !x.is_nan() { x.max(-range).min(range) } else { x };
         let prediction_type = self.prediction_type;
-        zip_map(sample, model_output, |s, m| {
+        move |s, m| {
             let (pred_original_sample, pred_epsilon) = match prediction_type {
                 PredictionType::Epsilon => ((s - sqrt_beta_t * m) / sqrt_alpha_t, m),
                 PredictionType::Sample => (m, (s - sqrt_alpha_t * m) / sqrt_beta_t),
                 PredictionType::VPrediction => (sqrt_alpha_t * s - sqrt_beta_t * m, sqrt_alpha_t * m + sqrt_beta_t * s),
             };
-            let pred_original_sample = clamp(pred_original_sample);
-            sqrt_alpha_prev * pred_original_sample + direction_coeff * pred_epsilon
-        })
+            (clamp(pred_original_sample), pred_epsilon)
+        }
     }
 }

@@ -255,4 +255,22 @@ impl Scheduler for EulerDiscreteScheduler {
             }),
         }
     }
+
+    fn pred_original_sample(
+        &self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+    ) -> Option<ArrayD<f32>> {
+        let sigma = self.sigmas[step_index];
+        Some(match self.prediction_type {
+            PredictionType::Epsilon => zip_map(sample, model_output, |s, m| s - sigma * m),
+            PredictionType::VPrediction => {
+                let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+                let c_skip_denom = sigma * sigma + 1.0;
+                zip_map(sample, model_output, |s, m| m * c_out + s / c_skip_denom)
+            }
+            PredictionType::Sample => model_output.clone(),
+        })
+    }
 }

@@ -48,6 +48,17 @@ pub trait Scheduler {
     fn scale_model_input(&self, sample: ArrayD<f32>, step_index: usize) -> ArrayD<f32>;
     /// One denoising step: the previous sample from the model output at step `step_index`.
     fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32>;
+    /// The denoised estimate (x0) that `step` at `step_index` computes on the way, which diffusers' step
+    /// returns as `pred_original_sample` (Euler, DDIM); None where diffusers' step does not return it.
+    /// PixArt's pipeline takes it as the result of a one-step generation.
+    fn pred_original_sample(
+        &self,
+        _model_output: &ArrayD<f32>,
+        _step_index: usize,
+        _sample: &ArrayD<f32>,
+    ) -> Option<ArrayD<f32>> {
+        None
+    }
 }
 
 /// Builds a scheduler of `kind` from a config; `kind` None means the config's own `_class_name`.

@@ -4,8 +4,8 @@
 use super::rules::Args;
 use super::shapes::{axes_of, conv_shape, matmul_shape, normalize_axis, reduce_shape};
 use super::{Const, Facts, Shape};
-use crate::onnx::attr_int;
 use crate::onnx::tensor::dtype;
+use crate::onnx::{attr_int, attr_string};
 
 /// Output shapes of the attention ops the passes emit: ONNX `Attention` (opset 23) and
 /// `com.microsoft::MultiHeadAttention`, whose output has the query's leading dims and the value's width.
@@ -54,6 +54,47 @@ pub(super) fn matmul(a: &Args) -> Vec<Facts> {
 pub(super) fn quantized_matmul(a: &Args) -> Vec<Facts> {
     let Some(b) = a.input(1) else { return vec![] };
     vec![Facts::typed(Some(dtype::FLOAT), matmul_shape(a.x.shape.as_ref(), b.shape.as_ref()))]
+}
+
+/// `Einsum` with one letter per axis (no `...`): each output letter takes its size from an input axis of the
+/// same letter; without `->`, the output is the letters that appear once, in alphabetical order (the ONNX
+/// spec). PixArt's sin-cos position embedding is an outer product exported as `Einsum`.
+pub(super) fn einsum(a: &Args) -> Vec<Facts> {
+    let Some(equation) = attr_string(a.node, "equation") else { return vec![] };
+    let equation: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    if equation.contains('.') {
+        return vec![];
+    }
+    let (lhs, rhs) = match equation.split_once("->") {
+        Some((l, r)) => (l.to_string(), r.to_string()),
+        None => {
+            let mut once: Vec<char> =
+                equation.chars().filter(|c| c.is_ascii_alphabetic() && equation.matches(*c).count() == 1).collect();
+            once.sort_unstable();
+            (equation.clone(), once.into_iter().collect())
+        }
+    };
+    let terms: Vec<&str> = lhs.split(',').collect();
+    let inputs = a.present();
+    if terms.len() != inputs.len() {
+        return vec![];
+    }
+    let mut sizes: std::collections::HashMap<char, Option<i64>> = std::collections::HashMap::new();
+    for (term, facts) in terms.iter().zip(&inputs) {
+        let Some(shape) = &facts.shape else { continue };
+        if shape.len() != term.chars().count() {
+            return vec![];
+        }
+        for (letter, &dim) in term.chars().zip(shape) {
+            // A known size wins over an unknown one (broadcast 1s aside, every axis of a letter agrees).
+            let entry = sizes.entry(letter).or_insert(dim);
+            if entry.is_none_or(|d| d == 1) && dim.is_some() {
+                *entry = dim;
+            }
+        }
+    }
+    let shape: Option<Shape> = rhs.chars().map(|letter| sizes.get(&letter).copied()).collect();
+    vec![Facts::typed(inputs.first().and_then(|f| f.dtype), shape)]
 }
 
 pub(super) fn gemm(a: &Args) -> Vec<Facts> {

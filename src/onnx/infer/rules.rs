@@ -126,6 +126,7 @@ pub(super) static RULES: &[Rule] = &[
     rule(ONNX, &["Tile"], structural::tile),
     rule(ONNX, &["MatMul", "MatMulInteger"], compute::matmul),
     rule(ONNX, &["Gemm"], compute::gemm),
+    rule(ONNX, &["Einsum"], compute::einsum),
     rule(ONNX, &["Conv"], compute::conv),
     rule(ONNX, &["Resize", "Upsample"], compute::resize),
     rule(ONNX, &["ArgMax", "ArgMin"], compute::arg_reduce),
