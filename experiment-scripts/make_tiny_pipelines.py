@@ -1038,6 +1038,138 @@ def save_pixart(models: Path, refs: Path):
         if variant.exists():
             shutil.rmtree(variant)
         export_pixart_transformer(transformer_1024, variant / "transformer")
+        print("PixArt reference runs ...")
+        save_pixart_references(pipe, transformer_1024, models, refs)
+
+
+# The PixArt references: (folder, transformer ("tiny-pixart" or "tiny-pixart-1024"), scheduler, requested
+# height, width, steps, negative prompt, resolution binning, image kept: "full" or a center crop's side).
+# Binning maps 200x300 to its ASPECT_RATIO_256_BIN bin and resizes back; 1 step takes diffusers' one-step
+# branch (the scheduler's pred_original_sample); DPM-Solver++ has no 1-step case: its step() returns only
+# prev_sample, so diffusers' pipeline fails with IndexError there.
+PIXART_CASES = [
+    ("dpm++", "tiny-pixart", "dpm++", 256, 256, 20, NEGATIVE_PROMPT, True, "full"),
+    ("euler", "tiny-pixart", "euler", 256, 256, 20, NEGATIVE_PROMPT, True, 64),
+    ("ddim", "tiny-pixart", "ddim", 256, 256, 20, NEGATIVE_PROMPT, True, 64),
+    ("dpm++-binned-200x300", "tiny-pixart", "dpm++", 200, 300, 20, None, True, "full"),
+    ("euler-binned-300x200", "tiny-pixart", "euler", 300, 200, 20, NEGATIVE_PROMPT, True, 64),
+    ("dpm++-no-binning-64x96", "tiny-pixart", "dpm++", 64, 96, 20, NEGATIVE_PROMPT, False, "full"),
+    ("euler-1step", "tiny-pixart", "euler", 256, 256, 1, NEGATIVE_PROMPT, True, 64),
+    ("ddim-1step", "tiny-pixart", "ddim", 256, 256, 1, NEGATIVE_PROMPT, True, 64),
+    ("dpm++-binned-1000x600", "tiny-pixart-1024", "dpm++", 1000, 600, 20, NEGATIVE_PROMPT, True, 64),
+]
+PIXART_SCHEDULERS = {
+    "dpm++": (DPMSolverMultistepScheduler, {}),  # as the checkpoint ships it
+    "euler": (EulerDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+}
+PIXART_GUIDANCE = 4.5  # diffusers' default for PixArtAlphaPipeline
+
+
+def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
+    """diffusers' PixArtAlphaPipeline on the same weights, with the tokenizer and scheduler loaded from the
+    committed folders; clean_caption=False (dfast does not clean captions), max_sequence_length 120, a torch CPU
+    generator seeded per case. Latents are the final latents before decoding (at the binned size)."""
+    pipe.tokenizer = T5TokenizerFast.from_pretrained(models / "tiny-pixart" / "tokenizer")
+    base = DPMSolverMultistepScheduler.from_pretrained(models / "tiny-pixart" / "scheduler").config
+    transformers = {"tiny-pixart": pipe.transformer, "tiny-pixart-1024": transformer_1024}
+    out_root = refs / "tiny-pixart"
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    out_root.mkdir(parents=True)
+
+    # Token ids as encode_prompt makes them: _text_preprocessing (lower().strip()), then padding to 120.
+    rows = []
+    for prompt in [PROMPT, NEGATIVE_PROMPT] + TOKEN_PROMPTS:
+        text = pipe._text_preprocessing(prompt, clean_caption=False)[0]
+        enc = pipe.tokenizer(text, padding="max_length", max_length=PIXART_MAX_SEQUENCE, truncation=True, add_special_tokens=True)
+        untruncated = pipe.tokenizer(text, padding="longest").input_ids
+        rows.append({
+            "prompt": prompt,
+            "preprocessed": text,
+            "input_ids": enc.input_ids,
+            "attention_mask": enc.attention_mask,
+            "truncated": len(untruncated) > PIXART_MAX_SEQUENCE,
+        })
+    (out_root / "tokens.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+
+    # The text encoder's output for the prompt and the negative prompt (the transformer's encoder_hidden_states).
+    with torch.no_grad():
+        embeds, mask, neg_embeds, neg_mask = pipe.encode_prompt(
+            PROMPT, True, negative_prompt=NEGATIVE_PROMPT, clean_caption=False, max_sequence_length=PIXART_MAX_SEQUENCE
+        )
+    text_dir = out_root / "text"
+    text_dir.mkdir()
+    np.save(text_dir / "prompt_embeds.npy", embeds.numpy().astype(np.float32))
+    np.save(text_dir / "negative_prompt_embeds.npy", neg_embeds.numpy().astype(np.float32))
+    text_params = {
+        "prompt": PROMPT,
+        "negative_prompt": NEGATIVE_PROMPT,
+        "max_sequence_length": PIXART_MAX_SEQUENCE,
+        "prompt_tokens": int(mask.sum()),
+        "negative_prompt_tokens": int(neg_mask.sum()),
+        "shape": list(embeds.shape),
+    }
+    (text_dir / "params.json").write_text(json.dumps(text_params, indent=1))
+
+    for name, transformer, key, height, width, steps, negative, binning, keep in PIXART_CASES:
+        cls, overrides = PIXART_SCHEDULERS[key]
+        pipe.transformer = transformers[transformer]
+        pipe.scheduler = cls.from_config(base, **overrides)
+        out = out_root / name
+        out.mkdir()
+        pipe.scheduler.save_config(out)
+        call = dict(
+            prompt=PROMPT,
+            negative_prompt=negative if negative is not None else "",
+            num_inference_steps=steps,
+            guidance_scale=PIXART_GUIDANCE,
+            height=height,
+            width=width,
+            clean_caption=False,
+            max_sequence_length=PIXART_MAX_SEQUENCE,
+            use_resolution_binning=binning,
+        )
+        seed = 0
+        with torch.no_grad():
+            latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+            image = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images[0]
+        np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+        assert image.size == (width, height), f"{name}: image {image.size}, requested {width}x{height}"
+        params = {
+            "pipeline": "PixArtAlphaPipeline",
+            "model": f"models/{transformer}" if transformer == "tiny-pixart" else
+            "models/tiny-pixart with transformer/ from models/variants/tiny-pixart-1024/transformer",
+            "prompt": PROMPT,
+            "negative_prompt": call["negative_prompt"],
+            "negative_prompt_given": negative is not None,
+            "steps": steps,
+            "guidance": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "resolution_binning": binning,
+            "binned_height": int(latents.shape[2]) * 8,
+            "binned_width": int(latents.shape[3]) * 8,
+            "seed": seed,
+            "generator": "torch CPU (torch.Generator('cpu').manual_seed(seed)), as diffusers draws the initial latents",
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+            "scheduler": key,
+            "scheduler_class": cls.__name__,
+            "scheduler_overrides": overrides,
+        }
+        if keep == "full":
+            image.save(out / "image.png")
+            params["image"] = "the whole image, height x width"
+        else:
+            top, left = (height - keep) // 2, (width - keep) // 2
+            image.crop((left, top, left + keep, top + keep)).save(out / "image.png")
+            params["image"] = f"the center {keep}x{keep} crop of the {height}x{width} image"
+            params["image_crop"] = {"top": top, "left": left, "height": keep, "width": keep}
+        (out / "params.json").write_text(json.dumps(params, indent=1))
+        print(f"  tiny-pixart/{name}: binned {params['binned_height']}x{params['binned_width']} |latents| = {latents.norm():.4f}")
+    pipe.transformer = transformers["tiny-pixart"]
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(base)
 
 
 def link_duplicates(models: Path, min_size: int = 4096, later: tuple = ()):
