@@ -161,7 +161,7 @@ def main():
     ap.add_argument("--arch", choices=sorted(ARCHS), help="architecture for --random-weights")
     ap.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     ap.add_argument("--opset", type=int, help="default 17 (torchscript) or 23 (dynamo)")
-    ap.add_argument("--components", default="text_encoder,text_encoder_2,unet,vae_decoder",
+    ap.add_argument("--components", default="text_encoder,text_encoder_2,unet,transformer,vae_decoder",
                     help="comma list of components to export (others are skipped)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -191,6 +191,10 @@ def main():
         pipe = pipe.to(torch.float32)
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
+        if type(pipe).__name__ == "PixArtAlphaPipeline":
+            export_pixart(pipe, out, wanted)
+            print(f"{out}: done in {time.time() - t0:.0f} s ({args.exporter}, opset {tiny.EXPORT['opset']})")
+            return
         # Layout files: model_index.json, scheduler config, tokenizers (vocab.json + merges.txt).
         with tempfile.TemporaryDirectory() as saved:
             pipe.save_config(saved)
@@ -219,6 +223,33 @@ def main():
             consolidate_external_data(out / name / "model.onnx")
             print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
     print(f"{out}: done in {time.time() - t0:.0f} s ({args.exporter}, opset {tiny.EXPORT['opset']})")
+
+
+def export_pixart(pipe, out: Path, wanted: set):
+    """A PixArtAlphaPipeline in the layout of models/tiny-pixart: model_index.json, scheduler/, tokenizer/
+    (tokenizer.json, which transformers' fast T5 tokenizer writes), text_encoder/ (T5 encoder), transformer/
+    (the interface described in make_tiny_pipelines.py above PIXART_SCHEDULER), vae_decoder/."""
+    with tempfile.TemporaryDirectory() as saved:
+        pipe.save_config(saved)
+        shutil.copy(Path(saved) / "model_index.json", out / "model_index.json")
+    (out / "scheduler").mkdir(exist_ok=True)
+    pipe.scheduler.save_config(out / "scheduler")
+    pipe.tokenizer.save_pretrained(out / "tokenizer")
+    if not (out / "tokenizer" / "tokenizer.json").exists():
+        raise SystemExit(f"{out / 'tokenizer'}: the pipeline's tokenizer ({type(pipe.tokenizer).__name__}) wrote no "
+                         "tokenizer.json; dfast needs the fast T5 tokenizer's file")
+    exports = []
+    if "text_encoder" in wanted:
+        exports.append(("text_encoder", lambda: tiny.export_t5(pipe.text_encoder, out / "text_encoder")))
+    if "transformer" in wanted:
+        exports.append(("transformer", lambda: tiny.export_pixart_transformer(pipe.transformer, out / "transformer")))
+    if "vae_decoder" in wanted:
+        exports.append(("vae_decoder", lambda: export_vae_decoder(pipe.vae, out)))
+    for name, fn in exports:
+        t = time.time()
+        fn()
+        consolidate_external_data(out / name / "model.onnx")
+        print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
 
 
 def export_vae_decoder(vae, out: Path):

@@ -28,6 +28,8 @@ Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffuse
   python experiment-scripts/make_tiny_pipelines.py              # everything
   python experiment-scripts/make_tiny_pipelines.py --variants   # models/variants/ only
   python experiment-scripts/make_tiny_pipelines.py --pixart     # the PixArt-α fixtures only (needs sentencepiece)
+  python experiment-scripts/make_tiny_pipelines.py --pixart-other /tmp/pixart-other   # an untested config, see
+                                                                # save_pixart_other (not committed)
 """
 
 import argparse
@@ -376,7 +378,7 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes, ma
         )
     # The export must reproduce torch on its own example inputs (skipped above 2 GB, where a second copy of
     # the weights in ONNX Runtime would double the memory of a full-size export).
-    if sum(p.stat().st_size for p in path.parent.iterdir()) > 2**31:
+    if folder_bytes(path.parent) > 2**31:
         return
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {n: a.numpy() for n, a in zip(input_names, args)}
@@ -387,6 +389,10 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes, ma
     for name, g, w in zip(output_names, got, want):
         err = np.linalg.norm(g - w.numpy()) / max(np.linalg.norm(w.numpy()), 1e-12)
         assert err < 1e-5, f"{path}: output {name} differs from torch (relative L2 {err:.2e})"
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
 
 
 def export_text_encoder(model, folder: Path, projection: bool, hidden_states: bool, ids_dtype):
@@ -941,6 +947,8 @@ def export_pixart_transformer(transformer, folder: Path):
         if hook is not None:
             hook.remove()
     transformer.save_config(folder)
+    if folder_bytes(folder) > 2**31:  # as in export(): no second copy of a full-size model in memory
+        return
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     s = transformer.config.sample_size
     for batch, h, w in [(1, s, s), (2, s, s), (1, 4 * p, 7 * p), (2, s + 2 * p, s - 4 * p)]:
@@ -967,6 +975,8 @@ def export_t5(model, folder: Path):
     path = folder / "model.onnx"
     export(wrapper, [ids, mask], path, ["input_ids", "attention_mask"], ["last_hidden_state"], axes, max_sequence=512)
     model.config.to_json_file(folder / "config.json")
+    if folder_bytes(folder) > 2**31:
+        return
     # Another sequence length than the traced one (the relative position buckets depend on it).
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     short_ids, short_mask = ids[:, :40].contiguous(), mask[:, :40].contiguous()
@@ -1172,6 +1182,95 @@ def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(base)
 
 
+def save_pixart_other(dest: Path):
+    """A second tiny PixArt pipeline in diffusers' own format (safetensors), with a config that no committed
+    fixture or test uses (T5 width 48 with 4 heads and 3 layers; a DiT with sample_size 64, so
+    ASPECT_RATIO_512_BIN, 4 heads of 6, 3 layers; another VAE), and diffusers' references for it in
+    dest/references/<case>/ (latents.npy, image.png, params.json as in tests/references/tiny-pixart). For checking
+    `export_onnx.py --model dest` followed by `dfast generate` against diffusers."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_t5_tokenizer(Path(tmp) / "tokenizer")
+    torch.manual_seed(5)
+    config = tiny_t5(640).config
+    config.update({"d_model": 48, "d_kv": 12, "num_heads": 4, "num_layers": 3, "d_ff": 64})
+    text_encoder = T5EncoderModel(config)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=4,
+        attention_head_dim=6,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        cross_attention_dim=24,
+        sample_size=64,
+        patch_size=2,
+        caption_channels=48,
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 24),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    )
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER),
+    ).to(torch.float32)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(PIXART_SCHEDULER, indent=2) + "\n")
+    pipe = PixArtAlphaPipeline.from_pretrained(dest)  # as a user loads it (float32)
+    base = pipe.scheduler.config
+    for name, key, height, width in [("dpm++-512", "dpm++", 512, 512), ("euler-binned-400x600", "euler", 400, 600)]:
+        cls, overrides = PIXART_SCHEDULERS[key]
+        pipe.scheduler = cls.from_config(base, **overrides)
+        call = dict(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE_PROMPT,
+            num_inference_steps=20,
+            guidance_scale=PIXART_GUIDANCE,
+            height=height,
+            width=width,
+            clean_caption=False,
+            max_sequence_length=PIXART_MAX_SEQUENCE,
+        )
+        with torch.no_grad():
+            latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images
+            image = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="pil").images[0]
+        out = dest / "references" / name
+        out.mkdir(parents=True)
+        np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+        image.save(out / "image.png")
+        pipe.scheduler.save_config(out)
+        params = {
+            "pipeline": "PixArtAlphaPipeline",
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "steps": 20,
+            "guidance": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "resolution_binning": True,
+            "binned_height": int(latents.shape[2]) * 8,
+            "binned_width": int(latents.shape[3]) * 8,
+            "seed": 0,
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+            "scheduler": key,
+            "scheduler_class": cls.__name__,
+            "image": "the whole image, height x width",
+        }
+        (out / "params.json").write_text(json.dumps(params, indent=1))
+        print(f"  {dest.name}/references/{name}: binned {params['binned_height']}x{params['binned_width']}")
+
+
 def link_duplicates(models: Path, min_size: int = 4096, later: tuple = ()):
     """Replaces each file under `models` whose bytes equal an earlier one's (in path order) by a relative
     symlink to it: the six CLIP vocabularies and the shared VAEs are stored once, which keeps the tracked tree
@@ -1200,8 +1299,13 @@ def main():
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root to write into")
     ap.add_argument("--variants", action="store_true", help="write models/variants/ only (same weights)")
     ap.add_argument("--pixart", action="store_true", help="write the PixArt-α fixtures and references only")
+    ap.add_argument("--pixart-other", type=Path, metavar="DIR",
+                    help="write only a second tiny PixArt pipeline (diffusers format) and its references to DIR")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.pixart_other:
+        save_pixart_other(args.pixart_other)
+        return
     models, refs = args.root / "models", args.root / "tests" / "references"
     refs.mkdir(parents=True, exist_ok=True)
     if args.pixart:
