@@ -15,7 +15,8 @@ unet/, vae_decoder/, vae_encoder/), exported with the TorchScript exporter at op
 With --pixart, only the PixArt-α fixtures (nothing of the above is written):
   models/tiny-pixart/, models/tiny-pixart-dynamo/  PixArtAlphaPipeline (T5EncoderModel with a SentencePiece
                      tokenizer trained here, PixArtTransformer2DModel with sample_size 32, tiny-sd's VAE decoder,
-                     the checkpoint's DPM-Solver++ scheduler); the ONNX interfaces are in the comment above PIXART_SCHEDULER;
+                     the checkpoint's DPM-Solver++ scheduler); the ONNX interfaces are in the comment above
+                     PIXART_SCHEDULER;
   models/variants/tiny-pixart-1024/transformer  a transformer with sample_size 128 (the `resolution` and
                      `aspect_ratio` conditions) for a copy of tiny-pixart;
   tests/references/tiny-pixart*/  diffusers' PixArtAlphaPipeline outputs for them.
@@ -880,7 +881,9 @@ class PixArtTransformerWrapper(torch.nn.Module):
         super().__init__()
         self.transformer, self.expand_mask = transformer, expand_mask
 
-    def forward(self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, resolution=None, aspect_ratio=None):
+    def forward(
+        self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, resolution=None, aspect_ratio=None
+    ):
         added = {"resolution": resolution, "aspect_ratio": aspect_ratio}
         if self.expand_mask:
             p = self.transformer.config.patch_size
@@ -964,7 +967,8 @@ def export_pixart_transformer(transformer, folder: Path):
 
 
 def export_t5(model, folder: Path):
-    ids = torch.randint(3, model.config.vocab_size, (2, PIXART_MAX_SEQUENCE), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, PIXART_MAX_SEQUENCE), generator=generator)
     mask = torch.zeros_like(ids)
     mask[0, :9], mask[1, :31] = 1, 1
     ids[0, 8], ids[1, 30] = 1, 1
@@ -1095,7 +1099,9 @@ def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
     rows = []
     for prompt in [PROMPT, NEGATIVE_PROMPT] + TOKEN_PROMPTS:
         text = pipe._text_preprocessing(prompt, clean_caption=False)[0]
-        enc = pipe.tokenizer(text, padding="max_length", max_length=PIXART_MAX_SEQUENCE, truncation=True, add_special_tokens=True)
+        enc = pipe.tokenizer(
+            text, padding="max_length", max_length=PIXART_MAX_SEQUENCE, truncation=True, add_special_tokens=True
+        )
         untruncated = pipe.tokenizer(text, padding="longest").input_ids
         rows.append({
             "prompt": prompt,
@@ -1180,7 +1186,8 @@ def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
             params["image"] = f"the center {keep}x{keep} crop of the {height}x{width} image"
             params["image_crop"] = {"top": top, "left": left, "height": keep, "width": keep}
         (out / "params.json").write_text(json.dumps(params, indent=1))
-        print(f"  tiny-pixart/{name}: binned {params['binned_height']}x{params['binned_width']} |latents| = {latents.norm():.4f}")
+        binned = f"{params['binned_height']}x{params['binned_width']}"
+        print(f"  tiny-pixart/{name}: binned {binned} |latents| = {latents.norm():.4f}")
     pipe.transformer = transformers["tiny-pixart"]
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(base)
 
