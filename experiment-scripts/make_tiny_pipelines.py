@@ -12,6 +12,14 @@ unet/, vae_decoder/, vae_encoder/), exported with the TorchScript exporter at op
                      tiny-sd-dynamo-unet-static (dynamo, every input static: batch 2, 64x64, `timestep` [1]);
   tests/references/  diffusers' own outputs: token ids, torch CPU noise per seed, and per pipeline and
                      scheduler the final latents and decoded uint8 image.
+With --pixart, only the PixArt-α fixtures (nothing of the above is written):
+  models/tiny-pixart/, models/tiny-pixart-dynamo/  PixArtAlphaPipeline (T5EncoderModel with a SentencePiece
+                     tokenizer trained here, PixArtTransformer2DModel with sample_size 32, tiny-sd's VAE decoder,
+                     the checkpoint's DPM-Solver++ scheduler); the ONNX interfaces are in the comment above
+                     PIXART_SCHEDULER;
+  models/variants/tiny-pixart-1024/transformer  a transformer with sample_size 128 (the `resolution` and
+                     `aspect_ratio` conditions) for a copy of tiny-pixart;
+  tests/references/tiny-pixart*/  diffusers' PixArtAlphaPipeline outputs for them.
 
 The weights are random (a fixed torch seed): the point is numerical parity with diffusers, not pictures.
 Tokenizers use the real 49408-token CLIP BPE vocabulary, taken from open_clip_torch's
@@ -20,6 +28,9 @@ bpe_simple_vocab_16e6.txt.gz and written as vocab.json + merges.txt, as the real
 Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffusers 0.42.1):
   python experiment-scripts/make_tiny_pipelines.py              # everything
   python experiment-scripts/make_tiny_pipelines.py --variants   # models/variants/ only
+  python experiment-scripts/make_tiny_pipelines.py --pixart     # the PixArt-α fixtures only (needs sentencepiece)
+  python experiment-scripts/make_tiny_pipelines.py --pixart-other /tmp/pixart-other   # an untested config, see
+                                                                # save_pixart_other (not committed)
 """
 
 import argparse
@@ -38,13 +49,23 @@ from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    PixArtAlphaPipeline,
+    PixArtTransformer2DModel,
     PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 import common  # a sibling module (this script's folder is on sys.path)
 
@@ -331,14 +352,14 @@ class VaeEncoderWrapper(torch.nn.Module):
         return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
 
 
-def export(module, args, path: Path, input_names, output_names, dynamic_axes):
+def export(module, args, path: Path, input_names, output_names, dynamic_axes, max_sequence: int = 77):
     path.parent.mkdir(parents=True, exist_ok=True)
     if EXPORT["dynamo"]:
         # torch.export wants bounded, shared dimension objects: the UNet's upsampler branches on batch >= 64,
         # and the downsampling makes height and width multiples that Dim.AUTO works out.
         dims = {
             "batch_size": torch.export.Dim.AUTO,
-            "sequence_length": torch.export.Dim("sequence", min=1, max=77),
+            "sequence_length": torch.export.Dim("sequence", min=1, max=max_sequence),
             "height": torch.export.Dim.AUTO,
             "width": torch.export.Dim.AUTO,
         }
@@ -358,7 +379,7 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes):
         )
     # The export must reproduce torch on its own example inputs (skipped above 2 GB, where a second copy of
     # the weights in ONNX Runtime would double the memory of a full-size export).
-    if sum(p.stat().st_size for p in path.parent.iterdir()) > 2**31:
+    if folder_bytes(path.parent) > 2**31:
         return
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {n: a.numpy() for n, a in zip(input_names, args)}
@@ -369,6 +390,10 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes):
     for name, g, w in zip(output_names, got, want):
         err = np.linalg.norm(g - w.numpy()) / max(np.linalg.norm(w.numpy()), 1e-12)
         assert err < 1e-5, f"{path}: output {name} differs from torch (relative L2 {err:.2e})"
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
 
 
 def export_text_encoder(model, folder: Path, projection: bool, hidden_states: bool, ids_dtype):
@@ -417,7 +442,7 @@ def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: 
     unet.save_config(folder)
 
 
-def export_vae(vae, root: Path):
+def export_vae_decoder(vae, root: Path):
     lat = torch.randn(1, 4, 8, 12)
     export(
         VaeDecoderWrapper(vae),
@@ -428,6 +453,10 @@ def export_vae(vae, root: Path):
         {"latent_sample": {0: "batch_size", 2: "height", 3: "width"}, "sample": {0: "batch_size", 2: "height", 3: "width"}},
     )
     vae.save_config(root / "vae_decoder")
+
+
+def export_vae(vae, root: Path):
+    export_vae_decoder(vae, root)
     img = torch.randn(1, 3, 64, 96)
     export(
         VaeEncoderWrapper(vae),
@@ -588,14 +617,680 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
     pipe.scheduler = default_cls.from_config(base)
 
 
-def link_duplicates(models: Path, min_size: int = 4096):
+# ---------------------------------------------------------------------------------------------------------
+# PixArt-α (PixArtAlphaPipeline): a tiny T5 encoder with a SentencePiece tokenizer trained here, a tiny DiT
+# (PixArtTransformer2DModel), the VAE decoder and the checkpoint's DPM-Solver++ scheduler.
+#
+# ONNX interface of transformer/model.onnx (both exporter styles; batch, height, width and S dynamic):
+#   hidden_states          float32 [B, 4, h, w]      latents (h, w: the binned size / 8), scaled by the scheduler
+#   encoder_hidden_states  float32 [B, S, C]         T5's last_hidden_state (S = 120 = max_sequence_length,
+#                                                    C = the T5 width, config.json's caption_channels)
+#   encoder_attention_mask int64   [B, S]            the tokenizer's attention mask (1 keep, 0 pad), as diffusers
+#                                                    passes it; the graph turns it into a -10000 bias
+#   timestep               float32 [B]               the scheduler's timestep expanded to the batch (diffusers
+#                                                    passes int64 for DPM-Solver++, float32 for Euler: both are
+#                                                    cast to float inside the model, so float32 is exact)
+#   resolution             float32 [B, 2]            only when sample_size is 128: (height, width) in pixels of
+#   aspect_ratio           float32 [B, 1]              the binned size, and height / width
+#   -> out_sample          float32 [B, 8, h, w]      learned sigma: the first 4 channels are the noise prediction
+# text_encoder/model.onnx: input_ids int64 [B, S], attention_mask int64 [B, S] -> last_hidden_state [B, S, C].
+# vae_decoder/model.onnx: latent_sample [B, 4, h, w] -> sample [B, 3, 8h, 8w], as in the SD fixtures.
+# The tokenizer lowercases nothing itself: diffusers' pipeline (clean_caption=False) calls prompt.lower().strip()
+# before tokenizing.
+
+# PixArt-alpha/PixArt-XL-2-1024-MS's scheduler/scheduler_config.json, verbatim ("lambda_min_clipped" is
+# -Infinity there, which json.dumps writes as the bare token -Infinity, as the checkpoint's file holds it).
+PIXART_SCHEDULER = {
+    "_class_name": "DPMSolverMultistepScheduler",
+    "_diffusers_version": "0.22.0.dev0",
+    "algorithm_type": "dpmsolver++",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "dynamic_thresholding_ratio": 0.995,
+    "euler_at_final": False,
+    "lambda_min_clipped": float("-inf"),
+    "lower_order_final": True,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "steps_offset": 0,
+    "thresholding": False,
+    "timestep_spacing": "linspace",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+    "use_lu_lambdas": False,
+    "variance_type": None,
+}
+PIXART_MAX_SEQUENCE = 120  # the pipeline's max_sequence_length
+
+
+def PIXART_FOLDERS(models: Path) -> tuple:
+    """What --pixart writes under models/."""
+    return (models / "tiny-pixart", models / "tiny-pixart-dynamo", models / "variants" / "tiny-pixart-1024")
+
+# Word lists for the tokenizer's training text: caption-like lines, drawn with a fixed seed.
+_SUBJECTS = (
+    "astronaut horse cat dog fox lion tiger robot castle lighthouse mountain river forest city street garden "
+    "bridge ship train car bicycle owl eagle dragon wizard knight girl boy woman man child teapot cup apple "
+    "orange flower rose tree house village temple tower cloud moon sun star planet ocean wave beach desert "
+    "island volcano waterfall squirrel penguin octopus jellyfish butterfly hummingbird elephant giraffe zebra "
+    "kangaroo koala panda wolf bear rabbit deer turtle whale dolphin shark parrot peacock swan flamingo "
+    "hedgehog raccoon otter camel llama spaceship airplane balloon submarine motorcycle tractor bus skyscraper "
+    "cathedral pyramid windmill cabin cottage library museum market cafe bakery restaurant station harbor "
+    "canyon glacier meadow jungle swamp cave lake pond field vineyard orchard samurai pirate astronomer "
+    "scientist chef painter musician dancer farmer sailor soldier queen king princess monk grandmother "
+    "sculpture lantern clock violin guitar piano umbrella crown sword shield book candle mirror chandelier "
+    "bottle basket pumpkin strawberry cherry lemon mushroom cactus sunflower tulip lotus bamboo"
+).split()
+_ADJECTIVES = (
+    "red blue green yellow purple golden silver tiny huge old young ancient futuristic cozy misty snowy sunny "
+    "dark bright colorful quiet busy wooden glass stone neon vintage majestic cute small large shiny dusty "
+    "frozen gigantic miniature glowing translucent crystal velvet rusty polished weathered abandoned enchanted "
+    "mysterious whimsical elegant minimalist surreal baroque gothic victorian medieval cyberpunk steampunk "
+    "pastel vibrant muted foggy stormy autumn tropical arctic rustic ornate sleek fluffy furry feathered "
+    "metallic marble porcelain paper origami pixelated low-poly isometric"
+).split()
+_PLACES = (
+    "on mars|in the forest|at sunset|under the stars|by the sea|in a city|on a hill|in the rain|at night|"
+    "in winter|in spring|on the moon|in a garden|near a river|in the desert|on a beach|in space|in a kitchen|"
+    "on a table|in the mountains"
+).split("|")
+_STYLES = (
+    "highly detailed|trending on artstation|unreal engine|octane render|volumetric fog|golden hour|bokeh|"
+    "wide angle|macro shot|portrait|aerial view|symmetrical|ukiyo-e woodblock print|impressionist|art nouveau|"
+    "by a famous artist|hyperrealistic|matte painting|lens flare|film grain|long exposure|digital art|"
+    "oil painting|watercolor|photograph|cinematic lighting|35mm film|studio photo|concept art|pencil sketch|8k|"
+    "sharp focus|soft light|dramatic clouds|award winning"
+).split("|")
+_VERBS = (
+    "riding|holding|watching|standing next to|sitting on|flying over|walking through|looking at|playing with|"
+    "jumping over"
+).split("|")
+
+
+def caption_lines(seed: int, n: int) -> list:
+    import random
+
+    r = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        line = f"a {r.choice(_ADJECTIVES)} {r.choice(_SUBJECTS)}"
+        if r.random() < 0.6:
+            line += f" {r.choice(_VERBS)} a {r.choice(_ADJECTIVES)} {r.choice(_SUBJECTS)}"
+        line += f" {r.choice(_PLACES)}"
+        for _ in range(r.randint(0, 3)):
+            line += f", {r.choice(_STYLES)}"
+        if r.random() < 0.3:
+            line = line.capitalize()
+        if r.random() < 0.1:
+            line += f" {r.randint(1, 2000)}"
+        lines.append(line)
+    return lines
+
+
+# Prompts whose ids the fast tokenizer must give exactly as SentencePiece does (T5 appends </s> = 1).
+T5_CHECK_PROMPTS = [
+    "a photo of an astronaut riding a horse on mars",
+    "",
+    "a red fox in the forest, digital art 2024",
+    "blurry, low quality",
+    "ein café in zürich qqq",
+    "a glowing crystal dragon flying over a misty village at night, cinematic lighting, 8k",
+]
+
+
+def make_t5_tokenizer(dest: Path) -> T5TokenizerFast:
+    """A SentencePiece Unigram model trained on caption_lines(0, 1500) with T5's special ids (<pad> 0, </s> 1,
+    <unk> 2, no <s>) and T5's NFKC normalisation, saved as T5's tokenizer folder (spiece.model plus
+    tokenizer_config.json, 100 <extra_id_*> sentinels as T5 has); transformers' fast tokenizer is built from that
+    folder with `from_pretrained` (not the `vocab_file=` constructor, see make_tokenizer) and saved, which adds
+    tokenizer.json. Its ids, loaded back from tokenizer.json alone, are checked against SentencePiece's own."""
+    import io
+
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(0)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(caption_lines(0, 1500)),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=600,
+        hard_vocab_limit=False,  # the text has fewer pieces than that: take what it gives (about 515)
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc",
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "spiece.model").write_bytes(model.getvalue())
+    config = {
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "extra_ids": 100,
+        "model_max_length": 512,
+        "legacy": True,
+        "tokenizer_class": "T5Tokenizer",
+    }
+    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tok = T5TokenizerFast.from_pretrained(str(dest))
+    tok.save_pretrained(str(dest))
+    assert (dest / "tokenizer.json").exists(), f"{dest}: the fast tokenizer wrote no tokenizer.json"
+    # tokenizer.json holds the whole model (pieces, scores, the NFKC charsmap): spiece.model (240 kB) is not
+    # committed, and transformers loads the folder without it.
+    (dest / "spiece.model").unlink()
+    tok = T5TokenizerFast.from_pretrained(str(dest))
+    slow = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    for text in T5_CHECK_PROMPTS:
+        got, want = tok(text).input_ids, slow.encode(text) + [1]
+        assert got == want, f"{dest}: fast tokenizer gives {got} for {text!r}, SentencePiece {want}"
+    return tok
+
+
+def tiny_t5(vocab_size: int) -> T5EncoderModel:
+    """T5 v1.1's layout (gated-gelu feed-forward, untied relative position buckets 32 / distance 128), tiny:
+    d_model 32 is not the DiT's width (16), so a mixed-up caption projection shows."""
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        dropout_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=True,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        tie_word_embeddings=False,
+    )
+    return T5EncoderModel(config)
+
+
+def tiny_pixart_transformer(sample_size: int, patch_size: int, heads: int, layers: int, caption_channels: int):
+    # The added conditions (sample_size 128) split the width in three: heads * 8 must be a multiple of 3 then.
+    return PixArtTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=layers,
+        cross_attention_dim=heads * 8,  # the DiT's width, as in every PixArt checkpoint
+        sample_size=sample_size,
+        patch_size=patch_size,
+        caption_channels=caption_channels,
+        norm_num_groups=32,
+    )
+
+
+def build_pixart(tokenizer_dir: Path, vae: AutoencoderKL):
+    """tiny-pixart (sample_size 32: ASPECT_RATIO_256_BIN, no added conditions) and the transformer of the
+    1024 variant (sample_size 128: ASPECT_RATIO_1024_BIN, `resolution` and `aspect_ratio` conditions; patch 8,
+    so a 1024x1024 image is 16x16 tokens (every bin of that table is a multiple of 64 pixels); 3 heads, width
+    24). The variant shares everything else with tiny-pixart.
+    `vae` is tiny-sd's (scaling factor 0.18215, as PixArt's sd-vae-ft-ema): its vae_decoder export is the same
+    bytes, which link_duplicates stores once."""
+    tokenizer = make_t5_tokenizer(tokenizer_dir)
+    torch.manual_seed(2)
+    text_encoder = tiny_t5(vocab_size=640)  # > len(tokenizer) = 615, padded as T5's 32128 > 32100
+    transformer = tiny_pixart_transformer(32, 2, 2, 2, text_encoder.config.d_model)
+    scheduler = DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER)
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    ).to(torch.float32)
+    torch.manual_seed(3)
+    transformer_1024 = tiny_pixart_transformer(128, 8, 3, 1, text_encoder.config.d_model).to(torch.float32)
+    return pipe, transformer_1024
+
+
+class T5EncoderWrapper(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class PixArtTransformerWrapper(torch.nn.Module):
+    """expand_mask (the dynamo style): ONNX Runtime 1.31's CPU kernel for the opset-23 Attention op does not
+    broadcast attn_mask over the query length, which the ONNX spec allows ("inconsistent q_sequence_length
+    (between attn_mask and Q)" for diffusers' [B, heads, 1, S] cross-attention mask). The wrapper then turns the
+    mask into diffusers' bias, (1 - mask) * -10000, itself and expands it to [B, tokens, S] before the model sees
+    it: the same numbers, the same graph inputs."""
+
+    def __init__(self, transformer, expand_mask: bool = False):
+        super().__init__()
+        self.transformer, self.expand_mask = transformer, expand_mask
+
+    def forward(
+        self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, resolution=None, aspect_ratio=None
+    ):
+        added = {"resolution": resolution, "aspect_ratio": aspect_ratio}
+        if self.expand_mask:
+            p = self.transformer.config.patch_size
+            tokens = (hidden_states.shape[-2] // p) * (hidden_states.shape[-1] // p)
+            bias = (1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0
+            encoder_attention_mask = bias.unsqueeze(1).expand(-1, tokens, -1)
+        return self.transformer(
+            hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            timestep=timestep,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+
+
+def pixart_transformer_inputs(transformer, batch: int, h: int, w: int, seed: int = 0):
+    """Example inputs of the interface above; the mask keeps the first few tokens of each row."""
+    g = torch.Generator().manual_seed(seed)
+    c = transformer.config.caption_channels
+    mask = torch.zeros(batch, PIXART_MAX_SEQUENCE, dtype=torch.int64)
+    for b in range(batch):
+        mask[b, : 3 + 5 * b] = 1
+    args = [
+        torch.randn(batch, 4, h, w, generator=g),
+        torch.randn(batch, PIXART_MAX_SEQUENCE, c, generator=g),
+        mask,
+        torch.tensor([999.0, 457.0, 1.0, 250.5][:batch]),
+    ]
+    if transformer.config.sample_size == 128:
+        args += [torch.tensor([[8.0 * h, 8.0 * w]] * batch), torch.tensor([[h / w]] * batch)]
+    return args
+
+
+def export_pixart_transformer(transformer, folder: Path):
+    """The example size (12x20 latents, batch 2) differs from sample_size on purpose: PatchEmbed keeps the
+    position embedding of the sample_size grid and recomputes it (with shape-dependent ops) for any other; the
+    traced graph must hold the recomputation. Checked at other sizes, the sample_size grid included."""
+    use_added = transformer.config.sample_size == 128
+    p = transformer.config.patch_size
+    args = pixart_transformer_inputs(transformer, 2, 6 * p, 10 * p)
+    names = ["hidden_states", "encoder_hidden_states", "encoder_attention_mask", "timestep"]
+    axes = {
+        "hidden_states": {0: "batch_size", 2: "height", 3: "width"},
+        "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
+        "encoder_attention_mask": {0: "batch_size", 1: "sequence_length"},
+        "timestep": {0: "batch_size"},
+        "out_sample": {0: "batch_size", 2: "height", 3: "width"},
+    }
+    if use_added:
+        names += ["resolution", "aspect_ratio"]
+        axes.update({"resolution": {0: "batch_size"}, "aspect_ratio": {0: "batch_size"}})
+    wrapper = PixArtTransformerWrapper(transformer, expand_mask=EXPORT["dynamo"])
+    path = folder / "model.onnx"
+    hook = None
+    if EXPORT["dynamo"]:
+        # diffusers' `hidden_states.squeeze(1)` after proj_out, a no-op for more than one token, becomes an ONNX
+        # Squeeze that fails for any token count but 1 (onnxscript 0.7.2's aten_squeeze_dim emits Squeeze
+        # whatever the dimension). A hook gives proj_out's output the unit axis that the Squeeze then removes.
+        hook = transformer.proj_out.register_forward_hook(lambda module, inputs, output: output.unsqueeze(1))
+    try:
+        export(wrapper, args, path, names, ["out_sample"], axes, max_sequence=512)
+    finally:
+        if hook is not None:
+            hook.remove()
+    transformer.save_config(folder)
+    if folder_bytes(folder) > 2**31:  # as in export(): no second copy of a full-size model in memory
+        return
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    s = transformer.config.sample_size
+    sizes = [(1, 4 * p, 7 * p), (2, 10 * p, 6 * p)]
+    if (s // p) ** 2 <= 1024:  # the sample_size grid and around it, where the attention stays small
+        sizes += [(1, s, s), (2, s, s), (2, s + 2 * p, s - 4 * p)]
+    for batch, h, w in sizes:
+        check = pixart_transformer_inputs(transformer, batch, h, w, seed=1)
+        got = sess.run(None, {n: a.numpy() for n, a in zip(names, check)})[0]
+        with torch.no_grad():
+            want = wrapper(*check).numpy()
+        err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)
+        assert err < 1e-5, f"{path}: batch {batch} {h}x{w} differs from torch (relative L2 {err:.2e})"
+
+
+def export_t5(model, folder: Path):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, PIXART_MAX_SEQUENCE), generator=generator)
+    mask = torch.zeros_like(ids)
+    mask[0, :9], mask[1, :31] = 1, 1
+    ids[0, 8], ids[1, 30] = 1, 1
+    ids = ids * mask
+    axes = {
+        "input_ids": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "sequence_length"},
+        "last_hidden_state": {0: "batch_size", 1: "sequence_length"},
+    }
+    wrapper = T5EncoderWrapper(model)
+    path = folder / "model.onnx"
+    export(wrapper, [ids, mask], path, ["input_ids", "attention_mask"], ["last_hidden_state"], axes, max_sequence=512)
+    model.config.to_json_file(folder / "config.json")
+    if folder_bytes(folder) > 2**31:
+        return
+    # Another sequence length than the traced one (the relative position buckets depend on it).
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    short_ids, short_mask = ids[:, :40].contiguous(), mask[:, :40].contiguous()
+    got = sess.run(None, {"input_ids": short_ids.numpy(), "attention_mask": short_mask.numpy()})[0]
+    with torch.no_grad():
+        want = wrapper(short_ids, short_mask).numpy()
+    err = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert err < 1e-5, f"{path}: sequence length 40 differs from torch (relative L2 {err:.2e})"
+
+
+def save_pixart_layout(pipe, dest: Path, tokenizer_dir: Path, dynamo: bool):
+    EXPORT.update({"dynamo": dynamo, "opset": 23 if dynamo else 17})
+    if dest.exists():
+        shutil.rmtree(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        dest.mkdir(parents=True)
+        shutil.copy(Path(tmp) / "model_index.json", dest / "model_index.json")
+    (dest / "scheduler").mkdir()
+    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(PIXART_SCHEDULER, indent=2) + "\n")
+    shutil.copytree(tokenizer_dir, dest / "tokenizer")
+    export_t5(pipe.text_encoder, dest / "text_encoder")
+    export_pixart_transformer(pipe.transformer, dest / "transformer")
+    export_vae_decoder(pipe.vae, dest)
+    # tiny-sd's VAE: keep tiny-sd's committed decoder file where it is the same model, so that link_duplicates
+    # stores it once (a dynamo export differs in bytes by the source paths in its metadata).
+    sd_decoder = dest.parent / ("tiny-sd-dynamo" if dynamo else "tiny-sd") / "vae_decoder" / "model.onnx"
+    if sd_decoder.exists() and same_onnx_model(sd_decoder, dest / "vae_decoder" / "model.onnx"):
+        shutil.copy(sd_decoder, dest / "vae_decoder" / "model.onnx")
+
+
+def same_onnx_model(a: Path, b: Path) -> bool:
+    """The same graph (nodes, attributes, inputs, outputs) and initializers, metadata and doc strings aside."""
+    import onnx
+
+    def bare(path):
+        model = onnx.load(str(path))
+        for node in model.graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        for info in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+            del info.metadata_props[:]
+        for init in model.graph.initializer:
+            del init.metadata_props[:]
+        del model.metadata_props[:]
+        del model.graph.metadata_props[:]
+        model.doc_string = model.graph.doc_string = ""
+        return model.SerializeToString(deterministic=True)
+
+    return bare(a) == bare(b)
+
+
+def save_pixart(models: Path, refs: Path):
+    """models/tiny-pixart, models/tiny-pixart-dynamo, models/variants/tiny-pixart-1024/transformer,
+    then the references. Writes nothing of the SD pipelines (it rebuilds tiny-sd in memory for its VAE)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_dir, tokenizer_dir = Path(tmp) / "clip", Path(tmp) / "tokenizer"
+        write_clip_vocab(vocab_dir)
+        vae = build_sd(vocab_dir).vae
+        pipe, transformer_1024 = build_pixart(tokenizer_dir, vae)
+        for name, dynamo in [("tiny-pixart", False), ("tiny-pixart-dynamo", True)]:
+            print(f"exporting {name} ...")
+            save_pixart_layout(pipe, models / name, tokenizer_dir, dynamo)
+        # TorchScript only (the dynamo style is covered by tiny-pixart-dynamo): a copy of tiny-pixart with this
+        # transformer/ in place of its own is the 1024 pipeline.
+        print("exporting variants/tiny-pixart-1024 ...")
+        EXPORT.update({"dynamo": False, "opset": 17})
+        variant = models / "variants" / "tiny-pixart-1024"
+        if variant.exists():
+            shutil.rmtree(variant)
+        export_pixart_transformer(transformer_1024, variant / "transformer")
+        print("PixArt reference runs ...")
+        save_pixart_references(pipe, transformer_1024, models, refs)
+
+
+# The PixArt references: (folder, transformer ("tiny-pixart" or "tiny-pixart-1024"), scheduler, requested
+# height, width, steps, negative prompt, resolution binning, image kept: "full" or a center crop's side).
+# Binning maps 200x300 to its ASPECT_RATIO_256_BIN bin and resizes back; 1 step takes diffusers' one-step
+# branch (the scheduler's pred_original_sample); DPM-Solver++ has no 1-step case: its step() returns only
+# prev_sample, so diffusers' pipeline fails with IndexError there.
+PIXART_CASES = [
+    ("dpm++", "tiny-pixart", "dpm++", 256, 256, 20, NEGATIVE_PROMPT, True, "full"),
+    ("euler", "tiny-pixart", "euler", 256, 256, 20, NEGATIVE_PROMPT, True, 64),
+    ("ddim", "tiny-pixart", "ddim", 256, 256, 20, NEGATIVE_PROMPT, True, 64),
+    ("dpm++-binned-200x300", "tiny-pixart", "dpm++", 200, 300, 20, None, True, "full"),
+    ("euler-binned-300x200", "tiny-pixart", "euler", 300, 200, 20, NEGATIVE_PROMPT, True, 64),
+    ("dpm++-no-binning-64x96", "tiny-pixart", "dpm++", 64, 96, 20, NEGATIVE_PROMPT, False, "full"),
+    ("euler-1step", "tiny-pixart", "euler", 256, 256, 1, NEGATIVE_PROMPT, True, 64),
+    ("ddim-1step", "tiny-pixart", "ddim", 256, 256, 1, NEGATIVE_PROMPT, True, 64),
+    ("dpm++-binned-1000x600", "tiny-pixart-1024", "dpm++", 1000, 600, 20, NEGATIVE_PROMPT, True, 64),
+]
+PIXART_SCHEDULERS = {
+    "dpm++": (DPMSolverMultistepScheduler, {}),  # as the checkpoint ships it
+    "euler": (EulerDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+}
+PIXART_GUIDANCE = 4.5  # diffusers' default for PixArtAlphaPipeline
+
+
+def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
+    """diffusers' PixArtAlphaPipeline on the same weights, with the tokenizer and scheduler loaded from the
+    committed folders; clean_caption=False (dfast does not clean captions), max_sequence_length 120, a torch CPU
+    generator seeded per case. Latents are the final latents before decoding (at the binned size)."""
+    pipe.tokenizer = T5TokenizerFast.from_pretrained(models / "tiny-pixart" / "tokenizer")
+    base = DPMSolverMultistepScheduler.from_pretrained(models / "tiny-pixart" / "scheduler").config
+    transformers = {"tiny-pixart": pipe.transformer, "tiny-pixart-1024": transformer_1024}
+    out_root = refs / "tiny-pixart"
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    out_root.mkdir(parents=True)
+
+    # Token ids as encode_prompt makes them: _text_preprocessing (lower().strip()), then padding to 120.
+    rows = []
+    for prompt in [PROMPT, NEGATIVE_PROMPT] + TOKEN_PROMPTS:
+        text = pipe._text_preprocessing(prompt, clean_caption=False)[0]
+        enc = pipe.tokenizer(
+            text, padding="max_length", max_length=PIXART_MAX_SEQUENCE, truncation=True, add_special_tokens=True
+        )
+        untruncated = pipe.tokenizer(text, padding="longest").input_ids
+        rows.append({
+            "prompt": prompt,
+            "preprocessed": text,
+            "input_ids": enc.input_ids,
+            "attention_mask": enc.attention_mask,
+            "truncated": len(untruncated) > PIXART_MAX_SEQUENCE,
+        })
+    (out_root / "tokens.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+
+    # The text encoder's output for the prompt and the negative prompt (the transformer's encoder_hidden_states).
+    with torch.no_grad():
+        embeds, mask, neg_embeds, neg_mask = pipe.encode_prompt(
+            PROMPT, True, negative_prompt=NEGATIVE_PROMPT, clean_caption=False, max_sequence_length=PIXART_MAX_SEQUENCE
+        )
+    text_dir = out_root / "text"
+    text_dir.mkdir()
+    np.save(text_dir / "prompt_embeds.npy", embeds.numpy().astype(np.float32))
+    np.save(text_dir / "negative_prompt_embeds.npy", neg_embeds.numpy().astype(np.float32))
+    text_params = {
+        "prompt": PROMPT,
+        "negative_prompt": NEGATIVE_PROMPT,
+        "max_sequence_length": PIXART_MAX_SEQUENCE,
+        "prompt_tokens": int(mask.sum()),
+        "negative_prompt_tokens": int(neg_mask.sum()),
+        "shape": list(embeds.shape),
+    }
+    (text_dir / "params.json").write_text(json.dumps(text_params, indent=1))
+
+    for name, transformer, key, height, width, steps, negative, binning, keep in PIXART_CASES:
+        cls, overrides = PIXART_SCHEDULERS[key]
+        pipe.transformer = transformers[transformer]
+        pipe.scheduler = cls.from_config(base, **overrides)
+        out = out_root / name
+        out.mkdir()
+        pipe.scheduler.save_config(out)
+        call = dict(
+            prompt=PROMPT,
+            negative_prompt=negative if negative is not None else "",
+            num_inference_steps=steps,
+            guidance_scale=PIXART_GUIDANCE,
+            height=height,
+            width=width,
+            clean_caption=False,
+            max_sequence_length=PIXART_MAX_SEQUENCE,
+            use_resolution_binning=binning,
+        )
+        seed = 0
+        with torch.no_grad():
+            latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+            image = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images[0]
+        np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+        assert image.size == (width, height), f"{name}: image {image.size}, requested {width}x{height}"
+        params = {
+            "pipeline": "PixArtAlphaPipeline",
+            "model": f"models/{transformer}" if transformer == "tiny-pixart" else
+            "models/tiny-pixart with transformer/ from models/variants/tiny-pixart-1024/transformer",
+            "prompt": PROMPT,
+            "negative_prompt": call["negative_prompt"],
+            "negative_prompt_given": negative is not None,
+            "steps": steps,
+            "guidance": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "resolution_binning": binning,
+            "binned_height": int(latents.shape[2]) * 8,
+            "binned_width": int(latents.shape[3]) * 8,
+            "seed": seed,
+            "generator": "torch CPU (torch.Generator('cpu').manual_seed(seed)), as diffusers draws the initial latents",
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+            "scheduler": key,
+            "scheduler_class": cls.__name__,
+            "scheduler_overrides": overrides,
+        }
+        if keep == "full":
+            image.save(out / "image.png")
+            params["image"] = "the whole image, height x width"
+        else:
+            top, left = (height - keep) // 2, (width - keep) // 2
+            image.crop((left, top, left + keep, top + keep)).save(out / "image.png")
+            params["image"] = f"the center {keep}x{keep} crop of the {height}x{width} image"
+            params["image_crop"] = {"top": top, "left": left, "height": keep, "width": keep}
+        (out / "params.json").write_text(json.dumps(params, indent=1))
+        binned = f"{params['binned_height']}x{params['binned_width']}"
+        print(f"  tiny-pixart/{name}: binned {binned} |latents| = {latents.norm():.4f}")
+    pipe.transformer = transformers["tiny-pixart"]
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(base)
+
+
+def save_pixart_other(dest: Path):
+    """A second tiny PixArt pipeline in diffusers' own format (safetensors), with a config that no committed
+    fixture or test uses (T5 width 48 with 4 heads and 3 layers; a DiT with sample_size 64, so
+    ASPECT_RATIO_512_BIN, 4 heads of 6, 3 layers; another VAE), and diffusers' references for it in
+    dest/references/<case>/ (latents.npy, image.png, params.json as in tests/references/tiny-pixart). For checking
+    `export_onnx.py --model dest` followed by `dfast generate` against diffusers."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = make_t5_tokenizer(Path(tmp) / "tokenizer")
+    torch.manual_seed(5)
+    config = tiny_t5(640).config
+    config.update({"d_model": 48, "d_kv": 12, "num_heads": 4, "num_layers": 3, "d_ff": 64})
+    text_encoder = T5EncoderModel(config)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=4,
+        attention_head_dim=6,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        cross_attention_dim=24,
+        sample_size=64,
+        patch_size=2,
+        caption_channels=48,
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 24),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    )
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER),
+    ).to(torch.float32)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(PIXART_SCHEDULER, indent=2) + "\n")
+    pipe = PixArtAlphaPipeline.from_pretrained(dest)  # as a user loads it (float32)
+    base = pipe.scheduler.config
+    for name, key, height, width in [("dpm++-512", "dpm++", 512, 512), ("euler-binned-400x600", "euler", 400, 600)]:
+        cls, overrides = PIXART_SCHEDULERS[key]
+        pipe.scheduler = cls.from_config(base, **overrides)
+        call = dict(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE_PROMPT,
+            num_inference_steps=20,
+            guidance_scale=PIXART_GUIDANCE,
+            height=height,
+            width=width,
+            clean_caption=False,
+            max_sequence_length=PIXART_MAX_SEQUENCE,
+        )
+        with torch.no_grad():
+            latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images
+            image = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="pil").images[0]
+        out = dest / "references" / name
+        out.mkdir(parents=True)
+        np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+        image.save(out / "image.png")
+        pipe.scheduler.save_config(out)
+        params = {
+            "pipeline": "PixArtAlphaPipeline",
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "steps": 20,
+            "guidance": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "resolution_binning": True,
+            "binned_height": int(latents.shape[2]) * 8,
+            "binned_width": int(latents.shape[3]) * 8,
+            "seed": 0,
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+            "scheduler": key,
+            "scheduler_class": cls.__name__,
+            "image": "the whole image, height x width",
+        }
+        (out / "params.json").write_text(json.dumps(params, indent=1))
+        print(f"  {dest.name}/references/{name}: binned {params['binned_height']}x{params['binned_width']}")
+
+
+def link_duplicates(models: Path, min_size: int = 4096, later: tuple = ()):
     """Replaces each file under `models` whose bytes equal an earlier one's (in path order) by a relative
     symlink to it: the six CLIP vocabularies and the shared VAEs are stored once, which keeps the tracked tree
-    within its budget. dfast reads through the links; `convert` resolves them before linking its output."""
+    within its budget. dfast reads through the links; `convert` resolves them before linking its output.
+    Files under the folders `later` come after all others (they link to the others, never the reverse)."""
     import hashlib
 
     first = {}
-    files = sorted((p for p in models.rglob("*") if p.is_file() and not p.is_symlink()), key=lambda p: p.parts)
+    files = (p for p in models.rglob("*") if p.is_file() and not p.is_symlink())
+    files = sorted(files, key=lambda p: (any(p.is_relative_to(d) for d in later), p.parts))
     for path in files:
         if path.stat().st_size < min_size:
             continue
@@ -613,10 +1308,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root to write into")
     ap.add_argument("--variants", action="store_true", help="write models/variants/ only (same weights)")
+    ap.add_argument("--pixart", action="store_true", help="write the PixArt-α fixtures and references only")
+    ap.add_argument("--pixart-other", type=Path, metavar="DIR",
+                    help="write only a second tiny PixArt pipeline (diffusers format) and its references to DIR")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.pixart_other:
+        save_pixart_other(args.pixart_other)
+        return
     models, refs = args.root / "models", args.root / "tests" / "references"
     refs.mkdir(parents=True, exist_ok=True)
+    if args.pixart:
+        save_pixart(models, refs)
+        link_duplicates(models, later=PIXART_FOLDERS(models))
+        print("done")
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab_dir = Path(tmp)
