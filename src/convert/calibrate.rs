@@ -2,6 +2,9 @@
 //! source pipeline (fp32, CPU EP) generates a few prompts, then the graph being converted run on those
 //! inputs with every activation to quantize as an extra output (`runtime::calibration`). The ranges are
 //! saved next to the converted component and handed to the pass.
+//!
+//! The same measurement serves the precision pass's range islands ([`measure_ranges`]): a step before
+//! the precision pass, on random latents of the decoder's input shape, min and max of every float value.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::manifest::Calibration;
 use crate::onnx::OnnxModel;
+use crate::passes::precision::RangeOptions;
 use crate::pipeline::{GenerateOptions, Pipeline, PipelineDir};
 use crate::runtime::calibration::{Ranges, Sample, activation_ranges};
 use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
@@ -94,6 +98,102 @@ pub fn calibrate(
     let text = serde_json::to_string_pretty(&sorted).map_err(|e| Error::internal(format!("ranges: {e}")))?;
     std::fs::write(save_to, text + "\n").map_err(|e| Error::io(save_to, "cannot write", e))?;
     Ok(ranges)
+}
+
+/// The file, in a converted component's folder, that holds the ranges the precision pass's islands were
+/// decided on.
+pub const ACTIVATION_RANGES_FILE: &str = "activation-ranges.json";
+
+/// Tensors measured per run: each is an extra graph output that ONNX Runtime keeps alive until the run
+/// ends, so a decoder's hundreds of activations are measured in groups.
+const RANGE_GROUP: usize = 48;
+
+/// The activation ranges (min, max over the samples) of `tensors` in `model`, the graph being converted
+/// for `component` of the pipeline in `source`, on `settings.samples` random inputs (below); saved to
+/// `save_to`.
+///
+/// The inputs: every float graph input gets standard normal values (seeded, `TorchGenerator`), its
+/// dynamic axes the size 1 (axis 0, the batch) or `settings.latent_size` (the others); a VAE decoder's latents are
+/// divided by the VAE's `scaling_factor` (from the component's config.json) as the pipeline does. A
+/// component with other than float inputs (a UNet, a text encoder) is refused.
+pub fn measure_ranges(
+    component: &str,
+    source: &Path,
+    model: &OnnxModel,
+    tensors: &[String],
+    settings: &RangeOptions,
+    ort_lib: Option<&Path>,
+    save_to: &Path,
+) -> Result<Ranges> {
+    let inputs = random_inputs(component, source, model, settings.samples, settings.latent_size)?;
+    let runtime = Runtime::new(ExecutionProvider::Cpu, ort_lib)?;
+    let mut ranges = Ranges::new();
+    for group in tensors.chunks(RANGE_GROUP) {
+        ranges.extend(activation_ranges(&runtime, model, group, &inputs, 100.0).map_err(|e| {
+            e.in_context("measuring activation ranges for [precision.ranges] (fp32 on the CPU EP)".to_string())
+        })?);
+    }
+    let sorted: std::collections::BTreeMap<_, _> = ranges.iter().map(|(k, &(a, b))| (k.clone(), [a, b])).collect();
+    let text = serde_json::to_string_pretty(&sorted).map_err(|e| Error::internal(format!("ranges: {e}")))?;
+    std::fs::write(save_to, text + "\n").map_err(|e| Error::io(save_to, "cannot write", e))?;
+    Ok(ranges)
+}
+
+/// `samples` random inputs for `model` (see [`measure_ranges`]).
+fn random_inputs(
+    component: &str,
+    source: &Path,
+    model: &OnnxModel,
+    samples: usize,
+    latent_size: usize,
+) -> Result<Vec<Sample>> {
+    let index = crate::onnx::GraphIndex::new(model);
+    let scale = if component.starts_with("vae") {
+        let config = source.join(component).join("config.json");
+        let factor = std::fs::read_to_string(&config)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("scaling_factor").and_then(serde_json::Value::as_f64))
+            .unwrap_or(1.0) as f32;
+        1.0 / factor
+    } else {
+        1.0
+    };
+    let graph_inputs: Vec<&str> =
+        model.graph().input.iter().map(|v| v.name()).filter(|v| !index.is_initializer(v)).collect();
+    let mut shapes = Vec::new();
+    for name in &graph_inputs {
+        if index.declared_elem_type(name) != Some(crate::onnx::dtype::FLOAT) {
+            return Err(Error::bad_input(format!(
+                "[precision.ranges] measures components fed with float tensors only (a VAE decoder); \
+                 `{component}` has the non-float input `{name}`: leave it out of `components`"
+            )));
+        }
+        let dims = index.declared_shape(name).unwrap_or_default();
+        let dims: Vec<usize> = dims
+            .iter()
+            .enumerate()
+            .map(|(k, d)| match d {
+                Some(d) if *d > 0 => *d as usize,
+                _ if k == 0 => 1,
+                _ => latent_size,
+            })
+            .collect();
+        shapes.push((name.to_string(), dims));
+    }
+    let mut generator = crate::pipeline::torch_rng::TorchGenerator::manual_seed(0);
+    Ok((0..samples)
+        .map(|_| {
+            shapes
+                .iter()
+                .map(|(name, dims)| {
+                    let values = generator.randn(dims.iter().product()).into_iter().map(|v| v * scale).collect();
+                    let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(dims), values).expect("sized");
+                    (name.clone(), HostTensor::F32(array))
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// Ranges saved by an earlier conversion (a converted folder, or the JSON file itself); every tensor the

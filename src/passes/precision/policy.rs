@@ -79,6 +79,18 @@ impl PrecisionPass {
         if self.sinusoid_fp32 {
             block_sinusoid_arguments(index, cur, &mut blocked);
         }
+        // Range islands: a value float16 cannot hold is neither written nor read in float16.
+        if !self.out_of_range.is_empty() {
+            let touches = |v: &String| self.out_of_range.contains(v);
+            for (i, n) in nodes.iter().enumerate() {
+                if !is_constant(n)
+                    && !is_default(n, "Cast")
+                    && (n.input.iter().any(touches) || n.output.iter().any(touches))
+                {
+                    blocked[i] = true;
+                }
+            }
+        }
         // A node that reads or writes a value of unknown type cannot be converted safely.
         let unknown = |v: &String| !v.is_empty() && !cur.contains_key(v.as_str());
         for (i, n) in nodes.iter().enumerate() {
