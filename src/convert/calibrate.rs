@@ -230,7 +230,8 @@ mod tests {
     /// `dfast convert --ep cuda --precision fp16` of tiny-sd with `[precision.ranges]`: the ranges are
     /// measured for the VAE decoder only, saved beside it and recorded in the manifest; with a margin
     /// that puts the limit under the tiny decoder's largest activations, some values become islands, and
-    /// the converted decoder still matches the source.
+    /// the converted decoder still matches the source. With the SDXL card, whose decoder otherwise stays
+    /// fp32, the profile's islands opt the decoder in (as `--vae-half` does).
     #[test]
     fn convert_measures_ranges_for_the_decoder_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,7 +247,7 @@ mod tests {
             profile: Profile::load(profile.to_str().unwrap()).unwrap(),
             precision: Precision::Fp16,
             target: Target::Cuda,
-            card: None,
+            card: Some(crate::convert::ModelCard::load("sdxl").unwrap()),
             vae_half: false,
             calibration: Default::default(),
             force: true,
@@ -256,6 +257,8 @@ mod tests {
             let c = manifest.components.iter().find(|c| c.component == component).unwrap();
             c.passes.iter().find(|p| p.pass == "precision").unwrap().settings.clone()
         };
+        let report = manifest.components.iter().find(|c| c.component == "vae_decoder").unwrap();
+        assert_eq!(report.precision, Precision::Fp16);
         let decoder = record("vae_decoder");
         let islands = decoder["out_of_range"].as_array().unwrap().len();
         assert!(islands > 0, "{decoder}");

@@ -104,9 +104,18 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     let exclude = ModelCard::exclude_or_seed(card.as_ref());
     // Every pass is built (and its options checked) before anything is written.
     let mut plans = Vec::new();
+    // A profile that asks for range islands on the VAE decoder opts in to a half decoder, as `--vae-half`.
+    let islands_on_decoder = registry::parse_options::<crate::passes::precision::PrecisionOptions>(
+        &opts.profile.pass_options(PrecisionPass::NAME, opts.target),
+    )
+    .ok()
+    .and_then(|o| o.ranges)
+    .is_some_and(|r| r.components.iter().any(|c| c == "vae_decoder"));
     for component in &components {
-        let keep_fp32 =
-            component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(ModelCard::vae_decoder_fp32);
+        let keep_fp32 = component == "vae_decoder"
+            && !opts.vae_half
+            && !islands_on_decoder
+            && card.as_ref().is_some_and(ModelCard::vae_decoder_fp32);
         // OpenVINO takes fp32 graphs and runs them in bf16/f16 by its inference precision hint (a session
         // option, recorded in the manifest), so its graphs stay fp32.
         let precision = if keep_fp32 || opts.target == Target::OpenVino { Precision::Fp32 } else { opts.precision };
