@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use ndarray::ArrayD;
 
 use super::*;
-use crate::onnx::tensor::{tensor_from_f32, tensor_from_i64};
+use crate::onnx::tensor::tensor_from_f32;
 use crate::onnx::{ModelProto, NodeBuilder, dtype, make_tensor_value_info};
 use crate::passes::PassManager;
 use crate::passes::int8_dynamic::tests::{array, relative_l2, run};
@@ -81,13 +81,9 @@ fn measure(pass: &PrecisionPass, model: &OnnxModel, samples: &[Vec<(String, Arra
 
 fn convert(pass: &PrecisionPass, model: &OnnxModel) -> OnnxModel {
     let mut out = model.clone();
-    PassManager::new().with(pass.clone()).run(&mut out, &PassContext::new(pass_target(pass))).unwrap();
+    PassManager::new().with(pass.clone()).run(&mut out, &PassContext::new(Target::Cpu)).unwrap();
     assert!(pass.run(&out, &PassContext::new(Target::Cpu)).unwrap().is_none(), "not idempotent");
     out
-}
-
-fn pass_target(_pass: &PrecisionPass) -> Target {
-    Target::Cpu
 }
 
 fn node_names(model: &OnnxModel, nodes: &BTreeSet<usize>) -> BTreeSet<String> {
