@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use ndarray::ArrayD;
 
+use super::plan::current_types;
 use super::*;
 use crate::onnx::tensor::tensor_from_f32;
 use crate::onnx::{ModelProto, NodeBuilder, dtype, make_tensor_value_info};
@@ -156,6 +157,43 @@ fn an_overflowing_activation_gets_an_fp32_island() {
     }
 }
 
+/// `island = "bf16"` on the CUDA policy: the island's nodes with a bfloat16 kernel and schema compute in
+/// bfloat16 (the Transpose and the LayerNormalization; the Conv stays fp32, Conv has no bfloat16 schema before
+/// opset 22), the rest of the graph in float16. ONNX Runtime's CPU EP has bfloat16 kernels for Transpose and
+/// LayerNormalization, so the graph runs here.
+#[test]
+fn a_bf16_island_computes_the_overflowing_part_in_bfloat16() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = overflowing_decoder();
+    let feeds = latents(1, &[1, 4, 8, 8], 0.18215).remove(0);
+    let want = &run(&model, dir.path(), "fp32", &feeds)["sample"];
+    let plain = PrecisionPass::new(Precision::Fp16, Target::Cuda);
+    let ranges = measure(&plain, &model, &latents(3, &[1, 4, 8, 8], 0.18215));
+    let bf16 = PrecisionPass {
+        ranges: Some(RangeOptions { island: IslandType::Bf16, ..RangeOptions::default() }),
+        ..plain.clone()
+    }
+    .with_ranges(&ranges);
+    let index = GraphIndex::new(&model);
+    let in_bf16: BTreeSet<usize> =
+        bf16.bf16_islands(&index).iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i).collect();
+    assert_eq!(node_names(&model, &in_bf16), ["to_nhwc", "norm"].map(String::from).into());
+    assert_eq!(node_names(&model, &bf16.blocked_nodes(&model)), ["conv_up".to_string()].into());
+    let converted = convert(&bf16, &model);
+    // The values of the island are bfloat16 after the conversion, the rest float16 (graph I/O float32).
+    let types = current_types(&GraphIndex::new(&converted));
+    assert_eq!(types["h"], dtype::FLOAT);
+    assert_eq!(types["ht"], dtype::BFLOAT16);
+    assert_eq!(types["nt"], dtype::BFLOAT16);
+    assert_eq!(types["n"], dtype::BFLOAT16, "a Transpose follows its input's type");
+    assert_eq!(types["a1"], dtype::FLOAT16);
+    assert_eq!(types["sample"], dtype::FLOAT);
+    let got = &run(&converted, dir.path(), "bf16-islands", &feeds)["sample"];
+    let err = relative_l2(got, want);
+    eprintln!("bf16 island (Transpose, LayerNorm) in an fp16 graph: relative L2 {err:.2e}");
+    assert!(got.iter().all(|v| v.is_finite()) && err <= 1e-2, "relative L2 {err:.2e}");
+}
+
 #[test]
 fn the_margin_decides_what_is_out_of_range() {
     let ranges: Ranges = HashMap::from([
@@ -189,6 +227,9 @@ fn range_options_are_checked() {
     assert!(err.contains("margin"), "{err}");
     let err = build("[ranges]\nmragin = 2.0\n").err().unwrap().to_string();
     assert!(err.contains("mragin"), "{err}");
+    assert_eq!(build("[ranges]\nisland = \"bf16\"\n").unwrap().ranges.unwrap().island, IslandType::Bf16);
+    let err = build("[ranges]\nisland = \"fp8\"\n").err().unwrap().to_string();
+    assert!(err.contains("ranges.island") && err.contains("fp8"), "{err}");
     // bfloat16 holds float32's range: nothing to measure.
     let bf16 = crate::passes::BuildContext::new(Target::Cuda, Precision::Bf16);
     let p = crate::passes::registry::build_from_str::<PrecisionPass>("[ranges]\n", &bf16).unwrap();

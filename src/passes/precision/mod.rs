@@ -78,6 +78,11 @@
 //!   ──Cast(fp32)──Conv──Reshape──InstanceNorm──Cast(fp16)──Reshape──Mul──SiLU──Conv──
 //! ```
 //!
+//! With `island = "bf16"`, an island node whose op has a bfloat16 kernel on the target (and a bfloat16
+//! schema at the model's opset) computes in bfloat16 instead: float32's range, half its bytes; the others
+//! stay fp32. On the CUDA EP at opset 17 that leaves Conv and InstanceNormalization fp32 (no bfloat16 schema
+//! before opset 22) and puts data movement, LayerNormalization, MatMul and the elementwise ops in bfloat16.
+//!
 //! The default margin is 4 (values above 16376 stay fp32): the ranges come from a few latents at a small
 //! size, and a maximum over a few samples underestimates the maximum over all inputs. A factor of 2 covers
 //! samples that were not seen, another 2 the fp16 rounding of the island's inputs and the sums that add to
@@ -143,6 +148,20 @@ pub struct RangeOptions {
     /// at any size).
     #[serde(default = "RangeOptions::default_latent_size")]
     pub latent_size: usize,
+    /// What the island's nodes compute in: `"fp32"` (default), or `"bf16"` (float32's range at half the
+    /// bytes) for the nodes whose op has a bfloat16 kernel on the target EP (ONNX Runtime's kernel table and
+    /// the op schema at the model's opset, as `--precision bf16` decides), fp32 for the others.
+    #[serde(default)]
+    pub island: IslandType,
+}
+
+/// The type of a range island's nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IslandType {
+    #[default]
+    Fp32,
+    Bf16,
 }
 
 impl RangeOptions {
@@ -172,6 +191,7 @@ impl Default for RangeOptions {
             margin: Self::default_margin(),
             samples: Self::default_samples(),
             latent_size: Self::default_latent_size(),
+            island: IslandType::Fp32,
         }
     }
 }
@@ -195,6 +215,8 @@ pub struct PrecisionPass {
     pub out_of_range: BTreeSet<String>,
     /// The largest finite measured magnitude (for the record), once ranges are given.
     pub measured_max: Option<f32>,
+    /// The bfloat16 policy of the target (which ops a bf16 island may compute in bfloat16).
+    pub bf16_ops: OpPolicy,
 }
 
 impl PassSpec for PrecisionPass {
@@ -241,6 +263,7 @@ impl PrecisionPass {
             ranges: None,
             out_of_range: BTreeSet::new(),
             measured_max: None,
+            bf16_ops: OpPolicy::default_for(target, Precision::Bf16),
         }
     }
 
