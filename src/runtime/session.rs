@@ -299,14 +299,21 @@ impl Model {
         let shape = tensor.shape().to_vec();
         let err =
             |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
+        // The tensor as it is where the types agree (the latents and embeddings of every step); a detour
+        // through f64 only to convert.
+        let tensor = match (spec.ty, tensor) {
+            (TensorElementType::Float32, HostTensor::F32(a)) => {
+                return Ok(Tensor::from_array(a).map_err(err)?.upcast());
+            }
+            (TensorElementType::Int64, HostTensor::I64(a)) => return Ok(Tensor::from_array(a).map_err(err)?.upcast()),
+            (_, t) => t,
+        };
         let as_f64: Vec<f64> = match &tensor {
             HostTensor::F32(a) => a.iter().map(|&v| v as f64).collect(),
             HostTensor::I64(a) => a.iter().map(|&v| v as f64).collect(),
         };
         let vals = &as_f64[..];
         let value: DynTensor = match (spec.ty, tensor) {
-            (TensorElementType::Float32, HostTensor::F32(a)) => Tensor::from_array(a).map_err(err)?.upcast(),
-            (TensorElementType::Int64, HostTensor::I64(a)) => Tensor::from_array(a).map_err(err)?.upcast(),
             (TensorElementType::Float32, _) => tensor_of(&shape, vals.iter().map(|&v| v as f32)).map_err(err)?,
             (TensorElementType::Float16, _) => {
                 tensor_of(&shape, vals.iter().map(|&v| f16::from_f64(v))).map_err(err)?
