@@ -27,14 +27,14 @@
 //! | `unet_step_ms` | one UNet step (guidance batch included), median over every step of the timed runs |
 //! | `unet_alone_ms` | PyTorch rows: the UNet called alone on one step's captured inputs, median; empty in dfast's rows (`dfast unet-step` measures dfast's) and in older CSVs |
 //! | `vae_decode_ms` | VAE decode, median |
-//! | `host_scheduler_ms` | dfast rows: per UNet step, the host's arithmetic around the UNet call (guidance batch, `scale_model_input`, guidance combination, `scheduler.step`), median over every step; empty in PyTorch rows and older CSVs |
-//! | `host_copy_ms` | dfast rows: per UNet step, moving the step's tensors in and out of the UNet session (building the inputs, copying them to bound device tensors, reading the output back), median; empty in PyTorch rows and older CSVs |
 //! | `total_s` | whole pipeline, median over timed runs |
 //! | `total_min_s`, `total_max_s` | fastest and slowest timed run |
 //! | `peak_host_mb` | peak resident memory of the process that ran the combination |
 //! | `peak_device_mb` | peak GPU memory, empty on the CPU |
 //! | `image` | the image file written for this row, relative to the CSV |
 //! | `command` | the command line that reproduces the row |
+//! | `host_scheduler_ms` | dfast rows: per UNet step, the host's arithmetic around the UNet call (guidance batch, `scale_model_input`, guidance combination, `scheduler.step`), median over every step; empty in PyTorch rows and older CSVs |
+//! | `host_copy_ms` | dfast rows: per UNet step, moving the step's tensors in and out of the UNet session (building the inputs, copying them to bound device tensors, reading the output back), median; empty in PyTorch rows and older CSVs |
 
 use serde::{Deserialize, Serialize};
 
@@ -71,11 +71,6 @@ pub struct Row {
     /// reference only (dfast's figure comes from `dfast unet-step`), empty in dfast's rows and older CSVs.
     pub unet_alone_ms: Option<f64>,
     pub vae_decode_ms: f64,
-    /// dfast rows: the host's arithmetic per UNet step (median ms), part of `unet_step_ms`.
-    pub host_scheduler_ms: Option<f64>,
-    /// dfast rows: the latent copies in and out of the UNet session per step (median ms), part of
-    /// `unet_step_ms`.
-    pub host_copy_ms: Option<f64>,
     pub total_s: f64,
     pub total_min_s: f64,
     pub total_max_s: f64,
@@ -83,6 +78,11 @@ pub struct Row {
     pub peak_device_mb: Option<f64>,
     pub image: String,
     pub command: String,
+    /// dfast rows: the host's arithmetic per UNet step (median ms), part of `unet_step_ms`.
+    pub host_scheduler_ms: Option<f64>,
+    /// dfast rows: the latent copies in and out of the UNet session per step (median ms), part of
+    /// `unet_step_ms`.
+    pub host_copy_ms: Option<f64>,
 }
 
 /// The column names, in order.
@@ -114,8 +114,6 @@ pub const COLUMNS: [&str; 36] = [
     "unet_step_ms",
     "unet_alone_ms",
     "vae_decode_ms",
-    "host_scheduler_ms",
-    "host_copy_ms",
     "total_s",
     "total_min_s",
     "total_max_s",
@@ -123,6 +121,8 @@ pub const COLUMNS: [&str; 36] = [
     "peak_device_mb",
     "image",
     "command",
+    "host_scheduler_ms",
+    "host_copy_ms",
 ];
 
 /// Columns that CSVs written before them lack; read as empty there.
