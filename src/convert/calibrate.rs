@@ -272,4 +272,17 @@ mod tests {
         eprintln!("tiny-sd vae_decoder, fp16 with {islands} values in fp32 islands: relative L2 {err:.2e}");
         assert!(err <= 1e-2, "relative L2 {err:.2e}");
     }
+
+    #[test]
+    fn components_fed_with_tokens_are_refused_in_one_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd");
+        let model = OnnxModel::load(source.join("text_encoder/model.onnx")).unwrap();
+        let settings = crate::passes::precision::RangeOptions::default();
+        let err =
+            super::measure_ranges("text_encoder", &source, &model, &[], &settings, None, &dir.path().join("r.json"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("`text_encoder`") && err.contains("input_ids") && err.contains("components"), "{err}");
+    }
 }

@@ -65,7 +65,7 @@
 //! Range islands. SDXL's published VAE decoder overflows in float16: some of its activations exceed 65504
 //! and become inf, then NaN after the next normalization (black images). With `[precision.ranges]` the
 //! conversion measures the activation ranges of the graph first (a step of convert's plan, as for
-//! int8-static: [`crate::convert::calibrate::measure_ranges`], run on a few random latents, fp32, CPU EP)
+//! int8-static: `convert::calibrate::measure_ranges`, run on a few random latents, fp32, CPU EP)
 //! and hands them to the pass ([`PrecisionPass::with_ranges`]). A value is out of range when
 //! `max |x| · margin > 65504`; the nodes that touch it (its producer and its readers: a value that does not
 //! fit float16 can be neither written nor read as float16) stay fp32, everything else is converted as
