@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # SDXL-size pipeline with RANDOM weights (latency depends on shapes, not on weight values) on one NVIDIA GPU:
-# dfast on the CUDA EP in fp16 with the profiles baseline, sdpa, fuse-qkv and cuda-graph, and the PyTorch
-# reference (bf16 + SDPA eager; bf16 + SDPA + fused QKV + torch.compile, the seed's recipe) on the same card,
+# dfast on the CUDA EP in fp16 with the profiles baseline, sdpa, fuse-qkv, cuda-graph, fused and fused-graph,
+# and the PyTorch reference (bf16 + SDPA eager; bf16 + SDPA + fused QKV + torch.compile, the seed's recipe) on the
+# same card,
 # 1024x1024, 30 steps, batch 1. Made for a GPU host reached through transfers, in two phases, so that the
 # slow CPU work (export, conversion) runs while the rest of the transfers arrive:
 #
 #   gpu_sdxl.sh prep    export the pipeline (export_onnx.py; ONNX and the PyTorch weights from the same seed),
-#                       convert the three fp16 profiles in parallel (CPU only), then the PyTorch rows (GPU);
+#                       convert the four fp16 profiles in parallel (CPU only), then the PyTorch rows (GPU);
 #                       leaves $WORK/prep.done (or $WORK/prep.failed)
 #   gpu_sdxl.sh bench   waits for prep, runs `dfast bench --ep cuda` (the conversions are reused, cuda-graph
-#                       links fuse-qkv's files), then `dfast report` over the dfast and PyTorch rows; copies
-#                       results.csv, report.md, report.png, the logs and two images into $OUT
+#                       and fused-graph link fuse-qkv's and fused's files), then `dfast report` over the dfast
+#                       and PyTorch rows; copies results.csv, report.md, report.png, the logs and two images into $OUT
 #   gpu_sdxl.sh all     both, one after the other
 #
 # After the benchmark (EP=cuda), gpu_kernels.py profiles the UNet of each of KERNEL_PROFILES (default
@@ -39,7 +40,7 @@ eval "$defs"
 STEPS=${STEPS:-$CARD_STEPS}
 WARMUP=${WARMUP:-1}
 RUNS=${RUNS:-3}
-PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,cuda-graph}
+PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,cuda-graph,fused,fused-graph}
 PT_SETTINGS=${PT_SETTINGS-bf16+sdpa,bf16+sdpa+compile+fused-qkv}
 WAIT_S=${WAIT_S:-480}
 KERNEL_PROFILES=${KERNEL_PROFILES:-fuse-qkv,fused}
@@ -75,7 +76,7 @@ prep() {
   fi
   log "converting the dfast profiles"
   pids=()
-  for p in baseline sdpa fuse-qkv; do
+  for p in baseline sdpa fuse-qkv fused; do
     "$DFAST" convert --model "$MODEL" --profile "$p" --precision fp16 --ep "$EP" \
       --out "$RES/dfast/converted/$p-fp16-$EP" > "$WORK/convert-$p.log" 2>&1 &
     pids+=($!)
