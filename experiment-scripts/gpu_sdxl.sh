@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # SDXL-size pipeline with RANDOM weights (latency depends on shapes, not on weight values) on one NVIDIA GPU:
-# dfast on the CUDA EP in fp16 with the profiles baseline, sdpa, fuse-qkv and cuda-graph, and the PyTorch
-# reference (bf16 + SDPA eager; bf16 + SDPA + fused QKV + torch.compile, the seed's recipe) on the same card,
+# dfast on the CUDA EP in fp16 with the profiles baseline, sdpa, fuse-qkv, cuda-graph, fused and fused-graph,
+# and the PyTorch reference (bf16 + SDPA eager; bf16 + SDPA + fused QKV + torch.compile, the seed's recipe) on the
+# same card,
 # 1024x1024, 30 steps, batch 1. Made for a GPU host reached through transfers, in two phases, so that the
 # slow CPU work (export, conversion) runs while the rest of the transfers arrive:
 #
 #   gpu_sdxl.sh prep    export the pipeline (export_onnx.py; ONNX and the PyTorch weights from the same seed),
-#                       convert the three fp16 profiles in parallel (CPU only), then the PyTorch rows (GPU);
+#                       convert the four fp16 profiles in parallel (CPU only), then the PyTorch rows (GPU);
 #                       leaves $WORK/prep.done (or $WORK/prep.failed)
 #   gpu_sdxl.sh bench   waits for prep, runs `dfast bench --ep cuda` (the conversions are reused, cuda-graph
-#                       links fuse-qkv's files), then `dfast report` over the dfast and PyTorch rows; copies
-#                       results.csv, report.md, report.png, the logs and two images into $OUT
+#                       and fused-graph link fuse-qkv's and fused's files), then `dfast report` over the dfast
+#                       and PyTorch rows; copies results.csv, report.md, report.png, the logs and two images into $OUT
 #   gpu_sdxl.sh all     both, one after the other
+#
+# After the benchmark (EP=cuda), gpu_kernels.py profiles the UNet of each of KERNEL_PROFILES (default
+# fuse-qkv,fused; the ones bench converted) and the VAE decoder of the first, and writes their kernel tables
+# (JSON + Markdown) into $OUT/kernels, beside results.csv. With VAE_ISLANDS=1 the benchmark also runs the
+# profile vae-islands (fuse-qkv with the VAE decoder in fp16 and fp32 range islands, `[precision.ranges]`;
+# written into $WORK): its row's VAE decode time is the check of the islands' speed target (<= 40 ms on an
+# H200). Both are UNVERIFIED until run on a GPU.
 #
 # Environment: DFAST (the dfast binary; ORT_DYLIB_PATH and LD_LIBRARY_PATH must reach ONNX Runtime's GPU build
 # and the CUDA libraries for `bench`), PYTHON (default python3), WORK (default /tmp/dfast-gpu), OUT (default
 # $WORK/out), STEPS, WIDTH, HEIGHT (default: models/sdxl.toml's, read by common.py: 30, 1024, 1024), WARMUP (1),
-# RUNS (3), PROFILES, PT_SETTINGS, WAIT_S (how long bench waits for prep).
+# RUNS (3), PROFILES, PT_SETTINGS, WAIT_S (how long bench waits for prep), KERNEL_PROFILES, VAE_ISLANDS.
+# gpu_kernels.py needs torch and onnxruntime-gpu in $PYTHON (the host's env.sh puts them on PYTHONPATH).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 phase=${1:-all}
@@ -31,12 +40,17 @@ eval "$defs"
 STEPS=${STEPS:-$CARD_STEPS}
 WARMUP=${WARMUP:-1}
 RUNS=${RUNS:-3}
-PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,cuda-graph}
+PROFILES=${PROFILES:-baseline,sdpa,fuse-qkv,cuda-graph,fused,fused-graph}
 PT_SETTINGS=${PT_SETTINGS-bf16+sdpa,bf16+sdpa+compile+fused-qkv}
 WAIT_S=${WAIT_S:-480}
+KERNEL_PROFILES=${KERNEL_PROFILES:-fuse-qkv,fused}
+VAE_ISLANDS=${VAE_ISLANDS:-0}
 EP=${EP:-cuda}                     # EP=cpu with MODEL=models/tiny-sdxl and PT_SETTINGS= is a dry run anywhere
 PT_DEVICE=$([ "$EP" = cuda ] && echo cuda || echo cpu)
 MODEL=${MODEL:-$WORK/sdxl-random}
+# Absolute paths: bench runs from $WORK (see bench()).
+WORK=$(realpath -m "$WORK"); OUT=$(realpath -m "$OUT"); MODEL=$(realpath -m "$MODEL")
+[[ "$DFAST" == */* ]] && DFAST=$(realpath -m "$DFAST")
 RES=$WORK/results
 WIDTH=${WIDTH:-$CARD_WIDTH}
 HEIGHT=${HEIGHT:-$CARD_HEIGHT}
@@ -62,7 +76,7 @@ prep() {
   fi
   log "converting the dfast profiles"
   pids=()
-  for p in baseline sdpa fuse-qkv; do
+  for p in baseline sdpa fuse-qkv fused; do
     "$DFAST" convert --model "$MODEL" --profile "$p" --precision fp16 --ep "$EP" \
       --out "$RES/dfast/converted/$p-fp16-$EP" > "$WORK/convert-$p.log" 2>&1 &
     pids+=($!)
@@ -86,8 +100,21 @@ bench() {
   done
   log "prep waited ${waited} s: $(ls "$WORK" | paste -sd' ')"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  "$DFAST" bench --model "$MODEL" --ep "$EP" --precision fp16 --profile "$PROFILES" --steps "$STEPS" "${SIZE[@]}" \
-    --warmup "$WARMUP" --runs "$RUNS" --tag sdxl-gpu --out "$RES/dfast" 2>&1 | tee "$WORK/bench.log" || true
+  profiles=$PROFILES
+  if [ "$VAE_ISLANDS" = 1 ]; then
+    # A profile file named without a folder: bench labels its conversion by the name it is given.
+    cat > "$WORK/vae-islands.toml" <<'TOML'
+name = "vae-islands"
+extends = "fuse-qkv"
+description = "fuse-qkv; the VAE decoder fp16 with fp32 range islands (unverified)"
+[precision.ranges]
+components = ["vae_decoder"]
+TOML
+    profiles="$profiles,vae-islands.toml"
+  fi
+  (cd "$WORK" && "$DFAST" bench --model "$MODEL" --ep "$EP" --precision fp16 --profile "$profiles" --steps "$STEPS" \
+    "${SIZE[@]}" --warmup "$WARMUP" --runs "$RUNS" --tag sdxl-gpu --out "$RES/dfast") 2>&1 | tee "$WORK/bench.log" || true
+  [ "$EP" = cuda ] && kernels
   reports=("$RES/dfast")
   [ -d "$RES/pytorch" ] && reports+=("$RES/pytorch")
   "$DFAST" report "${reports[@]}" --title "SDXL-size (random weights), ${WIDTH}x${HEIGHT}, $STEPS steps, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "$EP")" \
@@ -102,6 +129,25 @@ bench() {
   log "summary"
   cut -d, -f1-40 "$RES/report/results.csv" 2>/dev/null | head -n 20 || true
   cat "$RES/report/report.md" 2>/dev/null || true
+}
+
+# Kernel tables of the converted UNets (and the first profile's VAE decoder), batch 2 with guidance.
+kernels() {
+  mkdir -p "$OUT/kernels"
+  first=1
+  for p in ${KERNEL_PROFILES//,/ }; do
+    dir="$RES/dfast/converted/$p-fp16-$EP"
+    parts=(unet)
+    [ "$first" = 1 ] && parts+=(vae_decoder)
+    first=0
+    for part in "${parts[@]}"; do
+      [ -f "$dir/$part/model.onnx" ] || { log "kernels: no $dir/$part/model.onnx"; continue; }
+      log "kernel table of $part ($p)"
+      "$PYTHON" "$here/gpu_kernels.py" profile "$dir/$part/model.onnx" --tag "$part-$p" --out "$OUT/kernels" \
+        "${SIZE[@]}" --guidance > "$WORK/kernels-$part-$p.log" 2>&1 || log "gpu_kernels.py failed for $part ($p)"
+      tail -n 30 "$WORK/kernels-$part-$p.log"
+    done
+  done
 }
 
 case "$phase" in

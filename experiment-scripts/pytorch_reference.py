@@ -78,7 +78,8 @@ from pathlib import Path
 
 import common  # this script's folder is on sys.path when it runs as a script
 
-# dfast's CSV columns, in order (src/bench/schema.rs COLUMNS).
+# dfast's CSV columns, in order (src/bench/schema.rs COLUMNS, less its optional dfast-only host_scheduler_ms and
+# host_copy_ms, which dfast reads as empty in these rows).
 COLUMNS = [
     "timestamp", "tag", "model", "model_card", "pipeline", "runtime", "profile", "passes", "precision", "ep",
     "ep_options", "onnxruntime_version", "dfast_version", "device", "scheduler", "steps", "batch_size", "width", "height",

@@ -51,7 +51,16 @@ fn bench_writes_rows_images_and_skips_with_a_reason() {
         assert_eq!(col(row, "steps"), "2");
         assert_eq!(col(row, "timed_runs"), "2");
         assert_eq!(col(row, "onnxruntime_version"), dfast::runtime::ORT_VERSION);
-        for number in ["session_create_s", "first_run_s", "unet_step_ms", "total_s", "total_min_s", "peak_host_mb"] {
+        for number in [
+            "session_create_s",
+            "first_run_s",
+            "unet_step_ms",
+            "total_s",
+            "total_min_s",
+            "peak_host_mb",
+            "host_copy_ms",
+            "host_scheduler_ms",
+        ] {
             let v: f64 = col(row, number).parse().unwrap_or_else(|_| panic!("{number} is not a number"));
             assert!(v > 0.0, "{number} = {v}");
         }

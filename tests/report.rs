@@ -61,6 +61,8 @@ fn row(model: &str, runtime: &str, profile: &str, precision: &str, ep: &str, tot
         peak_device_mb: if gpu { Some(3500.0) } else { None },
         image: "images/x.png".into(),
         command: format!("dfast bench --profile {profile}"),
+        host_scheduler_ms: None,
+        host_copy_ms: None,
     }
 }
 
@@ -277,6 +279,39 @@ fn unet_alone_ms_reads_with_and_without_the_column_and_shows_only_when_present()
     assert!(old_line.contains(" | – | 80.0 |"), "{old_line}");
     let csv_text = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv_text.lines().next().unwrap(), COLUMNS.join(","));
+}
+
+#[test]
+fn the_host_share_of_a_step_shows_where_rows_have_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut measured = row("sd15", "dfast", "baseline", "fp32", "cpu", 3.0);
+    measured.unet_step_ms = 100.0;
+    measured.host_scheduler_ms = Some(0.5);
+    measured.host_copy_ms = Some(1.5);
+    let older = row("sd15", "dfast", "sdpa", "fp32", "cpu", 2.0);
+    write_rows(&dir.join("results.csv"), &[measured.clone(), older.clone()]);
+    assert_eq!(dfast::bench::report::read_rows(&dir).unwrap(), [measured.clone(), older.clone()]);
+    // A CSV from before the columns reads them as empty.
+    let old_dir = tmp.path().join("old");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    write_rows_without(&old_dir.join("results.csv"), &[measured.clone()], &["host_scheduler_ms", "host_copy_ms"]);
+    let back = dfast::bench::report::read_rows(&old_dir).unwrap();
+    assert_eq!((back[0].host_scheduler_ms, back[0].host_copy_ms), (None, None));
+
+    let out = tmp.path().join("out");
+    report(std::slice::from_ref(&dir), "t", &out).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| unet_step_ms | host_ms_per_step | vae_decode_ms |"), "{md}");
+    let line = md.lines().find(|l| l.starts_with("| dfast/baseline/fp32/cpu |")).unwrap();
+    // 0.5 + 1.5 ms of a 100 ms step.
+    assert!(line.contains("| 100 | 2.00 (2.0%) | 80.0 |"), "{line}");
+    let line = md.lines().find(|l| l.starts_with("| dfast/sdpa/fp32/cpu |")).unwrap();
+    assert!(line.contains(" | – | 80.0 |"), "{line}");
+    let out = tmp.path().join("out-old");
+    report(std::slice::from_ref(&old_dir), "t", &out).unwrap();
+    assert!(!std::fs::read_to_string(out.join("report.md")).unwrap().contains("host_ms_per_step"));
 }
 
 /// Runs `dfast report DIR --out OUT` and returns its output.

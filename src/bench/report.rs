@@ -358,11 +358,15 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
         let alone = rows.iter().any(|r| r.unet_alone_ms.is_some());
         let alone_head = if alone { " unet_alone_ms |" } else { "" };
         let alone_rule = if alone { "---:|" } else { "" };
+        // The host's part of a step (dfast rows), where any row has it: ms and share of the step.
+        let host = model_rows.iter().any(|r| r.host_scheduler_ms.is_some());
+        let host_head = if host { " host_ms_per_step |" } else { "" };
+        let host_rule = if host { "---:|" } else { "" };
         let _ = writeln!(
             md,
-            "| setting |{device_head} total_s | unet_step_ms |{alone_head} vae_decode_ms | peak_host_mb | speed-up | tag |"
+            "| setting |{device_head} total_s | unet_step_ms |{alone_head}{host_head} vae_decode_ms | peak_host_mb | speed-up | tag |"
         );
-        let _ = writeln!(md, "|---|{device_rule}---:|---:|{alone_rule}---:|---:|---:|---|");
+        let _ = writeln!(md, "|---|{device_rule}---:|---:|{alone_rule}{host_rule}---:|---:|---:|---|");
         for row in model_rows {
             let speedup = match baseline_of(rows, row) {
                 Some(b) => {
@@ -382,9 +386,16 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
                 (true, Some(ms)) => format!(" {} |", format_number(ms)),
                 (true, None) => " – |".to_string(),
             };
+            let host_cell = match (host, row.host_scheduler_ms, row.host_copy_ms) {
+                (false, _, _) => String::new(),
+                (true, Some(a), Some(b)) if row.unet_step_ms > 0.0 => {
+                    format!(" {} ({:.1}%) |", format_number(a + b), 100.0 * (a + b) / row.unet_step_ms)
+                }
+                (true, _, _) => " – |".to_string(),
+            };
             let _ = writeln!(
                 md,
-                "| {} |{device} {} | {} |{alone_cell} {} | {} | {speedup} | {} |",
+                "| {} |{device} {} | {} |{alone_cell}{host_cell} {} | {} | {speedup} | {} |",
                 escape(&setting_in(rows, row)),
                 format_number(row.total_s),
                 format_number(row.unet_step_ms),
@@ -395,6 +406,13 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
         }
     }
 
+    if rows.iter().any(|r| r.host_scheduler_ms.is_some()) {
+        md.push_str(
+            "\nhost_ms_per_step: the host's part of a UNet step (dfast rows), medians over steps of the scheduler's \
+             arithmetic (`host_scheduler_ms`) plus the latent copies in and out of the UNet session \
+             (`host_copy_ms`), and its share of `unet_step_ms`.\n",
+        );
+    }
     md.push_str(
         "\nSpeed-up: the model's baseline `total_s` (profile `baseline`, fp32, on the same execution provider \
          and device where measured, else on the same device) divided by the row's `total_s`; `–` where the model has no baseline row.",

@@ -271,6 +271,8 @@ fn measure(
         unet_step_ms: m.unet_step_ms,
         // dfast's UNet-alone figure is `dfast unet-step`'s, not a bench column.
         unet_alone_ms: None,
+        host_scheduler_ms: m.host_scheduler_ms,
+        host_copy_ms: m.host_copy_ms,
         vae_decode_ms: m.vae_decode_ms,
         total_s: median(&m.totals_s),
         total_min_s: m.totals_s.iter().copied().fold(f64::INFINITY, f64::min),
@@ -406,6 +408,11 @@ pub struct Measurement {
     pub first_run_s: f64,
     pub text_encode_ms: f64,
     pub unet_step_ms: f64,
+    /// Per step, the host's arithmetic and the latent copies (medians, ms; see `schema`).
+    #[serde(default)]
+    pub host_scheduler_ms: Option<f64>,
+    #[serde(default)]
+    pub host_copy_ms: Option<f64>,
     pub vae_decode_ms: f64,
     pub totals_s: Vec<f64>,
     pub peak_host_mb: f64,
@@ -549,12 +556,14 @@ pub fn worker(opts: &WorkerJob, on_run: &mut dyn FnMut(usize, usize)) -> Result<
     let mut text = Vec::new();
     let mut steps = Vec::new();
     let mut vae = Vec::new();
+    let mut host: Vec<(f64, f64)> = Vec::new();
     let mut last = first;
     for i in 0..opts.runs {
         let out = pipe.generate(&generate, &mut |_, _| {})?;
         totals.push(out.timings.total);
         text.push(out.timings.text_encoding * 1e3);
         steps.extend(out.timings.unet_steps.iter().map(|s| s * 1e3));
+        host.extend(out.timings.host_steps.iter().map(|h| (h.scheduler * 1e3, h.copies * 1e3)));
         vae.push(out.timings.vae_decode * 1e3);
         last = out;
         on_run(2 + opts.warmup + i, total_runs);
@@ -568,6 +577,8 @@ pub fn worker(opts: &WorkerJob, on_run: &mut dyn FnMut(usize, usize)) -> Result<
         first_run_s,
         text_encode_ms: median(&text),
         unet_step_ms: median(&steps),
+        host_scheduler_ms: (!host.is_empty()).then(|| median(&host.iter().map(|h| h.0).collect::<Vec<_>>())),
+        host_copy_ms: (!host.is_empty()).then(|| median(&host.iter().map(|h| h.1).collect::<Vec<_>>())),
         vae_decode_ms: median(&vae),
         totals_s: totals,
         peak_host_mb: peak_rss_mb(),

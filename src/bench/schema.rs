@@ -33,6 +33,8 @@
 //! | `peak_device_mb` | peak GPU memory, empty on the CPU |
 //! | `image` | the image file written for this row, relative to the CSV |
 //! | `command` | the command line that reproduces the row |
+//! | `host_scheduler_ms` | dfast rows: per UNet step, the host's arithmetic around the UNet call (guidance batch, `scale_model_input`, guidance combination, `scheduler.step`), median over every step; empty in PyTorch rows and older CSVs |
+//! | `host_copy_ms` | dfast rows: per UNet step, moving the step's tensors in and out of the UNet session (building the inputs, copying them to bound device tensors, reading the output back), median; empty in PyTorch rows and older CSVs |
 
 use serde::{Deserialize, Serialize};
 
@@ -76,10 +78,15 @@ pub struct Row {
     pub peak_device_mb: Option<f64>,
     pub image: String,
     pub command: String,
+    /// dfast rows: the host's arithmetic per UNet step (median ms), part of `unet_step_ms`.
+    pub host_scheduler_ms: Option<f64>,
+    /// dfast rows: the latent copies in and out of the UNet session per step (median ms), part of
+    /// `unet_step_ms`.
+    pub host_copy_ms: Option<f64>,
 }
 
 /// The column names, in order.
-pub const COLUMNS: [&str; 34] = [
+pub const COLUMNS: [&str; 36] = [
     "timestamp",
     "tag",
     "model",
@@ -114,10 +121,12 @@ pub const COLUMNS: [&str; 34] = [
     "peak_device_mb",
     "image",
     "command",
+    "host_scheduler_ms",
+    "host_copy_ms",
 ];
 
 /// Columns that CSVs written before them lack; read as empty there.
-pub const OPTIONAL_COLUMNS: [&str; 2] = ["ep_options", "unet_alone_ms"];
+pub const OPTIONAL_COLUMNS: [&str; 4] = ["ep_options", "unet_alone_ms", "host_scheduler_ms", "host_copy_ms"];
 
 /// The name of the CSV `dfast bench` writes in its output folder.
 pub const RESULTS_CSV: &str = "results.csv";

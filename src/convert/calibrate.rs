@@ -2,6 +2,9 @@
 //! source pipeline (fp32, CPU EP) generates a few prompts, then the graph being converted run on those
 //! inputs with every activation to quantize as an extra output (`runtime::calibration`). The ranges are
 //! saved next to the converted component and handed to the pass.
+//!
+//! The same measurement serves the precision pass's range islands ([`measure_ranges`]): a step before
+//! the precision pass, on random latents of the decoder's input shape, min and max of every float value.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::manifest::Calibration;
 use crate::onnx::OnnxModel;
+use crate::passes::precision::RangeOptions;
 use crate::pipeline::{GenerateOptions, Pipeline, PipelineDir};
 use crate::runtime::calibration::{Ranges, Sample, activation_ranges};
 use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
@@ -96,6 +100,102 @@ pub fn calibrate(
     Ok(ranges)
 }
 
+/// The file, in a converted component's folder, that holds the ranges the precision pass's islands were
+/// decided on.
+pub const ACTIVATION_RANGES_FILE: &str = "activation-ranges.json";
+
+/// Tensors measured per run: each is an extra graph output that ONNX Runtime keeps alive until the run
+/// ends, so a decoder's hundreds of activations are measured in groups.
+const RANGE_GROUP: usize = 48;
+
+/// The activation ranges (min, max over the samples) of `tensors` in `model`, the graph being converted
+/// for `component` of the pipeline in `source`, on `settings.samples` random inputs (below); saved to
+/// `save_to`.
+///
+/// The inputs: every float graph input gets standard normal values (seeded, `TorchGenerator`), its
+/// dynamic axes the size 1 (axis 0, the batch) or `settings.latent_size` (the others); a VAE decoder's latents are
+/// divided by the VAE's `scaling_factor` (from the component's config.json) as the pipeline does. A
+/// component with other than float inputs (a UNet, a text encoder) is refused.
+pub fn measure_ranges(
+    component: &str,
+    source: &Path,
+    model: &OnnxModel,
+    tensors: &[String],
+    settings: &RangeOptions,
+    ort_lib: Option<&Path>,
+    save_to: &Path,
+) -> Result<Ranges> {
+    let inputs = random_inputs(component, source, model, settings.samples, settings.latent_size)?;
+    let runtime = Runtime::new(ExecutionProvider::Cpu, ort_lib)?;
+    let mut ranges = Ranges::new();
+    for group in tensors.chunks(RANGE_GROUP) {
+        ranges.extend(activation_ranges(&runtime, model, group, &inputs, 100.0).map_err(|e| {
+            e.in_context("measuring activation ranges for [precision.ranges] (fp32 on the CPU EP)".to_string())
+        })?);
+    }
+    let sorted: std::collections::BTreeMap<_, _> = ranges.iter().map(|(k, &(a, b))| (k.clone(), [a, b])).collect();
+    let text = serde_json::to_string_pretty(&sorted).map_err(|e| Error::internal(format!("ranges: {e}")))?;
+    std::fs::write(save_to, text + "\n").map_err(|e| Error::io(save_to, "cannot write", e))?;
+    Ok(ranges)
+}
+
+/// `samples` random inputs for `model` (see [`measure_ranges`]).
+fn random_inputs(
+    component: &str,
+    source: &Path,
+    model: &OnnxModel,
+    samples: usize,
+    latent_size: usize,
+) -> Result<Vec<Sample>> {
+    let index = crate::onnx::GraphIndex::new(model);
+    let scale = if component.starts_with("vae") {
+        let config = source.join(component).join("config.json");
+        let factor = std::fs::read_to_string(&config)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("scaling_factor").and_then(serde_json::Value::as_f64))
+            .unwrap_or(1.0) as f32;
+        1.0 / factor
+    } else {
+        1.0
+    };
+    let graph_inputs: Vec<&str> =
+        model.graph().input.iter().map(|v| v.name()).filter(|v| !index.is_initializer(v)).collect();
+    let mut shapes = Vec::new();
+    for name in &graph_inputs {
+        if index.declared_elem_type(name) != Some(crate::onnx::dtype::FLOAT) {
+            return Err(Error::bad_input(format!(
+                "[precision.ranges] measures components fed with float tensors only (a VAE decoder); \
+                 `{component}` has the non-float input `{name}`: leave it out of `components`"
+            )));
+        }
+        let dims = index.declared_shape(name).unwrap_or_default();
+        let dims: Vec<usize> = dims
+            .iter()
+            .enumerate()
+            .map(|(k, d)| match d {
+                Some(d) if *d > 0 => *d as usize,
+                _ if k == 0 => 1,
+                _ => latent_size,
+            })
+            .collect();
+        shapes.push((name.to_string(), dims));
+    }
+    let mut generator = crate::pipeline::torch_rng::TorchGenerator::manual_seed(0);
+    Ok((0..samples)
+        .map(|_| {
+            shapes
+                .iter()
+                .map(|(name, dims)| {
+                    let values = generator.randn(dims.iter().product()).into_iter().map(|v| v * scale).collect();
+                    let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(dims), values).expect("sized");
+                    (name.clone(), HostTensor::F32(array))
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// Ranges saved by an earlier conversion (a converted folder, or the JSON file itself); every tensor the
 /// pass wants must be in it.
 fn read_ranges(from: &Path, component: &str, tensors: &[String]) -> Result<Ranges> {
@@ -114,4 +214,75 @@ fn read_ranges(from: &Path, component: &str, tensors: &[String]) -> Result<Range
         ));
     }
     Ok(map.into_iter().map(|(k, [a, b])| (k, (a, b))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::ACTIVATION_RANGES_FILE;
+    use crate::convert::{ConvertOptions, Profile, convert};
+    use crate::onnx::OnnxModel;
+    use crate::passes::Target;
+    use crate::passes::test_util::{Sizes, compare};
+    use crate::settings::Precision;
+
+    /// `dfast convert --ep cuda --precision fp16` of tiny-sd with `[precision.ranges]`: the ranges are
+    /// measured for the VAE decoder only, saved beside it and recorded in the manifest; with a margin
+    /// that puts the limit under the tiny decoder's largest activations, some values become islands, and
+    /// the converted decoder still matches the source. With the SDXL card, whose decoder otherwise stays
+    /// fp32, the profile's islands opt the decoder in (as `--vae-half` does).
+    #[test]
+    fn convert_measures_ranges_for_the_decoder_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("islands.toml");
+        // The tiny decoder's activations reach about 16 on random latents: a limit of 8.
+        std::fs::write(&profile, "name = \"islands\"\nextends = \"baseline\"\n[precision.ranges]\nmargin = 8188.0\n")
+            .unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd");
+        let out = dir.path().join("out");
+        let opts = ConvertOptions {
+            source: source.clone(),
+            out: out.clone(),
+            profile: Profile::load(profile.to_str().unwrap()).unwrap(),
+            precision: Precision::Fp16,
+            target: Target::Cuda,
+            card: Some(crate::convert::ModelCard::load("sdxl").unwrap()),
+            vae_half: false,
+            calibration: Default::default(),
+            force: true,
+        };
+        let manifest = convert(&opts, &mut |_| {}).unwrap();
+        let record = |component: &str| {
+            let c = manifest.components.iter().find(|c| c.component == component).unwrap();
+            c.passes.iter().find(|p| p.pass == "precision").unwrap().settings.clone()
+        };
+        let report = manifest.components.iter().find(|c| c.component == "vae_decoder").unwrap();
+        assert_eq!(report.precision, Precision::Fp16);
+        let decoder = record("vae_decoder");
+        let islands = decoder["out_of_range"].as_array().unwrap().len();
+        assert!(islands > 0, "{decoder}");
+        assert_eq!(decoder["limit"], serde_json::json!(8.0));
+        assert!(record("unet").is_null());
+        assert!(out.join("vae_decoder").join(ACTIVATION_RANGES_FILE).is_file());
+        assert!(!out.join("unet").join(ACTIVATION_RANGES_FILE).exists());
+        let before = OnnxModel::load(source.join("vae_decoder/model.onnx")).unwrap();
+        let after = OnnxModel::load(out.join("vae_decoder/model.onnx")).unwrap();
+        let err = compare(&before, &after, 3, Sizes { batch: 1, spatial: 16, other: 1 });
+        eprintln!("tiny-sd vae_decoder, fp16 with {islands} values in fp32 islands: relative L2 {err:.2e}");
+        assert!(err <= 1e-2, "relative L2 {err:.2e}");
+    }
+
+    #[test]
+    fn components_fed_with_tokens_are_refused_in_one_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-sd");
+        let model = OnnxModel::load(source.join("text_encoder/model.onnx")).unwrap();
+        let settings = crate::passes::precision::RangeOptions::default();
+        let err =
+            super::measure_ranges("text_encoder", &source, &model, &[], &settings, None, &dir.path().join("r.json"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("`text_encoder`") && err.contains("input_ids") && err.contains("components"), "{err}");
+    }
 }

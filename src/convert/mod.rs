@@ -19,7 +19,7 @@ pub use profile::Profile;
 pub use crate::manifest::{ComponentReport, MANIFEST, Manifest};
 use crate::onnx::OnnxModel;
 use crate::passes::int8_static::Int8Static;
-use crate::passes::{BuildContext, PassContext, PassManager, PassRecord, PassSpec, Target, registry};
+use crate::passes::{BuildContext, PassContext, PassManager, PassRecord, PassSpec, PrecisionPass, Target, registry};
 use crate::pipeline::PipelineDir;
 use crate::settings::Precision;
 use crate::{Error, Result};
@@ -53,11 +53,13 @@ pub enum Event<'a> {
     Warning(String),
 }
 
-/// One step of a component's plan: passes to their fixed points, or calibration followed by int8-static
-/// with the calibrated ranges.
+/// One step of a component's plan: passes to their fixed points, calibration followed by int8-static
+/// with the calibrated ranges, or activation ranges measured followed by the precision pass with them
+/// (range islands).
 enum Step {
     Passes(PassManager),
     Calibrated(Int8Static),
+    Ranged(PrecisionPass),
 }
 
 /// What happens to one component.
@@ -102,10 +104,19 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     let exclude = ModelCard::exclude_or_seed(card.as_ref());
     // Every pass is built (and its options checked) before anything is written.
     let mut plans = Vec::new();
+    // A profile that asks for range islands on the VAE decoder opts in to a half decoder, as `--vae-half`.
+    let islands_on_decoder = registry::parse_options::<crate::passes::precision::PrecisionOptions>(
+        &opts.profile.pass_options(PrecisionPass::NAME, opts.target),
+    )
+    .ok()
+    .and_then(|o| o.ranges)
+    .is_some_and(|r| r.components.iter().any(|c| c == "vae_decoder"));
     for component in &components {
-        let keep_fp32 =
-            (component == "vae_decoder" && !opts.vae_half && card.as_ref().is_some_and(ModelCard::vae_decoder_fp32))
-                || (component == "text_encoder" && card.as_ref().is_some_and(ModelCard::text_encoder_fp32));
+        let keep_fp32 = (component == "vae_decoder"
+            && !opts.vae_half
+            && !islands_on_decoder
+            && card.as_ref().is_some_and(ModelCard::vae_decoder_fp32))
+            || (component == "text_encoder" && card.as_ref().is_some_and(ModelCard::text_encoder_fp32));
         // OpenVINO takes fp32 graphs and runs them in bf16/f16 by its inference precision hint (a session
         // option, recorded in the manifest), so its graphs stay fp32.
         let precision = if keep_fp32 || opts.target == Target::OpenVino { Precision::Fp32 } else { opts.precision };
@@ -207,6 +218,23 @@ fn run_plan(
                 let ranges =
                     calibrate::calibrate(component, &opts.source, model, &targets, &opts.calibration, &save_to)?;
                 PassManager::new().with(pass.with_ranges(ranges))
+            }
+            Step::Ranged(pass) => {
+                let targets = pass.range_targets(model);
+                let r = pass.ranges.clone().unwrap_or_default();
+                let save_to = staging.join(component).join(calibrate::ACTIVATION_RANGES_FILE);
+                std::fs::create_dir_all(staging.join(component))
+                    .map_err(|e| Error::io(staging.join(component), "cannot create", e))?;
+                let ranges = calibrate::measure_ranges(
+                    component,
+                    &opts.source,
+                    model,
+                    &targets,
+                    &r,
+                    opts.calibration.ort_lib.as_deref(),
+                    &save_to,
+                )?;
+                PassManager::new().with(pass.with_ranges(&ranges))
             }
         };
         records.extend(manager.run(model, &ctx)?);
@@ -313,7 +341,7 @@ fn plan(profile: &Profile, component: &str, ctx: &BuildContext) -> Result<Vec<St
     let mut steps = Vec::new();
     let mut manager = PassManager::new();
     let passes = profile.passes.iter().map(String::as_str);
-    let precision = (ctx.precision != Precision::Fp32).then_some(crate::passes::PrecisionPass::NAME);
+    let precision = (ctx.precision != Precision::Fp32).then_some(PrecisionPass::NAME);
     for name in passes.chain(precision) {
         if profile.components(name).is_some_and(|scope| !scope.iter().any(|c| c == component)) {
             continue;
@@ -327,6 +355,16 @@ fn plan(profile: &Profile, component: &str, ctx: &BuildContext) -> Result<Vec<St
             steps.push(Step::Passes(std::mem::take(&mut manager)));
             steps.push(Step::Calibrated(Int8Static::build(parsed, ctx)?));
             continue;
+        }
+        if name == PrecisionPass::NAME {
+            let parsed =
+                registry::parse_options(&options).map_err(|e| Error::bad_config(format!("[{name}] {e}"), e))?;
+            let pass = PrecisionPass::build(parsed, ctx)?;
+            if pass.measures(component) {
+                steps.push(Step::Passes(std::mem::take(&mut manager)));
+                steps.push(Step::Ranged(pass));
+                continue;
+            }
         }
         manager.push(info.name, info.build(&options, ctx)?);
     }

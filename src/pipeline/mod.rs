@@ -56,8 +56,21 @@ pub struct GenerateOptions {
 pub struct Timings {
     pub text_encoding: f64,
     pub unet_steps: Vec<f64>,
+    /// Per step, the host's part of `unet_steps`: scheduler arithmetic (guidance batch, input scaling,
+    /// guidance combination, the scheduler's step) and the latent copies in and out of the UNet session.
+    pub host_steps: Vec<HostShare>,
     pub vae_decode: f64,
     pub total: f64,
+}
+
+/// The host's work in one denoising step, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostShare {
+    /// Everything in the step outside the UNet call: stacking the guidance batch, `scale_model_input`,
+    /// the guidance combination and `scheduler.step`.
+    pub scheduler: f64,
+    /// Moving the step's tensors in and out of the UNet session (`Model::take_transfer_seconds`).
+    pub copies: f64,
 }
 
 /// Generated images (one per image per prompt, `batch_size` of them) with their final latents (before VAE
@@ -330,11 +343,15 @@ impl UnetPipeline {
             self.unet.bind_inputs(unet_conditioning(&cond))?;
         }
         let mut unet_steps = Vec::with_capacity(timesteps.len());
+        let mut host_steps = Vec::with_capacity(timesteps.len());
+        self.unet.take_transfer_seconds();
         for (i, &t) in timesteps.iter().enumerate() {
             let t_step = Instant::now();
             let model_input = if guidance { stack2(&latents)? } else { latents.clone() };
             let model_input = scheduler.scale_model_input(model_input, i);
+            let t_unet = Instant::now();
             let noise_pred = self.run_unet(model_input, t, &cond)?;
+            let in_unet = t_unet.elapsed().as_secs_f64();
             let noise_pred = if guidance {
                 let uncond = noise_pred.slice_axis(Axis(0), (0..batch).into());
                 let text = noise_pred.slice_axis(Axis(0), (batch..2 * batch).into());
@@ -343,14 +360,17 @@ impl UnetPipeline {
                 noise_pred
             };
             latents = scheduler.step(&noise_pred, i, &latents);
-            unet_steps.push(t_step.elapsed().as_secs_f64());
+            let step = t_step.elapsed().as_secs_f64();
+            unet_steps.push(step);
+            host_steps.push(HostShare { scheduler: step - in_unet, copies: self.unet.take_transfer_seconds() });
             on_step(i + 1, timesteps.len());
         }
 
         let t_vae = Instant::now();
         let images = self.decode(&latents)?;
         let vae_decode = t_vae.elapsed().as_secs_f64();
-        let timings = Timings { text_encoding, unet_steps, vae_decode, total: start.elapsed().as_secs_f64() };
+        let timings =
+            Timings { text_encoding, unet_steps, host_steps, vae_decode, total: start.elapsed().as_secs_f64() };
         Ok(Generated {
             images,
             latents,

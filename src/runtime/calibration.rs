@@ -37,7 +37,10 @@ pub fn activation_ranges(
     for t in tensors.iter().filter(|t| !existing.contains(*t)) {
         graph.output.push(make_tensor_value_info(t, dtype::FLOAT, None));
     }
-    let dir = std::env::temp_dir().join(format!("dfast-calibration-{}", std::process::id()));
+    // One folder per call: calls from several threads of one process must not share it.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dfast-calibration-{}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "cannot create", e))?;
     let result = (|| -> Result<Ranges> {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use half::{bf16, f16};
 use ndarray::{ArrayD, Axis, IxDyn};
@@ -48,6 +49,10 @@ pub struct Model {
     ep: ExecutionProvider,
     /// Inputs and outputs in device memory that stays put between runs (`bind_*`, `run_bound`).
     bound: Option<Bound>,
+    /// Seconds spent moving tensors between dfast's arrays and the session since the last
+    /// [`Model::take_transfer_seconds`]: building the input values (and copying them into bound device
+    /// tensors), and reading the outputs back (device to host, to f32). The session's own run is not in it.
+    transfer_s: f64,
 }
 
 /// Device-resident tensors bound to the session once; their contents are refreshed by copies.
@@ -101,7 +106,7 @@ impl Model {
                 }
             }
         }
-        Ok(Model { path: path.to_path_buf(), session, inputs, ep, bound: None })
+        Ok(Model { path: path.to_path_buf(), session, inputs, ep, bound: None, transfer_s: 0.0 })
     }
 
     pub fn path(&self) -> &Path {
@@ -128,6 +133,7 @@ impl Model {
 
     /// Runs the model and returns every floating-point output as f32, by name.
     pub fn run(&mut self, feeds: Vec<(&str, HostTensor)>) -> Result<HashMap<String, ArrayD<f32>>> {
+        let t_in = Instant::now();
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(feeds.len());
         for (name, tensor) in feeds {
             let spec = self
@@ -145,14 +151,23 @@ impl Model {
             }
         }
         let path = self.path.clone();
+        self.transfer_s += t_in.elapsed().as_secs_f64();
         let outputs = self.session.run(values).map_err(|e| run_error(&path, e))?;
+        let t_out = Instant::now();
         let mut result = HashMap::new();
         for (name, value) in outputs.iter() {
             if let Some(array) = to_f32(&value) {
                 result.insert(name.to_string(), array);
             }
         }
+        drop(outputs);
+        self.transfer_s += t_out.elapsed().as_secs_f64();
         Ok(result)
+    }
+
+    /// The seconds spent moving tensors in and out since the last call (see `transfer_s`), and a reset.
+    pub fn take_transfer_seconds(&mut self) -> f64 {
+        std::mem::take(&mut self.transfer_s)
     }
 
     /// Copies `feeds` into device tensors bound to the session, allocating and binding one the first time an
@@ -160,6 +175,13 @@ impl Model {
     /// change between runs (text embeddings) are fed once; the device tensors keep their addresses, which CUDA
     /// graphs need. On the CPU EP the "device" is host memory (same code path, used by the tests).
     pub fn bind_inputs(&mut self, feeds: Vec<(&str, HostTensor)>) -> Result<()> {
+        let t_in = Instant::now();
+        let result = self.bind_inputs_untimed(feeds);
+        self.transfer_s += t_in.elapsed().as_secs_f64();
+        result
+    }
+
+    fn bind_inputs_untimed(&mut self, feeds: Vec<(&str, HostTensor)>) -> Result<()> {
         for (name, tensor) in feeds {
             let spec = self
                 .input(name)
@@ -217,6 +239,8 @@ impl Model {
         let bound = self.bound.as_mut().ok_or_else(|| Error::internal("run_bound before anything was bound"))?;
         let fail = |e: ort::Error| run_error(&path, e);
         self.session.run_binding(&bound.binding).map_err(fail)?;
+        // ONNX Runtime synchronizes the device at the end of a run: from here on it is the copy back.
+        let t_out = Instant::now();
         let mut result = HashMap::new();
         for (name, (_, device)) in &bound.outputs {
             let host = if device.memory_info().is_cpu_accessible() {
@@ -231,6 +255,7 @@ impl Model {
                     .ok_or_else(|| Error::bad_file(&path, format!("output `{name}` is not a floating-point tensor")))?,
             );
         }
+        self.transfer_s += t_out.elapsed().as_secs_f64();
         Ok(result)
     }
 
@@ -274,14 +299,21 @@ impl Model {
         let shape = tensor.shape().to_vec();
         let err =
             |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
+        // The tensor as it is where the types agree (the latents and embeddings of every step); a detour
+        // through f64 only to convert.
+        let tensor = match (spec.ty, tensor) {
+            (TensorElementType::Float32, HostTensor::F32(a)) => {
+                return Ok(Tensor::from_array(a).map_err(err)?.upcast());
+            }
+            (TensorElementType::Int64, HostTensor::I64(a)) => return Ok(Tensor::from_array(a).map_err(err)?.upcast()),
+            (_, t) => t,
+        };
         let as_f64: Vec<f64> = match &tensor {
             HostTensor::F32(a) => a.iter().map(|&v| v as f64).collect(),
             HostTensor::I64(a) => a.iter().map(|&v| v as f64).collect(),
         };
         let vals = &as_f64[..];
         let value: DynTensor = match (spec.ty, tensor) {
-            (TensorElementType::Float32, HostTensor::F32(a)) => Tensor::from_array(a).map_err(err)?.upcast(),
-            (TensorElementType::Int64, HostTensor::I64(a)) => Tensor::from_array(a).map_err(err)?.upcast(),
             (TensorElementType::Float32, _) => tensor_of(&shape, vals.iter().map(|&v| v as f32)).map_err(err)?,
             (TensorElementType::Float16, _) => {
                 tensor_of(&shape, vals.iter().map(|&v| f16::from_f64(v))).map_err(err)?

@@ -21,7 +21,6 @@ use crate::{Error, Result};
 /// Builds the patch that carries out `plan` on `model` (whose index is `index`).
 pub(super) fn emit(pass: &PrecisionPass, model: &OnnxModel, index: &GraphIndex, plan: &Plan) -> Result<Patch> {
     let mut emitter = Emitter {
-        pass,
         model,
         index,
         nodes: index.nodes(),
@@ -47,7 +46,6 @@ pub(super) fn emit(pass: &PrecisionPass, model: &OnnxModel, index: &GraphIndex, 
 
 /// The patch being built, and the changes to existing nodes collected until they are rebuilt.
 struct Emitter<'a, 'm> {
-    pass: &'a PrecisionPass,
     model: &'a OnnxModel,
     index: &'a GraphIndex<'m>,
     nodes: &'m [NodeProto],
@@ -75,7 +73,11 @@ impl Emitter<'_, '_> {
         self.casts
             .entry((v.to_string(), to))
             .or_insert_with(|| {
-                let tag = if to == dtype::FLOAT { "fp32" } else { suffix };
+                let tag = match to {
+                    dtype::FLOAT => "fp32",
+                    dtype::BFLOAT16 if suffix != "bf16" => "bf16",
+                    _ => suffix,
+                };
                 let name = patch.fresh_name(index, &format!("{v}_{tag}"));
                 patch.add_node(NodeBuilder::new("Cast").inputs([v]).outputs([&name]).attr_int("to", to as i64).build());
                 if let Some(vi) = index.value_info(v) {
@@ -93,7 +95,8 @@ impl Emitter<'_, '_> {
         for out in &index.graph().output {
             let o = out.name();
             let Some(p) = index.producer(o) else { continue };
-            if !(plan.before.get(o) == Some(&dtype::FLOAT) && plan.after.get(o) == Some(&h)) {
+            let Some(&t) = plan.after.get(o) else { continue };
+            if !(plan.before.get(o) == Some(&dtype::FLOAT) && (t == h || t == dtype::BFLOAT16)) {
                 continue;
             }
             let alias = self.patch.fresh_name(index, &format!("{o}_{}", self.suffix));
@@ -103,7 +106,7 @@ impl Emitter<'_, '_> {
                 NodeBuilder::new("Cast").inputs([&alias]).outputs([o]).attr_int("to", dtype::FLOAT as i64).build(),
             );
             if let Some(vi) = index.value_info(o) {
-                self.patch.set_value_info(retyped(vi, &alias, h));
+                self.patch.set_value_info(retyped(vi, &alias, t));
             }
             self.h_alias.insert(o.to_string(), alias);
         }
@@ -125,8 +128,8 @@ impl Emitter<'_, '_> {
     /// Reads of non-constant values in the other type: through a Cast.
     fn cast_reads(&mut self) {
         let (nodes, plan) = (self.nodes, self.plan);
-        for &(i, k) in &plan.half_reads {
-            let name = self.cast_of(&nodes[i].input[k], self.h);
+        for &(i, k, ty) in &plan.half_reads {
+            let name = self.cast_of(&nodes[i].input[k], ty);
             self.input_renames.entry(i).or_default().insert(k, name);
         }
         for &(i, k) in &plan.float_reads {
@@ -141,13 +144,13 @@ impl Emitter<'_, '_> {
 
     /// Reads of float32 constants as h: converted in place, or an h copy next to the original.
     fn convert_constants(&mut self) -> Result<()> {
-        let (model, index, precision) = (self.model, self.index, self.pass.precision);
+        let (model, index) = (self.model, self.index);
         for (v, how) in &self.plan.constants {
             let tensor = index.const_tensor(v).ok_or_else(|| Error::runtime(format!("`{v}` is not a constant")))?;
             let producer = index.producer(v);
             match how {
-                ConstPlan::InPlace => {
-                    let converted = convert_tensor(model, &tensor, v, precision)?;
+                &ConstPlan::InPlace(ty) => {
+                    let converted = convert_tensor(model, &tensor, v, precision_of(ty))?;
                     match producer {
                         Some(p) => {
                             self.replaced_constants.insert(p, converted);
@@ -156,10 +159,19 @@ impl Emitter<'_, '_> {
                     }
                 }
                 ConstPlan::Copy(reads) => {
-                    let name = self.patch.fresh_name(index, &format!("{v}_{}", self.suffix));
-                    self.patch.add_initializer(convert_tensor(model, &tensor, &name, precision)?);
-                    for &(i, k) in reads {
-                        self.input_renames.entry(i).or_default().insert(k, name.clone());
+                    let mut copies: HashMap<i32, String> = HashMap::new();
+                    for &(i, k, ty) in reads {
+                        let name = match copies.get(&ty) {
+                            Some(name) => name.clone(),
+                            None => {
+                                let p = precision_of(ty);
+                                let name = self.patch.fresh_name(index, &format!("{v}_{}", p.name()));
+                                self.patch.add_initializer(convert_tensor(model, &tensor, &name, p)?);
+                                copies.insert(ty, name.clone());
+                                name
+                            }
+                        };
+                        self.input_renames.entry(i).or_default().insert(k, name);
                     }
                 }
             }
@@ -210,7 +222,7 @@ impl Emitter<'_, '_> {
                 node.attribute.push(make_attr_tensor("value", t));
             }
             if attr_changes.contains(&i) {
-                change_attrs(&mut node, self.pass.precision)?;
+                change_attrs(&mut node, precision_of(plan.node_types[i]))?;
             }
             self.patch.remove_node(i);
             self.patch.add_node(node);
@@ -279,6 +291,11 @@ fn inline_bytes(t: &TensorProto) -> Result<Bytes> {
         t.name(),
         dtype_name(t.data_type())
     )))
+}
+
+/// The precision of half type `ty` (bfloat16 or float16).
+fn precision_of(ty: i32) -> Precision {
+    if ty == dtype::BFLOAT16 { Precision::Bf16 } else { Precision::Fp16 }
 }
 
 /// Replaces (or adds) an attribute by name.

@@ -42,13 +42,14 @@ pub(super) enum Mode {
     Constant,
 }
 
-/// What becomes of a float32 constant (initializer or Constant node) that is read as h.
+/// What becomes of a float32 constant (initializer or Constant node) that is read in a half type (h, or
+/// bfloat16 in bf16 range islands).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ConstPlan {
-    /// Every reader wants h (and it is no graph output): converted in place.
-    InPlace,
-    /// An h copy is added next to the float32 original, read by these (node, input) slots.
-    Copy(Vec<(usize, usize)>),
+    /// Every reader wants this type (and it is no graph output): converted in place.
+    InPlace(i32),
+    /// A copy per type is added next to the float32 original, read by these (node, input, type) slots.
+    Copy(Vec<(usize, usize, i32)>),
 }
 
 /// What the conversion does, decided before anything is built: the hand-off from planning to `emit`.
@@ -62,12 +63,16 @@ pub(super) struct Plan {
     pub(super) modes: Vec<Mode>,
     /// Casts to float32 that become Casts to h: node index -> new `to`.
     pub(super) new_cast_to: HashMap<usize, i32>,
-    /// (node, input) slots reading a non-constant float32 value as h: a Cast to h goes in between.
-    pub(super) half_reads: Vec<(usize, usize)>,
+    /// (node, input, type) slots reading a value in another half type than it has (float32 as h, or h as
+    /// bfloat16 in a bf16 island, ...): a Cast to that type goes in between.
+    pub(super) half_reads: Vec<(usize, usize, i32)>,
     /// (node, input) slots reading an h value as float32: a Cast to float32 goes in between.
     pub(super) float_reads: Vec<(usize, usize)>,
     /// Float32 constants read as h, by name.
     pub(super) constants: BTreeMap<String, ConstPlan>,
+    /// The half type each converted node computes in (h; bfloat16 in bf16 range islands), by node index;
+    /// 0 for the others.
+    pub(super) node_types: Vec<i32>,
 }
 
 impl Plan {
@@ -88,9 +93,11 @@ impl Plan {
             half_reads: Vec::new(),
             float_reads: Vec::new(),
             constants: BTreeMap::new(),
+            node_types: vec![0; nodes.len()],
         };
+        let bf16 = pass.bf16_islands(index);
         let mut planner =
-            Planner { pass, index, blocked, h: pass.precision.dtype(), plan, const_reads: BTreeMap::new() };
+            Planner { pass, index, blocked, bf16, h: pass.precision.dtype(), plan, const_reads: BTreeMap::new() };
         planner.retype_graph_inputs();
         for (i, n) in nodes.iter().enumerate() {
             let mode = planner.mode_of(i, n);
@@ -113,10 +120,12 @@ struct Planner<'a, 'm> {
     pass: &'a PrecisionPass,
     index: &'a GraphIndex<'m>,
     blocked: &'a [bool],
+    /// Nodes of bf16 range islands (computing in bfloat16 unless blocked).
+    bf16: Vec<bool>,
     /// The half type.
     h: i32,
     plan: Plan,
-    const_reads: BTreeMap<String, Vec<(usize, usize)>>,
+    const_reads: BTreeMap<String, Vec<(usize, usize, i32)>>,
 }
 
 impl Planner<'_, '_> {
@@ -124,9 +133,28 @@ impl Planner<'_, '_> {
         self.plan.before.get(v) == Some(&dtype::FLOAT)
     }
 
-    /// True when `v` is h after the conversion, as planned so far.
+    /// True when `v` is of a half type (h, or bfloat16 from a bf16 island) after the conversion, as
+    /// planned so far.
     fn is_half(&self, v: &str) -> bool {
-        self.plan.after.get(v) == Some(&self.h)
+        self.plan.after.get(v).is_some_and(|&t| t == self.h || t == dtype::BFLOAT16)
+    }
+
+    /// The half type node `i` computes in: bfloat16 in a bf16 island; a follower keeps the type of its
+    /// first half input (moving data does not convert it); else h.
+    fn type_of(&self, i: usize, n: &NodeProto) -> i32 {
+        if self.bf16[i] {
+            return dtype::BFLOAT16;
+        }
+        if is_follower(n)
+            && let Some(&t) = n
+                .input
+                .iter()
+                .filter(|v| !v.is_empty() && self.is_float(v) && !self.is_const(v) && self.is_half(v))
+                .find_map(|v| self.plan.after.get(v.as_str()))
+        {
+            return t;
+        }
+        self.h
     }
 
     fn is_const(&self, v: &str) -> bool {
@@ -166,6 +194,9 @@ impl Planner<'_, '_> {
             Mode::Keep
         } else if is_agnostic(n) || is_default(n, "Cast") {
             Mode::Agnostic
+        } else if self.bf16[i] {
+            // A bf16 island's node computes in bfloat16 even where it only moves fp32 data.
+            Mode::Half
         } else if is_follower(n) && {
             // Follows its non-constant float inputs: stays fp32 when none is h. On constants alone (an
             // Identity of a weight) it follows its readers.
@@ -187,16 +218,18 @@ impl Planner<'_, '_> {
 
     /// A converted node: its float inputs are read as h (fixed ones as float32), its outputs become h.
     fn plan_half(&mut self, i: usize, n: &NodeProto) {
+        let ty = self.type_of(i, n);
+        self.plan.node_types[i] = ty;
         for (k, v) in n.input.iter().enumerate() {
             if v.is_empty() || !self.is_float(v) {
                 continue;
             }
             let now_h = self.is_half(v);
-            if !fixed_input(n, k) && !now_h {
+            if !fixed_input(n, k) && self.plan.after.get(v.as_str()) != Some(&ty) {
                 if self.is_const(v) {
-                    self.const_reads.entry(v.clone()).or_default().push((i, k));
+                    self.const_reads.entry(v.clone()).or_default().push((i, k, ty));
                 } else {
-                    self.plan.half_reads.push((i, k));
+                    self.plan.half_reads.push((i, k, ty));
                 }
             } else if fixed_input(n, k) && now_h && !self.is_const(v) {
                 // e.g. Resize scales computed by a converted node: read as float32 again.
@@ -205,7 +238,7 @@ impl Planner<'_, '_> {
         }
         for (k, o) in n.output.iter().enumerate() {
             if !o.is_empty() && self.is_float(o) && !fixed_output(n, k) {
-                self.plan.after.insert(o.clone(), self.h);
+                self.plan.after.insert(o.clone(), ty);
             }
         }
     }
@@ -237,15 +270,17 @@ impl Planner<'_, '_> {
     fn plan_constants(&mut self) {
         let nodes = self.index.nodes();
         for (v, reads) in std::mem::take(&mut self.const_reads) {
+            let ty = reads[0].2;
             let all_half = !self.index.is_graph_output(&v)
+                && reads.iter().all(|r| r.2 == ty)
                 && self.index.consumers(&v).iter().all(|&c| {
                     let slots: Vec<usize> =
                         nodes[c].input.iter().enumerate().filter(|(_, x)| **x == v).map(|(k, _)| k).collect();
-                    !slots.is_empty() && slots.iter().all(|k| reads.contains(&(c, *k)))
+                    !slots.is_empty() && slots.iter().all(|k| reads.iter().any(|r| (r.0, r.1) == (c, *k)))
                 });
             if all_half {
-                self.plan.after.insert(v.clone(), self.h);
-                self.plan.constants.insert(v, ConstPlan::InPlace);
+                self.plan.after.insert(v.clone(), ty);
+                self.plan.constants.insert(v, ConstPlan::InPlace(ty));
             } else {
                 self.plan.constants.insert(v, ConstPlan::Copy(reads));
             }

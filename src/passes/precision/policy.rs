@@ -79,6 +79,14 @@ impl PrecisionPass {
         if self.sinusoid_fp32 {
             block_sinusoid_arguments(index, cur, &mut blocked);
         }
+        // Range islands: a value float16 cannot hold is neither written nor read in float16 (fp32, or bf16
+        // where allowed: see `bf16_islands`).
+        let bf16 = self.bf16_islands(index);
+        for (i, touches) in self.island_nodes(index).into_iter().enumerate() {
+            if touches && !bf16[i] {
+                blocked[i] = true;
+            }
+        }
         // A node that reads or writes a value of unknown type cannot be converted safely.
         let unknown = |v: &String| !v.is_empty() && !cur.contains_key(v.as_str());
         for (i, n) in nodes.iter().enumerate() {
@@ -87,6 +95,47 @@ impl PrecisionPass {
             }
         }
         blocked
+    }
+}
+
+impl PrecisionPass {
+    /// The nodes that write or read a value out of float16's range (Constants and Casts excepted).
+    fn island_nodes(&self, index: &GraphIndex) -> Vec<bool> {
+        let touches = |v: &String| self.out_of_range.contains(v);
+        index
+            .nodes()
+            .iter()
+            .map(|n| {
+                !self.out_of_range.is_empty()
+                    && !is_constant(n)
+                    && !is_default(n, "Cast")
+                    && (n.input.iter().any(touches) || n.output.iter().any(touches))
+            })
+            .collect()
+    }
+
+    /// With `island = "bf16"`: the island nodes that compute in bfloat16 (their op has a bfloat16 schema at
+    /// the model's opset and a kernel on the target, and nothing else keeps them fp32).
+    pub(super) fn bf16_islands(&self, index: &GraphIndex) -> Vec<bool> {
+        let nodes = index.nodes();
+        let on = self.precision == Precision::Fp16
+            && self.ranges.as_ref().is_some_and(|r| r.island == super::IslandType::Bf16);
+        if !on {
+            return vec![false; nodes.len()];
+        }
+        let opset = index.model().opset("").unwrap_or(1);
+        self.island_nodes(index)
+            .into_iter()
+            .zip(nodes)
+            .map(|(island, n)| {
+                island
+                    && !self.node_block_list.contains(n.name())
+                    && !self.bf16_ops.blocks(n)
+                    && !is_int8_op(n)
+                    && !has_subgraph(n)
+                    && schema_accepts(n, opset, Precision::Bf16)
+            })
+            .collect()
     }
 }
 
