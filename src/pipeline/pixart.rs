@@ -25,7 +25,7 @@ use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, Tr
 
 use super::binning;
 use super::model_dir::read_json;
-use super::{GenerateOptions, Generated, PipelineDir, Timings, UnetRecorder, image, latents, take_output};
+use super::{GenerateOptions, Generated, HostShare, PipelineDir, Timings, UnetRecorder, image, latents, take_output};
 use crate::runtime::{EpOptions, HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
@@ -307,6 +307,8 @@ impl PixArtPipeline {
         let mut latents = initial * scheduler.init_noise_sigma() as f32;
         let timesteps = scheduler.timesteps().to_vec();
         let mut unet_steps = Vec::with_capacity(timesteps.len());
+        let mut host_steps = Vec::with_capacity(timesteps.len());
+        transformer.take_transfer_seconds();
         for (i, &t) in timesteps.iter().enumerate() {
             let t_step = Instant::now();
             let model_input = if guidance {
@@ -324,8 +326,10 @@ impl PixArtPipeline {
             if let Some(record) = self.recorder.as_mut() {
                 record(&feeds);
             }
+            let t_model = Instant::now();
             let mut out = transformer.run(feeds)?;
             let out = take_output(&mut out, transformer, "out_sample")?;
+            let in_model = t_model.elapsed().as_secs_f64();
             let noise_pred = if guidance {
                 let uncond = out.slice_axis(Axis(0), (0..batch).into());
                 let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
@@ -346,7 +350,9 @@ impl PixArtPipeline {
             } else {
                 scheduler.step(&noise_pred, i, &latents)
             };
-            unet_steps.push(t_step.elapsed().as_secs_f64());
+            let step = t_step.elapsed().as_secs_f64();
+            unet_steps.push(step);
+            host_steps.push(HostShare { scheduler: step - in_model, copies: transformer.take_transfer_seconds() });
             on_step(i + 1, timesteps.len());
         }
 
@@ -359,7 +365,8 @@ impl PixArtPipeline {
         }
         let images: Vec<RgbImage> = image::to_rgb(&sample)?;
         let vae_decode = t_vae.elapsed().as_secs_f64();
-        let timings = Timings { text_encoding, unet_steps, vae_decode, total: start.elapsed().as_secs_f64() };
+        let timings =
+            Timings { text_encoding, unet_steps, host_steps, vae_decode, total: start.elapsed().as_secs_f64() };
         Ok(Generated {
             images,
             latents,
