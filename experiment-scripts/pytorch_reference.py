@@ -40,10 +40,10 @@ first step's; positional and keyword arguments exactly as the pipeline passed th
 encoder_hidden_states, and for SDXL added_cond_kwargs; tensors cloned) are fed back to `pipe.unet`, the same
 (possibly torch.compile'd) module, with the timing hooks removed: 2 untimed calls, then `--unet-alone-runs`
 (default 10; 0 leaves the column empty) calls under torch.no_grad, each between torch.cuda.synchronize() calls
-on the GPU; the median, in ms. The two figures differ because inside the pipeline the per-step Python work
-(scheduler step and scale_model_input, the classifier-free-guidance chunk/arithmetic, latent concatenation,
-callbacks) and its synchronisation points land between UNet calls, so on a GPU the host cannot queue the next
-UNet's kernels ahead of the device. `unet_step_ms` is what a UNet step costs in the pipeline; `unet_alone_ms`
+on the GPU; the median, in ms. Both figures are synchronised on either side of the call, so the per-step
+Python work between UNet calls (scheduler step, guidance arithmetic, callbacks) is in neither; why the call
+inside the pipeline costs more than the same call alone is not established yet (benchmarks/README.md names the
+CUPTI check that would show it). `unet_step_ms` is what a UNet step costs in the pipeline; `unet_alone_ms`
 is what the (compiled) UNet itself costs, the figure to set beside `dfast unet-step` (dfast's own rows leave
 `unet_alone_ms` empty). On an H200, the seed's torch.compile recipe measured 55 ms per UNet call in the
 pipeline against 34.45 ms for the compiled UNet called alone on the same inputs. A `pytorch.csv` written
