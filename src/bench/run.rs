@@ -63,8 +63,15 @@ pub struct Combination {
 }
 
 impl Combination {
+    /// `<profile>-<precision>-<ep>`, a folder name: a profile given as a file (`dir/mine.toml`) is named by
+    /// its stem (`mine`), so the label never holds a path.
     pub fn label(&self) -> String {
-        format!("{}-{}-{}", self.profile, self.precision.name(), self.ep.name())
+        let path = std::path::Path::new(&self.profile);
+        let profile = match path.file_stem() {
+            Some(stem) if path.extension().is_some_and(|e| e == "toml") => stem.to_string_lossy(),
+            _ => self.profile.as_str().into(),
+        };
+        format!("{}-{}-{}", profile, self.precision.name(), self.ep.name())
     }
 }
 
@@ -671,6 +678,18 @@ mod tests {
         let now = rfc3339_now();
         assert_eq!(now.len(), 20);
         assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+
+    #[test]
+    fn a_profile_file_is_labelled_by_its_stem() {
+        let c = |profile: &str| Combination {
+            profile: profile.into(),
+            precision: Precision::Fp16,
+            ep: ExecutionProvider::Cpu,
+        };
+        assert_eq!(c("fused").label(), "fused-fp16-cpu");
+        assert_eq!(c("profiles/vae-islands.toml").label(), "vae-islands-fp16-cpu");
+        assert_eq!(c("/abs/dir/mine.toml").label(), "mine-fp16-cpu");
     }
 
     #[test]
