@@ -124,6 +124,7 @@ pub(super) static RULES: &[Rule] = &[
     rule(ONNX, &["Range"], structural::range),
     rule(ONNX, &["Pad"], structural::pad),
     rule(ONNX, &["Tile"], structural::tile),
+    rule(ONNX, &["Split"], structural::split),
     rule(ONNX, &["MatMul", "MatMulInteger"], compute::matmul),
     rule(ONNX, &["Gemm"], compute::gemm),
     rule(ONNX, &["Conv"], compute::conv),

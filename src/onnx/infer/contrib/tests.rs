@@ -1,4 +1,4 @@
-//! The contrib and quantization rules against their schemas (small graphs, the shapes and types of the
+//! The contrib and quantization rules, and `Split` (which fuse-qkv emits), against their schemas (small graphs, the shapes and types of the
 //! outputs), and against ONNX Runtime's CPU EP: where it has the kernel, the graph is run as it is; the
 //! CUDA-only GroupNorm, SkipGroupNorm, NhwcConv and BiasAdd are run lowered to standard ops (the nhwc-conv
 //! tests' lowering, written from the ops' definitions). Either way the outputs are declared with the types
@@ -39,6 +39,10 @@ fn i8_init(name: &str, ty: i32, dims: &[usize]) -> TensorProto {
     let n: usize = dims.iter().product();
     let bytes: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8 / 2).collect();
     tensor::tensor_from_raw(name, ty, dims, bytes::Bytes::from(bytes))
+}
+
+fn i64_init(name: &str, values: &[i64]) -> TensorProto {
+    tensor::tensor_from_i64(name, &ArrayD::from_shape_vec(IxDyn(&[values.len()]), values.to_vec()).unwrap())
 }
 
 fn ms(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeBuilder {
@@ -284,6 +288,44 @@ fn quantization_ops() {
     assert_eq!(facts(&f, "conv"), (Some(s(&[1, 4, 4, 4])), Some(dtype::INT32)));
 }
 
+#[test]
+fn split_by_sizes_attribute_or_equal_parts() {
+    let x = || input("x", dtype::FLOAT, Some(&[2, -1, 96]));
+    let sizes = || vec![i64_init("sizes", &[32, 64])];
+    let m = model(
+        17,
+        vec![x(), input("n", dtype::INT64, Some(&[2]))],
+        sizes(),
+        vec![
+            onnx("Split", &["x", "sizes"], &["a", "b"]).attr_int("axis", -1).build(),
+            onnx("Split", &["x"], &["c", "d", "e"]).attr_int("axis", 2).build(),
+            onnx("Split", &["x", "n"], &["f", "g"]).attr_int("axis", 2).build(),
+            onnx("Split", &["x"], &["h", "i"]).attr_int("axis", 1).build(),
+        ],
+    );
+    let f = infer(&m);
+    assert_eq!(facts(&f, "a"), (Some(s(&[2, -1, 32])), Some(dtype::FLOAT)));
+    assert_eq!(f.shape("b"), Some(&s(&[2, -1, 64])));
+    for v in ["c", "d", "e"] {
+        assert_eq!(f.shape(v), Some(&s(&[2, -1, 32])), "{v}");
+    }
+    // Sizes known only at run time, or an axis of unknown size: that axis unknown.
+    for v in ["f", "g"] {
+        assert_eq!(f.shape(v), Some(&s(&[2, -1, -1])), "{v}");
+    }
+    for v in ["h", "i"] {
+        assert_eq!(f.shape(v), Some(&s(&[2, -1, 96])), "{v}");
+    }
+    // Opset 11: the sizes as an attribute.
+    let m = model(
+        11,
+        vec![x()],
+        vec![],
+        vec![onnx("Split", &["x"], &["a", "b"]).attr_int("axis", 2).attr_ints("split", &[80, 16]).build()],
+    );
+    assert_eq!(infer(&m).shape("b"), Some(&s(&[2, -1, 16])));
+}
+
 /// Infers `model` (static input shapes), declares every graph output with the inferred type and shape (an
 /// output of an integer type also as a float Cast, which the session returns), runs it on ONNX Runtime's CPU
 /// EP (after `prepare`) and compares the shapes it returns with the inferred ones. Returns how many outputs
@@ -395,6 +437,18 @@ fn inferred_shapes_match_onnx_runtime_cpu() {
         ],
     );
     assert_eq!(check_with_ort(&q, unchanged), 13);
+    let split = model(
+        18,
+        vec![input("x", dtype::FLOAT, Some(&[2, 10, 8]))],
+        vec![i64_init("sizes", &[3, 7])],
+        vec![
+            onnx("Split", &["x", "sizes"], &["a", "b"]).attr_int("axis", 1).build(),
+            onnx("Split", &["x"], &["c", "d", "e", "f"]).attr_int("axis", 1).attr_int("num_outputs", 4).build(),
+            onnx("Split", &["x"], &["g", "h"]).attr_int("axis", -1).attr_int("num_outputs", 2).build(),
+        ],
+    );
+    assert_eq!(infer(&split).shape("f"), Some(&s(&[2, 1, 8])));
+    assert_eq!(check_with_ort(&split, unchanged), 8);
 }
 
 /// The CUDA-only ops, run lowered to standard ops.
