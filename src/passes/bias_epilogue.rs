@@ -47,9 +47,10 @@
 //! enforces, so the bias stays on the last axis through the Reshape; the Reshape's target, often computed at
 //! run time, need not be known); for (b) the Reshape's target is known to end in C, the MatMul's output is
 //! rank 3 with C supported, and the other operand of the residual Add is computed, rank 4, with the Reshape's
-//! output shape (every axis known and equal on both sides, or unknown on both; through GroupNorm /
-//! SkipGroupNorm, whose outputs have their input's shape). When a shape is not known (the TorchScript exports
-//! compute the Reshape's target at run time), (b) is left alone.
+//! output shape (every axis known and equal on both sides, or unknown on both). When a shape is not known,
+//! (b) is left alone. The TorchScript exports compute the Reshape's target at run time from `Shape` of the
+//! transformer's input, which after nhwc-conv reads the output of a channels-last SkipGroupNorm or NhwcConv:
+//! inference's rules for those ops (`onnx::infer`) tell that it ends in C.
 //!
 //! Targets: both ops are CUDA-only: the pass rewrites only when the target is cuda and the profile allows
 //! CUDA-only fusions. Its tests lower SkipGroupNorm and BiasAdd back to standard ops and compare with the
@@ -202,23 +203,6 @@ fn skip_group_norm(index: &GraphIndex, facts: &Inference, patch: &mut Patch, i: 
     false
 }
 
-/// The shape of `v`, looking through the channels-last group norms (whose outputs have their input's shape
-/// and which inference does not know).
-fn nhwc_shape<'f>(index: &GraphIndex, facts: &'f Inference, v: &str) -> Option<&'f crate::onnx::infer::Shape> {
-    let mut v = v.to_string();
-    for _ in 0..16 {
-        if let Some(s) = facts.shape(&v) {
-            return Some(s);
-        }
-        let p = index.producer_node(&v)?;
-        if p.domain() != "com.microsoft" || !matches!(p.op_type(), "GroupNorm" | "SkipGroupNorm") {
-            return None;
-        }
-        v = p.input.first()?.clone();
-    }
-    None
-}
-
 /// (b): the residual Add at `i` with one side a reshaped bias Add of a supported width.
 fn residual(index: &GraphIndex, facts: &Inference, patch: &mut Patch, i: usize, node: &NodeProto) -> bool {
     if node.input.len() != 2 || node.output.len() != 1 {
@@ -234,7 +218,7 @@ fn residual(index: &GraphIndex, facts: &Inference, patch: &mut Patch, i: usize, 
         {
             continue;
         }
-        let (Some(sv), Some(ss)) = (facts.shape(v), nhwc_shape(index, facts, s)) else { continue };
+        let (Some(sv), Some(ss)) = (facts.shape(v), facts.shape(s)) else { continue };
         let same = sv.len() == 4 && ss.len() == 4 && sv.iter().zip(ss).all(|(a, b)| a == b);
         if !same || facts.dtype(s) != facts.dtype(&r.m) || !claim(patch, i, &r) {
             continue;

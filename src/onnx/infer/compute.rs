@@ -7,30 +7,19 @@ use super::{Const, Facts, Shape};
 use crate::onnx::tensor::dtype;
 use crate::onnx::{attr_int, attr_string};
 
-/// Output shapes of the attention ops the passes emit: ONNX `Attention` (opset 23) and
-/// `com.microsoft::MultiHeadAttention`, whose output has the query's leading dims and the value's width.
-fn attention_output(q: &Facts, v: Option<&Facts>) -> Facts {
+/// ONNX `Attention` (opset 23), whose output has the query's leading dims and the value's width
+/// (`com.microsoft::MultiHeadAttention` is in `contrib`).
+pub(super) fn attention(a: &Args) -> Vec<Facts> {
+    let (q, v) = (a.x, a.input(2));
     let shape = match (&q.shape, v.and_then(|v| v.shape.as_ref())) {
         (Some(q), Some(v)) if q.len() == v.len() && q.len() >= 3 => {
             let mut out = q.clone();
             *out.last_mut().expect("rank >= 3") = *v.last().expect("rank >= 3");
             Some(out)
         }
-        // Packed QKV ([b, s, heads, 3, head_dim]) into MultiHeadAttention: [b, s, heads * head_dim].
-        (Some(q), None) if q.len() == 5 => Some(vec![q[0], q[1], q[2].zip(q[4]).map(|(h, d)| h * d)]),
         _ => None,
     };
-    Facts::typed(q.dtype, shape)
-}
-
-/// ONNX `Attention` (opset 23).
-pub(super) fn attention(a: &Args) -> Vec<Facts> {
-    vec![attention_output(a.x, a.input(2))]
-}
-
-/// `com.microsoft::MultiHeadAttention`.
-pub(super) fn multi_head_attention(a: &Args) -> Vec<Facts> {
-    vec![attention_output(a.x, a.input(2))]
+    vec![Facts::typed(q.dtype, shape)]
 }
 
 /// `DynamicQuantizeLinear`: the uint8 tensor, its scale and its zero point.

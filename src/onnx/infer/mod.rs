@@ -15,8 +15,8 @@
 //! float32 result.
 //!
 //! The phases live in submodules: `constant` evaluates constants ([`Const`]), `shapes` holds the shape
-//! arithmetic, `rules` the table of ops with dispatch, and `elementwise`, `structural` and `compute` the
-//! per-op shape/type rules.
+//! arithmetic, `rules` the table of ops with dispatch, and `elementwise`, `structural`, `compute` and
+//! `contrib` (ONNX Runtime's contrib ops the passes emit, and quantization) the per-op shape/type rules.
 
 use std::collections::HashMap;
 
@@ -26,6 +26,7 @@ use super::graph::GraphIndex;
 
 mod compute;
 mod constant;
+mod contrib;
 mod elementwise;
 mod rules;
 mod shapes;

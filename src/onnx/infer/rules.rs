@@ -1,7 +1,7 @@
 //! The ops inference understands: one table, [`RULES`], from which both dispatch ([`infer_node`]) and
 //! [`understands`] are derived, so that the two cannot drift apart.
 
-use super::{Facts, compute, elementwise, structural};
+use super::{Facts, compute, contrib, elementwise, structural};
 use crate::onnx::OnnxModel;
 use crate::onnx::proto::onnx::NodeProto;
 
@@ -124,6 +124,7 @@ pub(super) static RULES: &[Rule] = &[
     rule(ONNX, &["Range"], structural::range),
     rule(ONNX, &["Pad"], structural::pad),
     rule(ONNX, &["Tile"], structural::tile),
+    rule(ONNX, &["Split"], structural::split),
     rule(ONNX, &["MatMul", "MatMulInteger"], compute::matmul),
     rule(ONNX, &["Gemm"], compute::gemm),
     rule(ONNX, &["Einsum"], compute::einsum),
@@ -133,8 +134,18 @@ pub(super) static RULES: &[Rule] = &[
     rule(ONNX, REDUCE, compute::reduce),
     rule(ONNX, &["Attention"], compute::attention),
     rule(ONNX, &["DynamicQuantizeLinear"], compute::dynamic_quantize_linear),
-    rule(MICROSOFT, &["MultiHeadAttention"], compute::multi_head_attention),
     rule(MICROSOFT, &["MatMulIntegerToFloat", "DynamicQuantizeMatMul"], compute::quantized_matmul),
+    // The contrib ops the passes emit, and the quantization ops of the int8 passes (`contrib`).
+    rule(MICROSOFT, &["MultiHeadAttention"], contrib::multi_head_attention),
+    rule(MICROSOFT, &["GroupNorm", "SkipGroupNorm"], contrib::group_norm),
+    rule(MICROSOFT, &["NhwcConv"], contrib::nhwc_conv),
+    rule(MICROSOFT, &["BiasAdd"], contrib::bias_add),
+    rule(MICROSOFT, &["BiasGelu", "FastGelu", "QuickGelu"], contrib::gelu),
+    rule(MICROSOFT, &["BiasSplitGelu"], contrib::bias_split_gelu),
+    rule(MICROSOFT, &["SkipLayerNormalization"], contrib::skip_layer_norm),
+    rule(ONNX, &["QuantizeLinear"], contrib::quantize_linear),
+    rule(ONNX, &["DequantizeLinear"], contrib::dequantize_linear),
+    rule(ONNX, &["ConvInteger"], contrib::conv_integer),
 ];
 
 /// Facts of nothing: the first input of an op without inputs.

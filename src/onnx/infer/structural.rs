@@ -382,3 +382,35 @@ pub(super) fn with_value(
     }
     Facts::typed(dt, Some(shape))
 }
+
+/// `Split` (which fuse-qkv emits): the sizes from input 1 (opset 13+) or the `split` attribute, else equal
+/// parts (the last one smaller, opset 18+, when the axis does not divide); an output's size along the axis is
+/// unknown where the sizes are.
+pub(super) fn split(a: &Args) -> Vec<Facts> {
+    let (x, node) = (a.x, a.node);
+    let n = node.output.len();
+    let Some(shape) = &x.shape else { return vec![Facts::typed(x.dtype, None); n] };
+    let Some(axis) = normalize_axis(attr_int(node, "axis").unwrap_or(0), shape.len()) else { return vec![] };
+    let given =
+        if a.opset >= 13 { a.input(1).map(Facts::ints) } else { attr_ints(node, "split").map(|s| Some(s.to_vec())) };
+    let sizes: Vec<Dim> = match given {
+        Some(Some(s)) if s.len() == n => s.into_iter().map(Some).collect(),
+        Some(_) => vec![None; n],
+        None => match shape[axis].zip(i64::try_from(n).ok().filter(|&k| k > 0)) {
+            Some((d, k)) if d % k == 0 => vec![Some(d / k); n],
+            Some((d, k)) if a.opset >= 18 => {
+                let chunk = (d + k - 1) / k;
+                (0..k).map(|i| Some((d - i * chunk).clamp(0, chunk))).collect()
+            }
+            _ => vec![None; n],
+        },
+    };
+    sizes
+        .into_iter()
+        .map(|d| {
+            let mut s = shape.clone();
+            s[axis] = d;
+            Facts::typed(x.dtype, Some(s))
+        })
+        .collect()
+}
