@@ -234,7 +234,8 @@ fn flops(model: &OnnxModel) -> (f64, usize) {
                 }
                 _ => None,
             },
-            "Conv" => match (node.input.get(1).and_then(|w| shape(w)), out) {
+            // NhwcConv's weight is [M, kH, kW, C/group], Conv's [M, C/group, kH, kW]: the same product.
+            "Conv" | "NhwcConv" => match (node.input.get(1).and_then(|w| shape(w)), out) {
                 (Some(w), Some(o)) if w.len() >= 3 => {
                     let per_output: usize = w[1..].iter().product();
                     Some(2.0 * o.iter().product::<usize>() as f64 * per_output as f64)

@@ -497,6 +497,15 @@ fn fused_with_cuda_only_fusions_op_counts_on_both_export_styles() {
         let size = dfast::inspect::Size { width: 64, height: 64 };
         let report = dfast::inspect::inspect(&out.join("unet/model.onnx"), size).unwrap().remove(0);
         assert_eq!(report.nodes_without_shapes, 0, "{pipeline}");
+        // The rewrites move work between ops but not the arithmetic: NhwcConv counts as the Conv it replaced.
+        let source = dfast::inspect::inspect(&common::model(pipeline).join("unet/model.onnx"), size).unwrap().remove(0);
+        let ratio = report.gflops / source.gflops;
+        assert!(
+            (ratio - 1.0).abs() < 1e-3,
+            "{pipeline}: {} GFLOPs converted vs {} source",
+            report.gflops,
+            source.gflops
+        );
     }
     assert_eq!(contrib[0], contrib[1], "the same contrib ops on both export styles");
 }
