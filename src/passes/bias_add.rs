@@ -31,8 +31,8 @@
 //! nothing. There is no numerical test here for the same reason (no CPU kernel); the tests check the
 //! structure on graphs of real sizes. Not yet run on a GPU.
 //!
-//! The output `y` gets a value info (the shape and type of `m`) so that later passes, whose shape
-//! inference does not know the contrib op, still see its shape.
+//! The output `y` gets a value info (the shape and type of `m`), a declared shape for later passes (src/onnx/
+//! infer/contrib.rs also infers it).
 //!
 //! Options: none. Idempotent: a BiasAdd is not matched again, and the Adds it replaced are gone.
 

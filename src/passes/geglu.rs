@@ -24,8 +24,8 @@
 //!
 //! Every node of the pattern except the MatMul must be read only inside the pattern; the bias Add's output
 //! may also be read by `Shape`s (the TorchScript exporter computes the slice bounds from it, which
-//! `cleanup` folds), and then the Add stays for them. The output's shape is declared (later passes'
-//! inference does not know contrib ops).
+//! `cleanup` folds), and then the Add stays for them. The output's shape is declared (and inferred by
+//! src/onnx/infer/contrib.rs).
 //!
 //! Options: none. Idempotent: the fused form has no GELU left to match.
 

@@ -41,8 +41,8 @@
 //! and openvino the graph is left alone (a contrib op they cannot run would split their graph, and both
 //! fuse LayerNormalization themselves).
 //!
-//! The output `y` and the exposed sum get value infos (shape and type of the input), so that later
-//! rounds and passes, whose shape inference does not know the contrib op, still see their shapes.
+//! The output `y` and the exposed sum get value infos (shape and type of the input), which later rounds and
+//! passes read as declared shapes (src/onnx/infer/contrib.rs also infers them).
 //!
 //! Options: none. Idempotent: the rewritten norms are gone, and a SkipLayerNormalization is not matched.
 
