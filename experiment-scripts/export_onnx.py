@@ -25,6 +25,9 @@ torch (export_t5_replicated): its export's peak RSS was 1.8 GB whatever the dept
 24 write 19 GB to disk). The 28-layer DiT's export peaked at 3.5 GB RSS (pixart-alpha-512), 4.8 GB with the VAE
 decoder in the same run (pixart-alpha); TorchScript exporter, AMD EPYC Zen 4, torch 2.11 CPU.
 --layers N caps both depths, for tests; --check-t5-replication checks the T5 construction against torch.
+--t5-weights int8 writes T5's linears as 8-bit MatMulNBits (T5_INT8_BLOCK, T5_INT8_ACCURACY): 5.3 GB for
+T5-XXL, exported in 1029 s at a peak RSS of 1.8 GB on the shared 2-core EPYC; --check-t5-replication also
+measures its error against fp32 torch (relative L2 2.8e-2 on its 6-block T5).
 """
 
 import argparse
