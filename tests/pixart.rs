@@ -351,6 +351,12 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
                 let fused = dit.passes.iter().find(|p| p.pass == "fuse-qkv").unwrap();
                 assert_eq!(fused.rewrites, 4, "{pipeline}: {fused:?}");
             }
+            if profile == "int8-dynamic" {
+                // The DiT is quantized (the profile's components name the transformer, as they name the UNet).
+                let dit = manifest.components.iter().find(|c| c.component == "transformer").unwrap();
+                let int8 = dit.passes.iter().find(|p| p.pass == "int8-dynamic").unwrap();
+                assert!(int8.rewrites > 0, "{pipeline}: {int8:?}");
+            }
             if matches!(profile, "sdpa" | "fuse-qkv" | "fused") {
                 // Self- and cross-attention of both blocks: MultiHeadAttention, the cross-attention with the
                 // mask as key_padding_mask (input 4); no Softmax or native Attention left.
