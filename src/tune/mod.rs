@@ -350,6 +350,9 @@ fn with_precision(mut model: OnnxModel, plan: &Plan, ctx: &BuildContext, ep: Exe
     Ok(model)
 }
 
+/// A traced activation: its shape and (min, max).
+type Traced = (Vec<usize>, (f32, f32));
+
 /// Shapes and (min, max) of `tensors` in one call of `model` on `sample`.
 fn trace(
     runtime: &Runtime,
@@ -357,7 +360,7 @@ fn trace(
     tensors: &[String],
     sample: &[(String, HostTensor)],
     tmp: &Path,
-) -> Result<HashMap<String, (Vec<usize>, (f32, f32))>> {
+) -> Result<HashMap<String, Traced>> {
     let mut result = HashMap::new();
     // A graph input read by a conv (the UNet's first): its shape and range are the sample's. (Asking ONNX
     // Runtime for an input as an output hands back the caller's buffer, gone once the call returns.)
