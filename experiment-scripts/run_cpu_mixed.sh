@@ -21,8 +21,9 @@
 #   WARMUP, RUNS  per row (default 1 and 3); STEPS  denoising steps of the image check (default 6)
 #   SKIP_TUNE=1, SKIP_IMAGE=1  leave those parts out; TUNE_ARGS  more dfast tune arguments (e.g. --runs 3)
 #
-# How long (measured on the 2-core AMD EPYC, shared): conversions about 30 minutes once (calibration runs the
-# fp32 pipeline), the rows about 10 minutes, tune about 5, the image check about 5.
+# How long (measured 2026-11-30 on the 2-core AMD EPYC while other work loaded it, load average about 10): the
+# int8-static conversion 49 minutes once (calibration runs the fp32 pipeline; debug build), the rows 14 minutes,
+# tune 10, the image check 4.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bench_common.sh"
 WARMUP=${WARMUP:-1}
