@@ -26,10 +26,14 @@ cannot run gets a row that says why):
                       baseline; the quantized model is cached in OUT/ort-int8/unet/
   ov-f32, ov-bf16     OpenVINO CPU, compile_model(..., {"INFERENCE_PRECISION_HINT": "f32" | "bf16"}) on the ONNX
                       file, reshaped to the static input shapes
-dfast rows: --dfast NAME=FOLDER[:EP] (repeatable; FOLDER empty = --onnx) runs
+dfast rows: --dfast NAME=FOLDER[:EP][;KEY=VALUE...] (repeatable; FOLDER empty = --onnx; each KEY=VALUE an
+--ep-option of that row, e.g. `int8=DIR:openvino;precision=bf16`) runs
   DFAST unet-step FOLDER --ep EP --inputs OUT/inputs.npz --output OUT/outputs/dfast-NAME.npy
         --warmup W --runs R --json
 and reads `median_s` / `min_s` from the JSON object on its last stdout line and the output from the .npy.
+The error reference is --reference (default torch-fp32, else ort-fp32), e.g. ov-f32 where torch does not run.
+Each row's notes hold the machine's load averages (/proc/loadavg) just before it: on a shared machine other
+work skews the timings.
 
 Timing: --warmup calls (default 1; the first also holds torch.compile's compile), then --runs timed calls
 (default 3); median and min of the timed ones. Threads: every runtime's default (all cores) unless
@@ -531,7 +535,11 @@ def run_peer(args, peer: str, out: Path) -> dict:
 
 def parse_dfast(spec: str, default_onnx: Path) -> tuple:
     if "=" not in spec:
-        raise SystemExit(f"cpu_peers: --dfast {spec}: expected NAME=FOLDER[:EP]")
+        raise SystemExit(f"cpu_peers: --dfast {spec}: expected NAME=FOLDER[:EP][;KEY=VALUE...]")
+    spec, *options = spec.split(";")
+    bad = [o for o in options if "=" not in o]
+    if bad:
+        raise SystemExit(f"cpu_peers: --dfast option(s) {', '.join(bad)}: expected KEY=VALUE (an --ep-option)")
     name, rest = spec.split("=", 1)
     ep = "cpu"
     if ":" in rest:
@@ -539,13 +547,15 @@ def parse_dfast(spec: str, default_onnx: Path) -> tuple:
         if tail in EPS:
             rest, ep = head, tail
     folder = Path(os.path.expanduser(rest)) if rest else default_onnx
-    return name.strip(), folder, ep
+    return name.strip(), folder, ep, options
 
 
-def run_dfast(args, name: str, folder: Path, ep: str, out: Path) -> dict:
+def run_dfast(args, name: str, folder: Path, ep: str, out: Path, options=()) -> dict:
     row = f"dfast-{name}"
     rec = {"row": row, "kind": "dfast", "status": "failed", "notes": [f"{folder} on the {ep} EP"],
            "label": f"dfast {name} ({ep} EP)"}
+    if options:
+        rec["notes"].append("--ep-option " + " ".join(options))
     bin_path = Path(os.path.expanduser(args.dfast_bin))
     if not bin_path.is_absolute() and not bin_path.exists() and (ROOT / bin_path).exists():
         bin_path = ROOT / bin_path
@@ -556,6 +566,8 @@ def run_dfast(args, name: str, folder: Path, ep: str, out: Path) -> dict:
     y_path.unlink(missing_ok=True)
     cmd = [str(bin_path), "unet-step", str(folder), "--ep", ep, "--inputs", str(out / "inputs.npz"),
            "--output", str(y_path), "--warmup", str(args.warmup), "--runs", str(args.runs), "--json"]
+    for o in options:
+        cmd += ["--ep-option", o]
     log_path = out / "logs" / f"{row}.log"
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, errors="replace")
@@ -587,7 +599,17 @@ def run_dfast(args, name: str, folder: Path, ep: str, out: Path) -> dict:
     for k in ("session_create_s", "load_s", "profile", "passes", "threads"):
         if k in js:
             rec["notes"].append(f"{k} {js[k]}")
+    if js.get("ep_options"):
+        rec["notes"].append("session options " + " ".join(f"{k}={v}" for k, v in js["ep_options"].items()))
     return rec
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages (the machine may be shared: other work skews timings)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
 
 
 def fmt(x, spec):
@@ -662,6 +684,8 @@ def main():
     ap.add_argument("--timeout", type=float, help="seconds per row before its process is killed")
     ap.add_argument("--profile-ort", action="store_true",
                     help="ONNX Runtime profile of one call of ort-fp32 (and ort-int8): ort_profile_*.md")
+    ap.add_argument("--reference", default=REFERENCE,
+                    help="the row whose output is the fp32 reference (default %(default)s, else ort-fp32)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.onnx = Path(os.path.expanduser(str(args.onnx)))
@@ -678,6 +702,8 @@ def main():
     if unknown:
         ap.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     dfasts = [parse_dfast(s, args.onnx) for s in args.dfast]
+    if args.reference not in peers and args.reference not in [f"dfast-{d[0]}" for d in dfasts] + [REFERENCE]:
+        ap.error(f"--reference {args.reference} is not a row of this run")
     out = args.out
     for d in ("outputs", "peers", "logs"):
         (out / d).mkdir(parents=True, exist_ok=True)
@@ -686,7 +712,7 @@ def main():
         print(f"cpu_peers: --arch tiny: building the PyTorch twin of {args.onnx}/unet and exporting it ...",
               flush=True)
         args.onnx, args.pytorch = make_tiny_twin(args.onnx, out / "tiny-export")
-        dfasts = [(n, args.onnx if f == onnx_src else f, ep) for n, f, ep in dfasts]
+        dfasts = [(n, args.onnx if f == onnx_src else f, ep, o) for n, f, ep, o in dfasts]
     cfg = unet_config(args.onnx)
     inputs = make_inputs(cfg, out / "inputs.npz")
     machine = cpu_info()
@@ -707,21 +733,25 @@ def main():
     for peer in peers:
         print(f"cpu_peers: {peer} ...", flush=True)
         t = time.time()
+        load = load_average()
         rec = run_peer(args, peer, out)
         rec["label"] = LABELS[peer].format(**versions)
+        rec["load_before"] = load
         rows.append(rec)
         print(f"cpu_peers: {peer}: {rec['status']}" + (f", median {rec['median_s']:.3f} s" if rec["status"] == "ok"
                                                       else f": {rec.get('reason')}") + f" ({time.time() - t:.0f} s)",
               flush=True)
-    for name, folder, ep in dfasts:
+    for name, folder, ep, options in dfasts:
         print(f"cpu_peers: dfast {name} ({folder}, {ep}) ...", flush=True)
-        rec = run_dfast(args, name, folder, ep, out)
+        load = load_average()
+        rec = run_dfast(args, name, folder, ep, out, options)
+        rec["load_before"] = load
         rows.append(rec)
         print(f"cpu_peers: dfast {name}: {rec['status']}" + ("" if rec["status"] == "ok" else f": {rec['reason']}"),
               flush=True)
 
     # Errors against the fp32 reference (torch fp32; ORT fp32 when torch fp32 did not run).
-    ref_row = next((r for r in rows if r["row"] == REFERENCE and r["status"] == "ok"), None)
+    ref_row = next((r for r in rows if r["row"] == args.reference and r["status"] == "ok"), None)
     if ref_row is None:
         ref_row = next((r for r in rows if r["row"] == "ort-fp32" and r["status"] == "ok"), None)
     for earlier in (REFERENCE, "ort-fp32"):
@@ -739,6 +769,8 @@ def main():
                 notes.append(f"output shape {list(y.shape)} != reference {list(ref.shape)}")
             if not np.isfinite(y).all():
                 notes.append("output has NaN/Inf")
+            if r.get("load_before"):
+                notes.append(f"load average before the row {r['load_before']}")
             if r["kind"] == "peer":
                 notes.append(f"load {r['load_s']:.1f} s")
                 notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB")

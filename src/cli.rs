@@ -76,6 +76,9 @@ pub enum Command {
     BenchWorker(BenchWorkerArgs),
     /// Time one UNet call on inputs from an .npz and save its output (to compare with other runtimes).
     UnetStep(UnetStepArgs),
+    /// Time each distinct conv/linear shape of the UNet in int8 and in the alternative precision on this
+    /// machine, and write a profile whose exclude list holds the shapes where int8 loses.
+    Tune(TuneArgs),
     /// Print a shell completion script (e.g. `dfast completions bash > /etc/bash_completion.d/dfast`).
     Completions {
         #[arg(value_enum)]
@@ -291,6 +294,42 @@ pub struct BenchWorkerArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// Exported pipeline folder (ONNX layout).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The execution provider to time on: openvino (int8-static), cpu or cuda (int8-dynamic).
+    #[arg(long, value_enum)]
+    pub ep: ExecutionProvider,
+    /// What int8 is weighed against: openvino auto (default; bf16 where the CPU has it, else f32), f32,
+    /// bf16, f16; cpu fp32; cuda fp16 (default), bf16, fp32.
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// The profile to write (default profiles/local-<ep>.toml).
+    #[arg(long, value_name = "FILE.toml")]
+    pub out: Option<PathBuf>,
+    /// The measurements (default: next to --out, .timings.json).
+    #[arg(long, value_name = "FILE.json")]
+    pub timings: Option<PathBuf>,
+    /// Image width and height the shapes are traced at; default: the model's own size.
+    #[arg(long, value_parser = positive)]
+    pub width: Option<usize>,
+    #[arg(long, value_parser = positive)]
+    pub height: Option<usize>,
+    /// Untimed calls per shape.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed calls per shape (the median counts).
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    pub runs: usize,
+    /// Timed calls of the whole UNet step, in each precision (0: no whole-step measurement).
+    #[arg(long, default_value_t = 3)]
+    pub step_runs: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct UnetStepArgs {
     /// Pipeline folder (its unet/model.onnx, with a conversion's session options) or an ONNX model file.
     pub model: PathBuf,
@@ -411,6 +450,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => a.runtime.verbose,
         Command::Bench(a) => a.runtime.verbose,
         Command::UnetStep(a) => a.runtime.verbose,
+        Command::Tune(a) => a.runtime.verbose,
         _ => 0,
     };
     dfast::runtime::library::set_log_verbosity(verbosity);
@@ -446,6 +486,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let (ort_lib, ep_options) = (args.runtime.ort_lib.clone(), EpOptions::parse(&args.runtime.ep_option)?);
             unet_step(args, ort_lib, ep_options)
         }
+        Command::Tune(args) => tune(args),
     }
 }
 
@@ -642,6 +683,60 @@ fn inspect(args: InspectArgs) -> Result<()> {
     } else {
         print!("{}", dfast::inspect::render_text(&reports, size));
     }
+    Ok(())
+}
+
+fn tune(args: TuneArgs) -> Result<()> {
+    use dfast::tune::{TuneOptions, profile_text, tune};
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("profiles/local-{}.toml", args.ep.name())));
+    if out.extension().and_then(|e| e.to_str()) != Some("toml") {
+        return Err(Error::bad_file(&out, "--out must name a .toml profile file"));
+    }
+    check_writable(&out)?;
+    let timings = args.timings.clone().unwrap_or_else(|| out.with_extension("timings.json"));
+    check_writable(&timings)?;
+    let name = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into());
+    let opts = TuneOptions {
+        model: args.model.clone(),
+        ep: args.ep,
+        precision: args.precision.clone(),
+        out: out.clone(),
+        timings: timings.clone(),
+        width: args.width,
+        height: args.height,
+        warmup: args.warmup,
+        runs: args.runs,
+        step_runs: args.step_runs,
+        ort_lib: args.runtime.ort_lib.clone(),
+        ep_options: EpOptions::parse(&args.runtime.ep_option)?,
+    };
+    let report = tune(&opts, &mut |line| eprintln!("tune: {line}"))?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let text = profile_text(&report, &name, &command);
+    std::fs::write(&out, &text).map_err(|e| Error::io(&out, "cannot write", e))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::internal(format!("json: {e}")))?;
+    std::fs::write(&timings, json + "\n").map_err(|e| Error::io(&timings, "cannot write", e))?;
+    let alt = &report.precision;
+    println!(
+        "{} shapes timed ({} nodes); int8 slower on {} of {} [in, out] pairs: exclude = {:?}",
+        report.shapes.len(),
+        report.shapes.iter().map(|s| s.nodes).sum::<usize>(),
+        report.exclude.len(),
+        report.decisions.len(),
+        report.exclude
+    );
+    println!(
+        "convs and linears, summed over the nodes: {alt} {:.1} ms, int8 {:.1} ms, as decided {:.1} ms",
+        report.sum_alt_ms, report.sum_int8_ms, report.sum_chosen_ms
+    );
+    if let Some(step) = &report.step {
+        let off = (step.predicted_ms / step.tuned_ms - 1.0) * 100.0;
+        println!(
+            "UNet step: {alt} {:.1} ms measured; as decided: predicted {:.1} ms, measured {:.1} ms ({off:+.1}%)",
+            step.alt_ms, step.predicted_ms, step.tuned_ms
+        );
+    }
+    println!("wrote {} and {} ({:.0} s)", out.display(), timings.display(), report.seconds);
     Ok(())
 }
 

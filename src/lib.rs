@@ -4,7 +4,7 @@
 //! progress bars and prints errors.
 //!
 //! Layers, each using only those below it: `settings`, `error` < `onnx` < `runtime`, `scheduler`
-//! < `passes` < `manifest` < `pipeline` < `convert` < `bench`, `inspect`.
+//! < `passes` < `manifest` < `pipeline` < `convert` < `bench`, `inspect` < `tune`.
 
 pub mod bench;
 pub mod convert;
@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod scheduler;
 pub mod settings;
+pub mod tune;
 
 pub use error::{Error, Result};

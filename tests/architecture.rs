@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The library's top-level modules (`src/<name>.rs` or `src/<name>/`).
-const MODULES: [&str; 11] = [
+const MODULES: [&str; 12] = [
     "bench",
     "convert",
     "error",
@@ -20,6 +20,7 @@ const MODULES: [&str; 11] = [
     "runtime",
     "scheduler",
     "settings",
+    "tune",
 ];
 
 /// Source files of a module, each with its `#[cfg(test)]` tail removed when `without_tests`.
@@ -92,7 +93,7 @@ fn modules_form_no_cycle_and_lower_layers_do_not_reach_up() {
         assert!(deps[from].contains(to), "{from} -> {to} not seen: {:?}", deps[from]);
     }
     for low in ["passes", "pipeline", "manifest", "runtime", "onnx", "scheduler", "settings"] {
-        for high in ["convert", "bench"] {
+        for high in ["convert", "bench", "tune"] {
             assert!(!deps[low].contains(high), "{low} names crate::{high}: {:?}", deps[low]);
         }
     }

@@ -258,7 +258,7 @@ fn measure(
         passes: profile.passes.join("+"),
         precision: combination.precision.name().into(),
         ep: combination.ep.name().into(),
-        ep_options: opts.ep_options.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"),
+        ep_options: row_ep_options(opts, profile, ep),
         onnxruntime_version: m.onnxruntime_version,
         dfast_version: env!("CARGO_PKG_VERSION").into(),
         device: if ep.device_memory() {
@@ -290,6 +290,19 @@ fn measure(
         command: reproduce_command(opts, combination),
         ..Default::default()
     })
+}
+
+/// The row's `ep_options`: the `--ep-option` pairs, and what `precision = "auto"` became on this CPU when
+/// the profile's session options or those pairs ask for it (`precision=auto:bf16`).
+fn row_ep_options(opts: &BenchOptions, profile: &Profile, ep: ExecutionProvider) -> String {
+    let mut shown = opts.ep_options.clone();
+    let effective = profile.session_options(ep).merged(&opts.ep_options);
+    if let Ok(resolved) = crate::runtime::resolved(ep, &effective)
+        && let Some(p) = resolved.get("precision").filter(|p| p.starts_with("auto:"))
+    {
+        shown.0.insert("precision".into(), p.to_string());
+    }
+    shown.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
 }
 
 /// The converted folder for a combination, reused when an earlier conversion of the same source, profile,

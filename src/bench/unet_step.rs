@@ -31,6 +31,9 @@ pub struct StepOptions {
 pub struct StepReport {
     pub model: String,
     pub ep: String,
+    /// The session's EP options (the conversion's, then `--ep-option`), `precision=auto` resolved
+    /// (`auto:bf16` or `auto:f32`, see `runtime::resolved`).
+    pub ep_options: std::collections::BTreeMap<String, String>,
     pub onnxruntime_version: String,
     pub session_create_s: f64,
     pub first_run_s: f64,
@@ -50,6 +53,7 @@ pub fn unet_step(runtime: &Runtime, opts: &StepOptions) -> Result<StepReport> {
         (opts.model.clone(), Default::default())
     };
     let feeds = read_inputs(&opts.inputs)?;
+    let ep_options = crate::runtime::resolved(runtime.ep(), &defaults.merged(runtime.options()))?.0;
     let t0 = Instant::now();
     let mut model = runtime.load_with(&path, &defaults, SessionRole::Unet)?;
     let session_create_s = t0.elapsed().as_secs_f64();
@@ -76,6 +80,7 @@ pub fn unet_step(runtime: &Runtime, opts: &StepOptions) -> Result<StepReport> {
     Ok(StepReport {
         model: path.display().to_string(),
         ep: runtime.ep().name().to_string(),
+        ep_options,
         onnxruntime_version: runtime.version(),
         session_create_s,
         first_run_s,

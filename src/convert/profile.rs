@@ -32,13 +32,14 @@ use crate::runtime::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
-pub const BUILTIN: [(&str, &str); 9] = [
+pub const BUILTIN: [(&str, &str); 10] = [
     ("baseline", include_str!("../../profiles/baseline.toml")),
     ("sdpa", include_str!("../../profiles/sdpa.toml")),
     ("fuse-qkv", include_str!("../../profiles/fuse-qkv.toml")),
     ("conv1x1", include_str!("../../profiles/conv1x1.toml")),
     ("int8-dynamic", include_str!("../../profiles/int8-dynamic.toml")),
     ("int8-static", include_str!("../../profiles/int8-static.toml")),
+    ("int8-mixed", include_str!("../../profiles/int8-mixed.toml")),
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
     ("fused", include_str!("../../profiles/fused.toml")),
     ("fused-graph", include_str!("../../profiles/fused-graph.toml")),
@@ -362,7 +363,7 @@ mod tests {
         let names = |ep| Profile::bench_defaults(ep).unwrap().into_iter().map(|p| p.name).collect::<Vec<_>>();
         let seed = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dynamic"];
         assert_eq!(names(Cpu), seed);
-        assert_eq!(names(OpenVino), seed);
+        assert_eq!(names(OpenVino), [&seed[..], &["int8-mixed"]].concat(), "int8-mixed: openvino only");
         assert_eq!(names(Cuda), [&seed[..], &["fused", "fused-graph"]].concat());
         assert_eq!(names(TensorRt), seed, "fused is in the default progression on cuda only");
         // A profile file's own metadata decides, not a list in the code.

@@ -14,8 +14,13 @@
 //! | cuda | `prefer_nhwc`, `tf32`, `conv_algo`, `device_id` | `prefer_nhwc`, `use_tf32`, `cudnn_conv_algo_search`, `device_id` |
 //! | tensorrt | `fp16`, `bf16`, `int8`, `cuda_graph` | `trt_fp16_enable`, `trt_bf16_enable`, `trt_int8_enable`, `trt_cuda_graph_enable` |
 //! | tensorrt | `engine_cache` (default true) | engine and timing caches in `<component>/trt-cache/` |
-//! | openvino | `device` (default CPU), `precision` (f32 by default, bf16, f16) | `device_type`; `load_config` with `INFERENCE_PRECISION_HINT` |
+//! | openvino | `device` (default CPU), `precision` (f32 by default, bf16, f16, auto) | `device_type`; `load_config` with `INFERENCE_PRECISION_HINT` |
 //! | openvino | `cache_dir`, `num_streams` | `cache_dir`, `num_streams` |
+//! | openvino | `performance_hint` (latency, throughput), `dynamic_quantization_group_size` (0 = off) | `load_config` with `PERFORMANCE_HINT`, `DYNAMIC_QUANTIZATION_GROUP_SIZE` |
+//!
+//! OpenVINO `precision = "auto"` is resolved when the session is created, from what the CPU reports
+//! (`/proc/cpuinfo`, [`CpuFeatures`]): bf16 on CPUs with native bf16 (AVX512-BF16 or AMX-BF16), f32
+//! elsewhere (OpenVINO would emulate bf16 there, many times slower). [`resolved`] says what it became.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -289,17 +294,30 @@ pub(crate) fn dispatch(
             // so that an fp32 conversion runs in fp32 everywhere.
             {
                 let p = rest.remove("precision").unwrap_or_else(|| "f32".to_string());
-                let hint = match p.to_ascii_lowercase().as_str() {
-                    "f32" | "fp32" => "f32",
-                    "bf16" => "bf16",
-                    "f16" | "fp16" => "f16",
-                    other => {
-                        return Err(Error::bad_input(format!(
-                            "EP option `precision` is `{other}`; expected f32, bf16 or f16 for openvino"
-                        )));
-                    }
-                };
-                let config = serde_json::json!({ device.clone(): { "INFERENCE_PRECISION_HINT": hint } });
+                let hint = openvino_precision(&p, &CpuFeatures::host())?;
+                let mut config = serde_json::Map::new();
+                config.insert("INFERENCE_PRECISION_HINT".into(), hint.into());
+                if let Some(v) = rest.remove("performance_hint") {
+                    let v = match v.to_ascii_lowercase().as_str() {
+                        "latency" => "LATENCY",
+                        "throughput" => "THROUGHPUT",
+                        other => {
+                            return Err(Error::bad_input(format!(
+                                "EP option `performance_hint` is `{other}`; expected latency or throughput"
+                            )));
+                        }
+                    };
+                    config.insert("PERFORMANCE_HINT".into(), v.into());
+                }
+                if let Some(v) = rest.remove("dynamic_quantization_group_size") {
+                    let n: u64 = v.parse().map_err(|_| {
+                        Error::bad_input(format!(
+                            "EP option `dynamic_quantization_group_size` is `{v}`; expected a whole number (0: off)"
+                        ))
+                    })?;
+                    config.insert("DYNAMIC_QUANTIZATION_GROUP_SIZE".into(), n.to_string().into());
+                }
+                let config = serde_json::json!({ device.clone(): config });
                 ov = ov.with_arbitrary_config("load_config", config.to_string());
             }
             for (k, v) in std::mem::take(&mut rest) {
@@ -309,6 +327,94 @@ pub(crate) fn dispatch(
         }
     };
     Ok(eps)
+}
+
+/// What a CPU reports that decides precisions: native bf16 and int8 dot-product instructions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CpuFeatures {
+    pub avx512_bf16: bool,
+    pub amx_bf16: bool,
+    pub amx_int8: bool,
+    pub avx512_vnni: bool,
+    pub avx_vnni: bool,
+}
+
+impl CpuFeatures {
+    /// The flags of the first processor in `/proc/cpuinfo` text (the `flags` line; `Features` on Arm,
+    /// where none of these exist).
+    pub fn from_cpuinfo(text: &str) -> Self {
+        let flags: Vec<&str> = text
+            .lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == "flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.split_whitespace().collect())
+            .unwrap_or_default();
+        let has = |f: &str| flags.contains(&f);
+        CpuFeatures {
+            avx512_bf16: has("avx512_bf16"),
+            amx_bf16: has("amx_bf16"),
+            amx_int8: has("amx_int8"),
+            avx512_vnni: has("avx512_vnni"),
+            avx_vnni: has("avx_vnni"),
+        }
+    }
+
+    /// This machine's (none where `/proc/cpuinfo` cannot be read).
+    pub fn host() -> Self {
+        std::fs::read_to_string("/proc/cpuinfo").map(|t| Self::from_cpuinfo(&t)).unwrap_or_default()
+    }
+
+    /// bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16).
+    pub fn native_bf16(&self) -> bool {
+        self.avx512_bf16 || self.amx_bf16
+    }
+
+    /// int8 dot products in hardware (VNNI or AMX-INT8).
+    pub fn int8_dot(&self) -> bool {
+        self.avx512_vnni || self.avx_vnni || self.amx_int8
+    }
+
+    /// The flags that are set, by their `/proc/cpuinfo` names.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("avx512_bf16", self.avx512_bf16),
+            ("amx_bf16", self.amx_bf16),
+            ("amx_int8", self.amx_int8),
+            ("avx512_vnni", self.avx512_vnni),
+            ("avx_vnni", self.avx_vnni),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| n)
+        .collect()
+    }
+}
+
+/// OpenVINO's `INFERENCE_PRECISION_HINT` for the `precision` option; `auto` follows `cpu`.
+pub fn openvino_precision(value: &str, cpu: &CpuFeatures) -> Result<&'static str> {
+    match value.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" => Ok("f32"),
+        "bf16" => Ok("bf16"),
+        "f16" | "fp16" => Ok("f16"),
+        "auto" => Ok(if cpu.native_bf16() { "bf16" } else { "f32" }),
+        other => Err(Error::bad_input(format!(
+            "EP option `precision` is `{other}`; expected f32, bf16 or f16 for openvino, or auto (bf16 where the CPU has it)"
+        ))),
+    }
+}
+
+/// The options as the session gets them: `precision = "auto"` (openvino) becomes `auto:bf16` or
+/// `auto:f32`, what this machine's CPU chose.
+pub fn resolved(ep: ExecutionProvider, options: &EpOptions) -> Result<EpOptions> {
+    let mut out = options.clone();
+    if ep == ExecutionProvider::OpenVino
+        && let Some(p) = options.get("precision")
+        && p.eq_ignore_ascii_case("auto")
+    {
+        let chosen = openvino_precision(p, &CpuFeatures::host())?;
+        out.0.insert("precision".into(), format!("auto:{chosen}"));
+    }
+    Ok(out)
 }
 
 fn cuda(options: &EpOptions, role: SessionRole, rest: &mut BTreeMap<String, String>) -> Result<ort::ep::CUDA> {
@@ -367,6 +473,45 @@ mod tests {
         assert_eq!(m.threads().unwrap(), Some(2));
         assert!(EpOptions::parse(&["nokey".into()]).is_err());
         assert!(EpOptions::parse(&["x=maybe".into()]).unwrap().flag("x", false).is_err());
+    }
+
+    /// Excerpts of `/proc/cpuinfo`: the 2-core Xeon (AVX-512 VNNI, no bf16) and the AMD EPYC Zen 4
+    /// (AVX512-BF16) that the CPU benchmarks ran on, and a Sapphire Rapids with AMX.
+    const XEON: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.80GHz\n\
+        flags\t\t: fpu vme de pse tsc msr avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni\n\
+        bugs\t\t: spectre_v1\n";
+    const EPYC: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n\
+        flags\t\t: fpu avx2 avx512f avx512dq avx512_bf16 avx512vbmi avx512_vbmi2 gfni vaes avx512_vnni avx512_bitalg\n";
+    const SPR: &str = "flags\t\t: fpu avx512f avx_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n";
+
+    #[test]
+    fn cpu_flags_are_read_from_cpuinfo_text() {
+        let xeon = CpuFeatures::from_cpuinfo(XEON);
+        assert!(!xeon.native_bf16() && xeon.int8_dot(), "{xeon:?}");
+        assert_eq!(xeon.names(), ["avx512_vnni"]);
+        let epyc = CpuFeatures::from_cpuinfo(EPYC);
+        assert!(epyc.native_bf16() && epyc.avx512_vnni && !epyc.amx_bf16, "{epyc:?}");
+        let spr = CpuFeatures::from_cpuinfo(SPR);
+        assert!(spr.amx_bf16 && spr.amx_int8 && spr.avx_vnni && spr.native_bf16());
+        // A flag name that merely contains another is not it; no flags line: nothing.
+        assert!(!CpuFeatures::from_cpuinfo("flags\t: avx512_bf16x amx_bf16_extra\n").native_bf16());
+        assert_eq!(CpuFeatures::from_cpuinfo("Features\t: fp asimd\n"), CpuFeatures::default());
+    }
+
+    #[test]
+    fn auto_precision_follows_the_cpu() {
+        let (xeon, epyc) = (CpuFeatures::from_cpuinfo(XEON), CpuFeatures::from_cpuinfo(EPYC));
+        assert_eq!(openvino_precision("auto", &xeon).unwrap(), "f32");
+        assert_eq!(openvino_precision("AUTO", &epyc).unwrap(), "bf16");
+        assert_eq!(openvino_precision("auto", &CpuFeatures::from_cpuinfo(SPR)).unwrap(), "bf16");
+        assert_eq!(openvino_precision("fp32", &epyc).unwrap(), "f32");
+        let err = openvino_precision("int4", &epyc).unwrap_err().to_string();
+        assert!(err.contains("`precision`") && err.contains("auto"), "{err}");
+        // What a session on this machine gets says what auto became.
+        let opts = EpOptions::parse(&["precision=auto".into()]).unwrap();
+        let host = if CpuFeatures::host().native_bf16() { "auto:bf16" } else { "auto:f32" };
+        assert_eq!(resolved(ExecutionProvider::OpenVino, &opts).unwrap().get("precision"), Some(host));
+        assert_eq!(resolved(ExecutionProvider::Cpu, &opts).unwrap(), opts);
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod ep;
 pub mod library;
 mod session;
 
-pub use ep::{EP_NAMES, EpOptions, ExecutionProvider, SessionRole};
+pub use ep::{CpuFeatures, EP_NAMES, EpOptions, ExecutionProvider, SessionRole, openvino_precision, resolved};
 pub use library::{Flavour, ORT_OPENVINO_VERSION, ORT_VERSION};
 pub use session::{HostTensor, InputSpec, Model, fit_shape, format_dims, is_out_of_memory};
 
