@@ -193,7 +193,7 @@ pub fn tune(opts: &TuneOptions, say: &mut dyn FnMut(String)) -> Result<TuneRepor
 
     // 2. The graph as the base profile's passes before int8 leave it, traced once.
     let base = Profile::load(plan.base)?;
-    let card = dir.component_config("unet").ok().and_then(|c| crate::convert::ModelCard::detect(&c));
+    let card = dir.component_config("unet").ok().and_then(|c| crate::convert::ModelCard::detect("unet", &c));
     let mut ctx = BuildContext::new(opts.ep, plan.graph_precision);
     ctx.int8_exclude = crate::convert::ModelCard::exclude_or_seed(card.as_ref());
     ctx.cuda_only_fusions = base.cuda_only_fusions;
