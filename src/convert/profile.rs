@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(p.pass_options("attention", OpenVino)["op"].as_str(), Some("Attention"));
         assert_eq!(p.pass_options("int8-dynamic", OpenVino)["format"].as_str(), Some("qdq"));
         assert_eq!(p.pass_options("int8-dynamic", Cpu)["min_in_features"].as_integer(), Some(16));
-        assert_eq!(p.components("int8-dynamic"), Some(&["unet".to_string(), "vae_decoder".to_string()][..]));
+        assert_eq!(
+            p.components("int8-dynamic"),
+            Some(&["unet".to_string(), "transformer".to_string(), "vae_decoder".to_string()][..])
+        );
     }
 
     #[test]
