@@ -312,14 +312,7 @@ impl UnetPipeline {
         });
         let guidance = guidance_scale > 1.0;
 
-        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| self.dir.scheduler_config());
-        let config = SchedulerConfig::from_file(&config_path)?;
-        let scheduler_name = match opts.scheduler {
-            Some(kind) => kind.class_name().to_string(),
-            None => config.class_name.clone().unwrap_or_default(),
-        };
-        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
-        scheduler.set_timesteps(steps)?;
+        let ChosenScheduler { mut scheduler, name: scheduler_name, .. } = ChosenScheduler::new(&self.dir, opts, steps)?;
 
         let batch = opts.batch_size.max(1);
         self.check_static_shapes(batch, guidance, (height, width))?;
@@ -352,13 +345,7 @@ impl UnetPipeline {
             let t_unet = Instant::now();
             let noise_pred = self.run_unet(model_input, t, &cond)?;
             let in_unet = t_unet.elapsed().as_secs_f64();
-            let noise_pred = if guidance {
-                let uncond = noise_pred.slice_axis(Axis(0), (0..batch).into());
-                let text = noise_pred.slice_axis(Axis(0), (batch..2 * batch).into());
-                &uncond + &((&text - &uncond) * guidance_scale)
-            } else {
-                noise_pred
-            };
+            let noise_pred = if guidance { apply_guidance(&noise_pred, batch, guidance_scale) } else { noise_pred };
             latents = scheduler.step(&noise_pred, i, &latents);
             let step = t_step.elapsed().as_secs_f64();
             unet_steps.push(step);
@@ -484,6 +471,36 @@ fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions, default_steps: usize
         "--steps {steps} is more than the scheduler's {trained} training timesteps; diffusers runs them all, \
          and so does dfast: {calls} {denoiser} calls"
     )))
+}
+
+/// The scheduler a run uses: the pipeline's scheduler config (or `--scheduler-config`), as its own class or
+/// the one `--scheduler` names, set to `steps`; with that class's name and the config it was read from.
+pub(crate) struct ChosenScheduler {
+    pub scheduler: Box<dyn scheduler::Scheduler>,
+    pub name: String,
+    pub config: SchedulerConfig,
+}
+
+impl ChosenScheduler {
+    pub(crate) fn new(dir: &PipelineDir, opts: &GenerateOptions, steps: usize) -> Result<Self> {
+        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
+        let config = SchedulerConfig::from_file(&config_path)?;
+        let name = match opts.scheduler {
+            Some(kind) => kind.class_name().to_string(),
+            None => config.class_name.clone().unwrap_or_default(),
+        };
+        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
+        scheduler.set_timesteps(steps)?;
+        Ok(ChosenScheduler { scheduler, name, config })
+    }
+}
+
+/// Classifier-free guidance on a model output stacked [unconditional; text] along the batch:
+/// `uncond + scale * (text - uncond)`.
+pub(crate) fn apply_guidance(out: &ArrayD<f32>, batch: usize, scale: f32) -> ArrayD<f32> {
+    let uncond = out.slice_axis(Axis(0), (0..batch).into());
+    let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
+    &uncond + &((&text - &uncond) * scale)
 }
 
 /// The named output, or the model's first output when it is named otherwise.

@@ -25,9 +25,12 @@ use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, Tr
 
 use super::binning;
 use super::model_dir::read_json;
-use super::{GenerateOptions, Generated, HostShare, PipelineDir, Timings, UnetRecorder, image, latents, take_output};
+use super::{
+    ChosenScheduler, GenerateOptions, Generated, HostShare, PipelineDir, Timings, UnetRecorder, apply_guidance, image,
+    latents, take_output,
+};
 use crate::runtime::{EpOptions, HostTensor, Model, Runtime, SessionRole, format_dims};
-use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::scheduler::SchedulerKind;
 use crate::{Error, Result};
 
 /// diffusers' `max_sequence_length` default (section 3.1 of the PixArt-α paper).
@@ -257,14 +260,8 @@ impl PixArtPipeline {
         let guidance_scale = opts.guidance.unwrap_or(DEFAULT_GUIDANCE);
         let guidance = guidance_scale > 1.0;
 
-        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| self.dir.scheduler_config());
-        let config = SchedulerConfig::from_file(&config_path)?;
-        let scheduler_name = match opts.scheduler {
-            Some(kind) => kind.class_name().to_string(),
-            None => config.class_name.clone().unwrap_or_default(),
-        };
-        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
-        scheduler.set_timesteps(steps)?;
+        let ChosenScheduler { mut scheduler, name: scheduler_name, config } =
+            ChosenScheduler::new(&self.dir, opts, steps)?;
         let kind = match opts.scheduler {
             Some(kind) => kind,
             None => config.class_kind()?,
@@ -330,13 +327,7 @@ impl PixArtPipeline {
             let mut out = transformer.run(feeds)?;
             let out = take_output(&mut out, transformer, "out_sample")?;
             let in_model = t_model.elapsed().as_secs_f64();
-            let noise_pred = if guidance {
-                let uncond = out.slice_axis(Axis(0), (0..batch).into());
-                let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
-                &uncond + &((&text - &uncond) * guidance_scale)
-            } else {
-                out
-            };
+            let noise_pred = if guidance { apply_guidance(&out, batch, guidance_scale) } else { out };
             // Learned sigma: the variance channels are dropped.
             let noise_pred = if self.out_channels / 2 == self.in_channels {
                 noise_pred.slice_axis(Axis(1), (0..self.in_channels).into()).to_owned()
