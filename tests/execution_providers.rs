@@ -25,29 +25,9 @@ fn generate_error(pipeline: &str, scheduler: &str, lib: &Path, args: &[&str]) ->
 /// The same with the pipeline folder `model` (a conversion of `pipeline`) in its place.
 fn generate_error_with(model: &Path, pipeline: &str, scheduler: &str, lib: &Path, args: &[&str]) -> f64 {
     let dir = common::references().join(pipeline).join(scheduler);
-    let params = common::read_json(&dir.join("params.json"));
     let tmp = tempfile::tempdir().unwrap();
     let (out, latents) = (tmp.path().join("x.png"), tmp.path().join("x.npy"));
-    let n = |key: &str| params[key].as_u64().unwrap().to_string();
-    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
-        .arg("generate")
-        .arg("--ort-lib")
-        .arg(lib)
-        .args(args)
-        .arg("--model")
-        .arg(model)
-        .args(["--prompt", params["prompt"].as_str().unwrap()])
-        .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
-        .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
-        .args(["--guidance", &params["guidance"].as_f64().unwrap().to_string()])
-        .arg("--scheduler-config")
-        .arg(dir.join("scheduler_config.json"))
-        .arg("--out")
-        .arg(&out)
-        .arg("--save-latents")
-        .arg(&latents)
-        .output()
-        .unwrap();
+    let run = common::generate_case(&dir, model, lib, args, &out, &latents);
     assert!(run.status.success(), "{pipeline}/{scheduler} {args:?}: {}", String::from_utf8_lossy(&run.stderr));
     common::relative_l2(&common::read_npy(&latents), &common::read_npy(&dir.join("latents.npy")))
 }

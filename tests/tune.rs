@@ -20,29 +20,9 @@ fn openvino_lib() -> PathBuf {
 /// final latents.
 fn generate_latents(model: &Path, args: &[&str], dir: &Path, name: &str) -> ndarray::ArrayD<f32> {
     let case = common::references().join("tiny-sd").join("pndm");
-    let params = common::read_json(&case.join("params.json"));
     let latents = dir.join(format!("{name}.npy"));
-    let n = |key: &str| params[key].as_u64().unwrap().to_string();
-    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
-        .arg("generate")
-        .arg("--ort-lib")
-        .arg(openvino_lib())
-        .args(["--ep", "openvino"])
-        .args(args)
-        .arg("--model")
-        .arg(model)
-        .args(["--prompt", params["prompt"].as_str().unwrap()])
-        .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
-        .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
-        .args(["--guidance", &params["guidance"].as_f64().unwrap().to_string()])
-        .arg("--scheduler-config")
-        .arg(case.join("scheduler_config.json"))
-        .arg("--out")
-        .arg(dir.join(format!("{name}.png")))
-        .arg("--save-latents")
-        .arg(&latents)
-        .output()
-        .unwrap();
+    let args = [&["--ep", "openvino"][..], args].concat();
+    let run = common::generate_case(&case, model, &openvino_lib(), &args, &dir.join(format!("{name}.png")), &latents);
     assert!(run.status.success(), "generate {name}: {}", String::from_utf8_lossy(&run.stderr));
     common::read_npy(&latents)
 }

@@ -55,6 +55,39 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// `dfast generate --ort-lib lib ARGS` from `model` with the settings of the reference case folder `case` (its
+/// params.json and scheduler_config.json), writing the image to `out` and the final latents to `latents`.
+pub fn generate_case(
+    case: &Path,
+    model: &Path,
+    lib: &Path,
+    args: &[&str],
+    out: &Path,
+    latents: &Path,
+) -> std::process::Output {
+    let params = read_json(&case.join("params.json"));
+    let n = |key: &str| params[key].as_u64().unwrap().to_string();
+    std::process::Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .arg("generate")
+        .arg("--ort-lib")
+        .arg(lib)
+        .args(args)
+        .arg("--model")
+        .arg(model)
+        .args(["--prompt", params["prompt"].as_str().unwrap()])
+        .args(["--negative-prompt", params["negative_prompt"].as_str().unwrap()])
+        .args(["--steps", &n("steps"), "--seed", &n("seed"), "--width", &n("width"), "--height", &n("height")])
+        .args(["--guidance", &params["guidance"].as_f64().unwrap().to_string()])
+        .arg("--scheduler-config")
+        .arg(case.join("scheduler_config.json"))
+        .arg("--out")
+        .arg(out)
+        .arg("--save-latents")
+        .arg(latents)
+        .output()
+        .unwrap()
+}
+
 /// Runs the dfast binary.
 pub fn dfast(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_dfast")).args(args).output().expect("dfast runs")
