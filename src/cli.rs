@@ -205,6 +205,10 @@ pub struct ConvertArgs {
     /// int8-static: the ONNX Runtime library (CPU build) calibration runs with (else the usual lookup).
     #[arg(long, value_name = "PATH")]
     pub ort_lib: Option<PathBuf>,
+    /// int8-static: also write the recorded UNet inputs into this folder (sample-NNN.npz, one per UNet
+    /// call, as `unet-step --inputs` reads them), to calibrate other tools on the same set.
+    #[arg(long, value_name = "DIR")]
+    pub save_calibration_inputs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -601,6 +605,7 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
                 percentile: args.calibration_percentile,
             },
             ort_lib,
+            save_inputs: args.save_calibration_inputs,
         },
         force: args.force,
     };

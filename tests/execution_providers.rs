@@ -155,8 +155,25 @@ fn calibrated_int8_through_openvino_stays_close_to_diffusers() {
         );
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     };
-    convert(&out, &[]);
+    let samples = tmp.path().join("samples");
+    convert(&out, &["--save-calibration-inputs", samples.to_str().unwrap()]);
     let ranges = std::fs::read_to_string(out.join("unet/int8-calibration.json")).unwrap();
+    // The recorded UNet inputs: 2 prompts x 4 UNet calls (PNDM's 3 steps run 4), each named after the UNet's
+    // inputs; prompt 0 runs seed 0, so its first call's latents (both guidance rows) are torch's noise of seed 0.
+    let mut files: Vec<_> = std::fs::read_dir(&samples).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 8, "{files:?}");
+    let mut first = ndarray_npy::NpzReader::new(std::fs::File::open(&files[0]).unwrap()).unwrap();
+    let mut names = first.names().unwrap();
+    names.sort();
+    assert_eq!(names, ["encoder_hidden_states", "sample", "timestep"]);
+    let sample: ndarray::ArrayD<f32> = first.by_name("sample").unwrap();
+    let noise = common::read_npy(&common::references().join("noise_seed0_1x4x8x8.npy"));
+    assert_eq!(sample.shape(), [2, 4, 8, 8]);
+    for row in sample.outer_iter() {
+        let worst = row.iter().zip(noise.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "the first recorded sample is not seed 0's noise (max abs difference {worst})");
+    }
     let manifest = common::read_json(&out.join("dfast-manifest.json"));
     assert_eq!(manifest["calibration"]["prompts"], 2, "{manifest}");
     let unet = manifest["components"].as_array().unwrap().iter().find(|c| c["component"] == "unet").unwrap();
@@ -173,6 +190,25 @@ fn calibrated_int8_through_openvino_stays_close_to_diffusers() {
     let again = tmp.path().join("again");
     convert(&again, &["--calibration-from", out.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(again.join("unet/int8-calibration.json")).unwrap(), ranges);
+    // Nothing is recorded then, so asking for the inputs is refused before anything is written.
+    let never = tmp.path().join("never-saved");
+    let run = common::dfast(&[
+        "convert",
+        "--model",
+        common::model("tiny-sd").to_str().unwrap(),
+        "--profile",
+        "int8-static",
+        "--ep",
+        "openvino",
+        "--calibration-from",
+        out.to_str().unwrap(),
+        "--save-calibration-inputs",
+        never.to_str().unwrap(),
+        "--out",
+        tmp.path().join("never").to_str().unwrap(),
+    ]);
+    assert_clear_error(&run, "nothing is recorded");
+    assert!(!never.exists() && !tmp.path().join("never").exists());
     // Ranges of another graph are refused with what is missing.
     let wrong = tmp.path().join("wrong.json");
     std::fs::write(&wrong, "{\"x\": [0, 1]}").unwrap();

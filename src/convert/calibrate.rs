@@ -36,6 +36,10 @@ pub struct CalibrationOptions {
     pub settings: Calibration,
     /// The CPU build of ONNX Runtime to run calibration with (else the usual lookup).
     pub ort_lib: Option<PathBuf>,
+    /// A folder to write the recorded UNet inputs into, one `sample-NNN.npz` per UNet call, named after
+    /// the UNet's inputs (what `dfast unet-step --inputs` reads): the same calibration set for other
+    /// tools (NNCF, TensorRT's calibrators), so that their int8 and dfast's are calibrated alike.
+    pub save_inputs: Option<PathBuf>,
 }
 
 /// The file, in the converted UNet's folder, that holds the calibrated ranges.
@@ -91,6 +95,9 @@ pub fn calibrate(
         None => {
             let runtime = Runtime::new(ExecutionProvider::Cpu, opts.ort_lib.as_deref())?;
             let samples = record_unet_inputs(&runtime, source, settings)?;
+            if let Some(dir) = &opts.save_inputs {
+                save_samples(dir, &samples)?;
+            }
             activation_ranges(&runtime, model, tensors, &samples, settings.percentile)?
         }
     };
@@ -98,6 +105,27 @@ pub fn calibrate(
     let text = serde_json::to_string_pretty(&sorted).map_err(|e| Error::internal(format!("ranges: {e}")))?;
     std::fs::write(save_to, text + "\n").map_err(|e| Error::io(save_to, "cannot write", e))?;
     Ok(ranges)
+}
+
+/// Writes `samples` into `dir` (created if missing), one `sample-NNN.npz` each.
+pub fn save_samples(dir: &Path, samples: &[Sample]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "cannot create the folder", e))?;
+    for (i, sample) in samples.iter().enumerate() {
+        let path = dir.join(format!("sample-{i:03}.npz"));
+        let bad =
+            |e: &dyn std::fmt::Display| Error::bad_file(&path, format!("cannot write the calibration sample: {e}"));
+        let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, "cannot write", e))?;
+        let mut npz = ndarray_npy::NpzWriter::new(file);
+        for (name, tensor) in sample {
+            match tensor {
+                HostTensor::F32(a) => npz.add_array(name.as_str(), a),
+                HostTensor::I64(a) => npz.add_array(name.as_str(), a),
+            }
+            .map_err(|e| bad(&e))?;
+        }
+        npz.finish().map_err(|e| bad(&e))?;
+    }
+    Ok(())
 }
 
 /// The file, in a converted component's folder, that holds the ranges the precision pass's islands were

@@ -96,6 +96,18 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     }
     let dir = PipelineDir::open(&opts.source)?;
     check_output(&opts.source, &opts.out)?;
+    if let Some(save) = &opts.calibration.save_inputs {
+        let why = if !opts.profile.passes.iter().any(|p| p == Int8Static::NAME) {
+            Some(format!("profile {} does not calibrate (it has no int8-static pass)", opts.profile.name))
+        } else if opts.calibration.settings.from.is_some() {
+            Some("the ranges come from an earlier conversion (--calibration-from), so nothing is recorded".into())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::bad_input(format!("--save-calibration-inputs {}: {why}", save.display())));
+        }
+    }
     let card = match &opts.card {
         Some(c) => Some(c.clone()),
         None => ModelCard::detect_dir(&dir),
