@@ -387,9 +387,13 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes, ma
     with torch.no_grad():
         want = module(*args)
     want = want if isinstance(want, (tuple, list)) else (want,)
+    # fp32 accumulation order differs between torch's and ONNX Runtime's kernels, and more so the deeper the
+    # model: the SD1.5 VAE decoder at 512x512 measured 1.05e-5 on an AVX2-only CPU (AMD EPYC Zen 2). A wrong
+    # export is off by far more than either bound.
+    tol = 1e-5 if folder_bytes(path.parent) < 2**26 else 1e-4
     for name, g, w in zip(output_names, got, want):
         err = np.linalg.norm(g - w.numpy()) / max(np.linalg.norm(w.numpy()), 1e-12)
-        assert err < 1e-5, f"{path}: output {name} differs from torch (relative L2 {err:.2e})"
+        assert err < tol, f"{path}: output {name} differs from torch (relative L2 {err:.2e})"
 
 
 def folder_bytes(folder: Path) -> int:
