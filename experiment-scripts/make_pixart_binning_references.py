@@ -13,7 +13,6 @@ Recorded:
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +23,9 @@ from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import (
     ASPECT_RATIO_1024_BIN,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "references" / "pixart_binning.json"
+import common  # a sibling module (this script's folder is on sys.path)
+
+OUT = common.ROOT / "tests" / "references" / "pixart_binning.json"
 TABLES = {128: ASPECT_RATIO_1024_BIN, 64: ASPECT_RATIO_512_BIN, 32: ASPECT_RATIO_256_BIN}
 
 def bins():

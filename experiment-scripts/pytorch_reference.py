@@ -91,13 +91,6 @@ CSV_NAME = "pytorch.csv"
 DEFAULT_SETTINGS = ["fp32", "bf16", "bf16+sdpa", "bf16+sdpa+compile", "bf16+sdpa+compile+fused-qkv"]
 FLAGS = ("sdpa", "compile", "fused-qkv")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# dfast's --scheduler names (README) -> diffusers classes, built with from_config(pipe.scheduler.config).
-SCHEDULERS = {
-    "euler": "EulerDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-}
 # The seed's benchmark prompt.
 PROMPT = "ghibli style, a fantasy landscape with castles"
 
@@ -171,8 +164,8 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         kwargs.update(safety_checker=None, requires_safety_checker=False)  # dfast runs no safety checker
     pipe = DiffusionPipeline.from_pretrained(model_dir, **kwargs)
     if args.scheduler:
-        cls = getattr(diffusers, SCHEDULERS[args.scheduler])
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        # dfast's --scheduler name -> diffusers' class, with the pipeline's own config.
+        pipe.scheduler = common.scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     attn = AttnProcessor2_0() if spec["sdpa"] else AttnProcessor()
     pipe.unet.set_attn_processor(attn)
     pipe.vae.set_attn_processor(attn)
@@ -436,7 +429,8 @@ def main():
                           "(`unet_alone_ms`, the median; default 10; 0: skip, column empty)")
     run.add_argument("--prompt", default=PROMPT)
     run.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
-    run.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="swap the scheduler class, keep its config")
+    run.add_argument("--scheduler", choices=sorted(common.SCHEDULER_CLASSES),
+                     help="swap the scheduler class, keep its config")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--tag", default="")
     run.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
