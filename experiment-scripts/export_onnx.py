@@ -45,35 +45,35 @@ import common  # the model cards (a sibling module: this script's folder is on s
 import make_tiny_pipelines as tiny  # CLIP vocabulary, wrappers, export helpers (a sibling: this script's folder)
 
 # Public configs of the real checkpoints (diffusers' config.json of each component).
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32,
-)
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "cross_attention_dim": 2048,
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+}
 # SSD-1B (segmind/SSD-1B) keeps SDXL's blocks with fewer transformer layers, different on the way down and up,
 # and a mid block of one ResNet (no attention). Its unet/config.json could not be read from here (no network but
 # the package registries); the values are those that load its weights, taken from two public sources:
@@ -89,38 +89,45 @@ SDXL_UNET = dict(
 # parameters (SDXL: 2.57 B), the published "1.3B". The third up block (UpBlock2D) has no attention: its entry
 # is unused. Earlier exports approximated SSD-1B as SDXL with depths 1/2/4 both ways and SDXL's cross-attention
 # mid block (1.32 B parameters, 4 transformer blocks in the mid block that SSD-1B does not have).
-SSD1B_UNET = dict(
-    SDXL_UNET,
-    transformer_layers_per_block=(1, 2, 4),
-    reverse_transformer_layers_per_block=((4, 4, 10), (2, 1, 1), (1, 1, 1)),
-    mid_block_type="UNetMidBlock2D",
-)
+SSD1B_UNET = {
+    **SDXL_UNET,
+    "transformer_layers_per_block": (1, 2, 4),
+    "reverse_transformer_layers_per_block": ((4, 4, 10), (2, 1, 1), (1, 1, 1)),
+    "mid_block_type": "UNetMidBlock2D",
+}
 
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-)
-CLIP_L = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=1,
-)
-CLIP_BIGG = dict(CLIP_L, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                 hidden_act="gelu", projection_dim=1280)
+VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
+CLIP_L = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+CLIP_BIGG = {
+    **CLIP_L,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
 
 # Keyed by model card (models/<arch>.toml); the card's `pipeline` says which pipeline class is built.
 ARCHS = {
@@ -162,8 +169,14 @@ def halve_weights(module):
 
 
 def random_pipeline(arch: str, vocab_dir: Path):
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = ARCHS[arch]
@@ -337,21 +350,21 @@ def export_pixart(pipe, out: Path, wanted: set, style: tiny.ExportStyle):
 # is exported, its last block's subgraph is copied until the real depth, and every weight is drawn at its real
 # shape and written straight to model.onnx_data, one tensor at a time.
 
-T5_XXL = dict(  # google/t5-v1_1-xxl's encoder (DeepFloyd/t5-v1_1-xxl, as PixArt-α ships it)
-    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-    layer_norm_epsilon=1e-6, dropout_rate=0.0, tie_word_embeddings=False, is_encoder_decoder=True,
-    use_cache=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-)
-PIXART_TRANSFORMER = dict(  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json (sample_size per arch)
-    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-    cross_attention_dim=1152, patch_size=2, caption_channels=4096, activation_fn="gelu-approximate",
-    num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-    attention_bias=True, norm_num_groups=32,
-)
+T5_XXL = {  # google/t5-v1_1-xxl's encoder (DeepFloyd/t5-v1_1-xxl, as PixArt-α ships it)
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0, "tie_word_embeddings": False, "is_encoder_decoder": True,
+    "use_cache": False, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+}
+PIXART_TRANSFORMER = {  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json (sample_size per arch)
+    "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "num_layers": 28,
+    "cross_attention_dim": 1152, "patch_size": 2, "caption_channels": 4096, "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_single", "norm_elementwise_affine": False, "norm_eps": 1e-6,
+    "attention_bias": True, "norm_num_groups": 32,
+}
 PIXART_ARCHS = {
-    "pixart-alpha": dict(sample_size=128),  # PixArt-XL-2-1024-MS: the resolution / aspect_ratio conditions
-    "pixart-alpha-512": dict(sample_size=64),  # PixArt-XL-2-512x512: none
+    "pixart-alpha": {"sample_size": 128},  # PixArt-XL-2-1024-MS: the resolution / aspect_ratio conditions
+    "pixart-alpha-512": {"sample_size": 64},  # PixArt-XL-2-512x512: none
 }
 
 
@@ -562,8 +575,8 @@ def export_pixart_random(arch: str, out: Path, wanted: set, style: tiny.ExportSt
     export at a reduced size only."""
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
-    t5 = dict(T5_XXL, num_layers=min(T5_XXL["num_layers"], layers or 10**6))
-    dit = dict(PIXART_TRANSFORMER, num_layers=min(PIXART_TRANSFORMER["num_layers"], layers or 10**6))
+    t5 = {**T5_XXL, "num_layers": min(T5_XXL["num_layers"], layers or 10**6)}
+    dit = {**PIXART_TRANSFORMER, "num_layers": min(PIXART_TRANSFORMER["num_layers"], layers or 10**6)}
     dit.update(PIXART_ARCHS[arch])
     index = {
         "_class_name": "PixArtAlphaPipeline",
@@ -608,7 +621,7 @@ def check_t5_replication():
     import onnxruntime as ort
     from transformers import T5Config, T5EncoderModel
 
-    config = dict(T5_XXL, d_model=256, d_ff=384, vocab_size=200, num_heads=4, d_kv=64, num_layers=6)
+    config = {**T5_XXL, "d_model": 256, "d_ff": 384, "vocab_size": 200, "num_heads": 4, "d_kv": 64, "num_layers": 6}
     model = T5EncoderModel(T5Config(**config)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

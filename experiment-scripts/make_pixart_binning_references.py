@@ -12,6 +12,7 @@ Recorded:
   a center crop) on small seeded float32 images, input and output.
 """
 
+import itertools
 import json
 
 import numpy as np
@@ -35,7 +36,7 @@ def bins():
             sizes.add((h, w))
     # Aspect ratios midway between neighbouring keys: ties go to the first key in table order.
     keys = [float(k) for k in ASPECT_RATIO_1024_BIN]
-    for a, b in zip(keys, keys[1:]):
+    for a, b in itertools.pairwise(keys):
         mid = (a + b) / 2
         for w in (200, 400, 800, 1000):
             h = round(mid * w)

@@ -56,7 +56,6 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from PIL import Image
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -102,8 +101,10 @@ STEPS = 10
 TOKEN_PROMPTS = [
     "a photo of an astronaut riding a horse on mars",
     "",
-    "A majestic lion standing on a rocky cliff at sunset, golden light, dramatic clouds, ultra detailed fur, "
-    "cinematic composition, 35mm photograph, shallow depth of field, award winning wildlife photography",
+    (
+        "A majestic lion standing on a rocky cliff at sunset, golden light, dramatic clouds, ultra detailed fur, "
+        "cinematic composition, 35mm photograph, shallow depth of field, award winning wildlife photography"
+    ),
     "Ein Café in Zürich, 東京の夜景, naïve résumé, emoji 🚀✨ and ﬁ ligature",
     "hello!!! what's up?? (masterpiece:1.2), [best quality] -- 3.14 #tag @user it's we'll they're I'd",
     "  multiple   spaces\tand\nnewlines  ",
@@ -142,7 +143,8 @@ def write_clip_vocab(dest: Path):
         return
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")
+    with gzip.open(bpe) as f:
+        merges = f.read().decode("utf-8").split("\n")
     merges = merges[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
     vocab = list(bytes_to_unicode().values())
@@ -154,8 +156,7 @@ def write_clip_vocab(dest: Path):
     (dest / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     with open(dest / "merges.txt", "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-        for m in merges:
-            f.write(" ".join(m) + "\n")
+        f.writelines(" ".join(m) + "\n" for m in merges)
 
 
 # CLIP's ids for the start of TOKEN_PROMPTS[0], as the real vocabulary gives them.
@@ -632,44 +633,52 @@ def PIXART_FOLDERS(models: Path) -> tuple:
     """What --pixart writes under models/."""
     return (models / "tiny-pixart", models / "tiny-pixart-dynamo", models / "variants" / "tiny-pixart-1024")
 
+
 # Word lists for the tokenizer's training text: caption-like lines, drawn with a fixed seed.
-_SUBJECTS = (
-    "astronaut horse cat dog fox lion tiger robot castle lighthouse mountain river forest city street garden "
-    "bridge ship train car bicycle owl eagle dragon wizard knight girl boy woman man child teapot cup apple "
-    "orange flower rose tree house village temple tower cloud moon sun star planet ocean wave beach desert "
-    "island volcano waterfall squirrel penguin octopus jellyfish butterfly hummingbird elephant giraffe zebra "
-    "kangaroo koala panda wolf bear rabbit deer turtle whale dolphin shark parrot peacock swan flamingo "
-    "hedgehog raccoon otter camel llama spaceship airplane balloon submarine motorcycle tractor bus skyscraper "
-    "cathedral pyramid windmill cabin cottage library museum market cafe bakery restaurant station harbor "
-    "canyon glacier meadow jungle swamp cave lake pond field vineyard orchard samurai pirate astronomer "
-    "scientist chef painter musician dancer farmer sailor soldier queen king princess monk grandmother "
-    "sculpture lantern clock violin guitar piano umbrella crown sword shield book candle mirror chandelier "
-    "bottle basket pumpkin strawberry cherry lemon mushroom cactus sunflower tulip lotus bamboo"
-).split()
-_ADJECTIVES = (
-    "red blue green yellow purple golden silver tiny huge old young ancient futuristic cozy misty snowy sunny "
-    "dark bright colorful quiet busy wooden glass stone neon vintage majestic cute small large shiny dusty "
-    "frozen gigantic miniature glowing translucent crystal velvet rusty polished weathered abandoned enchanted "
-    "mysterious whimsical elegant minimalist surreal baroque gothic victorian medieval cyberpunk steampunk "
-    "pastel vibrant muted foggy stormy autumn tropical arctic rustic ornate sleek fluffy furry feathered "
-    "metallic marble porcelain paper origami pixelated low-poly isometric"
-).split()
-_PLACES = (
-    "on mars|in the forest|at sunset|under the stars|by the sea|in a city|on a hill|in the rain|at night|"
-    "in winter|in spring|on the moon|in a garden|near a river|in the desert|on a beach|in space|in a kitchen|"
-    "on a table|in the mountains"
-).split("|")
-_STYLES = (
-    "highly detailed|trending on artstation|unreal engine|octane render|volumetric fog|golden hour|bokeh|"
-    "wide angle|macro shot|portrait|aerial view|symmetrical|ukiyo-e woodblock print|impressionist|art nouveau|"
-    "by a famous artist|hyperrealistic|matte painting|lens flare|film grain|long exposure|digital art|"
-    "oil painting|watercolor|photograph|cinematic lighting|35mm film|studio photo|concept art|pencil sketch|8k|"
-    "sharp focus|soft light|dramatic clouds|award winning"
-).split("|")
-_VERBS = (
-    "riding|holding|watching|standing next to|sitting on|flying over|walking through|looking at|playing with|"
-    "jumping over"
-).split("|")
+_SUBJECTS = [
+    "astronaut", "horse", "cat", "dog", "fox", "lion", "tiger", "robot", "castle", "lighthouse", "mountain", "river",
+    "forest", "city", "street", "garden", "bridge", "ship", "train", "car", "bicycle", "owl", "eagle", "dragon",
+    "wizard", "knight", "girl", "boy", "woman", "man", "child", "teapot", "cup", "apple", "orange", "flower", "rose",
+    "tree", "house", "village", "temple", "tower", "cloud", "moon", "sun", "star", "planet", "ocean", "wave", "beach",
+    "desert", "island", "volcano", "waterfall", "squirrel", "penguin", "octopus", "jellyfish", "butterfly",
+    "hummingbird", "elephant", "giraffe", "zebra", "kangaroo", "koala", "panda", "wolf", "bear", "rabbit", "deer",
+    "turtle", "whale", "dolphin", "shark", "parrot", "peacock", "swan", "flamingo", "hedgehog", "raccoon", "otter",
+    "camel", "llama", "spaceship", "airplane", "balloon", "submarine", "motorcycle", "tractor", "bus", "skyscraper",
+    "cathedral", "pyramid", "windmill", "cabin", "cottage", "library", "museum", "market", "cafe", "bakery",
+    "restaurant", "station", "harbor", "canyon", "glacier", "meadow", "jungle", "swamp", "cave", "lake", "pond",
+    "field", "vineyard", "orchard", "samurai", "pirate", "astronomer", "scientist", "chef", "painter", "musician",
+    "dancer", "farmer", "sailor", "soldier", "queen", "king", "princess", "monk", "grandmother", "sculpture", "lantern",
+    "clock", "violin", "guitar", "piano", "umbrella", "crown", "sword", "shield", "book", "candle", "mirror",
+    "chandelier", "bottle", "basket", "pumpkin", "strawberry", "cherry", "lemon", "mushroom", "cactus", "sunflower",
+    "tulip", "lotus", "bamboo",
+]
+_ADJECTIVES = [
+    "red", "blue", "green", "yellow", "purple", "golden", "silver", "tiny", "huge", "old", "young", "ancient",
+    "futuristic", "cozy", "misty", "snowy", "sunny", "dark", "bright", "colorful", "quiet", "busy", "wooden", "glass",
+    "stone", "neon", "vintage", "majestic", "cute", "small", "large", "shiny", "dusty", "frozen", "gigantic",
+    "miniature", "glowing", "translucent", "crystal", "velvet", "rusty", "polished", "weathered", "abandoned",
+    "enchanted", "mysterious", "whimsical", "elegant", "minimalist", "surreal", "baroque", "gothic", "victorian",
+    "medieval", "cyberpunk", "steampunk", "pastel", "vibrant", "muted", "foggy", "stormy", "autumn", "tropical",
+    "arctic", "rustic", "ornate", "sleek", "fluffy", "furry", "feathered", "metallic", "marble", "porcelain", "paper",
+    "origami", "pixelated", "low-poly", "isometric",
+]
+_PLACES = [
+    "on mars", "in the forest", "at sunset", "under the stars", "by the sea", "in a city", "on a hill", "in the rain",
+    "at night", "in winter", "in spring", "on the moon", "in a garden", "near a river", "in the desert", "on a beach",
+    "in space", "in a kitchen", "on a table", "in the mountains",
+]
+_STYLES = [
+    "highly detailed", "trending on artstation", "unreal engine", "octane render", "volumetric fog", "golden hour",
+    "bokeh", "wide angle", "macro shot", "portrait", "aerial view", "symmetrical", "ukiyo-e woodblock print",
+    "impressionist", "art nouveau", "by a famous artist", "hyperrealistic", "matte painting", "lens flare",
+    "film grain", "long exposure", "digital art", "oil painting", "watercolor", "photograph", "cinematic lighting",
+    "35mm film", "studio photo", "concept art", "pencil sketch", "8k", "sharp focus", "soft light", "dramatic clouds",
+    "award winning",
+]
+_VERBS = [
+    "riding", "holding", "watching", "standing next to", "sitting on", "flying over", "walking through", "looking at",
+    "playing with", "jumping over",
+]
 
 
 def caption_lines(seed: int, n: int) -> list:
@@ -1094,17 +1103,17 @@ def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
         out = out_root / name
         out.mkdir()
         pipe.scheduler.save_config(out)
-        call = dict(
-            prompt=PROMPT,
-            negative_prompt=negative if negative is not None else "",
-            num_inference_steps=steps,
-            guidance_scale=PIXART_GUIDANCE,
-            height=height,
-            width=width,
-            clean_caption=False,
-            max_sequence_length=PIXART_MAX_SEQUENCE,
-            use_resolution_binning=binning,
-        )
+        call = {
+            "prompt": PROMPT,
+            "negative_prompt": negative if negative is not None else "",
+            "num_inference_steps": steps,
+            "guidance_scale": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+            "use_resolution_binning": binning,
+        }
         seed = 0
         with torch.no_grad():
             latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
@@ -1197,16 +1206,16 @@ def save_pixart_other(dest: Path):
     for name, key, height, width in [("dpm++-512", "dpm++", 512, 512), ("euler-binned-400x600", "euler", 400, 600)]:
         cls, overrides = PIXART_SCHEDULERS[key]
         pipe.scheduler = cls.from_config(base, **overrides)
-        call = dict(
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE_PROMPT,
-            num_inference_steps=20,
-            guidance_scale=PIXART_GUIDANCE,
-            height=height,
-            width=width,
-            clean_caption=False,
-            max_sequence_length=PIXART_MAX_SEQUENCE,
-        )
+        call = {
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "num_inference_steps": 20,
+            "guidance_scale": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+        }
         with torch.no_grad():
             latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images
             image = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="pil").images[0]

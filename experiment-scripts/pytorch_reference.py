@@ -116,7 +116,7 @@ def file_safe(setting: str) -> str:
 
 def dfast_version() -> str:
     try:
-        m = re.search(r'^version\s*=\s*"([^"]+)"', (common.ROOT / "Cargo.toml").read_text(), re.M)
+        m = re.search(r'^version\s*=\s*"([^"]+)"', (common.ROOT / "Cargo.toml").read_text(), re.MULTILINE)
         return m.group(1) if m else ""
     except OSError:
         return ""
@@ -239,8 +239,8 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
     scale = pipe.vae_scale_factor
     width = args.width or pipe.unet.config.sample_size * scale
     height = args.height or pipe.unet.config.sample_size * scale
-    call = dict(prompt=args.prompt, num_inference_steps=args.steps, num_images_per_prompt=args.batch_size,
-                width=width, height=height)
+    call = {"prompt": args.prompt, "num_inference_steps": args.steps, "num_images_per_prompt": args.batch_size,
+            "width": width, "height": height}
     if args.guidance is not None:
         call["guidance_scale"] = args.guidance
     # As dfast bench: a first run timed on its own (compilation happens here), --warmup more, then --runs.
@@ -289,7 +289,10 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
     image_name = f"pytorch-{ep}-{file_safe(setting)}.jpg"
     image.save(Path(args.out) / image_name, quality=90)
     peak_host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+
+    def med(xs):
+        return statistics.median(xs) if xs else float("nan")
+
     return {
         "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tag": args.tag,
