@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Shared by the experiment scripts: the repository root, the model cards and a CPU-name helper.
+"""Shared by the experiment scripts: the repository root, the model cards, the real checkpoints' scheduler
+configs and a CPU-name helper.
 
 The model cards, models/<name>.toml (sd15, sdxl, ssd-1b), are the one place for per-model defaults (hub id,
 pipeline class, scheduler, width, height, steps, guidance) and for how a UNet config is recognised
@@ -8,6 +9,10 @@ pipeline class, scheduler, width, height, steps, guidance) and for how a UNet co
 Sibling scripts import each other and this file with a plain `import common` (or `import export_onnx`):
 `python experiment-scripts/x.py` puts the script's own folder first on sys.path, so no sys.path edits are
 needed (except under `python -P`/`-I` or PYTHONSAFEPATH, which drop that folder).
+
+The checkpoints' scheduler/scheduler_config.json files (SD15_SCHEDULER, SDXL_SCHEDULER, PIXART_SCHEDULER) and
+dfast's --scheduler names (SCHEDULER_CLASSES) live here too: the fixture, export and reference scripts all
+build schedulers from them.
 
 Command line, for the shell scripts (bench_common.sh, gpu_sdxl.sh):
 
@@ -38,6 +43,74 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 # The card fields the scripts use as defaults, in the order `defaults` prints them.
 DEFAULT_FIELDS = ("hub_id", "pipeline", "scheduler", "width", "height", "steps", "guidance")
+
+# The real checkpoints' scheduler configs, verbatim (key order included: the fixtures write them as they are).
+# stable-diffusion-v1-5:
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+# stable-diffusion-xl-base-1.0:
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.19.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+# PixArt-alpha/PixArt-XL-2-1024-MS ("lambda_min_clipped" is -Infinity there, which json.dumps writes as the
+# bare token -Infinity, as the checkpoint's file holds it):
+PIXART_SCHEDULER = {
+    "_class_name": "DPMSolverMultistepScheduler",
+    "_diffusers_version": "0.22.0.dev0",
+    "algorithm_type": "dpmsolver++",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "dynamic_thresholding_ratio": 0.995,
+    "euler_at_final": False,
+    "lambda_min_clipped": float("-inf"),
+    "lower_order_final": True,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "steps_offset": 0,
+    "thresholding": False,
+    "timestep_spacing": "linspace",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+    "use_lu_lambdas": False,
+    "variance_type": None,
+}
+# dfast's --scheduler names (README) -> diffusers' scheduler classes, in the order the references run them.
+SCHEDULER_CLASSES = {
+    "euler": "EulerDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
 
 
 def card_names() -> list:
@@ -82,6 +155,20 @@ def match_card(unet_config: dict) -> str:
         if len(match) > best_n and all(k in unet_config and _same(unet_config[k], v) for k, v in match.items()):
             best, best_n = name, len(match)
     return best
+
+
+def write_scheduler_config(pipeline_dir: Path, config: dict):
+    """pipeline_dir/scheduler/scheduler_config.json holding `config` as the checkpoints' files do (json.dumps,
+    indent 2, a final newline)."""
+    (pipeline_dir / "scheduler").mkdir(exist_ok=True)
+    (pipeline_dir / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def scheduler_class(name: str):
+    """diffusers' scheduler class for dfast's --scheduler `name` (SCHEDULER_CLASSES); imports diffusers."""
+    import diffusers
+
+    return getattr(diffusers, SCHEDULER_CLASSES[name])
 
 
 def cpu_name() -> str:

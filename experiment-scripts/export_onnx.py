@@ -20,7 +20,7 @@ Pinned versions: experiment-scripts/requirements-fixtures.txt (torch 2.11.0, dif
 the GPU host runs). An SDXL export needs about 11 GB of memory in fp32.
 
 PixArt-α: --model takes a diffusers PixArtAlphaPipeline folder (transformer/ then follows the interface in
-make_tiny_pipelines.py, above PIXART_SCHEDULER). With --random-weights the T5-XXL encoder is never built in
+make_tiny_pipelines.py, above PIXART_MAX_SEQUENCE). With --random-weights the T5-XXL encoder is never built in
 torch (export_t5_replicated): its export's peak RSS was 1.8 GB whatever the depth (6 layers measured; the full
 24 write 19 GB to disk). The 28-layer DiT's export peaked at 3.5 GB RSS (pixart-alpha-512), 4.8 GB with the VAE
 decoder in the same run (pixart-alpha); TorchScript exporter, AMD EPYC Zen 4, torch 2.11 CPU.
@@ -31,6 +31,7 @@ measures its error against fp32 torch (relative L2 2.8e-2 on its 6-block T5).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -44,35 +45,35 @@ import common  # the model cards (a sibling module: this script's folder is on s
 import make_tiny_pipelines as tiny  # CLIP vocabulary, wrappers, export helpers (a sibling: this script's folder)
 
 # Public configs of the real checkpoints (diffusers' config.json of each component).
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32,
-)
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "cross_attention_dim": 2048,
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+}
 # SSD-1B (segmind/SSD-1B) keeps SDXL's blocks with fewer transformer layers, different on the way down and up,
 # and a mid block of one ResNet (no attention). Its unet/config.json could not be read from here (no network but
 # the package registries); the values are those that load its weights, taken from two public sources:
@@ -88,48 +89,66 @@ SDXL_UNET = dict(
 # parameters (SDXL: 2.57 B), the published "1.3B". The third up block (UpBlock2D) has no attention: its entry
 # is unused. Earlier exports approximated SSD-1B as SDXL with depths 1/2/4 both ways and SDXL's cross-attention
 # mid block (1.32 B parameters, 4 transformer blocks in the mid block that SSD-1B does not have).
-SSD1B_UNET = dict(
-    SDXL_UNET,
-    transformer_layers_per_block=(1, 2, 4),
-    reverse_transformer_layers_per_block=((4, 4, 10), (2, 1, 1), (1, 1, 1)),
-    mid_block_type="UNetMidBlock2D",
-)
+SSD1B_UNET = {
+    **SDXL_UNET,
+    "transformer_layers_per_block": (1, 2, 4),
+    "reverse_transformer_layers_per_block": ((4, 4, 10), (2, 1, 1), (1, 1, 1)),
+    "mid_block_type": "UNetMidBlock2D",
+}
 
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-)
-CLIP_L = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-    projection_dim=768,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=1,
-)
-CLIP_BIGG = dict(CLIP_L, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                 hidden_act="gelu", projection_dim=1280)
+VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
+CLIP_L = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+CLIP_BIGG = {
+    **CLIP_L,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
 
 # Keyed by model card (models/<arch>.toml); the card's `pipeline` says which pipeline class is built.
 ARCHS = {
-    "sd15": dict(unet=SD15_UNET, vae=dict(VAE, sample_size=512, scaling_factor=0.18215),
-                 scheduler=tiny.SD15_SCHEDULER),
-    "sdxl": dict(unet=SDXL_UNET, vae=dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
-                 scheduler=tiny.SDXL_SCHEDULER),
-    "ssd-1b": dict(unet=SSD1B_UNET, vae=dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
-                   scheduler=tiny.SDXL_SCHEDULER),
+    "sd15": {
+        "unet": SD15_UNET,
+        "vae": {**VAE, "sample_size": 512, "scaling_factor": 0.18215},
+        "scheduler": common.SD15_SCHEDULER,
+    },
+    "sdxl": {
+        "unet": SDXL_UNET,
+        "vae": {**VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+        "scheduler": common.SDXL_SCHEDULER,
+    },
+    "ssd-1b": {
+        "unet": SSD1B_UNET,
+        "vae": {**VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+        "scheduler": common.SDXL_SCHEDULER,
+    },
 }
+# The latent size (height, width) the VAE decoder is traced at here (the tiny fixtures use 8x12).
+VAE_EXAMPLE_HW = (8, 8)
 
 
 def is_sdxl(arch: str) -> bool:
@@ -140,21 +159,32 @@ def is_sdxl(arch: str) -> bool:
     return pipeline == "StableDiffusionXLPipeline"
 
 
+def halve_weights(module):
+    """Default init makes deep random nets blow up; halving every weight matrix and kernel (biases and norms
+    as they are) keeps the activations finite, in fp16 too."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() > 1:
+                p.mul_(0.5)
+
+
 def random_pipeline(arch: str, vocab_dir: Path):
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = ARCHS[arch]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**spec["unet"])
     vae = AutoencoderKL(**spec["vae"])
-    for module in (unet, vae):
-        # Default init makes deep random nets blow up; small weights keep activations finite (fp16 too).
-        with torch.no_grad():
-            for p in module.parameters():
-                if p.dim() > 1:
-                    p.mul_(0.5)
+    halve_weights(unet)
+    halve_weights(vae)
     te = CLIPTextModel(CLIPTextConfig(**CLIP_L))
     if is_sdxl(arch):
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG))
@@ -219,17 +249,22 @@ def main():
         ap.error(f"{args.out} exists and is not empty")
 
     wanted = set(args.components.split(","))
-    dynamo = args.exporter == "dynamo"
-    tiny.EXPORT.update({"dynamo": dynamo, "opset": args.opset or (23 if dynamo else 17)})
+    style = tiny.DYNAMO if args.exporter == "dynamo" else tiny.TORCHSCRIPT
+    if args.opset:
+        style = dataclasses.replace(style, opset=args.opset)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     t0 = time.time()
+
+    def done() -> str:
+        return f"done in {time.time() - t0:.0f} s ({args.exporter}, opset {style.opset})"
+
     if args.random_weights and args.arch in PIXART_ARCHS:
-        if dynamo and "text_encoder" in wanted:
+        if style.dynamo and "text_encoder" in wanted:
             ap.error("--arch pixart-*: the T5 encoder is built from a TorchScript export (its node names locate the "
                      "blocks); use --exporter torchscript, or leave text_encoder out of --components")
         args.out.mkdir(parents=True, exist_ok=True)
-        export_pixart_random(args.arch, args.out, wanted, args.layers, args.t5_weights)
-        print(f"{args.out}: done in {time.time() - t0:.0f} s ({args.exporter}, opset {tiny.EXPORT['opset']})")
+        export_pixart_random(args.arch, args.out, wanted, style, args.layers, args.t5_weights)
+        print(f"{args.out}: {done()}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         vocab_dir = Path(tmp)
@@ -246,13 +281,11 @@ def main():
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
         if type(pipe).__name__ == "PixArtAlphaPipeline":
-            export_pixart(pipe, out, wanted)
-            print(f"{out}: done in {time.time() - t0:.0f} s ({args.exporter}, opset {tiny.EXPORT['opset']})")
+            export_pixart(pipe, out, wanted, style)
+            print(f"{out}: {done()}")
             return
         # Layout files: model_index.json, scheduler config, tokenizers (vocab.json + merges.txt).
-        with tempfile.TemporaryDirectory() as saved:
-            pipe.save_config(saved)
-            shutil.copy(Path(saved) / "model_index.json", out / "model_index.json")
+        write_model_index(pipe, out)
         (out / "scheduler").mkdir(exist_ok=True)
         pipe.scheduler.save_config(out / "scheduler")
         for tok in ["tokenizer", "tokenizer_2"] if sdxl else ["tokenizer"]:
@@ -260,58 +293,55 @@ def main():
             for f in ["vocab.json", "merges.txt"]:
                 if not (out / tok / f).exists():
                     shutil.copy(vocab_dir / f, out / tok / f)
-        exports = []
-        if "text_encoder" in wanted:
-            exports.append(("text_encoder", lambda: tiny.export_text_encoder(
-                pipe.text_encoder, out / "text_encoder", False, sdxl, torch.int64)))
-        if sdxl and "text_encoder_2" in wanted:
-            exports.append(("text_encoder_2", lambda: tiny.export_text_encoder(
-                pipe.text_encoder_2, out / "text_encoder_2", True, True, torch.int64)))
-        if "unet" in wanted:
-            exports.append(("unet", lambda: tiny.export_unet(pipe.unet, out / "unet", sdxl, torch.int64, "batch")))
-        if "vae_decoder" in wanted:
-            exports.append(("vae_decoder", lambda: export_vae_decoder(pipe.vae, out)))
-        for name, fn in exports:
-            t = time.time()
-            fn()
-            consolidate_external_data(out / name / "model.onnx")
-            print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
-    print(f"{out}: done in {time.time() - t0:.0f} s ({args.exporter}, opset {tiny.EXPORT['opset']})")
+        exports = {
+            "text_encoder": lambda: tiny.export_text_encoder(
+                pipe.text_encoder, out / "text_encoder", False, sdxl, torch.int64, style=style),
+        }
+        if sdxl:
+            exports["text_encoder_2"] = lambda: tiny.export_text_encoder(
+                pipe.text_encoder_2, out / "text_encoder_2", True, True, torch.int64, style=style)
+        exports["unet"] = lambda: tiny.export_unet(pipe.unet, out / "unet", sdxl, torch.int64, "batch", style=style)
+        exports["vae_decoder"] = lambda: tiny.export_vae_decoder(pipe.vae, out, VAE_EXAMPLE_HW, style=style)
+        run_exports(out, exports, wanted)
+    print(f"{out}: {done()}")
 
 
-def export_pixart(pipe, out: Path, wanted: set):
-    """A PixArtAlphaPipeline in the layout of models/tiny-pixart: model_index.json, scheduler/, tokenizer/
-    (tokenizer.json, which transformers' fast T5 tokenizer writes), text_encoder/ (T5 encoder), transformer/
-    (the interface described in make_tiny_pipelines.py above PIXART_SCHEDULER), vae_decoder/."""
+def write_model_index(pipe, out: Path):
+    """out/model_index.json as diffusers' save_config writes it."""
     with tempfile.TemporaryDirectory() as saved:
         pipe.save_config(saved)
         shutil.copy(Path(saved) / "model_index.json", out / "model_index.json")
+
+
+def run_exports(out: Path, exports: dict, wanted: set):
+    """Runs, in order, the exports (component name -> a function that writes out/<name>/model.onnx) that
+    `wanted` names, each followed by consolidate_external_data."""
+    for name, export in exports.items():
+        if name not in wanted:
+            continue
+        t = time.time()
+        export()
+        consolidate_external_data(out / name / "model.onnx")
+        print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
+
+
+def export_pixart(pipe, out: Path, wanted: set, style: tiny.ExportStyle):
+    """A PixArtAlphaPipeline in the layout of models/tiny-pixart: model_index.json, scheduler/, tokenizer/
+    (tokenizer.json, which transformers' fast T5 tokenizer writes), text_encoder/ (T5 encoder), transformer/
+    (the interface described in make_tiny_pipelines.py above PIXART_MAX_SEQUENCE), vae_decoder/."""
+    write_model_index(pipe, out)
     (out / "scheduler").mkdir(exist_ok=True)
     pipe.scheduler.save_config(out / "scheduler")
     pipe.tokenizer.save_pretrained(out / "tokenizer")
     if not (out / "tokenizer" / "tokenizer.json").exists():
         raise SystemExit(f"{out / 'tokenizer'}: the pipeline's tokenizer ({type(pipe.tokenizer).__name__}) wrote no "
                          "tokenizer.json; dfast needs the fast T5 tokenizer's file")
-    exports = []
-    if "text_encoder" in wanted:
-        exports.append(("text_encoder", lambda: tiny.export_t5(pipe.text_encoder, out / "text_encoder")))
-    if "transformer" in wanted:
-        exports.append(("transformer", lambda: tiny.export_pixart_transformer(pipe.transformer, out / "transformer")))
-    if "vae_decoder" in wanted:
-        exports.append(("vae_decoder", lambda: export_vae_decoder(pipe.vae, out)))
-    for name, fn in exports:
-        t = time.time()
-        fn()
-        consolidate_external_data(out / name / "model.onnx")
-        print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
-
-
-def export_vae_decoder(vae, out: Path):
-    lat = torch.randn(1, 4, 8, 8)
-    tiny.export(tiny.VaeDecoderWrapper(vae), [lat], out / "vae_decoder" / "model.onnx", ["latent_sample"], ["sample"],
-                {"latent_sample": {0: "batch_size", 2: "height", 3: "width"},
-                 "sample": {0: "batch_size", 2: "height", 3: "width"}})
-    vae.save_config(out / "vae_decoder")
+    exports = {
+        "text_encoder": lambda: tiny.export_t5(pipe.text_encoder, out / "text_encoder", style=style),
+        "transformer": lambda: tiny.export_pixart_transformer(pipe.transformer, out / "transformer", style=style),
+        "vae_decoder": lambda: tiny.export_vae_decoder(pipe.vae, out, VAE_EXAMPLE_HW, style=style),
+    }
+    run_exports(out, exports, wanted)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,21 +350,21 @@ def export_vae_decoder(vae, out: Path):
 # is exported, its last block's subgraph is copied until the real depth, and every weight is drawn at its real
 # shape and written straight to model.onnx_data, one tensor at a time.
 
-T5_XXL = dict(  # google/t5-v1_1-xxl's encoder (DeepFloyd/t5-v1_1-xxl, as PixArt-α ships it)
-    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-    layer_norm_epsilon=1e-6, dropout_rate=0.0, tie_word_embeddings=False, is_encoder_decoder=True,
-    use_cache=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-)
-PIXART_TRANSFORMER = dict(  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json (sample_size per arch)
-    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-    cross_attention_dim=1152, patch_size=2, caption_channels=4096, activation_fn="gelu-approximate",
-    num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-    attention_bias=True, norm_num_groups=32,
-)
+T5_XXL = {  # google/t5-v1_1-xxl's encoder (DeepFloyd/t5-v1_1-xxl, as PixArt-α ships it)
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0, "tie_word_embeddings": False, "is_encoder_decoder": True,
+    "use_cache": False, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+}
+PIXART_TRANSFORMER = {  # PixArt-alpha/PixArt-XL-2-1024-MS transformer/config.json (sample_size per arch)
+    "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "num_layers": 28,
+    "cross_attention_dim": 1152, "patch_size": 2, "caption_channels": 4096, "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_single", "norm_elementwise_affine": False, "norm_eps": 1e-6,
+    "attention_bias": True, "norm_num_groups": 32,
+}
 PIXART_ARCHS = {
-    "pixart-alpha": dict(sample_size=128),  # PixArt-XL-2-1024-MS: the resolution / aspect_ratio conditions
-    "pixart-alpha-512": dict(sample_size=64),  # PixArt-XL-2-512x512: none
+    "pixart-alpha": {"sample_size": 128},  # PixArt-XL-2-1024-MS: the resolution / aspect_ratio conditions
+    "pixart-alpha-512": {"sample_size": 64},  # PixArt-XL-2-512x512: none
 }
 
 
@@ -373,7 +403,8 @@ def int8_blocks(weight, block: int):
     return q.astype(np.uint8), scale.reshape(-1).astype(np.float32)
 
 
-def export_t5_replicated(config: dict, folder: Path, seed: int = 0, weights: str = "fp32"):
+def export_t5_replicated(config: dict, folder: Path, seed: int = 0, weights: str = "fp32",
+                         style: tiny.ExportStyle = tiny.TORCHSCRIPT):
     """Writes folder/model.onnx + model.onnx_data: T5EncoderModel(T5Config(**config)) with weights from
     random_t5_tensor, and config.json. Peak memory: the largest single tensor (the 32128 x 4096 embedding, 0.5 GB)
     plus a 3-block export at d_model 8.
@@ -381,7 +412,10 @@ def export_t5_replicated(config: dict, folder: Path, seed: int = 0, weights: str
     weights "int8": every linear layer of the blocks (q, k, v, o, wi_0, wi_1, wo) becomes ONNX Runtime's
     com.microsoft MatMulNBits with bits 8 (int8_blocks: one scale per T5_INT8_BLOCK weights, accuracy_level
     T5_INT8_ACCURACY), quantized as each tensor is drawn; the embedding and the norms stay fp32. T5-XXL is then
-    about 5.3 GB on disk instead of 19 GB."""
+    about 5.3 GB on disk instead of 19 GB.
+
+    style: how the 3-block stand-in is exported; a TorchScript style (its node names locate the blocks), at
+    opset 17 or the one --opset gives."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -401,7 +435,7 @@ def export_t5_replicated(config: dict, folder: Path, seed: int = 0, weights: str
             p.copy_(torch.randn_like(p) * p.shape[-1] ** -0.5 if p.dim() > 1 else 1 + 0.1 * torch.randn_like(p))
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        tiny.export_t5(model, Path(tmp))
+        tiny.export_t5(model, Path(tmp), style=style)
         graph_model = onnx.load(str(Path(tmp) / "model.onnx"))
     graph = graph_model.graph
 
@@ -534,14 +568,15 @@ def export_t5_replicated(config: dict, folder: Path, seed: int = 0, weights: str
     return sum(int(np.prod(s)) for s in shapes.values())
 
 
-def export_pixart_random(arch: str, out: Path, wanted: set, layers: int = 0, t5_weights: str = "fp32"):
+def export_pixart_random(arch: str, out: Path, wanted: set, style: tiny.ExportStyle, layers: int = 0,
+                         t5_weights: str = "fp32"):
     """PixArt-α at its real sizes with random weights (tokenizer: the tiny trained SentencePiece model, whose
     ids are valid in T5's vocabulary). layers > 0 caps the depth of both the T5 and the DiT: for testing the
     export at a reduced size only."""
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
-    t5 = dict(T5_XXL, num_layers=min(T5_XXL["num_layers"], layers or 10**6))
-    dit = dict(PIXART_TRANSFORMER, num_layers=min(PIXART_TRANSFORMER["num_layers"], layers or 10**6))
+    t5 = {**T5_XXL, "num_layers": min(T5_XXL["num_layers"], layers or 10**6)}
+    dit = {**PIXART_TRANSFORMER, "num_layers": min(PIXART_TRANSFORMER["num_layers"], layers or 10**6)}
     dit.update(PIXART_ARCHS[arch])
     index = {
         "_class_name": "PixArtAlphaPipeline",
@@ -553,40 +588,27 @@ def export_pixart_random(arch: str, out: Path, wanted: set, layers: int = 0, t5_
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (out / "scheduler").mkdir(exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(tiny.PIXART_SCHEDULER, indent=2) + "\n")
+    common.write_scheduler_config(out, common.PIXART_SCHEDULER)
     tiny.make_t5_tokenizer(out / "tokenizer")
 
     def transformer():
         torch.manual_seed(0)
         model = PixArtTransformer2DModel(**dit).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() > 1:
-                    p.mul_(0.5)  # as random_pipeline: activations stay finite in fp16
-        tiny.export_pixart_transformer(model, out / "transformer")
+        halve_weights(model)  # as random_pipeline
+        tiny.export_pixart_transformer(model, out / "transformer", style=style)
 
     def vae_decoder():
         torch.manual_seed(0)
-        vae = AutoencoderKL(**dict(VAE, sample_size=8 * dit["sample_size"], scaling_factor=0.18215)).eval()
-        with torch.no_grad():
-            for p in vae.parameters():
-                if p.dim() > 1:
-                    p.mul_(0.5)
-        export_vae_decoder(vae, out)
+        vae = AutoencoderKL(**VAE, sample_size=8 * dit["sample_size"], scaling_factor=0.18215).eval()
+        halve_weights(vae)
+        tiny.export_vae_decoder(vae, out, VAE_EXAMPLE_HW, style=style)
 
-    exports = []
-    if "text_encoder" in wanted:
-        exports.append(("text_encoder", lambda: export_t5_replicated(t5, out / "text_encoder", weights=t5_weights)))
-    if "transformer" in wanted:
-        exports.append(("transformer", transformer))
-    if "vae_decoder" in wanted:
-        exports.append(("vae_decoder", vae_decoder))
-    for name, fn in exports:
-        t = time.time()
-        fn()
-        consolidate_external_data(out / name / "model.onnx")
-        print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
+    exports = {
+        "text_encoder": lambda: export_t5_replicated(t5, out / "text_encoder", weights=t5_weights, style=style),
+        "transformer": transformer,
+        "vae_decoder": vae_decoder,
+    }
+    run_exports(out, exports, wanted)
 
 
 T5_INT8_TOLERANCE = 0.05  # relative L2 of last_hidden_state, int8 weight-only T5 against fp32 torch
@@ -596,11 +618,10 @@ def check_t5_replication():
     """The replicated export against torch's T5EncoderModel with the same weights, at a small target (K of 256
     and 384, so the int8 export uses T5_INT8_BLOCK as T5-XXL does): fp32 must match torch, and the int8
     weight-only export's error against fp32 torch is measured and bounded by T5_INT8_TOLERANCE."""
-    import numpy as np
     import onnxruntime as ort
     from transformers import T5Config, T5EncoderModel
 
-    config = dict(T5_XXL, d_model=256, d_ff=384, vocab_size=200, num_heads=4, d_kv=64, num_layers=6)
+    config = {**T5_XXL, "d_model": 256, "d_ff": 384, "vocab_size": 200, "num_heads": 4, "d_kv": 64, "num_layers": 6}
     model = T5EncoderModel(T5Config(**config)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -620,7 +641,7 @@ def check_t5_replication():
             got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
             del sess
         # Padded positions included: the pipeline passes all 120 on (the DiT masks them in cross-attention).
-        errors[weights] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        errors[weights] = tiny.relative_l2(got, want)
         print(f"T5 replication ({weights}, {config['num_layers']} layers, d_model {config['d_model']}): "
               f"relative L2 of last_hidden_state vs torch fp32 {errors[weights]:.2e}")
     assert errors["fp32"] < 1e-4, f"the replicated T5 export differs from torch (relative L2 {errors['fp32']:.2e})"

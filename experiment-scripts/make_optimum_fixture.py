@@ -32,7 +32,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from diffusers import PNDMScheduler
@@ -75,11 +74,15 @@ def share_vocabulary(dest: Path):
         assert got_vocab == want_vocab, f"{tok}/vocab.json differs from {VOCAB}/vocab.json"
         got_merges = (tok / "merges.txt").read_text(encoding="utf-8").split("\n")
         want_merges = (VOCAB / "merges.txt").read_text(encoding="utf-8").split("\n")
-        clean = lambda lines: [m for m in lines if m and not m.startswith("#version")]  # noqa: E731
-        assert clean(got_merges) == clean(want_merges), f"{tok}/merges.txt differs from {VOCAB}/merges.txt"
+        assert merge_lines(got_merges) == merge_lines(want_merges), f"{tok}/merges.txt differs from {VOCAB}/merges.txt"
         for name in ("vocab.json", "merges.txt"):
             (tok / name).unlink()
             (tok / name).symlink_to(os.path.relpath(VOCAB.resolve() / name, tok))
+
+
+def merge_lines(lines: list) -> list:
+    """merges.txt's merges, without the `#version` header and empty lines."""
+    return [m for m in lines if m and not m.startswith("#version")]
 
 
 def describe(dest: Path):

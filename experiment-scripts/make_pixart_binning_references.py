@@ -12,8 +12,8 @@ Recorded:
   a center crop) on small seeded float32 images, input and output.
 """
 
+import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +24,9 @@ from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import (
     ASPECT_RATIO_1024_BIN,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "references" / "pixart_binning.json"
+import common  # a sibling module (this script's folder is on sys.path)
+
+OUT = common.ROOT / "tests" / "references" / "pixart_binning.json"
 TABLES = {128: ASPECT_RATIO_1024_BIN, 64: ASPECT_RATIO_512_BIN, 32: ASPECT_RATIO_256_BIN}
 
 def bins():
@@ -35,7 +36,7 @@ def bins():
             sizes.add((h, w))
     # Aspect ratios midway between neighbouring keys: ties go to the first key in table order.
     keys = [float(k) for k in ASPECT_RATIO_1024_BIN]
-    for a, b in zip(keys, keys[1:]):
+    for a, b in itertools.pairwise(keys):
         mid = (a + b) / 2
         for w in (200, 400, 800, 1000):
             h = round(mid * w)

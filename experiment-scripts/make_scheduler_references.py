@@ -21,43 +21,23 @@ overrides so that the Rust side resolves the class defaults itself.
 
 import json
 import math
-from pathlib import Path
 
 import diffusers
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+import common  # a sibling module (this script's folder is on sys.path)
 
-SDXL = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+
+def base_config(checkpoint: dict) -> dict:
+    """A checkpoint's scheduler config (common.py) without `_diffusers_version`, which `from_config` would carry
+    into the recorded configs."""
+    return {k: v for k, v in checkpoint.items() if k != "_diffusers_version"}
+
+
+SD15 = base_config(common.SD15_SCHEDULER)
+SDXL = base_config(common.SDXL_SCHEDULER)
 
 VPRED_TRAILING = {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}
 ZSNR = {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "rescale_betas_zero_snr": True}
@@ -234,7 +214,7 @@ def main() -> None:
         "cases": cases,
         "schedule_cases": schedule_cases(),
     }
-    out = Path(__file__).resolve().parent.parent / "tests" / "data" / "scheduler_reference.json"
+    out = common.ROOT / "tests" / "data" / "scheduler_reference.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(reference, separators=(",", ":"), allow_nan=False) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(cases)} rollouts, "

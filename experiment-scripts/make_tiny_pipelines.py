@@ -16,7 +16,7 @@ With --pixart, only the PixArt-α fixtures (nothing of the above is written):
   models/tiny-pixart/, models/tiny-pixart-dynamo/  PixArtAlphaPipeline (T5EncoderModel with a SentencePiece
                      tokenizer trained here, PixArtTransformer2DModel with sample_size 32, tiny-sd's VAE decoder,
                      the checkpoint's DPM-Solver++ scheduler); the ONNX interfaces are in the comment above
-                     PIXART_SCHEDULER;
+                     PIXART_MAX_SEQUENCE;
   models/variants/tiny-pixart-1024/transformer  a transformer with sample_size 128 (the `resolution` and
                      `aspect_ratio` conditions) for a copy of tiny-pixart;
   tests/references/tiny-pixart*/  diffusers' PixArtAlphaPipeline outputs for them.
@@ -34,6 +34,7 @@ Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffuse
 """
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -46,7 +47,6 @@ import onnxruntime as ort
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     PixArtAlphaPipeline,
@@ -56,7 +56,6 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from PIL import Image
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -70,51 +69,30 @@ from transformers import (
 import common  # a sibling module (this script's folder is on sys.path)
 
 ROOT = common.ROOT
-# The two exporter styles users have (FIELD.md): TorchScript at opset 17, as Optimum exports, and dynamo at
-# opset 23 with native Attention / GroupNormalization / LayerNormalization nodes. `export` reads this.
-EXPORT = {"dynamo": False, "opset": 17}
 
-# The real checkpoints' scheduler configs (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
-SDXL_SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
-    "_diffusers_version": "0.19.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+
+@dataclasses.dataclass(frozen=True)
+class ExportStyle:
+    """Which torch.onnx exporter writes a component, at which opset."""
+
+    dynamo: bool
+    opset: int
+
+
+# The two exporter styles users have (FIELD.md): TorchScript at opset 17, as Optimum exports, and dynamo at
+# opset 23 with native Attention / GroupNormalization / LayerNormalization nodes.
+TORCHSCRIPT = ExportStyle(dynamo=False, opset=17)
+DYNAMO = ExportStyle(dynamo=True, opset=23)
 
 # Per pipeline: the default scheduler plus the three others; DDIM with v_prediction and trailing spacing,
 # DPM-Solver++ with Karras sigmas. Keys are dfast's --scheduler names.
-SCHEDULERS = {
-    "euler": (EulerDiscreteScheduler, {}),
-    "ddim": (DDIMScheduler, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}),
-    "pndm": (PNDMScheduler, {}),
-    "dpm++": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}),
+SCHEDULER_OVERRIDES = {
+    "euler": {},
+    "ddim": {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    "pndm": {},
+    "dpm++": {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},
 }
+SCHEDULERS = {key: (common.scheduler_class(key), overrides) for key, overrides in SCHEDULER_OVERRIDES.items()}
 
 PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed"
 NEGATIVE_PROMPT = "blurry, low quality"
@@ -123,8 +101,10 @@ STEPS = 10
 TOKEN_PROMPTS = [
     "a photo of an astronaut riding a horse on mars",
     "",
-    "A majestic lion standing on a rocky cliff at sunset, golden light, dramatic clouds, ultra detailed fur, "
-    "cinematic composition, 35mm photograph, shallow depth of field, award winning wildlife photography",
+    (
+        "A majestic lion standing on a rocky cliff at sunset, golden light, dramatic clouds, ultra detailed fur, "
+        "cinematic composition, 35mm photograph, shallow depth of field, award winning wildlife photography"
+    ),
     "Ein Café in Zürich, 東京の夜景, naïve résumé, emoji 🚀✨ and ﬁ ligature",
     "hello!!! what's up?? (masterpiece:1.2), [best quality] -- 3.14 #tag @user it's we'll they're I'd",
     "  multiple   spaces\tand\nnewlines  ",
@@ -163,7 +143,8 @@ def write_clip_vocab(dest: Path):
         return
 
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")
+    with gzip.open(bpe) as f:
+        merges = f.read().decode("utf-8").split("\n")
     merges = merges[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
     vocab = list(bytes_to_unicode().values())
@@ -175,8 +156,7 @@ def write_clip_vocab(dest: Path):
     (dest / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     with open(dest / "merges.txt", "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-        for m in merges:
-            f.write(" ".join(m) + "\n")
+        f.writelines(" ".join(m) + "\n" for m in merges)
 
 
 # CLIP's ids for the start of TOKEN_PROMPTS[0], as the real vocabulary gives them.
@@ -246,7 +226,7 @@ def build_sd(vocab_dir: Path) -> StableDiffusionPipeline:
     vae = tiny_vae(0.18215, False)
     text_encoder = CLIPTextModel(text_config(projection=False))
     tokenizer = make_tokenizer(vocab_dir, "<|endoftext|>")
-    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
+    scheduler = PNDMScheduler.from_config(common.SD15_SCHEDULER)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -290,7 +270,7 @@ def build_sdxl(vocab_dir: Path) -> StableDiffusionXLPipeline:
         tokenizer=make_tokenizer(vocab_dir, "<|endoftext|>"),
         tokenizer_2=make_tokenizer(vocab_dir, "!"),
         unet=unet,
-        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
+        scheduler=EulerDiscreteScheduler.from_config(common.SDXL_SCHEDULER),
         force_zeros_for_empty_prompt=True,
     )
     return pipe.to(torch.float32)
@@ -352,9 +332,10 @@ class VaeEncoderWrapper(torch.nn.Module):
         return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
 
 
-def export(module, args, path: Path, input_names, output_names, dynamic_axes, max_sequence: int = 77):
+def export(module, args, path: Path, input_names, output_names, dynamic_axes, *, style: ExportStyle,
+           max_sequence: int = 77):
     path.parent.mkdir(parents=True, exist_ok=True)
-    if EXPORT["dynamo"]:
+    if style.dynamo:
         # torch.export wants bounded, shared dimension objects: the UNet's upsampler branches on batch >= 64,
         # and the downsampling makes height and width multiples that Dim.AUTO works out.
         dims = {
@@ -364,9 +345,9 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes, ma
             "width": torch.export.Dim.AUTO,
         }
         shapes = {n: {a: dims[d] for a, d in dynamic_axes.get(n, {}).items()} or None for n in input_names}
-        style = {"dynamo": True, "external_data": False, "dynamic_shapes": shapes}
+        exporter = {"dynamo": True, "external_data": False, "dynamic_shapes": shapes}
     else:
-        style = {"dynamo": False, "do_constant_folding": True, "dynamic_axes": dynamic_axes}
+        exporter = {"dynamo": False, "do_constant_folding": True, "dynamic_axes": dynamic_axes}
     with torch.no_grad():
         torch.onnx.export(
             module,
@@ -374,8 +355,8 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes, ma
             str(path),
             input_names=input_names,
             output_names=output_names,
-            opset_version=EXPORT["opset"],
-            **style,
+            opset_version=style.opset,
+            **exporter,
         )
     # The export must reproduce torch on its own example inputs (skipped above 2 GB, where a second copy of
     # the weights in ONNX Runtime would double the memory of a full-size export).
@@ -392,15 +373,21 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes, ma
     # export is off by far more than either bound.
     tol = 1e-5 if folder_bytes(path.parent) < 2**26 else 1e-4
     for name, g, w in zip(output_names, got, want):
-        err = np.linalg.norm(g - w.numpy()) / max(np.linalg.norm(w.numpy()), 1e-12)
+        err = relative_l2(g, w.numpy())
         assert err < tol, f"{path}: output {name} differs from torch (relative L2 {err:.2e})"
+
+
+def relative_l2(got, want) -> float:
+    """|got - want| / |want| (L2 norms), how every export is checked against torch."""
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
-def export_text_encoder(model, folder: Path, projection: bool, hidden_states: bool, ids_dtype):
+def export_text_encoder(model, folder: Path, projection: bool, hidden_states: bool, ids_dtype, *,
+                        style: ExportStyle = TORCHSCRIPT):
     layers = model.config.num_hidden_layers
     outputs = ["text_embeds" if projection else "pooler_output", "last_hidden_state"]
     if hidden_states:
@@ -410,11 +397,13 @@ def export_text_encoder(model, folder: Path, projection: bool, hidden_states: bo
     ids[:, 10] = 49407
     axes = {"input_ids": {0: "batch_size", 1: "sequence_length"}}
     axes.update({o: {0: "batch_size"} for o in outputs})
-    export(TextEncoderWrapper(model, projection, hidden_states), [ids], folder / "model.onnx", ["input_ids"], outputs, axes)
+    wrapper = TextEncoderWrapper(model, projection, hidden_states)
+    export(wrapper, [ids], folder / "model.onnx", ["input_ids"], outputs, axes, style=style)
     model.config.to_json_file(folder / "config.json")
 
 
-def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: str, static_hw=None):
+def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: str, static_hw=None, *,
+                style: ExportStyle = TORCHSCRIPT):
     """timestep_shape: "scalar" ([]), "batch" ([batch_size]) or "one" ([1], expanded inside the graph).
     static_hw: (latent height, latent width) to export every input with static shapes at batch 2."""
     b, (h, w) = 2, static_hw or (8, 12)
@@ -442,12 +431,13 @@ def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: 
     if static_hw:
         axes = {}
     wrapper = OneTimestepUNetWrapper if timestep_shape == "one" else UNetWrapper
-    export(wrapper(unet, sdxl), args, folder / "model.onnx", names, ["out_sample"], axes)
+    export(wrapper(unet, sdxl), args, folder / "model.onnx", names, ["out_sample"], axes, style=style)
     unet.save_config(folder)
 
 
-def export_vae_decoder(vae, root: Path):
-    lat = torch.randn(1, 4, 8, 12)
+def export_vae_decoder(vae, root: Path, example_hw: tuple = (8, 12), *, style: ExportStyle = TORCHSCRIPT):
+    """root/vae_decoder, traced on a latent of example_hw (height, width)."""
+    lat = torch.randn(1, 4, *example_hw)
     export(
         VaeDecoderWrapper(vae),
         [lat],
@@ -455,12 +445,13 @@ def export_vae_decoder(vae, root: Path):
         ["latent_sample"],
         ["sample"],
         {"latent_sample": {0: "batch_size", 2: "height", 3: "width"}, "sample": {0: "batch_size", 2: "height", 3: "width"}},
+        style=style,
     )
     vae.save_config(root / "vae_decoder")
 
 
-def export_vae(vae, root: Path):
-    export_vae_decoder(vae, root)
+def export_vae(vae, root: Path, *, style: ExportStyle = TORCHSCRIPT):
+    export_vae_decoder(vae, root, style=style)
     img = torch.randn(1, 3, 64, 96)
     export(
         VaeEncoderWrapper(vae),
@@ -469,6 +460,7 @@ def export_vae(vae, root: Path):
         ["sample"],
         ["latent_parameters"],
         {"sample": {0: "batch_size", 2: "height", 3: "width"}, "latent_parameters": {0: "batch_size", 2: "height", 3: "width"}},
+        style=style,
     )
     vae.save_config(root / "vae_encoder")
 
@@ -494,9 +486,8 @@ def legacy_tokenizer_config(pad_token: str) -> dict:
     }
 
 
-def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path, dynamo: bool = False):
+def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path, style: ExportStyle = TORCHSCRIPT):
     """model_index.json, scheduler and tokenizers as the checkpoints hold them; then the ONNX components."""
-    EXPORT.update({"dynamo": dynamo, "opset": 23 if dynamo else 17})
     if dest.exists():
         shutil.rmtree(dest)
     with tempfile.TemporaryDirectory() as tmp:
@@ -505,9 +496,7 @@ def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path, dynamo: 
         shutil.copy(Path(tmp) / "model_index.json", dest / "model_index.json")
         # The real checkpoint's file verbatim: diffusers' own save would write the class defaults too (e.g.
         # PNDM's timestep_spacing "leading"), which another class then inherits on `from_config`.
-        (dest / "scheduler").mkdir()
-        real = SDXL_SCHEDULER if sdxl else SD15_SCHEDULER
-        (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(real, indent=2) + "\n")
+        common.write_scheduler_config(dest, common.SDXL_SCHEDULER if sdxl else common.SD15_SCHEDULER)
         for tok in ["tokenizer", "tokenizer_2"] if sdxl else ["tokenizer"]:
             # The real checkpoints ship vocab.json + merges.txt, no tokenizer.json: dfast builds the tokenizer
             # from them. tiny-sd keeps the SD1.5 checkpoint's config files, tiny-sdxl what transformers 5 writes.
@@ -521,29 +510,28 @@ def save_pipeline_layout(pipe, dest: Path, sdxl: bool, vocab_dir: Path, dynamo: 
                 special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": pad, "unk_token": "<|endoftext|>"}
                 (dest / tok / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     if sdxl:
-        export_text_encoder(pipe.text_encoder, dest / "text_encoder", False, True, torch.int64)
-        export_text_encoder(pipe.text_encoder_2, dest / "text_encoder_2", True, True, torch.int64)
-        export_unet(pipe.unet, dest / "unet", True, torch.int64, "batch")
+        export_text_encoder(pipe.text_encoder, dest / "text_encoder", False, True, torch.int64, style=style)
+        export_text_encoder(pipe.text_encoder_2, dest / "text_encoder_2", True, True, torch.int64, style=style)
+        export_unet(pipe.unet, dest / "unet", True, torch.int64, "batch", style=style)
     else:
         # Real exports differ in input dtypes and ranks: tiny-sd takes int32 ids and a float scalar timestep.
-        export_text_encoder(pipe.text_encoder, dest / "text_encoder", False, False, torch.int32)
-        export_unet(pipe.unet, dest / "unet", False, torch.float32, "scalar")
-    export_vae(pipe.vae, dest)
+        export_text_encoder(pipe.text_encoder, dest / "text_encoder", False, False, torch.int32, style=style)
+        export_unet(pipe.unet, dest / "unet", False, torch.float32, "scalar", style=style)
+    export_vae(pipe.vae, dest, style=style)
 
 
 def save_unet_variants(sd, variants: Path):
     """UNets that declare `timestep` as [1], in both exporter styles, for tests that swap them into a copy of
     tiny-sd / tiny-sd-dynamo. The dynamo one is static-shape too (batch 2, 8x8 latents: the tiny-sd references'
     64x64 with guidance), as static-shape dynamo exports are."""
-    for name, dynamo, static_hw in [
-        ("tiny-sd-unet-timestep1", False, None),
-        ("tiny-sd-dynamo-unet-static", True, (8, 8)),
+    for name, style, static_hw in [
+        ("tiny-sd-unet-timestep1", TORCHSCRIPT, None),
+        ("tiny-sd-dynamo-unet-static", DYNAMO, (8, 8)),
     ]:
-        EXPORT.update({"dynamo": dynamo, "opset": 23 if dynamo else 17})
         dest = variants / name
         if dest.exists():
             shutil.rmtree(dest)
-        export_unet(sd.unet, dest, False, torch.float32, "one", static_hw)
+        export_unet(sd.unet, dest, False, torch.float32, "one", static_hw, style=style)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -642,32 +630,6 @@ def run_reference(pipe, name: str, dest: Path, sdxl: bool, height: int, width: i
 # The tokenizer lowercases nothing itself: diffusers' pipeline (clean_caption=False) calls prompt.lower().strip()
 # before tokenizing.
 
-# PixArt-alpha/PixArt-XL-2-1024-MS's scheduler/scheduler_config.json, verbatim ("lambda_min_clipped" is
-# -Infinity there, which json.dumps writes as the bare token -Infinity, as the checkpoint's file holds it).
-PIXART_SCHEDULER = {
-    "_class_name": "DPMSolverMultistepScheduler",
-    "_diffusers_version": "0.22.0.dev0",
-    "algorithm_type": "dpmsolver++",
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "dynamic_thresholding_ratio": 0.995,
-    "euler_at_final": False,
-    "lambda_min_clipped": float("-inf"),
-    "lower_order_final": True,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "solver_order": 2,
-    "solver_type": "midpoint",
-    "steps_offset": 0,
-    "thresholding": False,
-    "timestep_spacing": "linspace",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-    "use_lu_lambdas": False,
-    "variance_type": None,
-}
 PIXART_MAX_SEQUENCE = 120  # the pipeline's max_sequence_length
 
 
@@ -675,44 +637,52 @@ def PIXART_FOLDERS(models: Path) -> tuple:
     """What --pixart writes under models/."""
     return (models / "tiny-pixart", models / "tiny-pixart-dynamo", models / "variants" / "tiny-pixart-1024")
 
+
 # Word lists for the tokenizer's training text: caption-like lines, drawn with a fixed seed.
-_SUBJECTS = (
-    "astronaut horse cat dog fox lion tiger robot castle lighthouse mountain river forest city street garden "
-    "bridge ship train car bicycle owl eagle dragon wizard knight girl boy woman man child teapot cup apple "
-    "orange flower rose tree house village temple tower cloud moon sun star planet ocean wave beach desert "
-    "island volcano waterfall squirrel penguin octopus jellyfish butterfly hummingbird elephant giraffe zebra "
-    "kangaroo koala panda wolf bear rabbit deer turtle whale dolphin shark parrot peacock swan flamingo "
-    "hedgehog raccoon otter camel llama spaceship airplane balloon submarine motorcycle tractor bus skyscraper "
-    "cathedral pyramid windmill cabin cottage library museum market cafe bakery restaurant station harbor "
-    "canyon glacier meadow jungle swamp cave lake pond field vineyard orchard samurai pirate astronomer "
-    "scientist chef painter musician dancer farmer sailor soldier queen king princess monk grandmother "
-    "sculpture lantern clock violin guitar piano umbrella crown sword shield book candle mirror chandelier "
-    "bottle basket pumpkin strawberry cherry lemon mushroom cactus sunflower tulip lotus bamboo"
-).split()
-_ADJECTIVES = (
-    "red blue green yellow purple golden silver tiny huge old young ancient futuristic cozy misty snowy sunny "
-    "dark bright colorful quiet busy wooden glass stone neon vintage majestic cute small large shiny dusty "
-    "frozen gigantic miniature glowing translucent crystal velvet rusty polished weathered abandoned enchanted "
-    "mysterious whimsical elegant minimalist surreal baroque gothic victorian medieval cyberpunk steampunk "
-    "pastel vibrant muted foggy stormy autumn tropical arctic rustic ornate sleek fluffy furry feathered "
-    "metallic marble porcelain paper origami pixelated low-poly isometric"
-).split()
-_PLACES = (
-    "on mars|in the forest|at sunset|under the stars|by the sea|in a city|on a hill|in the rain|at night|"
-    "in winter|in spring|on the moon|in a garden|near a river|in the desert|on a beach|in space|in a kitchen|"
-    "on a table|in the mountains"
-).split("|")
-_STYLES = (
-    "highly detailed|trending on artstation|unreal engine|octane render|volumetric fog|golden hour|bokeh|"
-    "wide angle|macro shot|portrait|aerial view|symmetrical|ukiyo-e woodblock print|impressionist|art nouveau|"
-    "by a famous artist|hyperrealistic|matte painting|lens flare|film grain|long exposure|digital art|"
-    "oil painting|watercolor|photograph|cinematic lighting|35mm film|studio photo|concept art|pencil sketch|8k|"
-    "sharp focus|soft light|dramatic clouds|award winning"
-).split("|")
-_VERBS = (
-    "riding|holding|watching|standing next to|sitting on|flying over|walking through|looking at|playing with|"
-    "jumping over"
-).split("|")
+_SUBJECTS = [
+    "astronaut", "horse", "cat", "dog", "fox", "lion", "tiger", "robot", "castle", "lighthouse", "mountain", "river",
+    "forest", "city", "street", "garden", "bridge", "ship", "train", "car", "bicycle", "owl", "eagle", "dragon",
+    "wizard", "knight", "girl", "boy", "woman", "man", "child", "teapot", "cup", "apple", "orange", "flower", "rose",
+    "tree", "house", "village", "temple", "tower", "cloud", "moon", "sun", "star", "planet", "ocean", "wave", "beach",
+    "desert", "island", "volcano", "waterfall", "squirrel", "penguin", "octopus", "jellyfish", "butterfly",
+    "hummingbird", "elephant", "giraffe", "zebra", "kangaroo", "koala", "panda", "wolf", "bear", "rabbit", "deer",
+    "turtle", "whale", "dolphin", "shark", "parrot", "peacock", "swan", "flamingo", "hedgehog", "raccoon", "otter",
+    "camel", "llama", "spaceship", "airplane", "balloon", "submarine", "motorcycle", "tractor", "bus", "skyscraper",
+    "cathedral", "pyramid", "windmill", "cabin", "cottage", "library", "museum", "market", "cafe", "bakery",
+    "restaurant", "station", "harbor", "canyon", "glacier", "meadow", "jungle", "swamp", "cave", "lake", "pond",
+    "field", "vineyard", "orchard", "samurai", "pirate", "astronomer", "scientist", "chef", "painter", "musician",
+    "dancer", "farmer", "sailor", "soldier", "queen", "king", "princess", "monk", "grandmother", "sculpture", "lantern",
+    "clock", "violin", "guitar", "piano", "umbrella", "crown", "sword", "shield", "book", "candle", "mirror",
+    "chandelier", "bottle", "basket", "pumpkin", "strawberry", "cherry", "lemon", "mushroom", "cactus", "sunflower",
+    "tulip", "lotus", "bamboo",
+]
+_ADJECTIVES = [
+    "red", "blue", "green", "yellow", "purple", "golden", "silver", "tiny", "huge", "old", "young", "ancient",
+    "futuristic", "cozy", "misty", "snowy", "sunny", "dark", "bright", "colorful", "quiet", "busy", "wooden", "glass",
+    "stone", "neon", "vintage", "majestic", "cute", "small", "large", "shiny", "dusty", "frozen", "gigantic",
+    "miniature", "glowing", "translucent", "crystal", "velvet", "rusty", "polished", "weathered", "abandoned",
+    "enchanted", "mysterious", "whimsical", "elegant", "minimalist", "surreal", "baroque", "gothic", "victorian",
+    "medieval", "cyberpunk", "steampunk", "pastel", "vibrant", "muted", "foggy", "stormy", "autumn", "tropical",
+    "arctic", "rustic", "ornate", "sleek", "fluffy", "furry", "feathered", "metallic", "marble", "porcelain", "paper",
+    "origami", "pixelated", "low-poly", "isometric",
+]
+_PLACES = [
+    "on mars", "in the forest", "at sunset", "under the stars", "by the sea", "in a city", "on a hill", "in the rain",
+    "at night", "in winter", "in spring", "on the moon", "in a garden", "near a river", "in the desert", "on a beach",
+    "in space", "in a kitchen", "on a table", "in the mountains",
+]
+_STYLES = [
+    "highly detailed", "trending on artstation", "unreal engine", "octane render", "volumetric fog", "golden hour",
+    "bokeh", "wide angle", "macro shot", "portrait", "aerial view", "symmetrical", "ukiyo-e woodblock print",
+    "impressionist", "art nouveau", "by a famous artist", "hyperrealistic", "matte painting", "lens flare",
+    "film grain", "long exposure", "digital art", "oil painting", "watercolor", "photograph", "cinematic lighting",
+    "35mm film", "studio photo", "concept art", "pencil sketch", "8k", "sharp focus", "soft light", "dramatic clouds",
+    "award winning",
+]
+_VERBS = [
+    "riding", "holding", "watching", "standing next to", "sitting on", "flying over", "walking through", "looking at",
+    "playing with", "jumping over",
+]
 
 
 def caption_lines(seed: int, n: int) -> list:
@@ -856,7 +826,7 @@ def build_pixart(tokenizer_dir: Path, vae: AutoencoderKL):
     torch.manual_seed(2)
     text_encoder = tiny_t5(vocab_size=640)  # > len(tokenizer) = 615, padded as T5's 32128 > 32100
     transformer = tiny_pixart_transformer(32, 2, 2, 2, text_encoder.config.d_model)
-    scheduler = DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER)
+    scheduler = DPMSolverMultistepScheduler.from_config(common.PIXART_SCHEDULER)
     pipe = PixArtAlphaPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     ).to(torch.float32)
@@ -922,7 +892,7 @@ def pixart_transformer_inputs(transformer, batch: int, h: int, w: int, seed: int
     return args
 
 
-def export_pixart_transformer(transformer, folder: Path):
+def export_pixart_transformer(transformer, folder: Path, *, style: ExportStyle = TORCHSCRIPT):
     """The example size (12x20 latents, batch 2) differs from sample_size on purpose: PatchEmbed keeps the
     position embedding of the sample_size grid and recomputes it (with shape-dependent ops) for any other; the
     traced graph must hold the recomputation. Checked at other sizes, the sample_size grid included."""
@@ -940,16 +910,16 @@ def export_pixart_transformer(transformer, folder: Path):
     if use_added:
         names += ["resolution", "aspect_ratio"]
         axes.update({"resolution": {0: "batch_size"}, "aspect_ratio": {0: "batch_size"}})
-    wrapper = PixArtTransformerWrapper(transformer, expand_mask=EXPORT["dynamo"])
+    wrapper = PixArtTransformerWrapper(transformer, expand_mask=style.dynamo)
     path = folder / "model.onnx"
     hook = None
-    if EXPORT["dynamo"]:
+    if style.dynamo:
         # diffusers' `hidden_states.squeeze(1)` after proj_out, a no-op for more than one token, becomes an ONNX
         # Squeeze that fails for any token count but 1 (onnxscript 0.7.2's aten_squeeze_dim emits Squeeze
         # whatever the dimension). A hook gives proj_out's output the unit axis that the Squeeze then removes.
         hook = transformer.proj_out.register_forward_hook(lambda module, inputs, output: output.unsqueeze(1))
     try:
-        export(wrapper, args, path, names, ["out_sample"], axes, max_sequence=512)
+        export(wrapper, args, path, names, ["out_sample"], axes, style=style, max_sequence=512)
     finally:
         if hook is not None:
             hook.remove()
@@ -966,11 +936,11 @@ def export_pixart_transformer(transformer, folder: Path):
         got = sess.run(None, {n: a.numpy() for n, a in zip(names, check)})[0]
         with torch.no_grad():
             want = wrapper(*check).numpy()
-        err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)
+        err = relative_l2(got, want)
         assert err < 1e-5, f"{path}: batch {batch} {h}x{w} differs from torch (relative L2 {err:.2e})"
 
 
-def export_t5(model, folder: Path):
+def export_t5(model, folder: Path, *, style: ExportStyle = TORCHSCRIPT):
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (2, PIXART_MAX_SEQUENCE), generator=generator)
     mask = torch.zeros_like(ids)
@@ -984,7 +954,8 @@ def export_t5(model, folder: Path):
     }
     wrapper = T5EncoderWrapper(model)
     path = folder / "model.onnx"
-    export(wrapper, [ids, mask], path, ["input_ids", "attention_mask"], ["last_hidden_state"], axes, max_sequence=512)
+    export(wrapper, [ids, mask], path, ["input_ids", "attention_mask"], ["last_hidden_state"], axes, style=style,
+           max_sequence=512)
     model.config.to_json_file(folder / "config.json")
     if folder_bytes(folder) > 2**31:
         return
@@ -994,27 +965,25 @@ def export_t5(model, folder: Path):
     got = sess.run(None, {"input_ids": short_ids.numpy(), "attention_mask": short_mask.numpy()})[0]
     with torch.no_grad():
         want = wrapper(short_ids, short_mask).numpy()
-    err = np.linalg.norm(got - want) / np.linalg.norm(want)
+    err = relative_l2(got, want)
     assert err < 1e-5, f"{path}: sequence length 40 differs from torch (relative L2 {err:.2e})"
 
 
-def save_pixart_layout(pipe, dest: Path, tokenizer_dir: Path, dynamo: bool):
-    EXPORT.update({"dynamo": dynamo, "opset": 23 if dynamo else 17})
+def save_pixart_layout(pipe, dest: Path, tokenizer_dir: Path, style: ExportStyle):
     if dest.exists():
         shutil.rmtree(dest)
     with tempfile.TemporaryDirectory() as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         dest.mkdir(parents=True)
         shutil.copy(Path(tmp) / "model_index.json", dest / "model_index.json")
-    (dest / "scheduler").mkdir()
-    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(PIXART_SCHEDULER, indent=2) + "\n")
+    common.write_scheduler_config(dest, common.PIXART_SCHEDULER)
     shutil.copytree(tokenizer_dir, dest / "tokenizer")
-    export_t5(pipe.text_encoder, dest / "text_encoder")
-    export_pixart_transformer(pipe.transformer, dest / "transformer")
-    export_vae_decoder(pipe.vae, dest)
+    export_t5(pipe.text_encoder, dest / "text_encoder", style=style)
+    export_pixart_transformer(pipe.transformer, dest / "transformer", style=style)
+    export_vae_decoder(pipe.vae, dest, style=style)
     # tiny-sd's VAE: keep tiny-sd's committed decoder file where it is the same model, so that link_duplicates
     # stores it once (a dynamo export differs in bytes by the source paths in its metadata).
-    sd_decoder = dest.parent / ("tiny-sd-dynamo" if dynamo else "tiny-sd") / "vae_decoder" / "model.onnx"
+    sd_decoder = dest.parent / ("tiny-sd-dynamo" if style.dynamo else "tiny-sd") / "vae_decoder" / "model.onnx"
     if sd_decoder.exists() and same_onnx_model(sd_decoder, dest / "vae_decoder" / "model.onnx"):
         shutil.copy(sd_decoder, dest / "vae_decoder" / "model.onnx")
 
@@ -1048,17 +1017,16 @@ def save_pixart(models: Path, refs: Path):
         write_clip_vocab(vocab_dir)
         vae = build_sd(vocab_dir).vae
         pipe, transformer_1024 = build_pixart(tokenizer_dir, vae)
-        for name, dynamo in [("tiny-pixart", False), ("tiny-pixart-dynamo", True)]:
+        for name, style in [("tiny-pixart", TORCHSCRIPT), ("tiny-pixart-dynamo", DYNAMO)]:
             print(f"exporting {name} ...")
-            save_pixart_layout(pipe, models / name, tokenizer_dir, dynamo)
+            save_pixart_layout(pipe, models / name, tokenizer_dir, style)
         # TorchScript only (the dynamo style is covered by tiny-pixart-dynamo): a copy of tiny-pixart with this
         # transformer/ in place of its own is the 1024 pipeline.
         print("exporting variants/tiny-pixart-1024 ...")
-        EXPORT.update({"dynamo": False, "opset": 17})
         variant = models / "variants" / "tiny-pixart-1024"
         if variant.exists():
             shutil.rmtree(variant)
-        export_pixart_transformer(transformer_1024, variant / "transformer")
+        export_pixart_transformer(transformer_1024, variant / "transformer", style=TORCHSCRIPT)
         print("PixArt reference runs ...")
         save_pixart_references(pipe, transformer_1024, models, refs)
 
@@ -1079,11 +1047,8 @@ PIXART_CASES = [
     ("ddim-1step", "tiny-pixart", "ddim", 256, 256, 1, NEGATIVE_PROMPT, True, 64),
     ("dpm++-binned-1000x600", "tiny-pixart-1024", "dpm++", 1000, 600, 20, NEGATIVE_PROMPT, True, 64),
 ]
-PIXART_SCHEDULERS = {
-    "dpm++": (DPMSolverMultistepScheduler, {}),  # as the checkpoint ships it
-    "euler": (EulerDiscreteScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-}
+# The checkpoint's scheduler (DPM-Solver++) and two others, each without overrides.
+PIXART_SCHEDULERS = {key: (common.scheduler_class(key), {}) for key in ("dpm++", "euler", "ddim")}
 PIXART_GUIDANCE = 4.5  # diffusers' default for PixArtAlphaPipeline
 
 
@@ -1142,17 +1107,17 @@ def save_pixart_references(pipe, transformer_1024, models: Path, refs: Path):
         out = out_root / name
         out.mkdir()
         pipe.scheduler.save_config(out)
-        call = dict(
-            prompt=PROMPT,
-            negative_prompt=negative if negative is not None else "",
-            num_inference_steps=steps,
-            guidance_scale=PIXART_GUIDANCE,
-            height=height,
-            width=width,
-            clean_caption=False,
-            max_sequence_length=PIXART_MAX_SEQUENCE,
-            use_resolution_binning=binning,
-        )
+        call = {
+            "prompt": PROMPT,
+            "negative_prompt": negative if negative is not None else "",
+            "num_inference_steps": steps,
+            "guidance_scale": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+            "use_resolution_binning": binning,
+        }
         seed = 0
         with torch.no_grad():
             latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
@@ -1236,25 +1201,25 @@ def save_pixart_other(dest: Path):
         text_encoder=text_encoder,
         vae=vae,
         transformer=transformer,
-        scheduler=DPMSolverMultistepScheduler.from_config(PIXART_SCHEDULER),
+        scheduler=DPMSolverMultistepScheduler.from_config(common.PIXART_SCHEDULER),
     ).to(torch.float32)
     pipe.save_pretrained(dest, safe_serialization=True)
-    (dest / "scheduler" / "scheduler_config.json").write_text(json.dumps(PIXART_SCHEDULER, indent=2) + "\n")
+    common.write_scheduler_config(dest, common.PIXART_SCHEDULER)  # in place of diffusers' own save
     pipe = PixArtAlphaPipeline.from_pretrained(dest)  # as a user loads it (float32)
     base = pipe.scheduler.config
     for name, key, height, width in [("dpm++-512", "dpm++", 512, 512), ("euler-binned-400x600", "euler", 400, 600)]:
         cls, overrides = PIXART_SCHEDULERS[key]
         pipe.scheduler = cls.from_config(base, **overrides)
-        call = dict(
-            prompt=PROMPT,
-            negative_prompt=NEGATIVE_PROMPT,
-            num_inference_steps=20,
-            guidance_scale=PIXART_GUIDANCE,
-            height=height,
-            width=width,
-            clean_caption=False,
-            max_sequence_length=PIXART_MAX_SEQUENCE,
-        )
+        call = {
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "num_inference_steps": 20,
+            "guidance_scale": PIXART_GUIDANCE,
+            "height": height,
+            "width": width,
+            "clean_caption": False,
+            "max_sequence_length": PIXART_MAX_SEQUENCE,
+        }
         with torch.no_grad():
             latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="latent").images
             image = pipe(**call, generator=torch.Generator("cpu").manual_seed(0), output_type="pil").images[0]
@@ -1343,8 +1308,8 @@ def main():
         save_pipeline_layout(sdxl, models / "tiny-sdxl", sdxl=True, vocab_dir=vocab_dir)
         # The same weights through the dynamo exporter: the same references apply.
         print("exporting tiny-sd-dynamo, tiny-sdxl-dynamo (dynamo exporter, opset 23) ...")
-        save_pipeline_layout(sd, models / "tiny-sd-dynamo", sdxl=False, vocab_dir=vocab_dir, dynamo=True)
-        save_pipeline_layout(sdxl, models / "tiny-sdxl-dynamo", sdxl=True, vocab_dir=vocab_dir, dynamo=True)
+        save_pipeline_layout(sd, models / "tiny-sd-dynamo", sdxl=False, vocab_dir=vocab_dir, style=DYNAMO)
+        save_pipeline_layout(sdxl, models / "tiny-sdxl-dynamo", sdxl=True, vocab_dir=vocab_dir, style=DYNAMO)
         link_duplicates(models)
 
     # References come from the saved folders' own tokenizers, loaded as diffusers loads them.

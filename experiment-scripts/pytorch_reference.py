@@ -91,13 +91,6 @@ CSV_NAME = "pytorch.csv"
 DEFAULT_SETTINGS = ["fp32", "bf16", "bf16+sdpa", "bf16+sdpa+compile", "bf16+sdpa+compile+fused-qkv"]
 FLAGS = ("sdpa", "compile", "fused-qkv")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# dfast's --scheduler names (README) -> diffusers classes, built with from_config(pipe.scheduler.config).
-SCHEDULERS = {
-    "euler": "EulerDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-}
 # The seed's benchmark prompt.
 PROMPT = "ghibli style, a fantasy landscape with castles"
 
@@ -123,7 +116,7 @@ def file_safe(setting: str) -> str:
 
 def dfast_version() -> str:
     try:
-        m = re.search(r'^version\s*=\s*"([^"]+)"', (common.ROOT / "Cargo.toml").read_text(), re.M)
+        m = re.search(r'^version\s*=\s*"([^"]+)"', (common.ROOT / "Cargo.toml").read_text(), re.MULTILINE)
         return m.group(1) if m else ""
     except OSError:
         return ""
@@ -171,8 +164,8 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
         kwargs.update(safety_checker=None, requires_safety_checker=False)  # dfast runs no safety checker
     pipe = DiffusionPipeline.from_pretrained(model_dir, **kwargs)
     if args.scheduler:
-        cls = getattr(diffusers, SCHEDULERS[args.scheduler])
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        # dfast's --scheduler name -> diffusers' class, with the pipeline's own config.
+        pipe.scheduler = common.scheduler_class(args.scheduler).from_config(pipe.scheduler.config)
     attn = AttnProcessor2_0() if spec["sdpa"] else AttnProcessor()
     pipe.unet.set_attn_processor(attn)
     pipe.vae.set_attn_processor(attn)
@@ -246,8 +239,8 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
     scale = pipe.vae_scale_factor
     width = args.width or pipe.unet.config.sample_size * scale
     height = args.height or pipe.unet.config.sample_size * scale
-    call = dict(prompt=args.prompt, num_inference_steps=args.steps, num_images_per_prompt=args.batch_size,
-                width=width, height=height)
+    call = {"prompt": args.prompt, "num_inference_steps": args.steps, "num_images_per_prompt": args.batch_size,
+            "width": width, "height": height}
     if args.guidance is not None:
         call["guidance_scale"] = args.guidance
     # As dfast bench: a first run timed on its own (compilation happens here), --warmup more, then --runs.
@@ -296,7 +289,10 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
     image_name = f"pytorch-{ep}-{file_safe(setting)}.jpg"
     image.save(Path(args.out) / image_name, quality=90)
     peak_host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+
+    def med(xs):
+        return statistics.median(xs) if xs else float("nan")
+
     return {
         "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tag": args.tag,
@@ -436,7 +432,8 @@ def main():
                           "(`unet_alone_ms`, the median; default 10; 0: skip, column empty)")
     run.add_argument("--prompt", default=PROMPT)
     run.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's)")
-    run.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="swap the scheduler class, keep its config")
+    run.add_argument("--scheduler", choices=sorted(common.SCHEDULER_CLASSES),
+                     help="swap the scheduler class, keep its config")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--tag", default="")
     run.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
