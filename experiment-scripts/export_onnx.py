@@ -9,7 +9,8 @@
   python experiment-scripts/export_onnx.py --random-weights --arch pixart-alpha-512 --out exports/pixart-512
 
 Options: --exporter torchscript|dynamo (default torchscript, opset 17, what Optimum exports; dynamo uses
-opset 23 with native Attention / GroupNormalization nodes), --opset N, --components (default: every one).
+opset 23 with native Attention / GroupNormalization nodes), --opset N, --components (default: every one;
+exported in the order given, e.g. `unet,text_encoder,text_encoder_2,vae_decoder` for the UNet first).
 Models over 2 GB keep their weights in one `model.onnx_data` next to `model.onnx`, as Optimum does.
 
 Random weights: latency depends on shapes, not on weight values, so benchmarks of these exports time the
@@ -140,21 +141,34 @@ def is_sdxl(arch: str) -> bool:
     return pipeline == "StableDiffusionXLPipeline"
 
 
+def halve_weights(module):
+    """Default init makes deep random nets blow up; small weights keep activations finite (fp16 too)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() > 1:
+                p.mul_(0.5)
+
+
+def random_unet(arch: str):
+    """The UNet of random_pipeline(arch), alone: the same weights (it is the first module drawn after the seed,
+    and halving draws nothing), without building the rest (pytorch_reference.py's UNet-alone timing)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**ARCHS[arch]["unet"])
+    halve_weights(unet)
+    return unet
+
+
 def random_pipeline(arch: str, vocab_dir: Path):
     from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+                           StableDiffusionXLPipeline)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = ARCHS[arch]
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**spec["unet"])
+    unet = random_unet(arch)
     vae = AutoencoderKL(**spec["vae"])
-    for module in (unet, vae):
-        # Default init makes deep random nets blow up; small weights keep activations finite (fp16 too).
-        with torch.no_grad():
-            for p in module.parameters():
-                if p.dim() > 1:
-                    p.mul_(0.5)
+    halve_weights(vae)
     te = CLIPTextModel(CLIPTextConfig(**CLIP_L))
     if is_sdxl(arch):
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG))
@@ -201,7 +215,8 @@ def main():
     ap.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     ap.add_argument("--opset", type=int, help="default 17 (torchscript) or 23 (dynamo)")
     ap.add_argument("--components", default="text_encoder,text_encoder_2,unet,transformer,vae_decoder",
-                    help="comma list of components to export (others are skipped)")
+                    help="comma list of components to export, in this order (others are skipped); each prints "
+                         "'<component>: exported in N s' once its files are complete")
     ap.add_argument("--out", type=Path, help="the output folder (required but with --check-t5-replication)")
     args = ap.parse_args()
     if args.check_t5_replication:
@@ -218,7 +233,8 @@ def main():
     if args.out.exists() and any(args.out.iterdir()):
         ap.error(f"{args.out} exists and is not empty")
 
-    wanted = set(args.components.split(","))
+    order = [c for c in args.components.split(",") if c]
+    wanted = set(order)
     dynamo = args.exporter == "dynamo"
     tiny.EXPORT.update({"dynamo": dynamo, "opset": args.opset or (23 if dynamo else 17)})
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -271,6 +287,7 @@ def main():
             exports.append(("unet", lambda: tiny.export_unet(pipe.unet, out / "unet", sdxl, torch.int64, "batch")))
         if "vae_decoder" in wanted:
             exports.append(("vae_decoder", lambda: export_vae_decoder(pipe.vae, out)))
+        exports.sort(key=lambda e: order.index(e[0]))
         for name, fn in exports:
             t = time.time()
             fn()
