@@ -9,7 +9,8 @@
   python experiment-scripts/export_onnx.py --random-weights --arch pixart-alpha-512 --out exports/pixart-512
 
 Options: --exporter torchscript|dynamo (default torchscript, opset 17, what Optimum exports; dynamo uses
-opset 23 with native Attention / GroupNormalization nodes), --opset N, --components (default: every one).
+opset 23 with native Attention / GroupNormalization nodes), --opset N, --components (default: every one;
+exported in the order given, e.g. `unet,text_encoder,text_encoder_2,vae_decoder` for the UNet first).
 Models over 2 GB keep their weights in one `model.onnx_data` next to `model.onnx`, as Optimum does.
 
 Random weights: latency depends on shapes, not on weight values, so benchmarks of these exports time the
@@ -168,6 +169,17 @@ def halve_weights(module):
                 p.mul_(0.5)
 
 
+def random_unet(arch: str):
+    """The UNet of random_pipeline(arch), alone: the same weights (it is the first module drawn after the seed,
+    and halving draws nothing), without building the rest (pytorch_reference.py's UNet-alone timing)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**ARCHS[arch]["unet"])
+    halve_weights(unet)
+    return unet
+
+
 def random_pipeline(arch: str, vocab_dir: Path):
     from diffusers import (
         AutoencoderKL,
@@ -175,15 +187,12 @@ def random_pipeline(arch: str, vocab_dir: Path):
         PNDMScheduler,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
-        UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = ARCHS[arch]
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**spec["unet"])
+    unet = random_unet(arch)
     vae = AutoencoderKL(**spec["vae"])
-    halve_weights(unet)
     halve_weights(vae)
     te = CLIPTextModel(CLIPTextConfig(**CLIP_L))
     if is_sdxl(arch):
@@ -231,7 +240,8 @@ def main():
     ap.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     ap.add_argument("--opset", type=int, help="default 17 (torchscript) or 23 (dynamo)")
     ap.add_argument("--components", default="text_encoder,text_encoder_2,unet,transformer,vae_decoder",
-                    help="comma list of components to export (others are skipped)")
+                    help="comma list of components to export, in this order (others are skipped); each prints "
+                         "'<component>: exported in N s' once its files are complete")
     ap.add_argument("--out", type=Path, help="the output folder (required but with --check-t5-replication)")
     args = ap.parse_args()
     if args.check_t5_replication:
@@ -248,7 +258,7 @@ def main():
     if args.out.exists() and any(args.out.iterdir()):
         ap.error(f"{args.out} exists and is not empty")
 
-    wanted = set(args.components.split(","))
+    wanted = [c for c in args.components.split(",") if c]  # in the order given: the exports run in it
     style = tiny.DYNAMO if args.exporter == "dynamo" else tiny.TORCHSCRIPT
     if args.opset:
         style = dataclasses.replace(style, opset=args.opset)
@@ -313,19 +323,20 @@ def write_model_index(pipe, out: Path):
         shutil.copy(Path(saved) / "model_index.json", out / "model_index.json")
 
 
-def run_exports(out: Path, exports: dict, wanted: set):
-    """Runs, in order, the exports (component name -> a function that writes out/<name>/model.onnx) that
-    `wanted` names, each followed by consolidate_external_data."""
-    for name, export in exports.items():
-        if name not in wanted:
+def run_exports(out: Path, exports: dict, order: list):
+    """Runs the exports (component name -> a function that writes out/<name>/model.onnx) that `order` names, in
+    its order (a GPU check exports the UNet first and converts it while the rest is exported), each followed by
+    consolidate_external_data."""
+    for name in order:
+        if name not in exports:
             continue
         t = time.time()
-        export()
+        exports[name]()
         consolidate_external_data(out / name / "model.onnx")
         print(f"{name}: exported in {time.time() - t:.0f} s", flush=True)
 
 
-def export_pixart(pipe, out: Path, wanted: set, style: tiny.ExportStyle):
+def export_pixart(pipe, out: Path, wanted: list, style: tiny.ExportStyle):
     """A PixArtAlphaPipeline in the layout of models/tiny-pixart: model_index.json, scheduler/, tokenizer/
     (tokenizer.json, which transformers' fast T5 tokenizer writes), text_encoder/ (T5 encoder), transformer/
     (the interface described in make_tiny_pipelines.py above PIXART_MAX_SEQUENCE), vae_decoder/."""
@@ -568,7 +579,7 @@ def export_t5_replicated(config: dict, folder: Path, seed: int = 0, weights: str
     return sum(int(np.prod(s)) for s in shapes.values())
 
 
-def export_pixart_random(arch: str, out: Path, wanted: set, style: tiny.ExportStyle, layers: int = 0,
+def export_pixart_random(arch: str, out: Path, wanted: list, style: tiny.ExportStyle, layers: int = 0,
                          t5_weights: str = "fp32"):
     """PixArt-α at its real sizes with random weights (tokenizer: the tiny trained SentencePiece model, whose
     ids are valid in T5's vocabulary). layers > 0 caps the depth of both the T5 and the DiT: for testing the

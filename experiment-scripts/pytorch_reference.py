@@ -57,6 +57,20 @@ the ONNX export) and saved with save_pretrained to `--weights-dir` (default `OUT
 removed at the end unless `--keep-weights`; an existing folder is reused), so that every setting loads it
 from disk the way dfast loads its ONNX files. SDXL fp32 needs about 14 GB of disk there and in memory.
 
+UNet alone on given inputs (`--unet-alone-inputs FILE.npz`, one setting; gpu_sdxl.sh's GPU check): no
+pipeline. The UNet of `--random-weights --arch A` (export_onnx.random_unet: the export's weights) or of
+`--model DIR` (its PyTorch weights; an ONNX folder's unet/config.json with random weights drawn after
+torch.manual_seed(0), for dry runs) in the setting's precision, attention, fused QKV, channels_last and
+torch.compile, called on the .npz's arrays (gpu_check.py inputs: sample, timestep, encoder_hidden_states,
+and SDXL's text_embeds and time_ids as added_cond_kwargs; written there from the UNet's config when the file
+is missing). The first call (compilation) and `--warmup` more are untimed; then `--ready FILE` is written
+(JSON: the first call's seconds), the process waits for `--go FILE` (at most `--go-timeout` s; without
+`--go` it goes on at once), times `--unet-alone-runs` calls, each between torch.cuda.synchronize() calls,
+and writes `--json FILE` with the keys of `dfast unet-step --json` (median_s, min_s, runs_s, first_run_s,
+session_create_s = building and moving the UNet) plus device and torch version; `--output FILE.npy` gets
+the last call's output in float32. So the compilation can run beside other work and the timing wait until
+the machine is quiet.
+
 Versions: experiment-scripts/requirements-fixtures.txt (torch 2.11.0, diffusers 0.42.1). torch.compile on the
 CPU needs a C++ compiler (g++).
 """
@@ -331,6 +345,118 @@ def run_setting(args, setting: str, model_dir: str) -> dict:
     }
 
 
+def unet_alone(args, setting: str) -> dict:
+    """The UNet alone on the .npz inputs (see the module docs): compile and warm up, wait for --go, time."""
+    import numpy as np
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    import gpu_check
+
+    spec = parse_setting(setting)
+    cuda = args.device == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    weights = "random (seed 0)"
+    if args.random_weights:
+        import export_onnx
+
+        unet = export_onnx.random_unet(args.arch)
+        weights = f"export_onnx.random_unet({args.arch})"
+    else:
+        folder = Path(args.model) / "unet"
+        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+            unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet")
+            weights = str(folder)
+        else:
+            config = json.loads((folder / "config.json").read_text())
+            torch.manual_seed(0)
+            unet = UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    unet = unet.eval()
+    unet.set_attn_processor(AttnProcessor2_0() if spec["sdpa"] else AttnProcessor())
+    if spec["fused_qkv"]:
+        unet.fuse_qkv_projections()
+    unet = unet.to(device=device, dtype=dtype)
+    if spec["compile"]:
+        unet = unet.to(memory_format=torch.channels_last)
+    config = dict(unet.config)
+    if spec["compile"]:
+        unet = torch.compile(unet, mode=args.compile_mode, fullgraph=True)
+    sync()
+    session_create_s = time.perf_counter() - t0
+
+    path = Path(args.unet_alone_inputs)
+    if not path.exists():
+        gpu_check.write_inputs(config, args.width or config["sample_size"] * 8, args.height or config["sample_size"] * 8,
+                               str(path), args.batch_size)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    as_tensor = lambda name, dt: torch.from_numpy(arrays[name]).to(device=device, dtype=dt)
+    sample = as_tensor("sample", dtype)
+    if spec["compile"]:
+        sample = sample.contiguous(memory_format=torch.channels_last)
+    timestep = as_tensor("timestep", torch.float32)
+    context = as_tensor("encoder_hidden_states", dtype)
+    added = None
+    if "text_embeds" in arrays:
+        added = {"text_embeds": as_tensor("text_embeds", dtype), "time_ids": as_tensor("time_ids", dtype)}
+
+    def call():
+        with torch.no_grad():
+            return unet(sample, timestep, context, added_cond_kwargs=added, return_dict=False)[0]
+
+    sync()
+    t = time.perf_counter()
+    call()
+    sync()
+    first_run_s = time.perf_counter() - t
+    for _ in range(args.warmup):
+        call()
+    sync()
+    print(f"  {setting}: UNet alone warmed up (first call {first_run_s:.1f} s)", flush=True)
+    if args.ready:
+        Path(args.ready).write_text(json.dumps({"first_run_s": first_run_s}))
+    if args.go:
+        waited = 0.0
+        while not Path(args.go).exists():
+            if waited >= args.go_timeout:
+                raise SystemExit(f"pytorch_reference: no {args.go} after {args.go_timeout:.0f} s; nothing timed")
+            time.sleep(0.2)
+            waited += 0.2
+    runs, y = [], None
+    for _ in range(args.unet_alone_runs):
+        sync()
+        t = time.perf_counter()
+        y = call()
+        sync()
+        runs.append(time.perf_counter() - t)
+    if args.output:
+        np.save(args.output, y.float().contiguous().cpu().numpy())
+    return {
+        "model": weights,
+        "setting": setting,
+        "ep": f"torch-{args.device}",
+        "ep_options": {"compile_mode": args.compile_mode} if spec["compile"] else {},
+        "device": torch.cuda.get_device_name(device) if cuda else common.cpu_name(),
+        "torch_version": torch.__version__,
+        "inputs": {k: list(v.shape) for k, v in arrays.items()},
+        "session_create_s": session_create_s,
+        "first_run_s": first_run_s,
+        "median_s": statistics.median(runs),
+        "min_s": min(runs),
+        "runs_s": runs,
+    }
+
+
 def clone_inputs(x):
     """A copy of a module call's inputs: tensors cloned (same dtype, device, strides), containers rebuilt."""
     import torch
@@ -447,7 +573,16 @@ def main():
                      help="keep torch's on-disk compile caches (default: a fresh, removed cache per setting, so "
                           "that first_run_s is a cold compile)")
     run.add_argument("--timeout", type=float, help="seconds per setting before its process is killed")
-    ap.add_argument("--out", type=Path, required=True, help="output folder (pytorch.csv and the images)")
+    alone = ap.add_argument_group("UNet alone on given inputs (see the module docs)")
+    alone.add_argument("--unet-alone-inputs", type=Path, metavar="FILE.npz",
+                       help="time the UNet alone on these inputs (written from its config when missing); one setting")
+    alone.add_argument("--ready", type=Path, help="written once the warm-up is done")
+    alone.add_argument("--go", type=Path, help="wait for this file before the timed calls")
+    alone.add_argument("--go-timeout", type=float, default=600.0, help="seconds to wait for --go (default 600)")
+    alone.add_argument("--json", type=Path, help="the timings (JSON, the keys of `dfast unet-step --json`)")
+    alone.add_argument("--output", type=Path, metavar="FILE.npy", help="the last call's output, float32")
+    ap.add_argument("--out", type=Path, help="output folder (pytorch.csv and the images); required but with "
+                                             "--unet-alone-inputs")
     ap.add_argument("--_child", dest="child", help=argparse.SUPPRESS)
     ap.add_argument("--_model-dir", dest="model_dir", help=argparse.SUPPRESS)
     ap.add_argument("--_row-file", dest="row_file", help=argparse.SUPPRESS)
@@ -483,6 +618,13 @@ def main():
             parse_setting(s)
         except ValueError as e:
             ap.error(str(e))
+    if args.unet_alone_inputs:
+        if len(settings) != 1 or not args.json:
+            ap.error("--unet-alone-inputs takes one setting (--settings) and --json")
+        if args.unet_alone_runs < 1:
+            ap.error("--unet-alone-runs must be at least 1 with --unet-alone-inputs")
+    elif args.out is None:
+        ap.error("--out is required")
     if args.device == "cuda":
         import torch
 
@@ -491,6 +633,13 @@ def main():
                              f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU")
     if any(parse_setting(s)["compile"] for s in settings) and not shutil.which(os.environ.get("CXX", "g++")):
         raise SystemExit("pytorch_reference: torch.compile needs a C++ compiler (g++) on PATH")
+
+    if args.unet_alone_inputs:
+        result = unet_alone(args, settings[0])
+        args.json.write_text(json.dumps(result))
+        print(f"pytorch_reference: {settings[0]}: UNet alone median {result['median_s'] * 1e3:.3f} ms over "
+              f"{len(result['runs_s'])} calls (first call {result['first_run_s']:.1f} s)", flush=True)
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
     cleanup = None

@@ -763,9 +763,10 @@ fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions
         println!("{}", serde_json::to_string(&report).map_err(|e| Error::internal(format!("json: {e}")))?);
     } else {
         println!(
-            "{}: ep {}, median {:.1} ms, min {:.1} ms over {} runs (first {:.1} ms, session {:.2} s)",
+            "{}: ep {}{}, median {:.1} ms, min {:.1} ms over {} runs (first {:.1} ms, session {:.2} s)",
             report.model,
             report.ep,
+            if report.io_binding { " with IoBinding" } else { "" },
             report.median_s * 1e3,
             report.min_s * 1e3,
             report.runs_s.len(),

@@ -18,7 +18,7 @@ use ::image::RgbImage;
 use ndarray::{ArrayD, Axis, IxDyn, concatenate};
 use serde_json::Value;
 
-use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
+use crate::runtime::{EpOptions, HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
@@ -218,7 +218,7 @@ impl UnetPipeline {
         }
         let unet = load("unet", SessionRole::Unet)?;
         let vae_decoder = load("vae_decoder", SessionRole::Other)?;
-        let io_binding = defaults.merged(runtime.options()).flag("io_binding", runtime.ep().device_memory())?;
+        let io_binding = io_binding(runtime, &defaults)?;
         let vae_config = dir.component_config("vae_decoder")?;
         let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
         let vae_scale_factor = dir.vae_scale_factor()?;
@@ -433,9 +433,8 @@ impl UnetPipeline {
         }
         let mut out = if self.io_binding {
             self.unet.bind_inputs(step)?;
-            let names = self.unet.output_names();
-            let name = if names.iter().any(|n| n == "out_sample") { "out_sample" } else { &names[0] };
-            self.unet.bind_output(name, &shape)?;
+            let name = denoiser_output(&self.unet)?;
+            self.unet.bind_output(&name, &shape)?;
             self.unet.run_bound()?
         } else {
             let mut feeds = step;
@@ -517,6 +516,24 @@ pub(crate) fn take_output(
         .first()
         .and_then(|first| out.remove(first))
         .ok_or_else(|| Error::bad_file(model.path(), format!("the model returned no float output `{name}`")))
+}
+
+/// Whether a session keeps the denoiser's inputs and output in device buffers bound to it (IoBinding): the EP
+/// option `io_binding` (a converted folder's, then the command line's), on by default where the EP has device
+/// memory (cuda, tensorrt). A CUDA graph replays a step on these fixed addresses, so it needs them.
+pub(crate) fn io_binding(runtime: &Runtime, defaults: &EpOptions) -> Result<bool> {
+    defaults.merged(runtime.options()).flag("io_binding", runtime.ep().device_memory())
+}
+
+/// The denoiser's noise-prediction output: `out_sample`, else its first output (the one bound with IoBinding).
+pub(crate) fn denoiser_output(model: &Model) -> Result<String> {
+    let names = model.output_names();
+    names
+        .iter()
+        .find(|n| *n == "out_sample")
+        .or(names.first())
+        .cloned()
+        .ok_or_else(|| Error::bad_file(model.path(), "the model has no outputs"))
 }
 
 /// The UNet inputs that stay the same for every step of one image.

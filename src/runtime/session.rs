@@ -126,6 +126,14 @@ impl Model {
         self.session.outputs().iter().map(|o| o.name().to_string()).collect()
     }
 
+    /// Dimensions the model declares for output `name`, -1 where dynamic (None if it has no such tensor output).
+    pub fn output_dims(&self, name: &str) -> Option<Vec<i64>> {
+        self.session.outputs().iter().find(|o| o.name() == name).and_then(|o| match o.dtype() {
+            ValueType::Tensor { shape, .. } => Some(shape.to_vec()),
+            _ => None,
+        })
+    }
+
     /// Element type the model declares for input `name` (None if it has no such input).
     pub fn input_type(&self, name: &str) -> Option<TensorElementType> {
         self.input(name).map(|i| i.ty)
