@@ -15,8 +15,9 @@ use dfast::onnx::{
     GraphIndex, ModelProto, NodeBuilder, OnnxModel, OperatorSetIdProto, SaveOptions, StringStringEntryProto,
     TensorProto, dtype, make_tensor_value_info,
 };
-use dfast::passes::{Cleanup, PassContext, PassManager, Target};
-use dfast::runtime::{ExecutionProvider, HostTensor, Runtime};
+use dfast::passes::{Cleanup, PassContext, PassManager};
+use dfast::runtime::{HostTensor, Runtime};
+use dfast::settings::ExecutionProvider;
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 use protobuf::Message;
@@ -161,7 +162,7 @@ fn saved_models_compute_what_the_originals_compute() {
 #[test]
 fn cleanup_shrinks_every_tiny_model_and_keeps_its_outputs() {
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-    let ctx = PassContext::new(Target::Cpu);
+    let ctx = PassContext::new(ExecutionProvider::Cpu);
     for (k, name) in ALL_TINY.iter().enumerate() {
         let started = Instant::now();
         let mut model = OnnxModel::load(tiny(name)).unwrap();
@@ -207,7 +208,7 @@ fn cleanup_shrinks_every_tiny_model_and_keeps_its_outputs() {
 fn cleanup_folds_the_unet_attention_scale() {
     for name in ["tiny-sd/unet", "tiny-sdxl/unet"] {
         let mut model = OnnxModel::load(tiny(name)).unwrap();
-        PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(Target::Cpu)).unwrap();
+        PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
         let index = GraphIndex::new(&model);
         let left: Vec<&str> = index
             .nodes()
@@ -292,7 +293,7 @@ fn big_external_model_child() {
     HEAP_PEAK.store(baseline, Ordering::Relaxed);
     let model = OnnxModel::load(src.join("model.onnx")).unwrap();
     let mut cleaned = model.clone();
-    PassManager::new().with(Cleanup).run(&mut cleaned, &PassContext::new(Target::Cpu)).unwrap();
+    PassManager::new().with(Cleanup).run(&mut cleaned, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
     let report = cleaned.save(dst.join("model.onnx")).unwrap();
     drop(cleaned);
     drop(model);

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use dfast::pipeline::binning::{classify_height_width_bin, resize_and_crop, table_for};
 use dfast::pipeline::pixart::{MAX_SEQUENCE_LENGTH, T5Tokenizer, preprocess};
 use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
-use dfast::runtime::{ExecutionProvider, HostTensor, Runtime};
+use dfast::runtime::{HostTensor, Runtime};
+use dfast::settings::ExecutionProvider;
 use ndarray::{ArrayD, IxDyn};
 
 fn reference_dir(case: &str) -> PathBuf {
@@ -310,7 +311,7 @@ fn pixart_inputs(model: &dfast::runtime::Model, tokenizer: &T5Tokenizer) -> Vec<
 #[test]
 fn converted_tiny_pixart_matches_the_source_graphs() {
     use dfast::convert::{self, ConvertOptions, Profile};
-    use dfast::passes::Target;
+    use dfast::settings::ExecutionProvider;
     use dfast::settings::Precision;
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -324,7 +325,7 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
                 out: out.clone(),
                 profile: Profile::load(profile).unwrap(),
                 precision: Precision::Fp32,
-                target: Target::Cpu,
+                target: ExecutionProvider::Cpu,
                 card: None,
                 vae_half: false,
                 calibration: Default::default(),
@@ -381,7 +382,7 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
 #[test]
 fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
     use dfast::convert::{self, ConvertOptions, ModelCard, Profile};
-    use dfast::passes::Target;
+    use dfast::settings::ExecutionProvider;
     use dfast::settings::Precision;
     let tmp = tempfile::tempdir().unwrap();
     let opts = ConvertOptions {
@@ -389,7 +390,7 @@ fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
         out: tmp.path().join("fp16"),
         profile: Profile::load("baseline").unwrap(),
         precision: Precision::Fp16,
-        target: Target::Cuda,
+        target: ExecutionProvider::Cuda,
         card: Some(ModelCard::load("pixart-alpha-512").unwrap()),
         vae_half: false,
         calibration: Default::default(),

@@ -16,10 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use super::schema::{RESULTS_CSV, Row};
 use crate::convert::{self, ConvertOptions, ModelCard, Profile};
+use crate::host::{cpu_name, gpu_memory_of_this_process_mb, gpu_name, median, peak_rss_mb};
 use crate::manifest::Manifest;
 use crate::pipeline::{GenerateOptions, Pipeline, PipelineDir, PipelineKind};
-use crate::runtime::{EpOptions, ExecutionProvider, Runtime};
+use crate::runtime::Runtime;
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
+use crate::settings::EpOptions;
+use crate::settings::ExecutionProvider;
 use crate::settings::Precision;
 use crate::{Error, Result};
 
@@ -609,60 +612,6 @@ pub fn worker(opts: &WorkerJob, on_run: &mut dyn FnMut(usize, usize)) -> Result<
 // ---------------------------------------------------------------------------------------------------------
 // Small helpers.
 
-pub fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-/// The first GPU's name, from nvidia-smi.
-pub fn gpu_name() -> Option<String> {
-    let out = Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
-}
-
-/// GPU memory held by this process, from nvidia-smi (MiB).
-fn gpu_memory_of_this_process_mb() -> Option<f64> {
-    let out = Command::new("nvidia-smi")
-        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
-        .output()
-        .ok()?;
-    let pid = std::process::id().to_string();
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let (p, mb) = l.split_once(',')?;
-        (p.trim() == pid).then(|| mb.trim().parse().ok()).flatten()
-    })
-}
-
-/// Peak resident memory of this process (VmHWM), in MB.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// The CPU's model name.
-pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -686,8 +635,6 @@ mod tests {
 
     #[test]
     fn median_and_date() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         let now = rfc3339_now();
         assert_eq!(now.len(), 20);
         assert!(now.starts_with("20") && now.ends_with('Z'));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use ndarray::ArrayD;
 use serde::Serialize;
 
-use super::run::median;
+use crate::host::median;
 use crate::pipeline::{PipelineDir, take_output};
 use crate::runtime::{HostTensor, Runtime, SessionRole};
 use crate::{Error, Result};

@@ -87,34 +87,27 @@ use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_float, attr_int, attr_ints, dtype, is_op,
     make_tensor_value_info,
 };
-use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec};
+use crate::settings::ExecutionProvider;
 
 /// Added scores at or below this count as masked out (`exp` of them underflows to 0 in f32).
 const MASKED: f64 = -1.0e4;
 
-/// The op the fused attention becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub enum FusedOp {
-    /// ONNX Runtime's contrib `com.microsoft::MultiHeadAttention`.
-    MultiHeadAttention,
-    /// ONNX's own `Attention` (opset 23), in its 3-D form.
-    Attention,
+crate::settings::named_enum! {
+    /// The op the fused attention becomes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FusedOp {
+        /// ONNX Runtime's contrib `com.microsoft::MultiHeadAttention`.
+        MultiHeadAttention = "MultiHeadAttention",
+        /// ONNX's own `Attention` (opset 23), in its 3-D form.
+        Attention = "Attention",
+    }
 }
 
 impl FusedOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            FusedOp::MultiHeadAttention => "MultiHeadAttention",
-            FusedOp::Attention => "Attention",
-        }
-    }
-
     /// What each execution provider gets when the profile does not say.
-    pub fn default_for(target: Target) -> Self {
-        match target {
-            Target::Cpu | Target::Cuda => FusedOp::MultiHeadAttention,
-            Target::TensorRt | Target::OpenVino => FusedOp::Attention,
-        }
+    pub fn default_for(target: ExecutionProvider) -> Self {
+        if target.runs_contrib_ops() { FusedOp::MultiHeadAttention } else { FusedOp::Attention }
     }
 }
 
@@ -130,7 +123,7 @@ impl Attention {
     }
 
     /// The pass with the op `target` gets by default.
-    pub fn for_target(target: Target) -> Self {
+    pub fn for_target(target: ExecutionProvider) -> Self {
         Attention::new(FusedOp::default_for(target))
     }
 
@@ -164,10 +157,8 @@ impl Pass for Attention {
         let emit = match self.op {
             FusedOp::MultiHeadAttention => FusedOp::MultiHeadAttention,
             FusedOp::Attention if opset >= 23 => FusedOp::Attention,
-            FusedOp::Attention => match ctx.target {
-                Target::Cpu | Target::Cuda => FusedOp::MultiHeadAttention,
-                Target::TensorRt | Target::OpenVino => return Ok(None),
-            },
+            FusedOp::Attention if ctx.target.runs_contrib_ops() => FusedOp::MultiHeadAttention,
+            FusedOp::Attention => return Ok(None),
         };
         let index = GraphIndex::new(model);
         let facts = Inference::run(&index);
@@ -1182,17 +1173,18 @@ impl Matcher<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::PassRecord;
     use crate::onnx::ModelProto;
-    use crate::passes::test_util::{Sizes, tiny};
-    use crate::passes::{Cleanup, PassManager, PassRecord};
+    use crate::passes::testing::{Sizes, tiny};
+    use crate::passes::{Cleanup, PassManager};
     use ndarray::{ArrayD, IxDyn};
 
     /// Runs both models on the same random inputs in ONNX Runtime (CPU); the worst relative L2.
     fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
-        crate::passes::test_util::compare(before, after, seed, Sizes { batch: 2, spatial: 8, other: 77 })
+        crate::passes::testing::compare(before, after, seed, Sizes { batch: 2, spatial: 8, other: 77 })
     }
 
-    fn run(model: &mut OnnxModel, pass: Attention, target: Target) -> PassRecord {
+    fn run(model: &mut OnnxModel, pass: Attention, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)
     }
 
@@ -1202,12 +1194,12 @@ mod tests {
 
     fn cleaned(name: &str) -> OnnxModel {
         let mut m = OnnxModel::load(tiny(name)).unwrap();
-        PassManager::new().with(Cleanup).run(&mut m, &PassContext::new(Target::Cpu)).unwrap();
+        PassManager::new().with(Cleanup).run(&mut m, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
         m
     }
 
     /// Fuses `name` (after cleanup unless `raw`) with `op`, checks counts, idempotence and numbers.
-    fn check(name: &str, raw: bool, op: FusedOp, target: Target, blocks: usize, seed: u64) -> f64 {
+    fn check(name: &str, raw: bool, op: FusedOp, target: ExecutionProvider, blocks: usize, seed: u64) -> f64 {
         let before = if raw { OnnxModel::load(tiny(name)).unwrap() } else { cleaned(name) };
         let anchors = count(&before, "Softmax") + count(&before, "Attention");
         assert_eq!(anchors, blocks, "{name}: attention blocks in the export");
@@ -1266,17 +1258,17 @@ mod tests {
     #[test]
     fn fuses_every_tiny_model_into_multi_head_attention() {
         for (k, (name, blocks)) in TINY.iter().enumerate() {
-            check(name, false, FusedOp::MultiHeadAttention, Target::Cpu, *blocks, 100 + k as u64);
+            check(name, false, FusedOp::MultiHeadAttention, ExecutionProvider::Cpu, *blocks, 100 + k as u64);
         }
     }
 
     #[test]
     fn fuses_the_dynamo_models_into_onnx_attention() {
         for (k, (name, blocks)) in TINY.iter().enumerate().filter(|(_, (n, _))| n.contains("dynamo")) {
-            check(name, false, FusedOp::Attention, Target::Cpu, *blocks, 200 + k as u64);
+            check(name, false, FusedOp::Attention, ExecutionProvider::Cpu, *blocks, 200 + k as u64);
             // Every emitted Attention is the 3-D form with the heads given.
             let mut m = cleaned(name);
-            run(&mut m, Attention::new(FusedOp::Attention), Target::TensorRt);
+            run(&mut m, Attention::new(FusedOp::Attention), ExecutionProvider::TensorRt);
             assert!(m.graph().node.iter().filter(|n| n.op_type() == "Attention").all(|n| {
                 attr_int(n, "q_num_heads").is_some() && attr_int(n, "kv_num_heads") == attr_int(n, "q_num_heads")
             }));
@@ -1287,9 +1279,9 @@ mod tests {
     /// leaves the graph alone for tensorrt and openvino.
     #[test]
     fn opset_17_with_onnx_attention_falls_back() {
-        check("tiny-sd/text_encoder", false, FusedOp::Attention, Target::Cpu, 2, 300);
+        check("tiny-sd/text_encoder", false, FusedOp::Attention, ExecutionProvider::Cpu, 2, 300);
         let mut m = cleaned("tiny-sd/unet");
-        let r = run(&mut m, Attention::new(FusedOp::Attention), Target::TensorRt);
+        let r = run(&mut m, Attention::new(FusedOp::Attention), ExecutionProvider::TensorRt);
         assert!(r.unchanged());
         assert_eq!(m.opset(""), Some(17));
     }
@@ -1298,16 +1290,16 @@ mod tests {
     /// and the graph still holds Constant nodes, no-op Casts and Div-by-1s: everything still fuses.
     #[test]
     fn fuses_the_raw_torchscript_export() {
-        check("tiny-sd/unet", true, FusedOp::MultiHeadAttention, Target::Cpu, 8, 400);
-        check("tiny-sd/vae_decoder", true, FusedOp::MultiHeadAttention, Target::Cpu, 1, 401);
-        check("tiny-sd/text_encoder", true, FusedOp::MultiHeadAttention, Target::Cpu, 2, 402);
+        check("tiny-sd/unet", true, FusedOp::MultiHeadAttention, ExecutionProvider::Cpu, 8, 400);
+        check("tiny-sd/vae_decoder", true, FusedOp::MultiHeadAttention, ExecutionProvider::Cpu, 1, 401);
+        check("tiny-sd/text_encoder", true, FusedOp::MultiHeadAttention, ExecutionProvider::Cpu, 2, 402);
     }
 
     #[test]
     fn the_causal_text_encoder_becomes_unidirectional() {
         for name in ["tiny-sd/text_encoder", "tiny-sd-dynamo/text_encoder"] {
             let mut m = cleaned(name);
-            run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+            run(&mut m, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu);
             let fused: Vec<&NodeProto> =
                 m.graph().node.iter().filter(|n| n.op_type() == "MultiHeadAttention").collect();
             assert_eq!(fused.len(), 2);
@@ -1317,7 +1309,7 @@ mod tests {
             assert_eq!(count(&m, "Trilu") + count(&m, "LessOrEqual"), 0, "{name}");
         }
         let mut unet = cleaned("tiny-sd/unet");
-        run(&mut unet, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        run(&mut unet, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu);
         assert!(unet.graph().node.iter().all(|n| attr_int(n, "unidirectional").is_none()));
     }
 
@@ -1325,19 +1317,22 @@ mod tests {
     fn reads_the_op_from_the_profile_options() {
         let from_options = |s: &str, t| {
             let ctx = BuildContext::new(t, crate::settings::Precision::Fp32);
-            crate::passes::registry::build_from_str::<Attention>(s, &ctx)
+            crate::passes::options::build_from_str::<Attention>(s, &ctx)
         };
-        assert_eq!(from_options("", Target::Cpu).unwrap().op(), FusedOp::MultiHeadAttention);
-        assert_eq!(from_options("", Target::Cuda).unwrap().op(), FusedOp::MultiHeadAttention);
-        assert_eq!(from_options("", Target::TensorRt).unwrap().op(), FusedOp::Attention);
-        assert_eq!(from_options("", Target::OpenVino).unwrap().op(), FusedOp::Attention);
+        assert_eq!(from_options("", ExecutionProvider::Cpu).unwrap().op(), FusedOp::MultiHeadAttention);
+        assert_eq!(from_options("", ExecutionProvider::Cuda).unwrap().op(), FusedOp::MultiHeadAttention);
+        assert_eq!(from_options("", ExecutionProvider::TensorRt).unwrap().op(), FusedOp::Attention);
+        assert_eq!(from_options("", ExecutionProvider::OpenVino).unwrap().op(), FusedOp::Attention);
         let op = |s: &str, t| from_options(s, t).map(|a| a.op());
-        assert_eq!(op("op = \"Attention\"", Target::Cpu).unwrap(), FusedOp::Attention);
-        assert_eq!(op("op = \"MultiHeadAttention\"", Target::OpenVino).unwrap(), FusedOp::MultiHeadAttention);
-        let err = op("op = \"FlashAttention\"", Target::Cpu).unwrap_err().to_string();
+        assert_eq!(op("op = \"Attention\"", ExecutionProvider::Cpu).unwrap(), FusedOp::Attention);
+        assert_eq!(
+            op("op = \"MultiHeadAttention\"", ExecutionProvider::OpenVino).unwrap(),
+            FusedOp::MultiHeadAttention
+        );
+        let err = op("op = \"FlashAttention\"", ExecutionProvider::Cpu).unwrap_err().to_string();
         assert!(err.contains("FlashAttention") && err.contains("MultiHeadAttention"), "{err}");
-        assert!(op("op = 3", Target::Cpu).is_err());
-        let err = op("opp = \"Attention\"", Target::Cpu).unwrap_err().to_string();
+        assert!(op("op = 3", ExecutionProvider::Cpu).is_err());
+        let err = op("opp = \"Attention\"", ExecutionProvider::Cpu).unwrap_err().to_string();
         assert!(err.contains("opp"), "{err}");
     }
 
@@ -1414,7 +1409,7 @@ mod tests {
     fn fuses_a_hand_built_block_with_static_shapes() {
         let before = decomposed(None, false);
         let mut after = before.clone();
-        let r = run(&mut after, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        let r = run(&mut after, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu);
         assert_eq!(r.rewrites, 1);
         let ops: Vec<&str> = after.graph().node.iter().map(|n| n.op_type()).collect();
         assert_eq!(ops, ["MultiHeadAttention"]);
@@ -1430,7 +1425,7 @@ mod tests {
     fn leaves_other_masks_alone() {
         let mut m = decomposed(Some(vec![node("Identity", &["bias"], &["mask"]).build()]), true);
         m.graph_mut().input.push(make_tensor_value_info("bias", dtype::FLOAT, Some(&[Some(5), Some(5)])));
-        let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu);
         assert!(r.unchanged());
     }
 
@@ -1468,7 +1463,7 @@ mod tests {
     #[test]
     fn a_key_padding_mask_becomes_key_padding_mask() {
         let mut m = padded(2, None);
-        let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        let r = run(&mut m, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu);
         assert_eq!(r.rewrites, 1, "{r:?}");
         let mha = m.graph().node.iter().find(|n| n.op_type() == "MultiHeadAttention").unwrap();
         assert_eq!(mha.input[..4], ["q", "k", "v", ""]);
@@ -1480,16 +1475,16 @@ mod tests {
         // With ONNX Attention as the target the block stays (the mask would need a [b, h, s, t] bias).
         let mut m = padded(2, None);
         m.proto_mut().opset_import[0].set_version(23);
-        assert!(run(&mut m, Attention::new(FusedOp::Attention), Target::Cpu).unchanged());
+        assert!(run(&mut m, Attention::new(FusedOp::Attention), ExecutionProvider::Cpu).unchanged());
     }
 
     /// A mask repeated over the batch axis is not a per-row key padding mask: left alone.
     #[test]
     fn a_mask_repeated_over_the_batch_is_left_alone() {
         let mut m = padded(1, Some(&[2, 1, 1, 1]));
-        assert!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).unchanged());
+        assert!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu).unchanged());
         let mut m = padded(2, Some(&[1, 2, 1, 1]));
-        assert_eq!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).rewrites, 1);
+        assert_eq!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu).rewrites, 1);
     }
 
     /// An upper-triangular (anti-causal) mask is not taken for a causal one.
@@ -1506,7 +1501,7 @@ mod tests {
             node("Where", &["eq", "neg", "zero"], &["mask"]).build(),
         ];
         let mut m = decomposed(Some(mask.clone()), true);
-        assert!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).unchanged());
+        assert!(run(&mut m, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu).unchanged());
         // The same with upper = 0 is causal: fused, and the numbers agree.
         let causal: Vec<NodeProto> = mask
             .into_iter()
@@ -1516,12 +1511,12 @@ mod tests {
             .collect();
         let before = decomposed(Some(causal.clone()), true);
         let mut after = before.clone();
-        let r = run(&mut after, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu);
+        let r = run(&mut after, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu);
         assert_eq!(r.rewrites, 1);
         assert!(compare(&before, &after, 8) <= 1e-6);
         // A causal mask between different q and k sources (cross-attention) is not fused.
         let mut cross = decomposed(Some(causal), false);
-        assert!(run(&mut cross, Attention::new(FusedOp::MultiHeadAttention), Target::Cpu).unchanged());
+        assert!(run(&mut cross, Attention::new(FusedOp::MultiHeadAttention), ExecutionProvider::Cpu).unchanged());
     }
 
     /// Native ONNX `Attention` built by hand, self-attention over x [2, 5, 8] with `is_causal = 1`: the
@@ -1558,7 +1553,7 @@ mod tests {
             for op in [FusedOp::MultiHeadAttention, FusedOp::Attention] {
                 let before = native(four_d);
                 let mut after = before.clone();
-                let r = run(&mut after, Attention::new(op), Target::Cpu);
+                let r = run(&mut after, Attention::new(op), ExecutionProvider::Cpu);
                 if !four_d && op == FusedOp::Attention {
                     assert!(r.unchanged(), "a 3-D Attention is already the fused form");
                     continue;
@@ -1604,7 +1599,7 @@ mod tests {
         for nodes in cases {
             for op in [FusedOp::MultiHeadAttention, FusedOp::Attention] {
                 let mut m = model(nodes.clone(), &[("x", vec![None, None, Some(8)])], 23);
-                assert!(run(&mut m, Attention::new(op), Target::Cpu).unchanged());
+                assert!(run(&mut m, Attention::new(op), ExecutionProvider::Cpu).unchanged());
             }
         }
     }

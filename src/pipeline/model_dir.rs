@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::manifest::Manifest;
-use crate::runtime::{EpOptions, ExecutionProvider};
+use crate::settings::EpOptions;
+use crate::settings::ExecutionProvider;
 use crate::{Error, Result};
 
 /// The pipeline families dfast runs.

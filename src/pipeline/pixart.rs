@@ -24,13 +24,15 @@ use serde_json::Value;
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::binning;
-use super::model_dir::read_json;
-use super::{
-    ChosenScheduler, GenerateOptions, Generated, HostShare, PipelineDir, Timings, UnetRecorder, apply_guidance, image,
-    latents, take_output,
+use super::generate::{
+    ChosenScheduler, GenerateOptions, Generated, HostShare, Timings, UnetRecorder, apply_guidance, take_output,
 };
-use crate::runtime::{EpOptions, HostTensor, Model, Runtime, SessionRole, format_dims};
+use super::model_dir::PipelineDir;
+use super::model_dir::read_json;
+use super::{image, latents};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::SchedulerKind;
+use crate::settings::EpOptions;
 use crate::{Error, Result};
 
 /// diffusers' `max_sequence_length` default (section 3.1 of the PixArt-α paper).

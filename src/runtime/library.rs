@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::settings::ExecutionProvider;
 use crate::{Error, Result};
 
 /// The ONNX Runtime version `experiment-scripts/setup_ort.sh` installs and dfast is built against.
@@ -23,6 +24,15 @@ pub enum Flavour {
 }
 
 impl Flavour {
+    /// The build of ONNX Runtime that has `ep`.
+    pub fn of(ep: ExecutionProvider) -> Self {
+        match ep {
+            ExecutionProvider::Cpu => Flavour::Cpu,
+            ExecutionProvider::Cuda | ExecutionProvider::TensorRt => Flavour::Gpu,
+            ExecutionProvider::OpenVino => Flavour::OpenVino,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Cpu => "cpu",

@@ -13,7 +13,8 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::ep::{self, EpOptions, ExecutionProvider, SessionRole};
+use super::ep::{self, SessionRole};
+use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// A host-side tensor handed to a model.
@@ -79,9 +80,12 @@ impl Model {
         let fail =
             |e: &dyn std::fmt::Display| Error::bad_file(path, format!("ONNX Runtime could not load this model: {e}"));
         let model_dir = path.parent().unwrap_or(Path::new("."));
-        let providers = ep::dispatch(ep, options, role, model_dir)?;
+        let typed = options
+            .typed(ep)
+            .map_err(|e| Error::bad_config(format!("session options of the {ep} execution provider: {e}"), e))?;
+        let providers = ep::dispatch(&typed, role, model_dir)?;
         let mut builder = Session::builder(env).map_err(|e| fail(&e))?;
-        if let Some(n) = options.threads()? {
+        if let Some(n) = typed.common().threads {
             builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
         }
         builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, &e))?;

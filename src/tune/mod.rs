@@ -33,12 +33,15 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::convert::Profile;
+use crate::host::CpuFeatures;
 use crate::manifest::Calibration;
 use crate::onnx::{GraphIndex, OnnxModel, dtype, make_tensor_value_info};
 use crate::passes::{BuildContext, Int8Static, PassContext, PassManager, PassSpec, registry};
 use crate::pipeline::PipelineDir;
-use crate::runtime::{CpuFeatures, EpOptions, ExecutionProvider, HostTensor, Runtime, SessionRole};
-use crate::settings::Precision;
+use crate::runtime::{HostTensor, Runtime, SessionRole};
+use crate::settings::EpOptions;
+use crate::settings::ExecutionProvider;
+use crate::settings::{Precision, PrecisionHint};
 use crate::{Error, Result};
 
 pub use decide::{PairDecision, ShapeTiming};
@@ -50,7 +53,7 @@ pub struct TuneOptions {
     pub model: PathBuf,
     pub ep: ExecutionProvider,
     /// The alternative precision (see the module docs); `None`: the EP's default.
-    pub precision: Option<String>,
+    pub precision: Option<PrecisionHint>,
     /// The profile to write.
     pub out: PathBuf,
     /// The timings file to write.
@@ -126,33 +129,30 @@ struct Plan {
 }
 
 fn plan(opts: &TuneOptions) -> Result<Plan> {
-    let bad = |p: &str, ep: &str, expected: &str| {
+    let bad = |p: PrecisionHint, ep: ExecutionProvider, expected: &str| {
         Error::bad_input(format!("--precision `{p}` is not one dfast tune knows for --ep {ep}; expected {expected}"))
     };
     match opts.ep {
         ExecutionProvider::OpenVino => {
-            let p = opts.precision.clone().unwrap_or_else(|| "auto".into()).to_ascii_lowercase();
-            crate::runtime::openvino_precision(&p, &CpuFeatures::host())
-                .map_err(|_| bad(&p, "openvino", "auto, f32, bf16 or f16"))?;
-            let extends = if p == "auto" { "int8-mixed" } else { "int8-static" };
+            let p = opts.precision.unwrap_or(PrecisionHint::Auto);
+            let extends = if p == PrecisionHint::Auto { "int8-mixed" } else { "int8-static" };
             let mut session = Profile::load(extends)?.session_options(opts.ep);
-            session.0.insert("precision".into(), p.clone());
+            session.0.insert("precision".into(), p.name().into());
             Ok(Plan {
                 pass: Int8Static::NAME,
                 base: "int8-static",
                 extends: extends.into(),
                 session: session.merged(&opts.ep_options),
                 graph_precision: Precision::Fp32,
-                precision: p,
+                precision: p.name().into(),
             })
         }
         ExecutionProvider::Cpu | ExecutionProvider::Cuda => {
-            let default = if opts.ep == ExecutionProvider::Cuda { "fp16" } else { "fp32" };
-            let p = opts.precision.clone().unwrap_or_else(|| default.into()).to_ascii_lowercase();
-            let graph_precision =
-                Precision::from_name(&p).map_err(|_| bad(&p, opts.ep.name(), "fp32, fp16 or bf16"))?;
+            let default = if opts.ep == ExecutionProvider::Cuda { Precision::Fp16 } else { Precision::Fp32 };
+            let p = opts.precision.unwrap_or(PrecisionHint::of(default));
+            let graph_precision = p.fixed().ok_or_else(|| bad(p, opts.ep, "fp32, fp16 or bf16"))?;
             if opts.ep == ExecutionProvider::Cpu && graph_precision != Precision::Fp32 {
-                return Err(bad(&p, "cpu", "fp32 (the CPU EP has few half-precision kernels)"));
+                return Err(bad(p, opts.ep, "fp32 (the CPU EP has few half-precision kernels)"));
             }
             Ok(Plan {
                 pass: crate::passes::Int8Dynamic::NAME,
@@ -160,7 +160,7 @@ fn plan(opts: &TuneOptions) -> Result<Plan> {
                 extends: "int8-dynamic".into(),
                 session: Profile::load("int8-dynamic")?.session_options(opts.ep).merged(&opts.ep_options),
                 graph_precision,
-                precision: p,
+                precision: graph_precision.name().into(),
             })
         }
         ExecutionProvider::TensorRt => Err(Error::bad_input(
@@ -295,7 +295,7 @@ pub fn tune(opts: &TuneOptions, say: &mut dyn FnMut(String)) -> Result<TuneRepor
         extends: plan.extends.clone(),
         precision: resolved.get("precision").map(str::to_string).unwrap_or(plan.precision.clone()),
         session_options: resolved.0.clone(),
-        device: crate::bench::run::cpu_name(),
+        device: crate::host::cpu_name(),
         cpu_flags: CpuFeatures::host().names().into_iter().map(String::from).collect(),
         onnxruntime_version: runtime.version(),
         unet_inputs: sample.iter().map(|(n, t)| (n.clone(), host_shape(t))).collect(),
@@ -456,7 +456,7 @@ fn time_file(
         call()?;
     }
     let times = (0..runs.max(1)).map(|_| call()).collect::<Result<Vec<_>>>()?;
-    Ok(crate::bench::run::median(&times))
+    Ok(crate::host::median(&times))
 }
 
 /// A scratch folder removed on drop.
