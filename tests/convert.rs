@@ -22,13 +22,9 @@ const PROFILES: [&str; 6] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dy
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
 /// Random inputs for a component: batch 2, 77 tokens, 8x8 latents (64x64 images), timestep 500.

@@ -267,13 +267,9 @@ fn inspect_counts_the_dit_flops_per_step() {
 /// batch of two whose key padding masks differ (24 and 15 tokens); latents of 32x32. Values are seeded noise.
 fn pixart_inputs(model: &dfast::runtime::Model, tokenizer: &T5Tokenizer) -> Vec<(String, HostTensor)> {
     let noise = |n: usize, seed: u64| -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     };
     let encoded = tokenizer.encode("a photo of an astronaut riding a horse on mars, highly detailed").unwrap();
     let row = |v: Vec<i64>| ArrayD::from_shape_vec(IxDyn(&[1, v.len()]), v).unwrap();

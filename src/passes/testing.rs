@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use bytes::Bytes;
 
@@ -21,17 +23,10 @@ pub(crate) fn tiny(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name).join("model.onnx")
 }
 
-/// Deterministic values in [-1, 1) (xorshift64*).
+/// Deterministic values in [-1, 1) from `seed`.
 pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            ((s.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
 /// The sizes random inputs give dynamic dimensions: the batch (axis 0), image-like (rank-4) axes, the rest.
@@ -214,18 +209,12 @@ pub(crate) fn lower(model: &OnnxModel) -> OnnxModel {
     OnnxModel::from_proto(proto, model.path().and_then(|p| p.parent()))
 }
 
-/// Deterministic standard-normal values (xorshift + Box-Muller).
+/// Deterministic standard-normal values from `seed` (Box-Muller on uniform ones).
 pub(crate) fn normal(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+    let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
-            let (a, b) = (uniform(), uniform());
+            let (a, b): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
             ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
         })
         .collect()
