@@ -52,7 +52,7 @@ pub(crate) fn check_available(ep: ExecutionProvider, library: &Path) -> Result<(
 
 /// The error for an EP whose libraries ONNX Runtime could not load: the missing piece, and where it
 /// comes from.
-pub(crate) fn unusable(ep: ExecutionProvider, e: &dyn std::fmt::Display) -> Error {
+pub(crate) fn unusable(ep: ExecutionProvider, e: ort::Error) -> Error {
     let text = e.to_string();
     // "... Failed to load library X with error: libcublasLt.so.13: cannot open shared object file: ..."
     let cause = match text.rsplit_once("with error: ") {
@@ -72,7 +72,7 @@ pub(crate) fn unusable(ep: ExecutionProvider, e: &dyn std::fmt::Display) -> Erro
         }
         ExecutionProvider::Cpu => "",
     };
-    Error::runtime(format!("the {} execution provider cannot be used: {cause}{needs}", ep.name()))
+    Error::ort(format!("the {} execution provider cannot be used: {cause}{needs}", ep.name()), e)
 }
 
 /// Which of dfast's EPs the loaded library was built with, by ONNX Runtime's names.

@@ -147,7 +147,7 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
         return Ok(env.clone());
     }
     let builder = ort::init_from(&path)
-        .map_err(|e| Error::runtime(format!("could not load ONNX Runtime from {}: {e}", path.display())))?;
+        .map_err(|e| Error::ort(format!("could not load ONNX Runtime from {}: {e}", path.display()), e))?;
     // ONNX Runtime's own log goes through dfast: nothing by default (its errors reach the user as dfast's
     // one-sentence errors), warnings and errors with -v, everything with -vv; plain text, no colour codes.
     let logger: ort::logging::LoggerFunction = std::sync::Arc::new(|level, _category, _id, location, message| {
@@ -159,7 +159,7 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
         .with_name("dfast")
         .with_logger(logger)
         .build()
-        .map_err(|e| Error::runtime(format!("could not start ONNX Runtime from {}: {e}", path.display())))?;
+        .map_err(|e| Error::ort(format!("could not start ONNX Runtime from {}: {e}", path.display()), e))?;
     Ok(LOADED.get_or_init(|| (path, env)).1.clone())
 }
 

@@ -77,23 +77,23 @@ impl Model {
         if !path.is_file() {
             return Err(Error::bad_file(path, "missing ONNX model file"));
         }
-        let fail =
-            |e: &dyn std::fmt::Display| Error::bad_file(path, format!("ONNX Runtime could not load this model: {e}"));
+        let fail = |e: ort::Error| Error::io(path, "ONNX Runtime could not load this model", e);
         let model_dir = path.parent().unwrap_or(Path::new("."));
         let typed = options
             .typed(ep)
             .map_err(|e| Error::bad_config(format!("session options of the {ep} execution provider: {e}"), e))?;
         let providers = ep::dispatch(&typed, role, model_dir)?;
-        let mut builder = Session::builder(env).map_err(|e| fail(&e))?;
+        let mut builder = Session::builder(env).map_err(fail)?;
         if let Some(n) = typed.common().threads {
-            builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
+            builder = builder.with_intra_threads(n).map_err(|e| fail(Error::ort_plain(e)))?;
         }
-        builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, &e))?;
+        builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, Error::ort_plain(e)))?;
         let session = builder.commit_from_file(path).map_err(|e| {
             if ep != ExecutionProvider::Cpu {
-                Error::bad_file(path, format!("ONNX Runtime could not load this model with the {} EP: {e}", ep.name()))
+                let what = format!("ONNX Runtime could not load this model with the {} EP", ep.name());
+                Error::io(path, &what, e)
             } else {
-                fail(&e)
+                fail(e)
             }
         })?;
         let mut inputs = Vec::new();
@@ -195,7 +195,7 @@ impl Model {
             let shape: Vec<usize> = host.shape().iter().map(|&d| d as usize).collect();
             let path = self.path.clone();
             let err = move |what: &str, e: ort::Error| {
-                Error::runtime(format!("{}: cannot {what} input `{name}` on the device: {e}", path.display()))
+                Error::ort(format!("{}: cannot {what} input `{name}` on the device: {e}", path.display()), e)
             };
             let bound = self.bound_mut()?;
             let fresh = !matches!(bound.inputs.get(name), Some((s, _)) if *s == shape);
@@ -230,7 +230,7 @@ impl Model {
         if matches!(bound.outputs.get(name), Some((s, _)) if s == shape) {
             return Ok(());
         }
-        let err = |e: ort::Error| Error::runtime(format!("{}: cannot bind output `{name}`: {e}", path.display()));
+        let err = |e: ort::Error| Error::ort(format!("{}: cannot bind output `{name}`: {e}", path.display()), e);
         let mut device = ort::value::DynTensor::new(&bound.allocator, ty, shape.to_vec()).map_err(err)?;
         bound.binding.bind_output(name, &mut device).map_err(err)?;
         bound.outputs.insert(name.to_string(), (shape.to_vec(), device));
@@ -266,7 +266,7 @@ impl Model {
     fn bound_mut(&mut self) -> Result<&mut Bound> {
         if self.bound.is_none() {
             let err = |e: ort::Error| {
-                Error::runtime(format!("{}: cannot set up device buffers (IoBinding): {e}", self.path.display()))
+                Error::ort(format!("{}: cannot set up device buffers (IoBinding): {e}", self.path.display()), e)
             };
             let allocator = if self.ep.device_memory() {
                 let info = ort::memory::MemoryInfo::new(
@@ -302,7 +302,7 @@ impl Model {
         })?;
         let shape = tensor.shape().to_vec();
         let err =
-            |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
+            |e: ort::Error| Error::ort(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name), e);
         // The tensor as it is where the types agree (the latents and embeddings of every step); a detour
         // through f64 only to convert.
         let tensor = match (spec.ty, tensor) {
