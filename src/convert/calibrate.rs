@@ -153,9 +153,9 @@ fn random_inputs(
         let config = source.join(component).join("config.json");
         let factor = std::fs::read_to_string(&config)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("scaling_factor").and_then(serde_json::Value::as_f64))
-            .unwrap_or(1.0) as f32;
+            .and_then(|t| serde_json::from_str::<crate::pipeline::VaeConfig>(&t).ok())
+            .and_then(|v| v.scaling_factor)
+            .unwrap_or(1.0);
         1.0 / factor
     } else {
         1.0

@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use ::image::RgbImage;
 use ndarray::{ArrayD, Axis, IxDyn, concatenate};
-use serde_json::Value;
 
 use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::{self, SchedulerConfig};
@@ -24,7 +23,7 @@ use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
 pub(crate) use generate::{ChosenScheduler, apply_guidance, take_output};
 pub use generate::{GenerateOptions, Generated, HostShare, Timings, UnetRecorder};
-pub use model_dir::{HubLocation, PipelineDir, PipelineKind};
+pub use model_dir::{DenoiserConfig, HubLocation, PipelineDir, PipelineKind, VaeConfig};
 use tokenizer::ClipTokenizer;
 
 /// A loaded pipeline, reusable for many images: a UNet pipeline (SD, SDXL) or PixArt-α.
@@ -152,12 +151,12 @@ impl UnetPipeline {
             .typed(ep)
             .map_err(|e| Error::bad_config(format!("session options of the {ep} execution provider: {e}"), e))?;
         let io_binding = session.common().io_binding.unwrap_or(ep.device_memory());
-        let vae_config = dir.component_config("vae_decoder")?;
-        let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
+        let vae_config: VaeConfig = dir.config("vae_decoder")?;
+        let vae_scaling_factor = vae_config.scaling_factor.unwrap_or(0.18215);
         let vae_scale_factor = dir.vae_scale_factor()?;
-        let unet_config = dir.component_config("unet").unwrap_or(Value::Null);
-        let latent_channels = unet_config.get("in_channels").and_then(Value::as_u64).unwrap_or(4) as usize;
-        let sample_size = unet_config.get("sample_size").and_then(Value::as_u64).map(|s| s as usize);
+        let unet_config: DenoiserConfig = dir.config("unet").unwrap_or_default();
+        let latent_channels = unet_config.in_channels.unwrap_or(4);
+        let sample_size = unet_config.sample_size;
         let default_size = sample_size.map_or(
             match dir.kind {
                 PipelineKind::StableDiffusion => 512,
