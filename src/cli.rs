@@ -15,9 +15,7 @@ use dfast::passes::registry;
 use dfast::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
 use dfast::runtime::Runtime;
 use dfast::scheduler::SchedulerKind;
-use dfast::settings::EpOptions;
-use dfast::settings::ExecutionProvider;
-use dfast::settings::{Precision, PrecisionHint};
+use dfast::settings::{EpOptions, ExecutionProvider, Precision, PrecisionHint};
 use dfast::{Error, Result};
 
 #[derive(Parser, Debug)]

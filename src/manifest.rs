@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::EpOptions;
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{EpOptions, ExecutionProvider, Precision};
 use crate::{Error, Result};
 
 /// The manifest's file name in a converted folder.

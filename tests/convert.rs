@@ -12,8 +12,7 @@ use dfast::convert::{self, ConvertOptions, Profile};
 use dfast::manifest::Manifest;
 use dfast::pipeline::{Pipeline, PipelineDir};
 use dfast::runtime::{HostTensor, Model, Runtime};
-use dfast::settings::ExecutionProvider;
-use dfast::settings::Precision;
+use dfast::settings::{ExecutionProvider, Precision};
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 

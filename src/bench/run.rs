@@ -21,9 +21,7 @@ use crate::manifest::Manifest;
 use crate::pipeline::{GenerateOptions, Pipeline, PipelineDir, PipelineKind};
 use crate::runtime::Runtime;
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
-use crate::settings::EpOptions;
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{EpOptions, ExecutionProvider, Precision};
 use crate::{Error, Result};
 
 /// The seed's benchmark prompt.

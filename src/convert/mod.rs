@@ -27,8 +27,7 @@ use crate::onnx::OnnxModel;
 use crate::passes::int8_static::Int8Static;
 use crate::passes::{BuildContext, PassContext, PassManager, PassSpec, PrecisionPass, registry};
 use crate::pipeline::PipelineDir;
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{ExecutionProvider, Precision, PrecisionHint};
 use crate::{Error, Result};
 
 /// What to convert and how.
@@ -264,8 +263,8 @@ fn publish(staging: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
 pub fn session_options(opts: &ConvertOptions) -> std::collections::BTreeMap<String, String> {
     let mut options = opts.profile.session_options(opts.target).0;
     if opts.target == ExecutionProvider::OpenVino && opts.precision != Precision::Fp32 {
-        let hint = if opts.precision == Precision::Bf16 { "bf16" } else { "f16" };
-        options.entry("precision".into()).or_insert_with(|| hint.into());
+        let hint = PrecisionHint::of(opts.precision);
+        options.entry("precision".into()).or_insert_with(|| hint.name().into());
     }
     options
 }

@@ -28,8 +28,7 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::passes::registry;
-use crate::settings::EpOptions;
-use crate::settings::ExecutionProvider;
+use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.

@@ -132,8 +132,7 @@ mod tests {
     use crate::passes::PassManager;
     use crate::passes::testing::count;
     use crate::passes::testing::noise;
-    use crate::settings::ExecutionProvider;
-    use crate::settings::Precision;
+    use crate::settings::{ExecutionProvider, Precision};
 
     fn run(model: &mut OnnxModel, pass: BiasAdd, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)

@@ -106,6 +106,7 @@ mod tests {
     use crate::manifest::PassRecord;
     use crate::onnx::tensor;
     use crate::passes::geglu::tests::{FORMS, gelu_nodes, model};
+    use crate::passes::testing::count;
     use crate::passes::testing::{Sizes, compare, noise, tiny};
     use crate::passes::{Cleanup, Geglu, PassManager};
 
@@ -131,10 +132,6 @@ mod tests {
 
     fn run(model: &mut OnnxModel, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(BiasGelu).run(model, &PassContext::new(target)).unwrap().remove(0)
-    }
-
-    fn count(m: &OnnxModel, op: &str) -> usize {
-        m.graph().node.iter().filter(|n| n.op_type() == op).count()
     }
 
     const SIZES: Sizes = Sizes { batch: 2, spatial: 8, other: 6 };

@@ -204,10 +204,10 @@ pub(crate) mod tests {
     use crate::manifest::PassRecord;
     use crate::onnx::dtype;
     use crate::onnx::{ModelProto, tensor};
+    use crate::passes::testing::count;
     use crate::passes::testing::{noise, tiny};
     use crate::passes::{Cleanup, PassManager};
-    use crate::settings::ExecutionProvider;
-    use crate::settings::Precision;
+    use crate::settings::{ExecutionProvider, Precision};
 
     /// How the synthetic GEGLU is written.
     #[derive(Debug, Clone, Copy)]
@@ -297,10 +297,6 @@ pub(crate) mod tests {
 
     fn run(model: &mut OnnxModel, pass: Geglu, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)
-    }
-
-    fn count(m: &OnnxModel, op: &str) -> usize {
-        m.graph().node.iter().filter(|n| n.op_type() == op).count()
     }
 
     fn forced() -> Geglu {

@@ -79,8 +79,7 @@ fn build<P: PassSpec>(table: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::ExecutionProvider;
-    use crate::settings::Precision;
+    use crate::settings::{ExecutionProvider, Precision};
 
     #[test]
     fn every_pass_is_listed_once_and_refuses_unknown_keys() {

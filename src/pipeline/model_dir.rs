@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::manifest::Manifest;
-use crate::settings::EpOptions;
-use crate::settings::ExecutionProvider;
+use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The pipeline families dfast runs.

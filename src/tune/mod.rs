@@ -39,9 +39,7 @@ use crate::onnx::{GraphIndex, OnnxModel, dtype, make_tensor_value_info};
 use crate::passes::{BuildContext, Int8Static, PassContext, PassManager, PassSpec, registry};
 use crate::pipeline::PipelineDir;
 use crate::runtime::{HostTensor, Runtime, SessionRole};
-use crate::settings::EpOptions;
-use crate::settings::ExecutionProvider;
-use crate::settings::{Precision, PrecisionHint};
+use crate::settings::{EpOptions, ExecutionProvider, Precision, PrecisionHint};
 use crate::{Error, Result};
 
 pub use decide::{PairDecision, ShapeTiming};

@@ -5,6 +5,7 @@ use crate::manifest::PassRecord;
 use crate::onnx::ModelProto;
 use crate::onnx::infer::Inference;
 use crate::onnx::{GraphIndex, NodeBuilder, NodeProto, OnnxModel, attr_float, attr_int, dtype, make_tensor_value_info};
+use crate::passes::testing::count;
 use crate::passes::testing::{Sizes, tiny};
 use crate::passes::{BuildContext, PassContext};
 use crate::passes::{Cleanup, PassManager};
@@ -17,10 +18,6 @@ fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
 
 fn run(model: &mut OnnxModel, pass: Attention, target: ExecutionProvider) -> PassRecord {
     PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)
-}
-
-fn count(model: &OnnxModel, op: &str) -> usize {
-    model.graph().node.iter().filter(|n| n.op_type() == op).count()
 }
 
 fn cleaned(name: &str) -> OnnxModel {

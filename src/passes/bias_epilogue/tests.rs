@@ -6,17 +6,13 @@ use ndarray::{ArrayD, IxDyn};
 use super::*;
 use crate::manifest::PassRecord;
 use crate::onnx::{ModelProto, TensorProto, dtype, make_tensor_value_info};
+use crate::passes::testing::count;
 use crate::passes::testing::lower;
 use crate::passes::testing::{Sizes, compare, noise, tiny};
 use crate::passes::{Cleanup, GroupNorm, NhwcConv, PassManager};
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{ExecutionProvider, Precision};
 
 const SIZES: Sizes = Sizes { batch: 2, spatial: 8, other: 7 };
-
-fn count(model: &OnnxModel, op: &str) -> usize {
-    model.graph().node.iter().filter(|n| n.op_type() == op).count()
-}
 
 fn cuda() -> PassContext {
     PassContext::new(ExecutionProvider::Cuda)

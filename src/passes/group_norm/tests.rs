@@ -6,11 +6,11 @@ use ndarray::{ArrayD, IxDyn};
 use super::*;
 use crate::manifest::PassRecord;
 use crate::onnx::{ModelProto, TensorProto, make_tensor_value_info};
+use crate::passes::testing::count;
 use crate::passes::testing::{noise, relative_l2, tiny};
 use crate::passes::{Cleanup, PassManager};
 use crate::runtime::{HostTensor, Runtime};
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{ExecutionProvider, Precision};
 
 const N: usize = 2;
 const H: usize = 4;
@@ -195,10 +195,6 @@ fn cuda() -> PassContext {
 
 fn run_pass(model: &mut OnnxModel, pass: GroupNorm, ctx: &PassContext) -> PassRecord {
     PassManager::new().with(pass).run(model, ctx).unwrap().remove(0)
-}
-
-fn count(model: &OnnxModel, op: &str) -> usize {
-    model.graph().node.iter().filter(|n| n.op_type() == op).count()
 }
 
 /// Every form, at SD's channel counts (32 groups), with and without SiLU and residual: the matcher's

@@ -7,10 +7,10 @@ use ndarray::{ArrayD, IxDyn};
 use super::*;
 use crate::manifest::PassRecord;
 use crate::onnx::{ModelProto, TensorProto};
+use crate::passes::testing::count;
 use crate::passes::testing::{Sizes, compare, lower, noise, tiny};
 use crate::passes::{Cleanup, GroupNorm, PassManager};
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{ExecutionProvider, Precision};
 
 const SIZES: Sizes = Sizes { batch: 2, spatial: 8, other: 7 };
 
@@ -24,10 +24,6 @@ fn i64_init(name: &str, values: &[i64]) -> TensorProto {
 
 fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeBuilder {
     NodeBuilder::new(op).inputs(inputs.iter().copied()).outputs(outputs.iter().copied())
-}
-
-fn count(model: &OnnxModel, op: &str) -> usize {
-    model.graph().node.iter().filter(|n| n.op_type() == op).count()
 }
 
 /// Transposes between NCHW and NHWC next to the channels-last ops or at the graph's edge (the attention's

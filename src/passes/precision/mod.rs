@@ -96,8 +96,7 @@ use std::collections::BTreeSet;
 
 use crate::onnx::{NodeProto, is_op};
 use crate::passes::{BuildContext, PassSpec};
-use crate::settings::ExecutionProvider;
-use crate::settings::Precision;
+use crate::settings::{ExecutionProvider, Precision};
 use crate::{Error, Result};
 
 mod emit;
