@@ -353,7 +353,10 @@ fn unknown_session_option_is_refused_at_convert() {
     ]);
     assert_clear_error(
         &run,
-        &format!("profile {}: [session.cpu] key `threds`: unknown field `threds`", profile.display()),
+        &format!(
+            "profile {}: [session.cpu] key `threds`: EP option(s) `threds` are not known for the cpu execution provider",
+            profile.display()
+        ),
     );
     assert!(!out.exists(), "nothing is written when the profile is bad");
 }

@@ -28,7 +28,9 @@ use ort::ep::{ArbitrarilyConfigurableExecutionProvider, ExecutionProvider as _, 
 
 use super::library::Flavour;
 use crate::host::CpuFeatures;
-use crate::settings::{CudaOptions, EpOptions, ExecutionProvider, PrecisionHint, SessionOptions};
+use crate::settings::{
+    CudaOptions, EpOptions, ExecutionProvider, PrecisionHint, SessionOptions, openvino_precision_names,
+};
 use crate::{Error, Result};
 
 /// Fails with what is missing when the loaded library lacks `ep`.
@@ -208,11 +210,7 @@ pub fn openvino_hint(hint: PrecisionHint, cpu: &CpuFeatures) -> PrecisionHint {
 
 /// OpenVINO's `INFERENCE_PRECISION_HINT` for the `precision` option text; `auto` follows `cpu`.
 pub fn openvino_precision(value: &str, cpu: &CpuFeatures) -> Result<&'static str> {
-    let hint = PrecisionHint::parse(value).ok_or_else(|| {
-        Error::bad_input(format!(
-            "EP option `precision` is `{value}`; expected f32, bf16 or f16 for openvino, or auto (bf16 where the CPU has it)"
-        ))
-    })?;
+    let hint = PrecisionHint::parse(value).ok_or_else(|| Error::bad_input(openvino_precision_names(value)))?;
     Ok(openvino_hint(hint, cpu).name())
 }
 

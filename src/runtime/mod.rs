@@ -31,9 +31,7 @@ impl Runtime {
 
     pub fn with_options(ep: ExecutionProvider, options: EpOptions, ort_lib: Option<&std::path::Path>) -> Result<Self> {
         // A key the EP does not take is refused before the library loads.
-        options
-            .typed(ep)
-            .map_err(|e| Error::bad_config(format!("--ep-option {e} (the {ep} execution provider)"), e))?;
+        options.typed(ep).map_err(|e| Error::bad_config(format!("--ep-option {e}"), e))?;
         let library = library::find(ort_lib, Flavour::of(ep))?;
         let env = library::environment(Some(&library), Flavour::of(ep))?;
         ep::check_available(ep, &library)?;

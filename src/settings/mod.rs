@@ -12,7 +12,7 @@ pub(crate) use names::{list, named_enum};
 pub use precision::Precision;
 pub use session::{
     ConvAlgo, CpuOptions, CudaOptions, EpOptions, OpenVinoOptions, PerformanceHint, PrecisionHint, SessionOptions,
-    TensorRtOptions,
+    TensorRtOptions, openvino_precision_names,
 };
 
 /// An option that does not fit (a pass's, an execution provider's): the key (dotted path inside the table;

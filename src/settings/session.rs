@@ -236,12 +236,17 @@ impl SessionOptions {
                 message: "the cpu execution provider takes no provider options of ONNX Runtime's".into(),
             });
         }
-        Ok(match ep {
-            ExecutionProvider::Cpu => SessionOptions::Cpu(from_text(&own)?),
-            ExecutionProvider::Cuda => SessionOptions::Cuda(CudaOptions { ort, ..from_text(&own)? }),
-            ExecutionProvider::TensorRt => SessionOptions::TensorRt(TensorRtOptions { ort, ..from_text(&own)? }),
-            ExecutionProvider::OpenVino => SessionOptions::OpenVino(OpenVinoOptions { ort, ..from_text(&own)? }),
-        })
+        let typed = match ep {
+            ExecutionProvider::Cpu => from_text(&own).map(SessionOptions::Cpu),
+            ExecutionProvider::Cuda => from_text(&own).map(|o| SessionOptions::Cuda(CudaOptions { ort, ..o })),
+            ExecutionProvider::TensorRt => {
+                from_text(&own).map(|o| SessionOptions::TensorRt(TensorRtOptions { ort, ..o }))
+            }
+            ExecutionProvider::OpenVino => {
+                from_text(&own).map(|o| SessionOptions::OpenVino(OpenVinoOptions { ort, ..o }))
+            }
+        };
+        typed.map_err(|e| explained(ep, e, options))
     }
 
     /// The keys every EP takes.
@@ -254,6 +259,27 @@ impl SessionOptions {
         };
         Common { threads, io_binding }
     }
+}
+
+/// serde's message about an option, as a sentence about the EP: a key it does not take, OpenVINO's
+/// precision names.
+fn explained(ep: ExecutionProvider, e: OptionError, options: &EpOptions) -> OptionError {
+    let message = if let Some(rest) = e.message.strip_prefix("unknown field `") {
+        let expected = rest.split_once(", expected ").map_or("none".into(), |(_, list)| list.replace('`', ""));
+        format!("EP option(s) `{}` are not known for the {ep} execution provider; it takes {expected}", e.key)
+    } else if ep == ExecutionProvider::OpenVino && e.key == "precision" {
+        openvino_precision_names(options.get("precision").unwrap_or_default())
+    } else {
+        return e;
+    };
+    OptionError { key: e.key, message }
+}
+
+/// The sentence for an OpenVINO `precision` that is none of its names.
+pub fn openvino_precision_names(value: &str) -> String {
+    format!(
+        "EP option `precision` is `{value}`; expected f32, bf16 or f16 for openvino, or auto (bf16 where the CPU has it)"
+    )
 }
 
 /// Deserializes text values into `T`, naming the key that does not fit.
@@ -363,12 +389,12 @@ mod tests {
     #[test]
     fn unknown_keys_and_wrong_values_name_the_key() {
         for (ep, pair, key, says) in [
-            (Cuda, "cuda_grpah=true", "cuda_grpah", "unknown field `cuda_grpah`"),
-            (Cpu, "prefer_nhwc=true", "prefer_nhwc", "unknown field `prefer_nhwc`"),
-            (OpenVino, "cuda_graph=true", "cuda_graph", "unknown field"),
+            (Cuda, "cuda_grpah=true", "cuda_grpah", "are not known for the cuda execution provider; it takes threads"),
+            (Cpu, "prefer_nhwc=true", "prefer_nhwc", "are not known for the cpu execution provider"),
+            (OpenVino, "cuda_graph=true", "cuda_graph", "are not known for the openvino execution provider"),
             (Cuda, "cuda_graph=maybe", "cuda_graph", "expected true or false"),
             (Cuda, "threads=two", "threads", "expected a whole number"),
-            (OpenVino, "precision=int4", "precision", "unknown variant `int4`"),
+            (OpenVino, "precision=int4", "precision", "expected f32, bf16 or f16 for openvino"),
             (Cuda, "conv_algo=fast", "conv_algo", "unknown variant `fast`"),
             (Cpu, "ort.use_arena=1", "ort.use_arena", "no provider options"),
         ] {
