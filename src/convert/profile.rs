@@ -406,11 +406,14 @@ mod tests {
         assert!(err.contains("[session.cuda] key `cuda_graph`: expected a plain value"), "{err}");
         // Each EP's keys are its own: a typo, a key of another EP, a value of the wrong type.
         for (text, expected) in [
-            ("[session.cuda]\ncuda_grpah = true\n", "[session.cuda] key `cuda_grpah`: unknown field `cuda_grpah`"),
-            ("[session.cpu]\nprefer_nhwc = true\n", "[session.cpu] key `prefer_nhwc`: unknown field"),
+            (
+                "[session.cuda]\ncuda_grpah = true\n",
+                "[session.cuda] key `cuda_grpah`: EP option(s) `cuda_grpah` are not known",
+            ),
+            ("[session.cpu]\nprefer_nhwc = true\n", "[session.cpu] key `prefer_nhwc`: EP option(s)"),
             (
                 "[session.openvino]\nprecision = \"int4\"\n",
-                "[session.openvino] key `precision`: unknown variant `int4`",
+                "[session.openvino] key `precision`: EP option `precision` is `int4`",
             ),
             ("[session.cuda]\nthreads = \"two\"\n", "[session.cuda] key `threads`: invalid value"),
         ] {

@@ -17,7 +17,7 @@ pub fn transpose(input: &str, output: &str, perm: &[i64]) -> NodeProto {
 }
 
 /// Permutes a row-major tensor of `elem`-byte elements with shape `dims` by `perm` (output axis k is input
-/// axis perm[k]); returns the bytes and the permuted shape. `bytes` holds `dims` (a caller's invariant).
+/// axis `perm[k]`); returns the bytes and the permuted shape. `bytes` holds `dims` (a caller's invariant).
 pub fn permute_bytes(bytes: &[u8], dims: &[usize], perm: &[usize], elem: usize) -> (Vec<u8>, Vec<usize>) {
     // Each element's bytes are one more, innermost axis, which stays in place.
     let shape: Vec<usize> = dims.iter().copied().chain([elem]).collect();

@@ -389,7 +389,12 @@ mod tests {
     #[test]
     fn unknown_keys_and_wrong_values_name_the_key() {
         for (ep, pair, key, says) in [
-            (Cuda, "cuda_grpah=true", "cuda_grpah", "are not known for the cuda execution provider; it takes threads"),
+            (
+                Cuda,
+                "cuda_grpah=true",
+                "cuda_grpah",
+                "are not known for the cuda execution provider; it takes one of threads",
+            ),
             (Cpu, "prefer_nhwc=true", "prefer_nhwc", "are not known for the cpu execution provider"),
             (OpenVino, "cuda_graph=true", "cuda_graph", "are not known for the openvino execution provider"),
             (Cuda, "cuda_graph=maybe", "cuda_graph", "expected true or false"),
