@@ -4,7 +4,7 @@
 
 /// Declares an enum whose variants are named by string literals, aliases after `|`:
 ///
-/// ```ignore
+/// ```text
 /// named_enum! {
 ///     /// Weights and compute precision of a conversion.
 ///     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
