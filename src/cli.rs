@@ -13,9 +13,9 @@ use dfast::convert::{self, ConvertOptions, ModelCard, Profile, calibrate::Calibr
 use dfast::manifest::Calibration;
 use dfast::passes::registry;
 use dfast::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
-use dfast::runtime::{EpOptions, ExecutionProvider, Runtime};
+use dfast::runtime::Runtime;
 use dfast::scheduler::SchedulerKind;
-use dfast::settings::Precision;
+use dfast::settings::{EpOptions, ExecutionProvider, Precision, PrecisionHint};
 use dfast::{Error, Result};
 
 #[derive(Parser, Debug)]
@@ -704,7 +704,16 @@ fn tune(args: TuneArgs) -> Result<()> {
     let opts = TuneOptions {
         model: args.model.clone(),
         ep: args.ep,
-        precision: args.precision.clone(),
+        precision: args
+            .precision
+            .as_deref()
+            .map(|p| {
+                PrecisionHint::parse(p).ok_or_else(|| {
+                    let names = PrecisionHint::NAMES.join(", ");
+                    Error::bad_input(format!("--precision `{p}` is not one dfast tune knows; expected one of: {names}"))
+                })
+            })
+            .transpose()?,
         out: out.clone(),
         timings: timings.clone(),
         width: args.width,

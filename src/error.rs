@@ -76,8 +76,13 @@ impl Error {
     }
 
     /// ONNX Runtime's error with what dfast asked of it; the ort error is kept as the source.
-    pub fn ort(message: impl Into<String>, e: ort::Error) -> Self {
+    pub fn ort(message: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Runtime { message: message.into(), source: Some(Box::new(e)) }
+    }
+
+    /// A session builder's error without the builder it hands back (which is not `Send`), for [`Error::ort`].
+    pub(crate) fn ort_plain<R>(e: ort::Error<R>) -> ort::Error {
+        ort::Error::new_with_code(e.code(), e.message())
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -54,7 +54,8 @@ impl Size {
     /// `sample_size` times the VAE's scale factor), else 512x512.
     pub fn default_for(path: &Path) -> Size {
         let own = crate::pipeline::PipelineDir::open(path).ok().and_then(|dir| {
-            let sample = dir.component_config(dir.denoiser()).ok()?.get("sample_size")?.as_u64()? as usize;
+            let config: crate::pipeline::DenoiserConfig = dir.config(dir.denoiser()).ok()?;
+            let sample = config.sample_size?;
             Some(sample * dir.vae_scale_factor().ok()?)
         });
         let side = own.unwrap_or(512);

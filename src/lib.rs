@@ -3,12 +3,23 @@
 //! The library holds everything; the `dfast` binary (`main.rs`, `cli.rs`) parses arguments, draws
 //! progress bars and prints errors.
 //!
-//! Layers, each using only those below it: `settings`, `error` < `onnx` < `runtime`, `scheduler`
-//! < `passes` < `manifest` < `pipeline` < `convert` < `bench`, `inspect` < `tune`.
+//! Layers, bottom up; each module uses only modules of the layers below its own, its tests included
+//! (`tests/architecture.rs` checks this):
+//!
+//! 1. `error`
+//! 2. `settings`: the vocabulary (precision, execution provider, session options)
+//! 3. `onnx` (models, graphs, patches), `host` (the machine: CPU, memory)
+//! 4. `runtime` (ONNX Runtime: library, sessions)
+//! 5. `manifest` (what a converted folder records), `scheduler`
+//! 6. `passes` (graph rewrites), `pipeline` (text to image), side by side
+//! 7. `convert`, `inspect`
+//! 8. `bench`, `tune`
+//! 9. the `dfast` binary (`cli.rs`)
 
 pub mod bench;
 pub mod convert;
 mod error;
+pub mod host;
 pub mod inspect;
 pub mod manifest;
 pub mod onnx;

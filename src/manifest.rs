@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::passes::PassRecord;
-use crate::runtime::{EpOptions, ExecutionProvider};
-use crate::settings::Precision;
+use crate::settings::{EpOptions, ExecutionProvider, Precision};
 use crate::{Error, Result};
 
 /// The manifest's file name in a converted folder.
@@ -28,6 +26,30 @@ pub struct ComponentReport {
     #[serde(default)]
     pub ops: BTreeMap<String, usize>,
     pub seconds: f64,
+}
+
+/// What one pass did, for the conversion manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassRecord {
+    pub pass: String,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub initializers_before: usize,
+    pub initializers_after: usize,
+    /// Patterns rewritten, as counted by the pass (`onnx::Patch::count_rewrite`).
+    pub rewrites: usize,
+    /// Patches applied before the pass reached its fixed point.
+    pub rounds: usize,
+    /// The settings the pass ran with (`passes::Pass::settings`), when it has any.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub settings: serde_json::Value,
+}
+
+impl PassRecord {
+    /// True when the pass changed nothing.
+    pub fn unchanged(&self) -> bool {
+        self.rounds == 0
+    }
 }
 
 /// How int8-static was calibrated.
@@ -114,5 +136,20 @@ impl Manifest {
             .flat_map(|c| &c.passes)
             .find(|p| p.pass == pass)
             .map_or(serde_json::Value::Null, |p| p.settings.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest that cannot be read as text: one sentence naming the file, the I/O error as the source.
+    #[test]
+    fn read_errors_keep_their_source() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST), [0xff, 0xfe, 0x00]).unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err();
+        assert!(err.source().is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()), "{err:?}");
     }
 }

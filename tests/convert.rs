@@ -10,10 +10,9 @@ use std::path::Path;
 
 use dfast::convert::{self, ConvertOptions, Profile};
 use dfast::manifest::Manifest;
-use dfast::passes::Target;
 use dfast::pipeline::{Pipeline, PipelineDir};
-use dfast::runtime::{ExecutionProvider, HostTensor, Model, Runtime};
-use dfast::settings::Precision;
+use dfast::runtime::{HostTensor, Model, Runtime};
+use dfast::settings::{ExecutionProvider, Precision};
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 
@@ -22,13 +21,9 @@ const PROFILES: [&str; 6] = ["baseline", "sdpa", "fuse-qkv", "conv1x1", "int8-dy
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
 /// Random inputs for a component: batch 2, 77 tokens, 8x8 latents (64x64 images), timestep 500.
@@ -81,7 +76,7 @@ fn convert_dir(source: &Path, profile: &str, out: &Path) -> convert::Manifest {
         out: out.to_path_buf(),
         profile: Profile::load(profile).unwrap(),
         precision: Precision::Fp32,
-        target: Target::Cpu,
+        target: ExecutionProvider::Cpu,
         card: None,
         vae_half: false,
         calibration: Default::default(),
@@ -206,7 +201,7 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
         out: out.clone(),
         profile: Profile::load(profile.to_str().unwrap()).unwrap(),
         precision: Precision::Fp32,
-        target: Target::Cpu,
+        target: ExecutionProvider::Cpu,
         card: None,
         vae_half: false,
         calibration: Default::default(),
@@ -216,7 +211,7 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
     let read = Manifest::read(&out).unwrap().expect("a conversion has a manifest");
     assert_eq!(read.int8_exclude, Some(vec![(32, 64), (64, 32)]));
     assert_eq!(read.int8_exclude, written.int8_exclude);
-    assert_eq!(read.execution_provider, Target::Cpu);
+    assert_eq!(read.execution_provider, ExecutionProvider::Cpu);
     assert_eq!(read.precision, Precision::Fp32);
     assert_eq!(read.components.len(), written.components.len());
     let applied = read.pass_settings("unet", "int8-dynamic");
@@ -231,7 +226,7 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
     let opts = ConvertOptions { out: out.clone(), profile: Profile::load("int8-dynamic").unwrap(), ..opts };
     convert::convert(&opts, &mut |_| {}).unwrap();
     let exclude = Manifest::read(&out).unwrap().unwrap().int8_exclude.unwrap();
-    assert_eq!(exclude, dfast::passes::int8_dynamic::SEED_INT8_EXCLUDE.to_vec());
+    assert_eq!(exclude, dfast::passes::SEED_INT8_EXCLUDE.to_vec());
 }
 
 /// A profile made for other EPs is refused, and converts with a warning under --force; a folder converted
@@ -338,6 +333,34 @@ fn unknown_pass_is_a_clear_error() {
     assert_clear_error(&run, "unknown profile `turbo`");
 }
 
+/// A key the EP does not take in a profile's `[session.<ep>]` is refused by `dfast convert`, naming the
+/// profile file, before anything is written (it used to surface only when `generate` created a session).
+#[test]
+fn unknown_session_option_is_refused_at_convert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("p.toml");
+    std::fs::write(&profile, "extends = \"sdpa\"\n[session.cpu]\nthreds = 2\n").unwrap();
+    let out = tmp.path().join("out");
+    let model = common::model("tiny-sd");
+    let run = dfast(&[
+        "convert",
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(
+        &run,
+        &format!(
+            "profile {}: [session.cpu] key `threds`: EP option(s) `threds` are not known for the cpu execution provider",
+            profile.display()
+        ),
+    );
+    assert!(!out.exists(), "nothing is written when the profile is bad");
+}
+
 #[test]
 fn malformed_exclude_list_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -421,7 +444,7 @@ fn fused_emits_cuda_only_ops_only_when_allowed() {
     let tmp = tempfile::tempdir().unwrap();
     let forced = tmp.path().join("forced.toml");
     std::fs::write(&forced, "name = \"fused-forced\"\nextends = \"fused\"\ncuda_only_fusions = true\n").unwrap();
-    let ops = |profile: &str, target: Target, precision: Precision| {
+    let ops = |profile: &str, target: ExecutionProvider, precision: Precision| {
         let out = tmp.path().join(format!("{}-{}", profile.replace('/', "_"), target.name()));
         let opts = ConvertOptions {
             source: common::model("tiny-sdxl"),
@@ -438,16 +461,16 @@ fn fused_emits_cuda_only_ops_only_when_allowed() {
         manifest.components.into_iter().find(|c| c.component == "unet").unwrap().ops
     };
     let count = |ops: &std::collections::BTreeMap<String, usize>, op: &str| ops.get(op).copied().unwrap_or(0);
-    let cpu = ops("fused", Target::Cpu, Precision::Fp32);
+    let cpu = ops("fused", ExecutionProvider::Cpu, Precision::Fp32);
     assert_eq!(count(&cpu, "com.microsoft::SkipLayerNormalization"), 20, "{cpu:?}");
     assert_eq!(count(&cpu, "com.microsoft::GroupNorm") + count(&cpu, "com.microsoft::SkipGroupNorm"), 0);
-    let cuda = ops("fused", Target::Cuda, Precision::Fp16);
+    let cuda = ops("fused", ExecutionProvider::Cuda, Precision::Fp16);
     assert_eq!(count(&cuda, "com.microsoft::GroupNorm") + count(&cuda, "com.microsoft::SkipGroupNorm"), 0);
-    let forced = ops(forced.to_str().unwrap(), Target::Cuda, Precision::Fp16);
+    let forced = ops(forced.to_str().unwrap(), ExecutionProvider::Cuda, Precision::Fp16);
     let group_norms = count(&forced, "com.microsoft::GroupNorm") + count(&forced, "com.microsoft::SkipGroupNorm");
     assert_eq!(group_norms, 21, "{forced:?}");
     assert_eq!(count(&forced, "com.microsoft::SkipLayerNormalization"), 20);
-    let openvino = ops("fused", Target::OpenVino, Precision::Fp32);
+    let openvino = ops("fused", ExecutionProvider::OpenVino, Precision::Fp32);
     assert!(openvino.keys().all(|op| !op.starts_with("com.microsoft::SkipLayer")), "{openvino:?}");
 }
 
@@ -470,7 +493,7 @@ fn fused_with_cuda_only_fusions_op_counts_on_both_export_styles() {
             out: out.clone(),
             profile: Profile::load(forced.to_str().unwrap()).unwrap(),
             precision: Precision::Fp16,
-            target: Target::Cuda,
+            target: ExecutionProvider::Cuda,
             card: None,
             vae_half: false,
             calibration: Default::default(),

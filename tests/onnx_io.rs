@@ -3,6 +3,8 @@
 
 mod common;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
@@ -15,8 +17,9 @@ use dfast::onnx::{
     GraphIndex, ModelProto, NodeBuilder, OnnxModel, OperatorSetIdProto, SaveOptions, StringStringEntryProto,
     TensorProto, dtype, make_tensor_value_info,
 };
-use dfast::passes::{Cleanup, PassContext, PassManager, Target};
-use dfast::runtime::{ExecutionProvider, HostTensor, Runtime};
+use dfast::passes::{Cleanup, PassContext, PassManager};
+use dfast::runtime::{HostTensor, Runtime};
+use dfast::settings::ExecutionProvider;
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 use protobuf::Message;
@@ -50,21 +53,9 @@ fn tiny(path: &str) -> std::path::PathBuf {
     common::root().join("models").join(path).join("model.onnx")
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*), uniform in [0, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Random inputs for a model: dynamic batch 1, dynamic image sizes 16, other dynamic sizes 7.
 fn random_feeds(model: &dfast::runtime::Model, seed: u64) -> Vec<(String, HostTensor)> {
-    let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut feeds = Vec::new();
     for spec in model.inputs() {
         let rank = spec.dims.len();
@@ -82,15 +73,22 @@ fn random_feeds(model: &dfast::runtime::Model, seed: u64) -> Vec<(String, HostTe
         let n: usize = dims.iter().product();
         let tensor = match spec.ty {
             TensorElementType::Int64 | TensorElementType::Int32 => HostTensor::I64(
-                ArrayD::from_shape_vec(IxDyn(&dims), (0..n).map(|_| (rng.next() * 1000.0) as i64).collect()).unwrap(),
+                ArrayD::from_shape_vec(IxDyn(&dims), (0..n).map(|_| (rng.random::<f64>() * 1000.0) as i64).collect())
+                    .unwrap(),
             ),
             _ if spec.name.contains("timestep") => HostTensor::F32(
-                ArrayD::from_shape_vec(IxDyn(&dims), (0..n).map(|_| (rng.next() * 1000.0).floor() as f32).collect())
-                    .unwrap(),
+                ArrayD::from_shape_vec(
+                    IxDyn(&dims),
+                    (0..n).map(|_| (rng.random::<f64>() * 1000.0).floor() as f32).collect(),
+                )
+                .unwrap(),
             ),
             _ => HostTensor::F32(
-                ArrayD::from_shape_vec(IxDyn(&dims), (0..n).map(|_| (rng.next() * 2.0 - 1.0) as f32).collect())
-                    .unwrap(),
+                ArrayD::from_shape_vec(
+                    IxDyn(&dims),
+                    (0..n).map(|_| (rng.random::<f64>() * 2.0 - 1.0) as f32).collect(),
+                )
+                .unwrap(),
             ),
         };
         feeds.push((spec.name.clone(), tensor));
@@ -161,7 +159,7 @@ fn saved_models_compute_what_the_originals_compute() {
 #[test]
 fn cleanup_shrinks_every_tiny_model_and_keeps_its_outputs() {
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-    let ctx = PassContext::new(Target::Cpu);
+    let ctx = PassContext::new(ExecutionProvider::Cpu);
     for (k, name) in ALL_TINY.iter().enumerate() {
         let started = Instant::now();
         let mut model = OnnxModel::load(tiny(name)).unwrap();
@@ -207,7 +205,7 @@ fn cleanup_shrinks_every_tiny_model_and_keeps_its_outputs() {
 fn cleanup_folds_the_unet_attention_scale() {
     for name in ["tiny-sd/unet", "tiny-sdxl/unet"] {
         let mut model = OnnxModel::load(tiny(name)).unwrap();
-        PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(Target::Cpu)).unwrap();
+        PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
         let index = GraphIndex::new(&model);
         let left: Vec<&str> = index
             .nodes()
@@ -226,7 +224,7 @@ const BIG_ELEMENTS: usize = 12_500_000; // 50 MB of float32 each, 300 MB in all
 fn write_big_model(dir: &Path) {
     let data = std::fs::File::create(dir.join("model.onnx_data")).unwrap();
     let mut data = BufWriter::with_capacity(1 << 20, data);
-    let mut rng = Rng(7);
+    let mut rng = StdRng::seed_from_u64(7);
     let mut m = ModelProto::new();
     m.set_ir_version(8);
     m.set_producer_name("dfast-test".into());
@@ -238,7 +236,7 @@ fn write_big_model(dir: &Path) {
     g.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[Some(BIG_ELEMENTS as i64)])));
     // One random MiB, written over and over with the chunk number stamped in front: distinct data without
     // spending seconds of a debug build on random numbers.
-    let block: Vec<u8> = (0..1 << 18).flat_map(|_| (rng.next() as f32).to_le_bytes()).collect();
+    let block: Vec<u8> = (0..1 << 18).flat_map(|_| (rng.random::<f64>() as f32).to_le_bytes()).collect();
     let mut offset = 0u64;
     let mut prev = "x".to_string();
     let mut chunk_no = 0u64;
@@ -292,7 +290,7 @@ fn big_external_model_child() {
     HEAP_PEAK.store(baseline, Ordering::Relaxed);
     let model = OnnxModel::load(src.join("model.onnx")).unwrap();
     let mut cleaned = model.clone();
-    PassManager::new().with(Cleanup).run(&mut cleaned, &PassContext::new(Target::Cpu)).unwrap();
+    PassManager::new().with(Cleanup).run(&mut cleaned, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
     let report = cleaned.save(dst.join("model.onnx")).unwrap();
     drop(cleaned);
     drop(model);
@@ -356,12 +354,11 @@ fn damaged_files_are_errors_never_panics() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
     // Bit flips at pseudo-random places: any answer but a panic.
-    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut rng = StdRng::seed_from_u64(0x9e3779b97f4a7c15);
     for _ in 0..300 {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let mut bytes = source.clone();
-        let at = (state >> 33) as usize % bytes.len();
-        bytes[at] ^= 1 << ((state >> 20) % 8);
+        let at = rng.random_range(0..bytes.len());
+        bytes[at] ^= 1 << rng.random_range(0..8);
         let _ = load(&bytes);
     }
     assert!(load(&source).is_ok(), "the intact model loads");

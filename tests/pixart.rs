@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use dfast::pipeline::binning::{classify_height_width_bin, resize_and_crop, table_for};
 use dfast::pipeline::pixart::{MAX_SEQUENCE_LENGTH, T5Tokenizer, preprocess};
 use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
-use dfast::runtime::{ExecutionProvider, HostTensor, Runtime};
+use dfast::runtime::{HostTensor, Runtime};
+use dfast::settings::ExecutionProvider;
 use ndarray::{ArrayD, IxDyn};
 
 fn reference_dir(case: &str) -> PathBuf {
@@ -266,13 +267,9 @@ fn inspect_counts_the_dit_flops_per_step() {
 /// batch of two whose key padding masks differ (24 and 15 tokens); latents of 32x32. Values are seeded noise.
 fn pixart_inputs(model: &dfast::runtime::Model, tokenizer: &T5Tokenizer) -> Vec<(String, HostTensor)> {
     let noise = |n: usize, seed: u64| -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     };
     let encoded = tokenizer.encode("a photo of an astronaut riding a horse on mars, highly detailed").unwrap();
     let row = |v: Vec<i64>| ArrayD::from_shape_vec(IxDyn(&[1, v.len()]), v).unwrap();
@@ -310,7 +307,7 @@ fn pixart_inputs(model: &dfast::runtime::Model, tokenizer: &T5Tokenizer) -> Vec<
 #[test]
 fn converted_tiny_pixart_matches_the_source_graphs() {
     use dfast::convert::{self, ConvertOptions, Profile};
-    use dfast::passes::Target;
+    use dfast::settings::ExecutionProvider;
     use dfast::settings::Precision;
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -324,7 +321,7 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
                 out: out.clone(),
                 profile: Profile::load(profile).unwrap(),
                 precision: Precision::Fp32,
-                target: Target::Cpu,
+                target: ExecutionProvider::Cpu,
                 card: None,
                 vae_half: false,
                 calibration: Default::default(),
@@ -381,7 +378,7 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
 #[test]
 fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
     use dfast::convert::{self, ConvertOptions, ModelCard, Profile};
-    use dfast::passes::Target;
+    use dfast::settings::ExecutionProvider;
     use dfast::settings::Precision;
     let tmp = tempfile::tempdir().unwrap();
     let opts = ConvertOptions {
@@ -389,7 +386,7 @@ fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
         out: tmp.path().join("fp16"),
         profile: Profile::load("baseline").unwrap(),
         precision: Precision::Fp16,
-        target: Target::Cuda,
+        target: ExecutionProvider::Cuda,
         card: Some(ModelCard::load("pixart-alpha-512").unwrap()),
         vae_half: false,
         calibration: Default::default(),

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dfast::runtime::CpuFeatures;
+use dfast::host::CpuFeatures;
 
 fn openvino_lib() -> PathBuf {
     let lib = common::root().join(".ort/openvino/libonnxruntime.so.1.24.1");

@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use dfast::runtime::{ExecutionProvider, HostTensor, Runtime};
+use dfast::runtime::{HostTensor, Runtime};
+use dfast::settings::ExecutionProvider;
 use ndarray::{ArrayD, IxDyn};
 use ort::value::TensorElementType;
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 use ndarray::ArrayD;
 use serde::Serialize;
 
-use super::run::median;
+use crate::host::median;
 use crate::pipeline::{PipelineDir, denoiser_output, io_binding, take_output};
 use crate::runtime::{HostTensor, Runtime, SessionRole};
 use crate::{Error, Result};

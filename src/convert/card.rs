@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::{Table, Value};
 
-use crate::passes::int8_dynamic::SEED_INT8_EXCLUDE;
+use crate::passes::SEED_INT8_EXCLUDE;
 use crate::scheduler::SchedulerKind;
 use crate::{Error, Result};
 

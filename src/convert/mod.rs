@@ -10,18 +10,24 @@ pub mod calibrate;
 pub mod card;
 pub mod profile;
 
+#[cfg(test)]
+mod fused_tests;
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use card::ModelCard;
 pub use profile::Profile;
 
+use crate::manifest::PassRecord;
 pub use crate::manifest::{ComponentReport, MANIFEST, Manifest};
 use crate::onnx::OnnxModel;
 use crate::passes::int8_static::Int8Static;
-use crate::passes::{BuildContext, PassContext, PassManager, PassRecord, PassSpec, PrecisionPass, Target, registry};
+use crate::passes::{BuildContext, PassContext, PassManager, PassSpec, PrecisionPass, registry};
 use crate::pipeline::PipelineDir;
-use crate::settings::Precision;
+use crate::settings::{ExecutionProvider, Precision, PrecisionHint};
 use crate::{Error, Result};
 
 /// What to convert and how.
@@ -31,7 +37,7 @@ pub struct ConvertOptions {
     pub out: PathBuf,
     pub profile: Profile,
     pub precision: Precision,
-    pub target: Target,
+    pub target: ExecutionProvider,
     /// The model card (per-model defaults); detected from the UNet's or transformer's config when None.
     pub card: Option<ModelCard>,
     /// Convert the VAE decoder to fp16/bf16 even where the model card keeps it fp32 (SDXL).
@@ -70,7 +76,7 @@ struct Plan {
 }
 
 /// Refuses a profile made for other execution providers than `target`, unless forced (then a warning).
-pub fn check_profile_ep(profile: &Profile, target: Target, force: bool) -> Result<Option<String>> {
+pub fn check_profile_ep(profile: &Profile, target: ExecutionProvider, force: bool) -> Result<Option<String>> {
     if profile.made_for(target) {
         return Ok(None);
     }
@@ -131,7 +137,8 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
             || (component == "text_encoder" && card.as_ref().is_some_and(ModelCard::text_encoder_fp32));
         // OpenVINO takes fp32 graphs and runs them in bf16/f16 by its inference precision hint (a session
         // option, recorded in the manifest), so its graphs stay fp32.
-        let precision = if keep_fp32 || opts.target == Target::OpenVino { Precision::Fp32 } else { opts.precision };
+        let precision =
+            if keep_fp32 || opts.target == ExecutionProvider::OpenVino { Precision::Fp32 } else { opts.precision };
         let ctx = BuildContext {
             target: opts.target,
             precision,
@@ -267,9 +274,9 @@ fn publish(staging: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
 /// The profile's `[session.<ep>]` options, plus OpenVINO's precision hint for a bf16/fp16 conversion.
 pub fn session_options(opts: &ConvertOptions) -> std::collections::BTreeMap<String, String> {
     let mut options = opts.profile.session_options(opts.target).0;
-    if opts.target == Target::OpenVino && opts.precision != Precision::Fp32 {
-        let hint = if opts.precision == Precision::Bf16 { "bf16" } else { "f16" };
-        options.entry("precision".into()).or_insert_with(|| hint.into());
+    if opts.target == ExecutionProvider::OpenVino && opts.precision != Precision::Fp32 {
+        let hint = PrecisionHint::of(opts.precision);
+        options.entry("precision".into()).or_insert_with(|| hint.name().into());
     }
     options
 }

@@ -14,8 +14,8 @@
 //! channels = [128]
 //! [ep.cpu.attention]          # ... and their overrides for one execution provider
 //! op = "MultiHeadAttention"
-//! [session.cuda]              # options of the EP's sessions when the converted folder runs (runtime::ep),
-//! cuda_graph = true           # written into the converted folder's manifest; open keys (see the README)
+//! [session.cuda]              # options of the EP's sessions when the converted folder runs, typed per EP
+//! cuda_graph = true           # (settings::SessionOptions; see the README), written into the manifest
 //! ```
 //!
 //! Every table is checked when the profile is read: an unknown key, or a value of the wrong type, is one
@@ -28,7 +28,7 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::passes::registry;
-use crate::runtime::{EpOptions, ExecutionProvider};
+use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
@@ -211,18 +211,30 @@ impl Profile {
         for (ep, table) in file.session {
             let mut map = BTreeMap::new();
             for (key, value) in table {
-                let text = match value {
-                    Value::String(s) => s,
-                    Value::Table(_) | Value::Array(_) => {
-                        return Err(bad(format!(
-                            "[session.{ep}] key `{key}`: expected a plain value (text, number or true/false)"
-                        )));
+                // `ort.<key> = ...` (ONNX Runtime's own provider options) is a table in TOML.
+                let entries = match value {
+                    Value::Table(ort) if key == "ort" => {
+                        ort.into_iter().map(|(k, v)| (format!("ort.{k}"), v)).collect()
                     }
-                    other => other.to_string(),
+                    value => vec![(key, value)],
                 };
-                map.insert(key, text);
+                for (key, value) in entries {
+                    let text = match value {
+                        Value::String(s) => s,
+                        Value::Table(_) | Value::Array(_) => {
+                            return Err(bad(format!(
+                                "[session.{ep}] key `{key}`: expected a plain value (text, number or true/false)"
+                            )));
+                        }
+                        other => other.to_string(),
+                    };
+                    map.insert(key, text);
+                }
             }
-            session.insert(ep, map);
+            // Typed as the EP takes them: an unknown key or a wrong value is refused here, not at generate.
+            let options = EpOptions(map);
+            options.typed(ep).map_err(|e| Error::bad_config(format!("profile {source}: [session.{ep}] {e}"), e))?;
+            session.insert(ep, options.0);
         }
         for pass in &file.passes {
             if registry::lookup(pass).is_none() {
@@ -392,6 +404,30 @@ mod tests {
         std::fs::write(&path, "[session.cuda]\ncuda_graph = { nested = 1 }\n").unwrap();
         let err = Profile::load(path.to_str().unwrap()).unwrap_err().to_string();
         assert!(err.contains("[session.cuda] key `cuda_graph`: expected a plain value"), "{err}");
+        // Each EP's keys are its own: a typo, a key of another EP, a value of the wrong type.
+        for (text, expected) in [
+            (
+                "[session.cuda]\ncuda_grpah = true\n",
+                "[session.cuda] key `cuda_grpah`: EP option(s) `cuda_grpah` are not known",
+            ),
+            ("[session.cpu]\nprefer_nhwc = true\n", "[session.cpu] key `prefer_nhwc`: EP option(s)"),
+            (
+                "[session.openvino]\nprecision = \"int4\"\n",
+                "[session.openvino] key `precision`: EP option `precision` is `int4`",
+            ),
+            ("[session.cuda]\nthreads = \"two\"\n", "[session.cuda] key `threads`: invalid value"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Profile::load(path.to_str().unwrap()).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("profile {}: ", path.display())) && err.contains(expected),
+                "{text}: {err}"
+            );
+        }
+        // ONNX Runtime's own keys go through as `ort.<key>`.
+        std::fs::write(&path, "[session.cuda]\nort.gpu_mem_limit = 1024\n").unwrap();
+        let p = Profile::load(path.to_str().unwrap()).unwrap();
+        assert_eq!(p.session_options(Cuda).get("ort.gpu_mem_limit"), Some("1024"));
     }
 
     #[test]
@@ -444,5 +480,32 @@ mod tests {
         assert!(err.source().is_some_and(|s| s.downcast_ref::<toml::de::Error>().is_some()), "{err:?}");
         std::fs::write(&path, "[conv1x1]\nchannels = 1\n").unwrap();
         assert!(Profile::load(path.to_str().unwrap()).unwrap_err().source().is_some());
+    }
+
+    /// The two profile files for the GPU comparison: both turn the CUDA-only fusions on; the prefer_nhwc one
+    /// turns nhwc-conv off and asks the CUDA EP for its own channels-last convolutions.
+    #[test]
+    fn the_comparison_profiles() {
+        use crate::passes::nhwc_conv::tests::net;
+        use crate::passes::{BuildContext, PassContext, PassManager};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let ours = Profile::load(dir.join("fused-cuda-only.toml").to_str().unwrap()).unwrap();
+        let theirs = Profile::load(dir.join("fused-prefer-nhwc.toml").to_str().unwrap()).unwrap();
+        for p in [&ours, &theirs] {
+            assert!(p.cuda_only_fusions && p.passes.contains(&"nhwc-conv".to_string()), "{}", p.name);
+            assert!(p.made_for(Cuda) && !p.made_for(Cpu));
+        }
+        let mut ctx = BuildContext::new(Cuda, crate::settings::Precision::Fp16);
+        ctx.cuda_only_fusions = true;
+        let model = net(8, &[], vec![]);
+        for (p, fires, nhwc) in [(&ours, true, false), (&theirs, false, true)] {
+            let options = p.pass_options("nhwc-conv", Cuda);
+            let pass = registry::lookup("nhwc-conv").unwrap().build(&options, &ctx).unwrap();
+            let mut manager = PassManager::new();
+            manager.push("nhwc-conv", pass);
+            let r = manager.run(&mut model.clone(), &PassContext::new(Cuda)).unwrap().remove(0);
+            assert_eq!(r.rewrites > 0, fires, "{}", p.name);
+            assert_eq!(p.session_options(Cuda).flag("prefer_nhwc", false).unwrap(), nhwc, "{}", p.name);
+        }
     }
 }

@@ -21,7 +21,8 @@
 //!
 //! ```
 //! use dfast::onnx::{GraphIndex, ModelProto, NodeBuilder, OnnxModel, Patch, dtype, is_op, make_tensor_value_info};
-//! use dfast::passes::{BuildContext, NoOptions, Pass, PassContext, PassManager, PassSpec, Target};
+//! use dfast::passes::{BuildContext, NoOptions, Pass, PassContext, PassManager, PassSpec};
+//! use dfast::settings::ExecutionProvider;
 //!
 //! struct DoubleNegation;
 //!
@@ -71,7 +72,7 @@
 //! let mut model = OnnxModel::from_proto(proto, None);
 //!
 //! // The manager runs the pass until it returns nothing, and says what changed (for the manifest).
-//! let records = PassManager::new().with(DoubleNegation).run(&mut model, &PassContext::new(Target::Cuda))?;
+//! let records = PassManager::new().with(DoubleNegation).run(&mut model, &PassContext::new(ExecutionProvider::Cuda))?;
 //! assert_eq!((records[0].nodes_before, records[0].nodes_after, records[0].rewrites), (3, 1, 1));
 //! assert_eq!(model.graph().node[0].input[0], "x");
 //! // model.save("out/unet/model.onnx")? would write it (with model.onnx_data if it had external data).

@@ -33,6 +33,16 @@ pub mod dtype {
     pub const COMPLEX64: i32 = DataType::COMPLEX64 as i32;
     pub const COMPLEX128: i32 = DataType::COMPLEX128 as i32;
     pub const BFLOAT16: i32 = DataType::BFLOAT16 as i32;
+
+    /// The element type of a float tensor in `precision`.
+    pub fn of(precision: crate::settings::Precision) -> i32 {
+        use crate::settings::Precision;
+        match precision {
+            Precision::Fp32 => FLOAT,
+            Precision::Fp16 => FLOAT16,
+            Precision::Bf16 => BFLOAT16,
+        }
+    }
 }
 
 /// A readable name for an element type number (`float32`, `int64`, ...), for error messages.

@@ -39,11 +39,8 @@
 use crate::Result;
 use crate::onnx::infer::Inference;
 use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, is_op, make_tensor_value_info};
-use crate::passes::skip_layer_norm::{bias_add, residual_shape};
-use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec, Target};
-
-/// Channel counts the CUDA kernel accepts.
-pub const SUPPORTED_CHANNELS: [i64; 3] = [320, 640, 1280];
+use crate::passes::pattern::{BIAS_ADD_CHANNELS, bias_add, residual_shape};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// The bias-add pass (see the module docs).
 #[derive(Debug, Clone, Copy)]
@@ -64,14 +61,15 @@ impl PassSpec for BiasAdd {
     const SUMMARY: &'static str =
         "bias Add + residual Add with 320/640/1280 channels become BiasAdd (cuda, with cuda_only_fusions)";
     type Options = NoOptions;
+    const CUDA_ONLY: bool = true;
     fn build(_: NoOptions, ctx: &BuildContext) -> Result<Self> {
         Ok(BiasAdd::new(ctx.allows_cuda_only_ops()))
     }
 }
 
 impl Pass for BiasAdd {
-    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
-        if !self.enabled || ctx.target != Target::Cuda {
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        if !self.enabled {
             return Ok(None);
         }
         let index = GraphIndex::new(model);
@@ -96,8 +94,8 @@ impl Pass for BiasAdd {
                 }
                 let (dt, shape) = residual_shape(&facts, t, skip)?;
                 let c = *shape.last()?;
-                let c = c.filter(|c| shape.len() == 3 && SUPPORTED_CHANNELS.contains(c))?;
-                let bias = bias_add(&index, t, c, dt)?;
+                let c = c.filter(|c| shape.len() == 3 && BIAS_ADD_CHANNELS.contains(c))?;
+                let bias = bias_add(&index, t).filter(|b| b.width == c && b.dtype == dt)?;
                 (facts.shape(&bias.x) == Some(&shape) && facts.dtype(&bias.x) == Some(dt))
                     .then(|| (bias, skip.clone(), dt, shape))
             });
@@ -129,20 +127,21 @@ mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
+    use crate::manifest::PassRecord;
     use crate::onnx::{ModelProto, NodeProto, dtype, tensor};
-    use crate::passes::fuse_qkv::tests::count;
-    use crate::passes::test_util::noise;
-    use crate::passes::{PassManager, PassRecord};
-    use crate::settings::Precision;
+    use crate::passes::PassManager;
+    use crate::passes::testing::count;
+    use crate::passes::testing::noise;
+    use crate::settings::{ExecutionProvider, Precision};
 
-    fn run(model: &mut OnnxModel, pass: BiasAdd, target: Target) -> PassRecord {
+    fn run(model: &mut OnnxModel, pass: BiasAdd, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)
     }
 
-    fn built(target: Target, cuda_only_fusions: bool) -> BiasAdd {
+    fn built(target: ExecutionProvider, cuda_only_fusions: bool) -> BiasAdd {
         let mut ctx = BuildContext::new(target, Precision::Fp16);
         ctx.cuda_only_fusions = cuda_only_fusions;
-        crate::passes::registry::build_from_str::<BiasAdd>("", &ctx).unwrap()
+        crate::passes::options::build_from_str::<BiasAdd>("", &ctx).unwrap()
     }
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
@@ -181,10 +180,10 @@ mod tests {
 
     #[test]
     fn fires_for_every_supported_channel_count() {
-        for c in SUPPORTED_CHANNELS {
+        for c in BIAS_ADD_CHANNELS {
             for elem in [dtype::FLOAT, dtype::FLOAT16] {
                 let mut m = ff_graph(c as usize, elem, false);
-                let r = run(&mut m, built(Target::Cuda, true), Target::Cuda);
+                let r = run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cuda);
                 assert_eq!(r.rewrites, 1, "C = {c}");
                 assert_eq!((count(&m, "BiasAdd"), count(&m, "Add")), (1, 0), "C = {c}");
                 let n = m.graph().node.iter().find(|n| n.op_type() == "BiasAdd").unwrap();
@@ -194,7 +193,10 @@ mod tests {
                     (&["m", "b", "h"].map(String::from)[..], &["r".to_string()][..])
                 );
                 assert!(m.opset("com.microsoft").is_some());
-                assert!(run(&mut m, built(Target::Cuda, true), Target::Cuda).unchanged(), "C = {c}: not idempotent");
+                assert!(
+                    run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cuda).unchanged(),
+                    "C = {c}: not idempotent"
+                );
             }
         }
     }
@@ -203,29 +205,32 @@ mod tests {
     fn leaves_unsupported_sizes_targets_and_norms_alone() {
         for c in [16, 768, 2560] {
             let mut m = ff_graph(c, dtype::FLOAT, false);
-            assert!(run(&mut m, built(Target::Cuda, true), Target::Cuda).unchanged(), "C = {c}");
+            assert!(run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cuda).unchanged(), "C = {c}");
         }
-        for (target, on) in
-            [(Target::Cuda, false), (Target::Cpu, true), (Target::OpenVino, true), (Target::TensorRt, true)]
-        {
+        for (target, on) in [
+            (ExecutionProvider::Cuda, false),
+            (ExecutionProvider::Cpu, true),
+            (ExecutionProvider::OpenVino, true),
+            (ExecutionProvider::TensorRt, true),
+        ] {
             let pass = built(target, on);
             let mut m = ff_graph(320, dtype::FLOAT, false);
             assert!(run(&mut m, pass, target).unchanged(), "{target:?}, cuda_only_fusions {on}");
         }
         // Built for cuda with the fusions on, but run for another target.
         let mut m = ff_graph(320, dtype::FLOAT, false);
-        assert!(run(&mut m, built(Target::Cuda, true), Target::Cpu).unchanged());
+        assert!(run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cpu).unchanged());
         // A residual sum a LayerNormalization reads is skip-layer-norm's.
         let mut m = ff_graph(640, dtype::FLOAT, true);
-        assert!(run(&mut m, built(Target::Cuda, true), Target::Cuda).unchanged());
+        assert!(run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cuda).unchanged());
         // A broadcasting skip ([1, 64, c] against [?, 64, c]) is not a residual of the input's shape.
         let mut m = ff_graph(1280, dtype::FLOAT, false);
         m.graph_mut().input[0] = make_tensor_value_info("h", dtype::FLOAT, Some(&[Some(1), Some(64), Some(1280)]));
-        assert!(run(&mut m, built(Target::Cuda, true), Target::Cuda).unchanged());
+        assert!(run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cuda).unchanged());
         // A bias Add read by something else too.
         let mut m = ff_graph(320, dtype::FLOAT, false);
         m.graph_mut().output.push(make_tensor_value_info("t", dtype::FLOAT, None));
-        assert!(run(&mut m, built(Target::Cuda, true), Target::Cuda).unchanged());
+        assert!(run(&mut m, built(ExecutionProvider::Cuda, true), ExecutionProvider::Cuda).unchanged());
     }
 
     /// After skip-layer-norm, the residual that reads a SkipLayerNormalization's sum output still fuses
@@ -247,10 +252,10 @@ mod tests {
         g.node.insert(0, node("Add", &["a", "a2"], &["h"]));
         g.node.insert(1, node("LayerNormalization", &["h", "gamma"], &["n"]));
         g.node.insert(2, node("MatMul", &["n", "w1"], &["u"]));
-        let ctx = PassContext::new(Target::Cuda);
+        let ctx = PassContext::new(ExecutionProvider::Cuda);
         let records = PassManager::new()
             .with(crate::passes::SkipLayerNorm)
-            .with(built(Target::Cuda, true))
+            .with(built(ExecutionProvider::Cuda, true))
             .run(&mut m, &ctx)
             .unwrap();
         assert_eq!((records[0].rewrites, records[1].rewrites), (1, 1), "{records:?}");
@@ -262,9 +267,9 @@ mod tests {
 
     #[test]
     fn options() {
-        let ctx = BuildContext::new(Target::Cuda, Precision::Fp16);
-        assert!(crate::passes::registry::build_from_str::<BiasAdd>("channels = [320]", &ctx).is_err());
-        assert!(!built(Target::Cuda, false).enabled && built(Target::Cuda, true).enabled);
-        assert!(!built(Target::Cpu, true).enabled);
+        let ctx = BuildContext::new(ExecutionProvider::Cuda, Precision::Fp16);
+        assert!(crate::passes::options::build_from_str::<BiasAdd>("channels = [320]", &ctx).is_err());
+        assert!(!built(ExecutionProvider::Cuda, false).enabled && built(ExecutionProvider::Cuda, true).enabled);
+        assert!(!built(ExecutionProvider::Cpu, true).enabled);
     }
 }

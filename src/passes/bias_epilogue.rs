@@ -63,9 +63,8 @@ use ndarray::Array1;
 use crate::Result;
 use crate::onnx::infer::Inference;
 use crate::onnx::{GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, is_op, tensor};
-use crate::passes::bias_add::SUPPORTED_CHANNELS;
-use crate::passes::skip_layer_norm::bias_add;
-use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec, Target};
+use crate::passes::pattern::{BIAS_ADD_CHANNELS, bias_add};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// The bias-epilogue pass (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,6 +84,7 @@ impl PassSpec for BiasEpilogue {
     const SUMMARY: &'static str = "a projection's bias Add reshaped into the NHWC UNet goes into SkipGroupNorm's bias \
                                    or a BiasAdd (cuda with `cuda_only_fusions` only)";
     type Options = NoOptions;
+    const CUDA_ONLY: bool = true;
     fn build(_: NoOptions, ctx: &BuildContext) -> Result<Self> {
         Ok(BiasEpilogue { enabled: ctx.allows_cuda_only_ops() })
     }
@@ -120,7 +120,7 @@ fn reshaped_bias(index: &GraphIndex, facts: &Inference, value: &str, reader: usi
         let b = index.const_tensor(i)?;
         (b.dims.len() == 1).then(|| (b.data_type(), b.dims[0]))
     })?;
-    let term = bias_add(index, t, c, dt)?;
+    let term = bias_add(index, t).filter(|b| b.width == c && b.dtype == dt)?;
     let matmul = index.node(index.producer_op(&term.x, "MatMul")?);
     let w = index.const_tensor(matmul.input.get(1)?)?;
     if w.dims.len() != 2 || w.dims[1] != c || w.data_type() != dt {
@@ -142,8 +142,8 @@ fn reshaped_bias(index: &GraphIndex, facts: &Inference, value: &str, reader: usi
 }
 
 impl Pass for BiasEpilogue {
-    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
-        if !self.enabled || ctx.target != Target::Cuda {
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        if !self.enabled {
             return Ok(None);
         }
         let index = GraphIndex::new(model);
@@ -214,8 +214,7 @@ fn residual(index: &GraphIndex, facts: &Inference, patch: &mut Patch, i: usize, 
             continue;
         }
         let Some(r) = reshaped_bias(index, facts, v, i) else { continue };
-        if !r.last_known || !SUPPORTED_CHANNELS.contains(&r.channels) || facts.shape(&r.m).is_none_or(|m| m.len() != 3)
-        {
+        if !r.last_known || !BIAS_ADD_CHANNELS.contains(&r.channels) || facts.shape(&r.m).is_none_or(|m| m.len() != 3) {
             continue;
         }
         let (Some(sv), Some(ss)) = (facts.shape(v), facts.shape(s)) else { continue };

@@ -26,8 +26,9 @@
 use crate::Result;
 use crate::onnx::infer::Inference;
 use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, make_tensor_value_info};
-use crate::passes::geglu::{bias_add, gelu_ending_in};
-use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec, Target};
+use crate::passes::pattern::{gelu_ending_in, matmul_bias_add};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
+use crate::settings::ExecutionProvider;
 
 /// The bias-gelu pass (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,10 +46,13 @@ impl PassSpec for BiasGelu {
 
 impl Pass for BiasGelu {
     fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
+        if !ctx.target.runs_contrib_ops() {
+            return Ok(None);
+        }
+        // ONNX Runtime's CPU BiasGelu kernel is float32 only; CUDA's takes the half types too.
         let types: &[i32] = match ctx.target {
-            Target::Cpu => &[dtype::FLOAT],
-            Target::Cuda => &[dtype::FLOAT, dtype::FLOAT16, dtype::BFLOAT16],
-            Target::TensorRt | Target::OpenVino => return Ok(None),
+            ExecutionProvider::Cuda => &[dtype::FLOAT, dtype::FLOAT16, dtype::BFLOAT16],
+            _ => &[dtype::FLOAT],
         };
         let index = GraphIndex::new(model);
         let facts = Inference::run(&index);
@@ -59,7 +63,7 @@ impl Pass for BiasGelu {
             }
             let Some(gelu) = gelu_ending_in(&index, &facts, i) else { continue };
             let y = &gelu.input;
-            let Some(bias) = bias_add(&index, &facts, y) else { continue };
+            let Some(bias) = matmul_bias_add(&index, &facts, y) else { continue };
             if !facts.dtype(y).is_some_and(|t| types.contains(&t))
                 || index.is_graph_output(y)
                 || index.consumers(y).iter().any(|c| !gelu.nodes.contains(c))
@@ -83,7 +87,7 @@ impl Pass for BiasGelu {
             patch.add_node(
                 NodeBuilder::new("BiasGelu")
                     .domain("com.microsoft")
-                    .inputs([bias.matmul_out, bias.bias])
+                    .inputs([bias.x, bias.bias])
                     .outputs([out.clone()])
                     .build(),
             );
@@ -99,10 +103,12 @@ mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
+    use crate::manifest::PassRecord;
     use crate::onnx::tensor;
     use crate::passes::geglu::tests::{FORMS, gelu_nodes, model};
-    use crate::passes::test_util::{Sizes, compare, noise, tiny};
-    use crate::passes::{Cleanup, Geglu, PassManager, PassRecord};
+    use crate::passes::testing::count;
+    use crate::passes::testing::{Sizes, compare, noise, tiny};
+    use crate::passes::{Cleanup, Geglu, PassManager};
 
     fn f32_init(name: &str, dims: &[usize], seed: u64, scale: f32) -> crate::onnx::TensorProto {
         let values = noise(dims.iter().product(), seed).into_iter().map(|v| v * scale).collect();
@@ -124,12 +130,8 @@ mod tests {
         OnnxModel::from_proto(m, None)
     }
 
-    fn run(model: &mut OnnxModel, target: Target) -> PassRecord {
+    fn run(model: &mut OnnxModel, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(BiasGelu).run(model, &PassContext::new(target)).unwrap().remove(0)
-    }
-
-    fn count(m: &OnnxModel, op: &str) -> usize {
-        m.graph().node.iter().filter(|n| n.op_type() == op).count()
     }
 
     const SIZES: Sizes = Sizes { batch: 2, spatial: 8, other: 6 };
@@ -140,7 +142,7 @@ mod tests {
             for bias_first in [false, true] {
                 let before = mlp(native, bias_first);
                 let mut after = before.clone();
-                let r = run(&mut after, Target::Cpu);
+                let r = run(&mut after, ExecutionProvider::Cpu);
                 assert_eq!((r.rewrites, r.nodes_after), (1, 3), "native {native}: {r:?}");
                 let fused = after.graph().node.iter().find(|n| n.op_type() == "BiasGelu").unwrap();
                 assert_eq!(
@@ -148,7 +150,7 @@ mod tests {
                     ("com.microsoft", "mm", "b1")
                 );
                 let again = after.proto().clone();
-                assert!(run(&mut after, Target::Cpu).unchanged(), "not idempotent");
+                assert!(run(&mut after, ExecutionProvider::Cpu).unchanged(), "not idempotent");
                 assert_eq!(after.proto(), &again);
                 let err = compare(&before, &after, 5, SIZES);
                 eprintln!("bias-gelu native {native} bias first {bias_first}: relative L2 {err:.2e}");
@@ -176,13 +178,13 @@ mod tests {
     #[test]
     fn bias_gelu_on_cpu_matches_an_f64_reference() {
         let mut m = mlp(false, false);
-        assert_eq!(run(&mut m, Target::Cpu).rewrites, 1);
+        assert_eq!(run(&mut m, ExecutionProvider::Cpu).rewrites, 1);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bias_gelu.onnx");
         m.save(&path).unwrap();
-        let runtime = crate::runtime::Runtime::new(Target::Cpu, None).unwrap();
+        let runtime = crate::runtime::Runtime::new(ExecutionProvider::Cpu, None).unwrap();
         let mut session = runtime.load(&path).unwrap();
-        let feeds = crate::passes::test_util::feeds(&session, 9, SIZES);
+        let feeds = crate::passes::testing::feeds(&session, 9, SIZES);
         let crate::runtime::HostTensor::F32(x) = &feeds[0].1 else { panic!("float input") };
         let x = x.clone();
         let got =
@@ -196,7 +198,7 @@ mod tests {
         let x = x.mapv(f64::from).into_shape_with_order((rows, 64)).unwrap();
         let h = (x.dot(&w1) + &b1).mapv(|v| v * 0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2)));
         let want = h.dot(&w2).mapv(|v| v as f32).into_shape_with_order(got.shape()).unwrap().into_dyn();
-        let err = crate::passes::test_util::relative_l2(&got, &want);
+        let err = crate::passes::testing::relative_l2(&got, &want);
         eprintln!("BiasGelu on the CPU EP against an f64 reference: relative L2 {err:.2e}");
         assert!(err <= 1e-5, "relative L2 {err:.2e}");
     }
@@ -205,8 +207,8 @@ mod tests {
     fn targets() {
         for native in [false, true] {
             let mut m = mlp(native, false);
-            assert_eq!(run(&mut m, Target::Cuda).rewrites, 1);
-            for target in [Target::OpenVino, Target::TensorRt] {
+            assert_eq!(run(&mut m, ExecutionProvider::Cuda).rewrites, 1);
+            for target in [ExecutionProvider::OpenVino, ExecutionProvider::TensorRt] {
                 let mut m = mlp(native, false);
                 assert!(run(&mut m, target).unchanged(), "{target}");
             }
@@ -218,11 +220,11 @@ mod tests {
     fn skips_what_does_not_match() {
         let mut m = mlp(false, false);
         m.graph_mut().output.push(make_tensor_value_info("y", dtype::FLOAT, None));
-        assert!(run(&mut m, Target::Cpu).unchanged());
+        assert!(run(&mut m, ExecutionProvider::Cpu).unchanged());
         let mut m = mlp(true, false);
         let b = m.graph_mut().initializer.iter_mut().find(|t| t.name() == "b1").unwrap();
         *b = f32_init("b1", &[1], 2, 1.0);
-        assert!(run(&mut m, Target::Cpu).unchanged());
+        assert!(run(&mut m, ExecutionProvider::Cpu).unchanged());
     }
 
     /// In a GEGLU the GELU reads a half of the split: bias-gelu leaves it to geglu, before and after it.
@@ -242,11 +244,11 @@ mod tests {
             gelu_nodes(g, form, "gate", "gl", "gelu_");
             g.node.push(NodeBuilder::new("Mul").inputs(["h", "gl"]).outputs(["out"]).build());
             let mut m = OnnxModel::from_proto(m, None);
-            assert!(run(&mut m.clone(), Target::Cuda).unchanged(), "{form:?}");
+            assert!(run(&mut m.clone(), ExecutionProvider::Cuda).unchanged(), "{form:?}");
             let records = PassManager::new()
                 .with(Geglu::new(true))
                 .with(BiasGelu)
-                .run(&mut m, &PassContext::new(Target::Cuda))
+                .run(&mut m, &PassContext::new(ExecutionProvider::Cuda))
                 .unwrap();
             assert_eq!((records[0].rewrites, records[1].rewrites), (1, 0), "{form:?}");
         }
@@ -257,8 +259,8 @@ mod tests {
     fn tiny_unets_have_no_bias_gelu() {
         for name in ["tiny-sdxl/unet", "tiny-sdxl-dynamo/unet"] {
             let mut model = OnnxModel::load(tiny(name)).unwrap();
-            PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(Target::Cpu)).unwrap();
-            assert!(run(&mut model, Target::Cpu).unchanged(), "{name}");
+            PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
+            assert!(run(&mut model, ExecutionProvider::Cpu).unchanged(), "{name}");
             assert!(count(&model, "BiasGelu") == 0);
         }
     }

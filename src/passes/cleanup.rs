@@ -279,7 +279,8 @@ mod tests {
     use super::*;
     use crate::onnx::tensor::dtype;
     use crate::onnx::{ModelProto, make_tensor_value_info, tensor};
-    use crate::passes::{PassManager, Target};
+    use crate::passes::PassManager;
+    use crate::settings::ExecutionProvider;
     use ndarray::{ArrayD, IxDyn};
 
     fn model(nodes: Vec<NodeProto>, inputs: &[(&str, Vec<Option<i64>>)], outputs: &[&str]) -> OnnxModel {
@@ -312,8 +313,8 @@ mod tests {
             .build()
     }
 
-    fn run(m: &mut OnnxModel) -> Vec<crate::passes::PassRecord> {
-        PassManager::new().with(Cleanup).run(m, &PassContext::new(Target::Cpu)).unwrap()
+    fn run(m: &mut OnnxModel) -> Vec<crate::manifest::PassRecord> {
+        PassManager::new().with(Cleanup).run(m, &PassContext::new(ExecutionProvider::Cpu)).unwrap()
     }
 
     fn ops(m: &OnnxModel) -> Vec<String> {

@@ -35,12 +35,8 @@ use crate::Result;
 use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_int, attr_ints, attr_string, dtype, is_op, tensor,
 };
+use crate::passes::layout::{TO_NCHW, TO_NHWC};
 use crate::passes::{BuildContext, Pass, PassContext, PassSpec};
-
-/// NCHW -> NHWC.
-const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
-/// NHWC -> NCHW.
-const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
 
 /// The conv1x1 pass (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -261,7 +257,8 @@ mod tests {
 
     use super::*;
     use crate::onnx::{ModelProto, TensorProto, make_tensor_value_info};
-    use crate::passes::fuse_qkv::tests::{compare, count, noise, run_passes, tiny};
+    use crate::passes::layout::transpose;
+    use crate::passes::testing::{compare_small, count, noise, run_passes, tiny};
     use crate::passes::{Cleanup, PassManager};
 
     fn weight(name: &str, dims: &[usize], seed: u64) -> TensorProto {
@@ -271,10 +268,6 @@ mod tests {
 
     fn conv(inputs: &[&str], output: &str) -> NodeBuilder {
         NodeBuilder::new("Conv").inputs(inputs.iter().copied()).outputs([output])
-    }
-
-    fn transpose(input: &str, output: &str, perm: &[i64]) -> NodeProto {
-        NodeBuilder::new("Transpose").inputs([input]).outputs([output]).attr_ints("perm", perm).build()
     }
 
     /// x [b, 128, 4, 4]:
@@ -345,7 +338,7 @@ mod tests {
         let e = after.graph().node.iter().find(|n| n.op_type() == "MatMul" && n.input[0] == "t").unwrap();
         assert_eq!(after.initializer(&e.input[1]).unwrap().dims, [128, 128]);
         assert!(run_passes(&mut after, PassManager::new().with(channels(&[128])))[0].unchanged());
-        let err = compare(&before, &after, 3);
+        let err = compare_small(&before, &after, 3);
         assert!(err <= 1e-5, "relative L2 {err:.2e}");
     }
 
@@ -360,7 +353,7 @@ mod tests {
         // a: in + back (Relu), b: in (g reads its NHWC output), g: back (the 3x3 conv).
         assert_eq!(count(&after, "Transpose"), 4, "{:?}", ops(&after));
         assert!(run_passes(&mut after, PassManager::new().with(Conv1x1::default()))[0].unchanged());
-        let err = compare(&before, &after, 4);
+        let err = compare_small(&before, &after, 4);
         assert!(err <= 1e-5, "relative L2 {err:.2e}");
         let none = run_passes(&mut graph(), PassManager::new().with(channels(&[64])));
         assert!(none[0].unchanged());
@@ -381,8 +374,8 @@ mod tests {
 
     #[test]
     fn options() {
-        let ctx = BuildContext::new(crate::passes::Target::Cpu, crate::settings::Precision::Fp32);
-        let build = |text: &str| crate::passes::registry::build_from_str::<Conv1x1>(text, &ctx);
+        let ctx = BuildContext::new(crate::settings::ExecutionProvider::Cpu, crate::settings::Precision::Fp32);
+        let build = |text: &str| crate::passes::options::build_from_str::<Conv1x1>(text, &ctx);
         assert_eq!(build("").unwrap().channels, Vec::<usize>::new());
         assert_eq!(build("channels = [128, 64]").unwrap().channels, [128, 64]);
         for bad in ["channels = 128", "channels = [0]", "channels = [-128]", "channels = [\"128\"]", "width = [1]"] {
@@ -424,7 +417,8 @@ mod tests {
                 let converted = after.proto().clone();
                 assert!(run_passes(&mut after, PassManager::new().with(Conv1x1::default()))[0].unchanged());
                 assert_eq!(after.proto(), &converted);
-                let err = compare(&before, &after, 60 + k as u64).max(compare(&before, &some, 90 + k as u64));
+                let err =
+                    compare_small(&before, &after, 60 + k as u64).max(compare_small(&before, &some, 90 + k as u64));
                 eprintln!(
                     "{name} (cleanup first: {cleanup}): {all} convs converted, {} -> {} nodes ({} -> {} Transposes), \
                      relative L2 {err:.1e}",

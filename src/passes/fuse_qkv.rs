@@ -50,6 +50,7 @@ use ndarray::{Array1, ArrayD, Axis};
 
 use crate::Result;
 use crate::onnx::{GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, dtype, is_op, tensor};
+use crate::passes::pattern::{bias_add, through_identities};
 use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// The fuse-qkv pass (see the module docs).
@@ -130,37 +131,12 @@ fn projection(index: &GraphIndex, i: usize, node: &NodeProto) -> Option<Projecti
         return None;
     }
     let (attention, role) = attention_role(index, &node.output[0])?;
-    let bias = bias_of(index, &node.output[0], out_features, w_dtype);
+    let bias = index.single_consumer(&node.output[0]).and_then(|add| {
+        let b = bias_add(index, index.node(add).output.first()?)?;
+        (b.add == add && b.x == node.output[0] && b.dtype == w_dtype && b.width == out_features)
+            .then_some((add, b.bias))
+    });
     Some(Projection { matmul: i, attention, role, w_dtype, in_features, out_features, bias })
-}
-
-/// The bias Add reading `value` alone: `Add(value, b)` or `Add(b, value)` with b a constant [out].
-fn bias_of(index: &GraphIndex, value: &str, out: i64, w_dtype: i32) -> Option<(usize, String)> {
-    let add = index.single_consumer(value)?;
-    let node = index.node(add);
-    if !is_op(node, "Add") || node.input.len() != 2 || node.output.len() != 1 {
-        return None;
-    }
-    let other = if node.input[0] == value { &node.input[1] } else { &node.input[0] };
-    if other == value {
-        return None;
-    }
-    let other = through_identities(index, other);
-    let t = index.const_tensor(other)?;
-    (t.data_type() == w_dtype && t.dims == [out]).then(|| (add, other.to_string()))
-}
-
-/// The value behind a chain of `Identity` nodes (the TorchScript exporter shares equal constants
-/// through them).
-fn through_identities<'a>(index: &GraphIndex<'a>, value: &'a str) -> &'a str {
-    let mut value = value;
-    for _ in 0..MAX_STEPS {
-        match index.producer_op(value, "Identity").and_then(|p| index.node(p).input.first()) {
-            Some(input) if !input.is_empty() => value = input,
-            _ => break,
-        }
-    }
-    value
 }
 
 /// Ops a projection's output passes through on its way into attention: head split, scale, bias, casts.
@@ -387,23 +363,10 @@ pub(crate) mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
+    use crate::manifest::PassRecord;
     use crate::onnx::{ModelProto, make_tensor_value_info};
-    use crate::passes::test_util::Sizes;
-    pub(crate) use crate::passes::test_util::{noise, tiny};
-    use crate::passes::{Cleanup, PassManager, PassRecord, Target};
-
-    /// Runs `before` and `after` on the same random inputs; returns the worst relative L2 over outputs.
-    pub(crate) fn compare(before: &OnnxModel, after: &OnnxModel, seed: u64) -> f64 {
-        crate::passes::test_util::compare(before, after, seed, Sizes { batch: 1, spatial: 16, other: 7 })
-    }
-
-    pub(crate) fn run_passes(model: &mut OnnxModel, manager: PassManager) -> Vec<PassRecord> {
-        manager.run(model, &PassContext::new(Target::Cpu)).unwrap()
-    }
-
-    pub(crate) fn count(model: &OnnxModel, op: &str) -> usize {
-        model.graph().node.iter().filter(|n| n.op_type() == op).count()
-    }
+    use crate::passes::testing::{compare_small, count, noise, run_passes, tiny};
+    use crate::passes::{Cleanup, PassManager};
 
     fn f32_init(name: &str, dims: &[usize], seed: u64) -> crate::onnx::TensorProto {
         let values = noise(dims.iter().product(), seed);
@@ -489,7 +452,7 @@ pub(crate) mod tests {
                 assert_eq!(after.initializer_i64(&split.input[1]).unwrap().as_slice().unwrap(), &[8, 8, 8]);
             }
             assert!(run_passes(&mut after, PassManager::new().with(FuseQkv))[0].unchanged());
-            let err = compare(&before, &after, 7);
+            let err = compare_small(&before, &after, 7);
             assert!(err <= 1e-6, "opset {opset}: relative L2 {err:.2e}");
         }
     }
@@ -521,7 +484,7 @@ pub(crate) mod tests {
         let split = m.graph().node.iter().find(|n| n.op_type() == "Split").unwrap();
         assert_eq!(split.output, ["qm", "km", "vm"]);
         assert_eq!(count(&m, "Add"), 4);
-        assert!(compare(&before, &m, 8) <= 1e-6);
+        assert!(compare_small(&before, &m, 8) <= 1e-6);
 
         // A 3-D weight, an empty input, an opset-10 model: nothing happens.
         let mut m = attention_graph(17);
@@ -536,9 +499,10 @@ pub(crate) mod tests {
 
     #[test]
     fn options() {
-        let ctx = crate::passes::BuildContext::new(crate::passes::Target::Cpu, crate::settings::Precision::Fp32);
-        assert!(crate::passes::registry::build_from_str::<FuseQkv>("", &ctx).is_ok());
-        let err = crate::passes::registry::build_from_str::<FuseQkv>("groups = 3", &ctx).err().unwrap().to_string();
+        let ctx =
+            crate::passes::BuildContext::new(crate::settings::ExecutionProvider::Cpu, crate::settings::Precision::Fp32);
+        assert!(crate::passes::options::build_from_str::<FuseQkv>("", &ctx).is_ok());
+        let err = crate::passes::options::build_from_str::<FuseQkv>("groups = 3", &ctx).err().unwrap().to_string();
         assert!(err.contains("`groups`"), "{err}");
     }
 
@@ -561,7 +525,7 @@ pub(crate) mod tests {
         let again = run_passes(&mut after, PassManager::new().with(FuseQkv));
         assert!(again[0].unchanged(), "{name}: second run changed {:?}", again[0]);
         assert_eq!(after.proto(), &fused);
-        let err = compare(before, &after, seed);
+        let err = compare_small(before, &after, seed);
         eprintln!(
             "{name}: {} qkv + {} kv groups fused, {} -> {} nodes, relative L2 {err:.1e}",
             groups.0, groups.1, r.nodes_before, r.nodes_after

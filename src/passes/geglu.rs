@@ -31,9 +31,10 @@
 
 use crate::Result;
 use crate::onnx::infer::Inference;
-use crate::onnx::{GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_int, attr_ints, attr_string, dtype};
+use crate::onnx::{GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_int, attr_ints};
 use crate::onnx::{is_op, make_tensor_value_info};
-use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec, Target};
+use crate::passes::pattern::{gelu_ending_in, matmul_bias_add};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// Projection widths (before the split) the CUDA kernel of BiasSplitGelu accepts.
 pub const SUPPORTED_WIDTHS: [i64; 3] = [2560, 5120, 10240];
@@ -59,14 +60,15 @@ impl PassSpec for Geglu {
     const SUMMARY: &'static str = "GEGLU feed-forward (bias Add, split, GELU, Mul) becomes com.microsoft \
                                    BiasSplitGelu (cuda, with cuda_only_fusions; widths 2560/5120/10240)";
     type Options = NoOptions;
+    const CUDA_ONLY: bool = true;
     fn build(_: NoOptions, ctx: &BuildContext) -> Result<Self> {
         Ok(Geglu::new(ctx.allows_cuda_only_ops()))
     }
 }
 
 impl Pass for Geglu {
-    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
-        if !self.enabled || ctx.target != Target::Cuda {
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        if !self.enabled {
             return Ok(None);
         }
         Ok(find(model, self.any_width))
@@ -134,7 +136,7 @@ fn geglu_at(index: &GraphIndex, facts: &Inference, i: usize, node: &NodeProto, a
         if index.is_graph_output(&y) || others.iter().any(|&c| !is_op(index.node(c), "Shape")) {
             continue;
         }
-        let Some(bias) = bias_add(index, facts, &y) else { continue };
+        let Some(bias) = matmul_bias_add(index, facts, &y) else { continue };
         let n = bias.width;
         if facts.shape(&y).map(Vec::len) != Some(3) || (!any_width && !SUPPORTED_WIDTHS.contains(&n)) {
             continue;
@@ -145,131 +147,9 @@ fn geglu_at(index: &GraphIndex, facts: &Inference, i: usize, node: &NodeProto, a
         }
         nodes.extend(split_nodes);
         nodes.extend(gelu.nodes);
-        return Some(Found { matmul_out: bias.matmul_out, bias: bias.bias, output: node.output[0].clone(), nodes });
+        return Some(Found { matmul_out: bias.x, bias: bias.bias, output: node.output[0].clone(), nodes });
     }
     None
-}
-
-/// A `MatMul -> Add(constant bias)` producing `y`.
-pub(crate) struct BiasAdd {
-    pub add: usize,
-    pub matmul_out: String,
-    pub bias: String,
-    /// The bias length, which is also the last dimension of the MatMul output and of `y`.
-    pub width: i64,
-}
-
-/// `y = Add(m, b)` or `Add(b, m)` with `m` the output of a MatMul read by the Add alone and `b` a float
-/// or float16 constant of shape [n], n the last dimension of `m` (and of the same type).
-pub(crate) fn bias_add(index: &GraphIndex, facts: &Inference, y: &str) -> Option<BiasAdd> {
-    let add = index.producer_op(y, "Add")?;
-    let node = index.node(add);
-    if node.input.len() != 2 {
-        return None;
-    }
-    for (m, b) in [(0, 1), (1, 0)] {
-        let (m, b) = (&node.input[m], &node.input[b]);
-        if m == b || index.producer_op(m, "MatMul").is_none() || index.single_consumer(m) != Some(add) {
-            continue;
-        }
-        let Some(c) = facts.value(b) else { continue };
-        let dt = facts.dtype(m);
-        if facts.dtype(b) != dt || !matches!(dt, Some(dtype::FLOAT | dtype::FLOAT16)) || c.shape().len() != 1 {
-            continue;
-        }
-        let width = c.shape()[0] as i64;
-        let last = facts.shape(m).and_then(|s| s.last().copied().flatten());
-        if last != Some(width) || width <= 0 {
-            continue;
-        }
-        return Some(BiasAdd { add, matmul_out: m.clone(), bias: b.clone(), width });
-    }
-    None
-}
-
-/// A GELU: its input and its nodes.
-pub(crate) struct Gelu {
-    pub input: String,
-    pub nodes: Vec<usize>,
-}
-
-/// The exact GELU whose last node is `end`: a `Gelu` op (default or com.microsoft domain, `approximate`
-/// "none"), or `x * 0.5 * (1 + Erf(x / sqrt 2))` with its products in any order (`x / sqrt 2` may be
-/// `x * (1 / sqrt 2)`). Every node but the ones reading x must be read only inside the formula.
-pub(crate) fn gelu_ending_in(index: &GraphIndex, facts: &Inference, end: usize) -> Option<Gelu> {
-    let node = index.node(end);
-    if node.op_type() == "Gelu" && matches!(node.domain(), "" | "ai.onnx" | "com.microsoft") {
-        let exact = attr_string(node, "approximate").is_none_or(|a| a == "none");
-        return (exact && node.input.len() == 1 && !node.input[0].is_empty())
-            .then(|| Gelu { input: node.input[0].clone(), nodes: vec![end] });
-    }
-    if !is_op(node, "Mul") || node.input.len() != 2 {
-        return None;
-    }
-    // The product's factors, one level of inner Muls expanded: three leaves.
-    let mut nodes = vec![end];
-    let mut leaves: Vec<&String> = Vec::new();
-    for input in &node.input {
-        match index.producer_op(input, "Mul") {
-            Some(p) if index.single_consumer(input) == Some(end) && index.node(p).input.len() == 2 => {
-                nodes.push(p);
-                leaves.extend(index.node(p).input.iter());
-            }
-            _ => leaves.push(input),
-        }
-    }
-    if leaves.len() != 3 {
-        return None;
-    }
-    let half = leaves.iter().position(|v| scalar(facts, v).is_some_and(|c| (c - 0.5).abs() < 1e-6))?;
-    leaves.remove(half);
-    for (x, t) in [(0, 1), (1, 0)] {
-        let (x, t) = (leaves[x], leaves[t]);
-        if let Some(erf_nodes) = one_plus_erf(index, facts, t, x, &nodes) {
-            nodes.extend(erf_nodes);
-            return Some(Gelu { input: x.clone(), nodes });
-        }
-    }
-    None
-}
-
-/// The nodes of `t = 1 + Erf(x / sqrt 2)` (or `x * (1 / sqrt 2)`), each read by the next alone; `t` is
-/// read by one of `readers`.
-fn one_plus_erf(index: &GraphIndex, facts: &Inference, t: &str, x: &str, readers: &[usize]) -> Option<Vec<usize>> {
-    let add = index.producer_op(t, "Add")?;
-    if !index.single_consumer(t).is_some_and(|c| readers.contains(&c)) {
-        return None;
-    }
-    let a = index.node(add);
-    let erf_out = a.input.iter().find(|v| index.producer_op(v, "Erf").is_some())?;
-    let one = a.input.iter().find(|v| *v != erf_out)?;
-    if a.input.len() != 2 || !scalar(facts, one).is_some_and(|c| (c - 1.0).abs() < 1e-6) {
-        return None;
-    }
-    let erf = index.producer_op(erf_out, "Erf")?;
-    if index.single_consumer(erf_out) != Some(add) {
-        return None;
-    }
-    let scaled = index.node(erf).input.first()?;
-    let s = index.producer(scaled)?;
-    let sn = index.node(s);
-    if index.single_consumer(scaled) != Some(erf) || sn.input.len() != 2 || sn.input[0] != x {
-        return None;
-    }
-    let c = scalar(facts, &sn.input[1])?;
-    let ok = match sn.op_type() {
-        "Div" if sn.domain().is_empty() => (c - std::f64::consts::SQRT_2).abs() < 1e-4,
-        "Mul" if sn.domain().is_empty() => (c - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-4,
-        _ => false,
-    };
-    ok.then(|| vec![add, erf, s])
-}
-
-/// The value of a one-element float constant.
-fn scalar(facts: &Inference, value: &str) -> Option<f64> {
-    let c = facts.value(value)?;
-    let f = c.floats();
-    (f.len() == 1 && facts.dtype(value).is_some_and(crate::onnx::tensor::is_float)).then(|| f[0])
 }
 
 /// `h` and `gate` as the first and second half of one value `y` along its last axis: the two outputs of a
@@ -321,10 +201,13 @@ pub(crate) mod tests {
     use ndarray::{Array1, ArrayD, IxDyn};
 
     use super::*;
+    use crate::manifest::PassRecord;
+    use crate::onnx::dtype;
     use crate::onnx::{ModelProto, tensor};
-    use crate::passes::test_util::{noise, tiny};
-    use crate::passes::{Cleanup, PassManager, PassRecord};
-    use crate::settings::Precision;
+    use crate::passes::testing::count;
+    use crate::passes::testing::{noise, tiny};
+    use crate::passes::{Cleanup, PassManager};
+    use crate::settings::{ExecutionProvider, Precision};
 
     /// How the synthetic GEGLU is written.
     #[derive(Debug, Clone, Copy)]
@@ -412,12 +295,8 @@ pub(crate) mod tests {
         OnnxModel::from_proto(m, None)
     }
 
-    fn run(model: &mut OnnxModel, pass: Geglu, target: Target) -> PassRecord {
+    fn run(model: &mut OnnxModel, pass: Geglu, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(pass).run(model, &PassContext::new(target)).unwrap().remove(0)
-    }
-
-    fn count(m: &OnnxModel, op: &str) -> usize {
-        m.graph().node.iter().filter(|n| n.op_type() == op).count()
     }
 
     fn forced() -> Geglu {
@@ -430,7 +309,7 @@ pub(crate) mod tests {
             for n in SUPPORTED_WIDTHS {
                 let k = n as usize / 8;
                 let mut m = geglu_graph(k, n as usize, form);
-                let r = run(&mut m, Geglu::new(true), Target::Cuda);
+                let r = run(&mut m, Geglu::new(true), ExecutionProvider::Cuda);
                 assert_eq!((r.rewrites, r.nodes_after), (1, 2), "{form:?} {n}: {r:?}");
                 let fused = m.graph().node.iter().find(|n| n.op_type() == "BiasSplitGelu").unwrap();
                 assert_eq!(
@@ -439,7 +318,7 @@ pub(crate) mod tests {
                 );
                 assert_eq!(m.opset("com.microsoft"), Some(1));
                 let again = m.proto().clone();
-                assert!(run(&mut m, Geglu::new(true), Target::Cuda).unchanged(), "{form:?}: not idempotent");
+                assert!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).unchanged(), "{form:?}: not idempotent");
                 assert_eq!(m.proto(), &again);
             }
         }
@@ -451,37 +330,39 @@ pub(crate) mod tests {
             // A width the kernel does not take (1280 would be the half width of 2560: the check is on n).
             for n in [1280, 2048, 20480] {
                 let mut m = geglu_graph(64, n, form);
-                assert!(run(&mut m, Geglu::new(true), Target::Cuda).unchanged(), "{form:?} {n}");
+                assert!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).unchanged(), "{form:?} {n}");
             }
-            for target in [Target::Cpu, Target::OpenVino, Target::TensorRt] {
+            for target in [ExecutionProvider::Cpu, ExecutionProvider::OpenVino, ExecutionProvider::TensorRt] {
                 let mut m = geglu_graph(320, 2560, form);
                 assert!(run(&mut m, Geglu::new(true), target).unchanged(), "{form:?} {target}");
             }
             let mut m = geglu_graph(320, 2560, form);
-            assert!(run(&mut m, Geglu::new(false), Target::Cuda).unchanged());
+            assert!(run(&mut m, Geglu::new(false), ExecutionProvider::Cuda).unchanged());
         }
         // Built from a profile: only cuda with cuda_only_fusions enables it.
-        for (target, on, enabled) in
-            [(Target::Cuda, true, true), (Target::Cuda, false, false), (Target::Cpu, true, false)]
-        {
+        for (target, on, enabled) in [
+            (ExecutionProvider::Cuda, true, true),
+            (ExecutionProvider::Cuda, false, false),
+            (ExecutionProvider::Cpu, true, false),
+        ] {
             let mut ctx = BuildContext::new(target, Precision::Fp16);
             ctx.cuda_only_fusions = on;
-            let pass = crate::passes::registry::build_from_str::<Geglu>("", &ctx).unwrap();
+            let pass = crate::passes::options::build_from_str::<Geglu>("", &ctx).unwrap();
             assert_eq!(pass.enabled, enabled);
         }
-        let ctx = BuildContext::new(Target::Cuda, Precision::Fp16);
-        assert!(crate::passes::registry::build_from_str::<Geglu>("widths = [1]", &ctx).is_err());
+        let ctx = BuildContext::new(ExecutionProvider::Cuda, Precision::Fp16);
+        assert!(crate::passes::options::build_from_str::<Geglu>("widths = [1]", &ctx).is_err());
     }
 
     /// Why the op is CUDA-only: ONNX Runtime's CPU EP has no BiasSplitGelu kernel, a session does not load.
     #[test]
     fn the_cpu_ep_has_no_bias_split_gelu() {
         let mut m = geglu_graph(320, 2560, FORMS[0]);
-        assert_eq!(run(&mut m, Geglu::new(true), Target::Cuda).rewrites, 1);
+        assert_eq!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).rewrites, 1);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("geglu.onnx");
         m.save(&path).unwrap();
-        let runtime = crate::runtime::Runtime::new(Target::Cpu, None).unwrap();
+        let runtime = crate::runtime::Runtime::new(ExecutionProvider::Cpu, None).unwrap();
         let err = runtime.load(&path).err().expect("no CPU kernel for BiasSplitGelu").to_string();
         eprintln!("BiasSplitGelu on the CPU EP: {err}");
     }
@@ -492,20 +373,20 @@ pub(crate) mod tests {
         let form = Form { native_gelu: false, slices: true };
         let mut m = geglu_graph(320, 2560, form);
         m.graph_mut().output.push(make_tensor_value_info("gate", dtype::FLOAT, None));
-        assert!(run(&mut m, Geglu::new(true), Target::Cuda).unchanged());
+        assert!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).unchanged());
         let mut m = geglu_graph(320, 2560, form);
         let e0 = m.graph_mut().initializer.iter_mut().find(|t| t.name() == "e0").unwrap();
         *e0 = i64_init("e0", &[1000]);
-        assert!(run(&mut m, Geglu::new(true), Target::Cuda).unchanged());
+        assert!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).unchanged());
         let mut m = geglu_graph(320, 2560, Form { native_gelu: true, slices: false });
         let gelu = m.graph_mut().node.iter_mut().find(|n| n.op_type() == "Gelu").unwrap();
         gelu.attribute.push(crate::onnx::make_attr_string("approximate", "tanh"));
-        assert!(run(&mut m, Geglu::new(true), Target::Cuda).unchanged());
+        assert!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).unchanged());
         // The halves swapped (GELU of the first half): not what BiasSplitGelu computes.
         let mut m = geglu_graph(320, 2560, Form { native_gelu: true, slices: false });
         let split = m.graph_mut().node.iter_mut().find(|n| n.op_type() == "Split").unwrap();
         split.output.swap(0, 1);
-        assert!(run(&mut m, Geglu::new(true), Target::Cuda).unchanged());
+        assert!(run(&mut m, Geglu::new(true), ExecutionProvider::Cuda).unchanged());
     }
 
     /// The matcher finds the GEGLU of every transformer block of the tiny SDXL UNets (both exporters), as
@@ -515,19 +396,19 @@ pub(crate) mod tests {
         for name in ["tiny-sdxl/unet", "tiny-sdxl-dynamo/unet", "tiny-sd/unet", "tiny-sd-dynamo/unet"] {
             let blocks = if name.starts_with("tiny-sdxl") { 8 } else { 4 };
             let exported = OnnxModel::load(tiny(name)).unwrap();
-            let r = run(&mut exported.clone(), forced(), Target::Cuda);
+            let r = run(&mut exported.clone(), forced(), ExecutionProvider::Cuda);
             eprintln!("{name} as exported: {} GEGLUs", r.rewrites);
             assert_eq!(r.rewrites, blocks, "{name} as exported: {r:?}");
             let mut model = exported;
-            PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(Target::Cuda)).unwrap();
+            PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(ExecutionProvider::Cuda)).unwrap();
             // The tiny widths are not ones the kernel takes.
-            assert!(run(&mut model.clone(), Geglu::new(true), Target::Cuda).unchanged(), "{name}");
-            let r = run(&mut model, forced(), Target::Cuda);
+            assert!(run(&mut model.clone(), Geglu::new(true), ExecutionProvider::Cuda).unchanged(), "{name}");
+            let r = run(&mut model, forced(), ExecutionProvider::Cuda);
             eprintln!("{name}: {} GEGLUs, {} -> {} nodes", r.rewrites, r.nodes_before, r.nodes_after);
             assert_eq!(r.rewrites, blocks, "{name}: {r:?}");
             assert_eq!(count(&model, "BiasSplitGelu"), blocks);
             assert_eq!(count(&model, "Erf") + count(&model, "Gelu"), 0, "{name}");
-            assert!(run(&mut model, forced(), Target::Cuda).unchanged(), "{name}: not idempotent");
+            assert!(run(&mut model, forced(), ExecutionProvider::Cuda).unchanged(), "{name}: not idempotent");
         }
     }
 }

@@ -65,12 +65,8 @@ use crate::onnx::infer::Inference;
 use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_float, attr_int, attr_ints, dtype, is_op, tensor,
 };
-use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec, Target};
-
-/// NCHW -> NHWC.
-const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
-/// NHWC -> NCHW.
-const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
+use crate::passes::layout::{TO_NCHW, TO_NHWC, transpose};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// The group-norm pass (see the module docs). Built enabled only when CUDA-only fusions are allowed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,6 +86,7 @@ impl PassSpec for GroupNorm {
     const SUMMARY: &'static str = "GroupNorm (+SiLU, +residual Add) becomes com.microsoft GroupNorm / SkipGroupNorm, \
                                    channels-last (cuda with `cuda_only_fusions` only)";
     type Options = NoOptions;
+    const CUDA_ONLY: bool = true;
     fn build(_: NoOptions, ctx: &BuildContext) -> Result<Self> {
         Ok(GroupNorm { enabled: ctx.allows_cuda_only_ops() })
     }
@@ -182,8 +179,8 @@ pub fn kernel_accepts(channels: usize, groups: usize) -> bool {
 }
 
 impl Pass for GroupNorm {
-    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
-        if !self.enabled || ctx.target != Target::Cuda {
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        if !self.enabled {
             return Ok(None);
         }
         let index = GraphIndex::new(model);
@@ -200,10 +197,6 @@ impl Pass for GroupNorm {
         }
         Ok((!patch.is_empty()).then_some(patch))
     }
-}
-
-fn transpose(input: &str, output: &str, perm: &[i64]) -> NodeProto {
-    NodeBuilder::new("Transpose").inputs([input]).outputs([output]).attr_ints("perm", perm).build()
 }
 
 fn emit(index: &GraphIndex, patch: &mut Patch, m: &Match) {

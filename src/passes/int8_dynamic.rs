@@ -47,65 +47,31 @@ use bytes::Bytes;
 use crate::Result;
 use crate::onnx::tensor::tensor_from_raw;
 use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, is_op};
-use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
+use crate::passes::quantize::quantize_per_column;
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec};
+use crate::settings::ExecutionProvider;
 
 /// The label a QDQ DequantizeLinear carries in its doc_string.
 pub const QDQ_LABEL: &str = "dfast int8-dynamic, format qdq: weight-only int8 (per-channel symmetric weights); \
                              activations stay float, since dynamic activation quantization has no QDQ form \
                              without calibration";
 
-/// Largest int8 value of a symmetric quantization (the range is -127..=127, as ONNX Runtime's).
-const QMAX: f32 = 127.0;
-
-/// The seed's single exclude list, `(in_features, out_features)` pairs found by timing each linear shape on
-/// SDXL: the default wherever neither the profile nor the model card gives one.
-pub const SEED_INT8_EXCLUDE: [(usize, usize); 19] = [
-    (1280, 640),
-    (1920, 1280),
-    (1920, 640),
-    (2048, 1280),
-    (2048, 2560),
-    (2560, 1280),
-    (256, 128),
-    (2816, 1280),
-    (320, 640),
-    (512, 1536),
-    (512, 256),
-    (512, 512),
-    (640, 1280),
-    (640, 1920),
-    (640, 320),
-    (640, 5120),
-    (640, 640),
-    (960, 320),
-    (960, 640),
-];
-
-/// What the pass emits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Int8Format {
-    /// `DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul` (ONNX Runtime CPU / CUDA).
-    Dynamic,
-    /// Weight-only `DequantizeLinear -> MatMul` (OpenVINO, TensorRT).
-    Qdq,
+crate::settings::named_enum! {
+    /// What the pass emits.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Int8Format {
+        /// `DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul` (ONNX Runtime CPU / CUDA).
+        Dynamic = "dynamic",
+        /// Weight-only `DequantizeLinear -> MatMul` (OpenVINO, TensorRT).
+        Qdq = "qdq",
+    }
 }
 
 impl Int8Format {
     /// The format an execution provider runs best: the dynamic pattern on ONNX Runtime's own EPs, QDQ on
     /// the EPs that only take QDQ models.
-    pub fn default_for(target: Target) -> Self {
-        match target {
-            Target::Cpu | Target::Cuda => Int8Format::Dynamic,
-            Target::TensorRt | Target::OpenVino => Int8Format::Qdq,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Int8Format::Dynamic => "dynamic",
-            Int8Format::Qdq => "qdq",
-        }
+    pub fn default_for(target: ExecutionProvider) -> Self {
+        if target.runs_contrib_ops() { Int8Format::Dynamic } else { Int8Format::Qdq }
     }
 }
 
@@ -121,10 +87,10 @@ pub struct Int8Dynamic {
 
 impl Int8Dynamic {
     /// The seed's settings (in > 16, the seed's exclude list) in the format `target` runs best.
-    pub fn seed(target: Target) -> Self {
+    pub fn seed(target: ExecutionProvider) -> Self {
         Int8Dynamic {
             min_in_features: 16,
-            exclude: SEED_INT8_EXCLUDE.to_vec(),
+            exclude: crate::passes::SEED_INT8_EXCLUDE.to_vec(),
             format: Int8Format::default_for(target),
         }
     }
@@ -315,42 +281,9 @@ fn add_dynamic_quantize(index: &GraphIndex, patch: &mut Patch, x: &str) -> Quant
     a
 }
 
-/// Symmetric per-column int8 of a row-major float32 [k, n] matrix given as little-endian bytes: scale_j =
-/// max_i |w_ij| / 127, q_ij = round_half_even(w_ij / scale_j). Returns the int8 values (as bytes) and the
-/// scales, or None when a value is not finite.
-pub(crate) fn quantize_per_column(bytes: &[u8], k: usize, n: usize) -> Option<(Vec<u8>, Vec<f32>)> {
-    let row_bytes = n.checked_mul(4)?;
-    if n == 0 || bytes.len() != k.checked_mul(row_bytes)? {
-        return None;
-    }
-    let value = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    let mut absmax = vec![0f32; n];
-    for row in bytes.chunks_exact(row_bytes) {
-        for (m, c) in absmax.iter_mut().zip(row.chunks_exact(4)) {
-            let v = value(c);
-            if !v.is_finite() {
-                return None;
-            }
-            *m = m.max(v.abs());
-        }
-    }
-    // A column of zeros (or of values so small that the scale would not be a normal float) quantizes to 0
-    // with scale 1: dividing by a zero or subnormal scale would give infinities.
-    let scales: Vec<f32> = absmax.iter().map(|&m| if (m / QMAX).is_normal() { m / QMAX } else { 1.0 }).collect();
-    let live: Vec<bool> = absmax.iter().map(|&m| (m / QMAX).is_normal()).collect();
-    let mut values = Vec::with_capacity(k * n);
-    for row in bytes.chunks_exact(row_bytes) {
-        for ((c, &s), &l) in row.chunks_exact(4).zip(&scales).zip(&live) {
-            let q = if l { (value(c) / s).round_ties_even().clamp(-QMAX, QMAX) } else { 0.0 };
-            values.push(q as i8 as u8);
-        }
-    }
-    Some((values, scales))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::HashMap;
+
     use std::path::{Path, PathBuf};
 
     use ndarray::{ArrayD, IxDyn};
@@ -359,49 +292,9 @@ pub(crate) mod tests {
     use crate::onnx::tensor::tensor_from_f32;
     use crate::onnx::{ModelProto, NodeProto, make_tensor_value_info};
     use crate::passes::PassManager;
-    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
-
-    /// Deterministic standard-normal values (xorshift + Box-Muller).
-    pub(crate) fn normal(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut uniform = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        };
-        (0..n)
-            .map(|_| {
-                let (a, b) = (uniform(), uniform());
-                ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
-            })
-            .collect()
-    }
-
-    pub(crate) fn array(shape: &[usize], seed: u64) -> ArrayD<f32> {
-        ArrayD::from_shape_vec(IxDyn(shape), normal(shape.iter().product(), seed)).unwrap()
-    }
-
-    pub(crate) use crate::passes::test_util::relative_l2;
-
-    pub(crate) fn count(model: &OnnxModel, op: &str) -> usize {
-        model.graph().node.iter().filter(|n| n.op_type() == op).count()
-    }
-
-    /// Saves `model` and runs it on ONNX Runtime's CPU EP.
-    pub(crate) fn run(
-        model: &OnnxModel,
-        dir: &Path,
-        name: &str,
-        feeds: &[(String, ArrayD<f32>)],
-    ) -> HashMap<String, ArrayD<f32>> {
-        let path = dir.join(format!("{name}.onnx"));
-        model.save(&path).unwrap();
-        let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-        let mut session = runtime.load(&path).unwrap();
-        let feeds = feeds.iter().map(|(n, a)| (n.as_str(), HostTensor::F32(a.clone()))).collect();
-        session.run(feeds).unwrap()
-    }
+    use crate::passes::testing::{array, count, normal, relative_l2, run};
+    use crate::runtime::Runtime;
+    use crate::settings::ExecutionProvider;
 
     fn matmul(x: &str, w: &str, y: &str) -> NodeProto {
         NodeBuilder::new("MatMul").inputs([x, w]).outputs([y]).build()
@@ -441,8 +334,8 @@ pub(crate) mod tests {
         ]
     }
 
-    fn rewrite(pass: Int8Dynamic, model: &mut OnnxModel) -> crate::passes::PassRecord {
-        let records = PassManager::new().with(pass).run(model, &PassContext::new(Target::Cpu)).unwrap();
+    fn rewrite(pass: Int8Dynamic, model: &mut OnnxModel) -> crate::manifest::PassRecord {
+        let records = PassManager::new().with(pass).run(model, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
         records.into_iter().next().unwrap()
     }
 
@@ -455,7 +348,7 @@ pub(crate) mod tests {
         // The seed's list excludes 320x640: only the two readers of wb are quantized, sharing one
         // DynamicQuantizeLinear and one int8 weight.
         let mut seed = original.clone();
-        let record = rewrite(Int8Dynamic::seed(Target::Cpu), &mut seed);
+        let record = rewrite(Int8Dynamic::seed(ExecutionProvider::Cpu), &mut seed);
         assert_eq!((record.rewrites, record.rounds), (2, 1));
         assert_eq!(count(&seed, "MatMulInteger"), 2);
         assert_eq!(count(&seed, "DynamicQuantizeLinear"), 1);
@@ -468,7 +361,7 @@ pub(crate) mod tests {
 
         // With no exclude list, 320x640 goes too; in = 16 and the non-constant weight never do.
         let mut all = original.clone();
-        let pass = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(Target::Cpu) };
+        let pass = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(ExecutionProvider::Cpu) };
         assert_eq!(rewrite(pass.clone(), &mut all).rewrites, 3);
         assert_eq!(
             (count(&all, "MatMulInteger"), count(&all, "MatMul"), count(&all, "DynamicQuantizeLinear")),
@@ -481,7 +374,7 @@ pub(crate) mod tests {
             assert!(err <= limit, "{name}: relative L2 {err:.2e}");
         }
         // Idempotent: a second run finds nothing (the MatMulIntegers are not MatMuls).
-        assert!(pass.run(&all, &PassContext::new(Target::Cpu)).unwrap().is_none());
+        assert!(pass.run(&all, &PassContext::new(ExecutionProvider::Cpu)).unwrap().is_none());
 
         // min_in_features is a strict bound: 16 is excluded by default, included with 15.
         let mut low = original.clone();
@@ -495,7 +388,7 @@ pub(crate) mod tests {
         let original = synthetic();
         let want = run(&original, dir.path(), "original", &synthetic_feeds());
         let mut model = original.clone();
-        let pass = from_options("", Target::OpenVino).unwrap();
+        let pass = from_options("", ExecutionProvider::OpenVino).unwrap();
         assert_eq!(pass.format, Int8Format::Qdq);
         assert_eq!(rewrite(pass.clone(), &mut model).rewrites, 2);
         assert_eq!((count(&model, "DequantizeLinear"), count(&model, "MatMul")), (1, 5));
@@ -508,7 +401,7 @@ pub(crate) mod tests {
             let err = relative_l2(&got[name], w);
             assert!(err <= 1e-2, "{name}: relative L2 {err:.2e}");
         }
-        assert!(pass.run(&model, &PassContext::new(Target::OpenVino)).unwrap().is_none());
+        assert!(pass.run(&model, &PassContext::new(ExecutionProvider::OpenVino)).unwrap().is_none());
     }
 
     #[test]
@@ -526,7 +419,7 @@ pub(crate) mod tests {
         for out in ["one_input", "batched", "with_nan", "no_activation"] {
             g.output.push(make_tensor_value_info(out, dtype::FLOAT, None));
         }
-        let pass = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(Target::Cpu) };
+        let pass = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(ExecutionProvider::Cpu) };
         // Only the three well-formed eligible MatMuls of `synthetic` are quantized.
         assert_eq!(rewrite(pass, &mut model).rewrites, 3);
     }
@@ -546,19 +439,20 @@ pub(crate) mod tests {
         assert!(quantize_per_column(&bytes, 2, 2).is_none(), "byte count must match the shape");
     }
 
-    fn from_options(text: &str, target: Target) -> Result<Int8Dynamic> {
+    fn from_options(text: &str, target: ExecutionProvider) -> Result<Int8Dynamic> {
         let ctx = BuildContext::new(target, crate::settings::Precision::Fp32);
-        crate::passes::registry::build_from_str::<Int8Dynamic>(text, &ctx)
+        crate::passes::options::build_from_str::<Int8Dynamic>(text, &ctx)
     }
 
     #[test]
     fn options_are_checked() {
-        let p = from_options("min_in_features = 32\nexclude = [[320, 640]]\nformat = \"qdq\"", Target::Cpu).unwrap();
+        let p = from_options("min_in_features = 32\nexclude = [[320, 640]]\nformat = \"qdq\"", ExecutionProvider::Cpu)
+            .unwrap();
         assert_eq!((p.min_in_features, p.exclude.as_slice(), p.format), (32, &[(320, 640)][..], Int8Format::Qdq));
-        let p = from_options("", Target::Cuda).unwrap();
+        let p = from_options("", ExecutionProvider::Cuda).unwrap();
         assert_eq!((p.exclude.len(), p.format, p.min_in_features), (19, Int8Format::Dynamic, 16));
-        assert_eq!(from_options("", Target::TensorRt).unwrap().format, Int8Format::Qdq);
-        assert!(from_options("exclude = []", Target::Cpu).unwrap().exclude.is_empty());
+        assert_eq!(from_options("", ExecutionProvider::TensorRt).unwrap().format, Int8Format::Qdq);
+        assert!(from_options("exclude = []", ExecutionProvider::Cpu).unwrap().exclude.is_empty());
         for (text, expected) in [
             ("exclude = [[1280, 640], [3]]", "key `exclude[1]`"),
             ("exclude = 5", "key `exclude`: invalid type"),
@@ -567,7 +461,7 @@ pub(crate) mod tests {
             ("min_in_features = -1", "key `min_in_features`"),
             ("min_features = 16", "key `min_features`: unknown field"),
         ] {
-            let err = from_options(text, Target::Cpu).unwrap_err().to_string();
+            let err = from_options(text, ExecutionProvider::Cpu).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
             assert!(err.starts_with("[int8-dynamic]"), "{err}");
         }
@@ -646,11 +540,14 @@ pub(crate) mod tests {
                     eprintln!("{name} int8 {}: {out} relative L2 {err:.2e}", format.name());
                     assert!(err <= 5e-2, "{name} {format:?}: {out} relative L2 {err:.2e} > 5e-2");
                 }
-                assert!(pass.run(&model, &PassContext::new(Target::Cpu)).unwrap().is_none(), "{name}: not idempotent");
+                assert!(
+                    pass.run(&model, &PassContext::new(ExecutionProvider::Cpu)).unwrap().is_none(),
+                    "{name}: not idempotent"
+                );
             }
             // The seed's list names no tiny shape: the same MatMuls are quantized.
             let mut seed = original.clone();
-            assert_eq!(rewrite(Int8Dynamic::seed(Target::Cpu), &mut seed).rewrites, expected);
+            assert_eq!(rewrite(Int8Dynamic::seed(ExecutionProvider::Cpu), &mut seed).rewrites, expected);
         }
     }
 }

@@ -30,7 +30,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::int8_dynamic::quantize_per_column;
+use super::layout::permute_bytes;
+use super::quantize::quantize_per_column;
 use super::{BuildContext, Pass, PassContext, PassSpec};
 use crate::onnx::tensor::tensor_from_raw;
 use crate::onnx::{GraphIndex, NodeBuilder, OnnxModel, Patch, dtype, is_op};
@@ -276,12 +277,13 @@ impl Int8Static {
         // Per output channel: rows of [out, rest] for Conv, columns of [in, out] for MatMul.
         let (quantized, channels, axis) = if conv {
             let rest = dims[1..].iter().product::<usize>();
-            (quantize_per_column(transpose_f32(&bytes, dims[0], rest).as_slice(), rest, dims[0]), dims[0], 0)
+            (quantize_per_column(&permute_bytes(&bytes, &[dims[0], rest], &[1, 0], 4).0, rest, dims[0]), dims[0], 0)
         } else {
             (quantize_per_column(&bytes, dims[0], dims[1]), dims[1], 1)
         };
         let Some((values, scales)) = quantized else { return Ok(None) };
-        let values = if conv { transpose_u8(&values, dims[1..].iter().product(), dims[0]) } else { values };
+        let values =
+            if conv { permute_bytes(&values, &[dims[1..].iter().product(), dims[0]], &[1, 0], 1).0 } else { values };
         let names = [
             patch.fresh_name(index, &format!("{w}_quantized")),
             patch.fresh_name(index, &format!("{w}_scale")),
@@ -303,40 +305,18 @@ impl Int8Static {
     }
 }
 
-/// Row-major float32 [rows, cols] (little-endian bytes) to [cols, rows].
-fn transpose_f32(bytes: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let src = (r * cols + c) * 4;
-            let dst = (c * rows + r) * 4;
-            out[dst..dst + 4].copy_from_slice(&bytes[src..src + 4]);
-        }
-    }
-    out
-}
-
-/// Row-major bytes [rows, cols] to [cols, rows].
-fn transpose_u8(values: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    let mut out = vec![0u8; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use ndarray::ArrayD;
 
     use super::*;
-    use crate::passes::int8_dynamic::tests::{count, run, tiny_unet, unet_feeds};
-    use crate::passes::test_util::relative_l2;
-    use crate::passes::{PassManager, Target};
+    use crate::passes::PassManager;
+    use crate::passes::int8_dynamic::tests::{tiny_unet, unet_feeds};
+    use crate::passes::testing::relative_l2;
+    use crate::passes::testing::{count, run};
     use crate::runtime::calibration;
-    use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
+    use crate::runtime::{HostTensor, Runtime};
+    use crate::settings::ExecutionProvider;
 
     fn calibrated(model: &OnnxModel, feeds: &[(String, ArrayD<f32>)]) -> Int8Static {
         let pass = from_options("").unwrap();
@@ -360,7 +340,7 @@ mod tests {
             let activations = pass.targets(&original).len();
             let mut model = original.clone();
             let manager = PassManager::new().with(pass);
-            let record = &manager.run(&mut model, &PassContext::new(Target::OpenVino)).unwrap()[0];
+            let record = &manager.run(&mut model, &PassContext::new(ExecutionProvider::OpenVino)).unwrap()[0];
             eprintln!("{name}: {} rewrites, {activations} activations", record.rewrites);
             assert_eq!((record.rewrites, record.rounds), (expected, 1), "{name}");
             assert_eq!(count(&model, "QuantizeLinear"), activations, "{name}: one Q/DQ pair per activation");
@@ -380,21 +360,21 @@ mod tests {
                 assert!(err <= 5e-2 && err > 1e-5, "{name}: {out} relative L2 {err:.2e}");
             }
             // Idempotent: a second run finds nothing left to quantize.
-            let again = manager.run(&mut model, &PassContext::new(Target::OpenVino)).unwrap();
+            let again = manager.run(&mut model, &PassContext::new(ExecutionProvider::OpenVino)).unwrap();
             assert_eq!(again[0].rounds, 0, "{name}: not idempotent");
         }
     }
 
     fn from_options(text: &str) -> Result<Int8Static> {
-        let ctx = BuildContext::new(Target::OpenVino, crate::settings::Precision::Fp32);
-        crate::passes::registry::build_from_str::<Int8Static>(text, &ctx)
+        let ctx = BuildContext::new(ExecutionProvider::OpenVino, crate::settings::Precision::Fp32);
+        crate::passes::options::build_from_str::<Int8Static>(text, &ctx)
     }
 
     #[test]
     fn without_calibration_or_with_bad_options_it_says_so() {
         let model = OnnxModel::load(tiny_unet("tiny-sd")).unwrap();
         let pass = from_options("").unwrap();
-        let err = pass.run(&model, &PassContext::new(Target::OpenVino)).unwrap_err().to_string();
+        let err = pass.run(&model, &PassContext::new(ExecutionProvider::OpenVino)).unwrap_err().to_string();
         assert!(err.contains("--calibrate"), "{err}");
         for (text, expected) in [
             ("activation = \"u4\"", "unknown variant `u4`, expected `u8` or `s8`"),

@@ -11,7 +11,7 @@
 //! - never claim a node twice in one patch (check [`Patch::is_removed`]); the next round catches the rest;
 //! - be idempotent: on a graph it already rewrote, return `None` (the manager errors after
 //!   [`PassManager::DEFAULT_MAX_ROUNDS`] rounds, which catches a pass that keeps undoing itself);
-//! - choose rewrites per [`Target`] where the emitted op is not available everywhere;
+//! - choose rewrites per [`ExecutionProvider`] where the emitted op is not available everywhere;
 //! - take its options as a serde struct with `deny_unknown_fields` ([`PassSpec::Options`]) and be listed
 //!   once in [`registry::PASSES`]: profiles, `convert --help` and the README's table read that list;
 //! - have a test that compares outputs with the unrewritten graph.
@@ -25,14 +25,20 @@ pub mod conv1x1;
 pub mod fuse_qkv;
 pub mod geglu;
 pub mod group_norm;
+#[cfg(test)]
+mod infer_tests;
 pub mod int8_dynamic;
 pub mod int8_static;
+pub mod layout;
 pub mod nhwc_conv;
+mod options;
+pub(crate) mod pattern;
 pub mod precision;
+mod quantize;
 pub mod registry;
 pub mod skip_layer_norm;
 #[cfg(test)]
-pub(crate) mod test_util;
+pub(crate) mod testing;
 
 pub use attention::Attention;
 pub use bias_add::BiasAdd;
@@ -49,23 +55,43 @@ pub use nhwc_conv::NhwcConv;
 pub use precision::{OpPolicy, PrecisionPass};
 pub use skip_layer_norm::SkipLayerNorm;
 
-use serde::Serialize;
-
+use crate::manifest::PassRecord;
 use crate::onnx::{OnnxModel, Patch, apply_patch};
+use crate::settings::ExecutionProvider;
 use crate::{Error, Result};
 
-/// The execution provider a conversion targets: decides which fused ops a pass may emit. The same type
-/// that picks the EP of a session.
-pub use crate::runtime::ExecutionProvider as Target;
+/// The seed's single exclude list, `(in_features, out_features)` pairs found by timing each linear shape on
+/// SDXL: the default wherever neither the profile nor the model card gives one.
+pub const SEED_INT8_EXCLUDE: [(usize, usize); 19] = [
+    (1280, 640),
+    (1920, 1280),
+    (1920, 640),
+    (2048, 1280),
+    (2048, 2560),
+    (2560, 1280),
+    (256, 128),
+    (2816, 1280),
+    (320, 640),
+    (512, 1536),
+    (512, 256),
+    (512, 512),
+    (640, 1280),
+    (640, 1920),
+    (640, 320),
+    (640, 5120),
+    (640, 640),
+    (960, 320),
+    (960, 640),
+];
 
 /// What a pass may know about the conversion besides the model.
 #[derive(Debug, Clone)]
 pub struct PassContext {
-    pub target: Target,
+    pub target: ExecutionProvider,
 }
 
 impl PassContext {
-    pub fn new(target: Target) -> Self {
+    pub fn new(target: ExecutionProvider) -> Self {
         PassContext { target }
     }
 }
@@ -75,7 +101,7 @@ impl PassContext {
 /// `com.microsoft` ops may be emitted.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
-    pub target: Target,
+    pub target: ExecutionProvider,
     pub precision: crate::settings::Precision,
     pub int8_exclude: Vec<(usize, usize)>,
     /// The profile's `cuda_only_fusions`: fusions whose ops only ONNX Runtime's CUDA EP runs (BiasSplitGelu,
@@ -85,18 +111,13 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
-    pub fn new(target: Target, precision: crate::settings::Precision) -> Self {
-        BuildContext {
-            target,
-            precision,
-            int8_exclude: int8_dynamic::SEED_INT8_EXCLUDE.to_vec(),
-            cuda_only_fusions: false,
-        }
+    pub fn new(target: ExecutionProvider, precision: crate::settings::Precision) -> Self {
+        BuildContext { target, precision, int8_exclude: SEED_INT8_EXCLUDE.to_vec(), cuda_only_fusions: false }
     }
 
     /// True when a fusion into a CUDA-only op may be emitted (the target is cuda and the profile allows it).
     pub fn allows_cuda_only_ops(&self) -> bool {
-        self.cuda_only_fusions && self.target == Target::Cuda
+        self.cuda_only_fusions && self.target == ExecutionProvider::Cuda
     }
 }
 
@@ -121,37 +142,37 @@ pub trait PassSpec: Pass + Sized + 'static {
     const SUMMARY: &'static str;
     /// The pass's options as a profile's `[<name>]` table holds them (`deny_unknown_fields`).
     type Options: serde::de::DeserializeOwned;
+    /// Emits ops that only ONNX Runtime's CUDA EP runs: the pass is built enabled only where
+    /// [`BuildContext::allows_cuda_only_ops`], and runs only when the conversion targets cuda ([`boxed`]).
+    const CUDA_ONLY: bool = false;
     fn build(options: Self::Options, ctx: &BuildContext) -> Result<Self>;
+}
+
+/// A pass ready for a [`PassManager`]: a [`PassSpec::CUDA_ONLY`] pass does nothing unless the target is cuda.
+pub fn boxed<P: PassSpec>(pass: P) -> Box<dyn Pass> {
+    if P::CUDA_ONLY { Box::new(CudaOnly(pass)) } else { Box::new(pass) }
+}
+
+/// The gate of a [`PassSpec::CUDA_ONLY`] pass.
+struct CudaOnly<P>(P);
+
+impl<P: Pass> Pass for CudaOnly<P> {
+    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
+        if ctx.target != ExecutionProvider::Cuda {
+            return Ok(None);
+        }
+        self.0.run(model, ctx)
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        self.0.settings()
+    }
 }
 
 /// Options of a pass that takes none: any key is refused.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoOptions {}
-
-/// What one pass did, for the conversion manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct PassRecord {
-    pub pass: String,
-    pub nodes_before: usize,
-    pub nodes_after: usize,
-    pub initializers_before: usize,
-    pub initializers_after: usize,
-    /// Patterns rewritten, as counted by the pass (`Patch::count_rewrite`).
-    pub rewrites: usize,
-    /// Patches applied before the pass reached its fixed point.
-    pub rounds: usize,
-    /// The settings the pass ran with ([`Pass::settings`]), when it has any.
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub settings: serde_json::Value,
-}
-
-impl PassRecord {
-    /// True when the pass changed nothing.
-    pub fn unchanged(&self) -> bool {
-        self.rounds == 0
-    }
-}
 
 /// Runs passes in order, each to its fixed point.
 pub struct PassManager {
@@ -175,7 +196,7 @@ impl PassManager {
 
     /// Appends a pass.
     pub fn with<P: PassSpec>(mut self, pass: P) -> Self {
-        self.passes.push((P::NAME, Box::new(pass)));
+        self.passes.push((P::NAME, boxed(pass)));
         self
     }
 
@@ -245,9 +266,4 @@ fn in_pass(name: &str, e: Error) -> Error {
         Error::BadFile { .. } => e,
         other => other.in_context(format!("pass `{name}`")),
     }
-}
-
-/// The passes every conversion starts with.
-pub fn default_passes() -> PassManager {
-    PassManager::new().with(Cleanup)
 }

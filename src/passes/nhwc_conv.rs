@@ -65,12 +65,8 @@ use crate::onnx::{
     GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_int, attr_ints, attr_string, dtype, is_op,
     make_attr_int, make_tensor_value_info, tensor,
 };
-use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
-
-/// NCHW -> NHWC.
-pub const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
-/// NHWC -> NCHW.
-pub const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
+use crate::passes::layout::{TO_NCHW, TO_NHWC, permute_bytes, transpose};
+use crate::passes::{BuildContext, Pass, PassContext, PassSpec};
 
 /// The nhwc-conv pass (see the module docs). Built enabled only when CUDA-only fusions are allowed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,14 +100,15 @@ impl PassSpec for NhwcConv {
     const SUMMARY: &'static str = "channels-last UNet: Conv becomes NhwcConv, transposes cancelled across \
                                    layout-agnostic ops (cuda with `cuda_only_fusions` only)";
     type Options = Options;
+    const CUDA_ONLY: bool = true;
     fn build(options: Options, ctx: &BuildContext) -> Result<Self> {
         Ok(NhwcConv { enabled: options.enabled && ctx.allows_cuda_only_ops() })
     }
 }
 
 impl Pass for NhwcConv {
-    fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
-        if !self.enabled || ctx.target != Target::Cuda {
+    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
+        if !self.enabled {
             return Ok(None);
         }
         let index = GraphIndex::new(model);
@@ -225,33 +222,6 @@ fn kind(node: &NodeProto) -> Option<Kind> {
 fn nhwc_axis(a: i64) -> Option<i64> {
     let a = if a < 0 { a + 4 } else { a };
     [0, 3, 1, 2].get(usize::try_from(a).ok()?).copied()
-}
-
-/// Permutes a row-major tensor of `elem`-byte elements with shape `dims` by `perm` (output axis k is input
-/// axis perm[k]).
-pub fn permute_bytes(bytes: &[u8], dims: &[usize], perm: &[usize], elem: usize) -> (Vec<u8>, Vec<usize>) {
-    let rank = dims.len();
-    let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
-    let mut strides = vec![1usize; rank];
-    for k in (0..rank.saturating_sub(1)).rev() {
-        strides[k] = strides[k + 1] * dims[k + 1];
-    }
-    let src_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
-    let n: usize = dims.iter().product();
-    let mut out = Vec::with_capacity(n * elem);
-    let mut idx = vec![0usize; rank];
-    for _ in 0..n {
-        let off: usize = idx.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
-        out.extend_from_slice(&bytes[off * elem..(off + 1) * elem]);
-        for k in (0..rank).rev() {
-            idx[k] += 1;
-            if idx[k] < out_dims[k] {
-                break;
-            }
-            idx[k] = 0;
-        }
-    }
-    (out, out_dims)
 }
 
 /// The walk over the graph that assigns layouts (see the module docs).
@@ -602,10 +572,6 @@ impl<'a, 'm> Walk<'a, 'm> {
             }
         }
     }
-}
-
-fn transpose(input: &str, output: &str, perm: &[i64]) -> NodeProto {
-    NodeBuilder::new("Transpose").inputs([input]).outputs([output]).attr_ints("perm", perm).build()
 }
 
 #[cfg(test)]

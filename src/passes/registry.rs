@@ -5,8 +5,7 @@
 //! nothing here or in a pass reads a TOML table by hand. An option that does not fit is an [`OptionError`]
 //! that names the key; the caller adds the file and the table.
 
-use serde::de::DeserializeOwned;
-
+pub use super::options::{OptionError, parse_options};
 use super::{
     Attention, BuildContext, Cleanup, Conv1x1, FuseQkv, Int8Dynamic, Int8Static, Pass, PassSpec, PrecisionPass,
 };
@@ -16,6 +15,8 @@ use crate::Result;
 pub struct PassInfo {
     pub name: &'static str,
     pub summary: &'static str,
+    /// Emits ops only ONNX Runtime's CUDA EP runs ([`PassSpec::CUDA_ONLY`]).
+    pub cuda_only: bool,
     /// Checks one options table on its own (a profile's `[<pass>]` or `[ep.<ep>.<pass>]`).
     check: fn(&toml::Table) -> std::result::Result<(), OptionError>,
     build: fn(&toml::Table, &BuildContext) -> Result<Box<dyn Pass>>,
@@ -23,7 +24,7 @@ pub struct PassInfo {
 
 impl PassInfo {
     const fn of<P: PassSpec>() -> Self {
-        PassInfo { name: P::NAME, summary: P::SUMMARY, check: check::<P>, build: build::<P> }
+        PassInfo { name: P::NAME, summary: P::SUMMARY, cuda_only: P::CUDA_ONLY, check: check::<P>, build: build::<P> }
     }
 
     /// Checks that `options` are options of this pass (every key known, every value of the right type).
@@ -65,38 +66,6 @@ pub fn names() -> String {
     PASSES.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
 }
 
-/// An option that does not fit its pass: the key (dotted path inside the table; empty for the table itself)
-/// and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OptionError {
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for OptionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() { f.write_str(&self.message) } else { write!(f, "key `{}`: {}", self.key, self.message) }
-    }
-}
-
-impl std::error::Error for OptionError {}
-
-/// Deserializes `table` into options of type `O`, naming the key that does not fit.
-pub fn parse_options<O: DeserializeOwned>(table: &toml::Table) -> std::result::Result<O, OptionError> {
-    let value = toml::Value::Table(table.clone());
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        let message = e.into_inner().message().to_string();
-        // serde names an unknown field without its place; the key is the field itself.
-        let key = match (key.is_empty(), message.strip_prefix("unknown field `")) {
-            (true, Some(rest)) => rest.split('`').next().unwrap_or_default().to_string(),
-            _ => key,
-        };
-        OptionError { key, message }
-    })
-}
-
 fn check<P: PassSpec>(table: &toml::Table) -> std::result::Result<(), OptionError> {
     parse_options::<P::Options>(table).map(|_| ())
 }
@@ -104,23 +73,13 @@ fn check<P: PassSpec>(table: &toml::Table) -> std::result::Result<(), OptionErro
 fn build<P: PassSpec>(table: &toml::Table, ctx: &BuildContext) -> Result<Box<dyn Pass>> {
     let options =
         parse_options::<P::Options>(table).map_err(|e| crate::Error::bad_config(format!("[{}] {e}", P::NAME), e))?;
-    Ok(Box::new(P::build(options, ctx)?))
-}
-
-/// Builds pass `P` from options written as TOML text (for tests).
-#[cfg(test)]
-pub(crate) fn build_from_str<P: PassSpec>(text: &str, ctx: &BuildContext) -> Result<P> {
-    let table: toml::Table = text.parse().expect("valid TOML in a test");
-    let options =
-        parse_options::<P::Options>(&table).map_err(|e| crate::Error::bad_config(format!("[{}] {e}", P::NAME), e))?;
-    P::build(options, ctx)
+    Ok(super::boxed(P::build(options, ctx)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::Target;
-    use crate::settings::Precision;
+    use crate::settings::{ExecutionProvider, Precision};
 
     #[test]
     fn every_pass_is_listed_once_and_refuses_unknown_keys() {
@@ -145,7 +104,7 @@ mod tests {
         let table: toml::Table = "exclude = [[1280, 640], [320]]".parse().unwrap();
         let err = lookup("int8-dynamic").unwrap().check(&table).unwrap_err();
         assert!(err.key.starts_with("exclude"), "{err}");
-        let ctx = BuildContext::new(Target::Cpu, Precision::Fp16);
+        let ctx = BuildContext::new(ExecutionProvider::Cpu, Precision::Fp16);
         let err = lookup("attention").unwrap().build(&"op = 3".parse().unwrap(), &ctx).err().unwrap();
         assert!(err.to_string().starts_with("[attention] key `op`: invalid type"), "{err}");
     }

@@ -51,9 +51,10 @@ use std::collections::HashSet;
 use crate::Result;
 use crate::onnx::infer::{Inference, Shape};
 use crate::onnx::{
-    GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_float, attr_int, dtype, is_op, make_tensor_value_info,
+    GraphIndex, NodeBuilder, NodeProto, OnnxModel, Patch, attr_float, attr_int, is_op, make_tensor_value_info,
 };
-use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec, Target};
+use crate::passes::pattern::{BiasAdd, bias_add, const_vector, residual_shape};
+use crate::passes::{BuildContext, NoOptions, Pass, PassContext, PassSpec};
 
 /// The skip-layer-norm pass (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,7 +75,7 @@ const DEFAULT_EPSILON: f32 = 1e-5;
 
 impl Pass for SkipLayerNorm {
     fn run(&self, model: &OnnxModel, ctx: &PassContext) -> Result<Option<Patch>> {
-        if !matches!(ctx.target, Target::Cpu | Target::Cuda) {
+        if !ctx.target.runs_contrib_ops() {
             return Ok(None);
         }
         let index = GraphIndex::new(model);
@@ -137,18 +138,9 @@ struct Match {
     skip: String,
     gamma: String,
     beta: Option<String>,
-    bias: Option<BiasTerm>,
+    bias: Option<BiasAdd>,
     dtype: i32,
     shape: Shape,
-}
-
-/// `Add(x, bias)` with a constant 1-D bias, read by one node only.
-pub(crate) struct BiasTerm {
-    pub add: usize,
-    /// The computed operand.
-    pub x: String,
-    /// The constant bias (behind any Identity).
-    pub bias: String,
 }
 
 /// The residual + norm that LayerNormalization `ln` closes, if it can be rewritten.
@@ -185,7 +177,7 @@ fn matched(index: &GraphIndex, facts: &Inference, ln: &NodeProto) -> Option<Matc
     };
     // Fold the bias of one side when that side is a MatMul + bias read by the residual alone.
     let folded = [(a, b), (b, a)].into_iter().find_map(|(side, other)| {
-        let bias = bias_add(index, side, c, dt)?;
+        let bias = bias_add(index, side).filter(|b| b.width == c && b.dtype == dt)?;
         let from_matmul = index.producer_op(&bias.x, "MatMul").is_some();
         let same = facts.shape(&bias.x) == Some(&shape) && facts.dtype(&bias.x) == Some(dt);
         (from_matmul && same && index.single_consumer(side) == Some(add) && !index.is_graph_output(side))
@@ -198,61 +190,21 @@ fn matched(index: &GraphIndex, facts: &Inference, ln: &NodeProto) -> Option<Matc
     Some(Match { add, input, skip, gamma, beta, bias, dtype: dt, shape })
 }
 
-/// The common type and shape of the two sides of a residual Add: float32 or float16, rank 2 or 3, the last
-/// axis known, every other axis known and equal on both sides or unknown on both (no broadcasting).
-pub(crate) fn residual_shape(facts: &Inference, a: &str, b: &str) -> Option<(i32, Shape)> {
-    let dt = facts.dtype(a)?;
-    if facts.dtype(b) != Some(dt) || !matches!(dt, dtype::FLOAT | dtype::FLOAT16) {
-        return None;
-    }
-    let (sa, sb) = (facts.shape(a)?, facts.shape(b)?);
-    if sa.len() != sb.len() || !(2..=3).contains(&sa.len()) || sa.last()?.is_none() || sa != sb {
-        return None;
-    }
-    Some((dt, sa.clone()))
-}
-
-/// `value` produced by `Add(x, bias)` or `Add(bias, x)` with `bias` a constant of type `dt` and shape `[c]`
-/// and `x` computed.
-pub(crate) fn bias_add(index: &GraphIndex, value: &str, c: i64, dt: i32) -> Option<BiasTerm> {
-    let add = index.producer_op(value, "Add")?;
-    let node = index.node(add);
-    if node.input.len() != 2 || node.output.len() != 1 {
-        return None;
-    }
-    let (k, bias) = (0..2).find_map(|k| const_vector(index, &node.input[k], c, dt).map(|b| (k, b)))?;
-    let x = &node.input[1 - k];
-    if x.is_empty() || index.const_tensor(x).is_some() {
-        return None;
-    }
-    Some(BiasTerm { add, x: x.clone(), bias })
-}
-
-/// The name of the constant 1-D `[c]` tensor of type `dt` behind `value` (through Identity nodes).
-pub(crate) fn const_vector(index: &GraphIndex, value: &str, c: i64, dt: i32) -> Option<String> {
-    let mut value = value;
-    for _ in 0..8 {
-        match index.producer_op(value, "Identity").and_then(|p| index.node(p).input.first()) {
-            Some(input) if !input.is_empty() => value = input,
-            _ => break,
-        }
-    }
-    let t = index.const_tensor(value)?;
-    (t.data_type() == dt && t.dims == [c]).then(|| value.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use ndarray::{ArrayD, IxDyn};
 
     use super::*;
+    use crate::manifest::PassRecord;
+    use crate::onnx::dtype;
     use crate::onnx::{ModelProto, tensor};
+    use crate::passes::Cleanup;
     use crate::passes::PassManager;
-    use crate::passes::fuse_qkv::tests::{compare, count};
-    use crate::passes::test_util::{noise, tiny};
-    use crate::passes::{Cleanup, PassRecord};
+    use crate::passes::testing::{compare_small, count};
+    use crate::passes::testing::{noise, tiny};
+    use crate::settings::ExecutionProvider;
 
-    fn run(model: &mut OnnxModel, target: Target) -> PassRecord {
+    fn run(model: &mut OnnxModel, target: ExecutionProvider) -> PassRecord {
         PassManager::new().with(SkipLayerNorm).run(model, &PassContext::new(target)).unwrap().remove(0)
     }
 
@@ -312,7 +264,7 @@ mod tests {
             for sum_read in [false, true] {
                 let before = residual_graph(bias, sum_read);
                 let mut after = before.clone();
-                let r = run(&mut after, Target::Cpu);
+                let r = run(&mut after, ExecutionProvider::Cpu);
                 assert_eq!(r.rewrites, 1, "bias {bias}, sum {sum_read}");
                 assert_eq!(count(&after, "LayerNormalization"), 0);
                 let n = sln(&after);
@@ -330,8 +282,8 @@ mod tests {
                 }
                 assert_eq!(attr_float(n, "epsilon"), Some(1e-5));
                 assert!(after.opset("com.microsoft").is_some());
-                assert!(run(&mut after, Target::Cpu).unchanged(), "not idempotent");
-                let err = compare(&before, &after, 5);
+                assert!(run(&mut after, ExecutionProvider::Cpu).unchanged(), "not idempotent");
+                let err = compare_small(&before, &after, 5);
                 assert!(err <= 1e-5, "bias {bias}, sum {sum_read}: relative L2 {err:.2e}");
             }
         }
@@ -343,14 +295,14 @@ mod tests {
         let mut m = residual_graph(true, false);
         m.graph_mut().output.push(make_tensor_value_info("mb", dtype::FLOAT, None));
         let before = m.clone();
-        run(&mut m, Target::Cpu);
+        run(&mut m, ExecutionProvider::Cpu);
         assert_eq!(sln(&m).input, ["mb", "x", "gamma", "beta"]);
-        assert!(compare(&before, &m, 6) <= 1e-5);
+        assert!(compare_small(&before, &m, 6) <= 1e-5);
     }
 
     #[test]
     fn leaves_what_does_not_match() {
-        for target in [Target::OpenVino, Target::TensorRt] {
+        for target in [ExecutionProvider::OpenVino, ExecutionProvider::TensorRt] {
             let mut m = residual_graph(true, true);
             assert!(run(&mut m, target).unchanged(), "{target:?}");
         }
@@ -359,16 +311,16 @@ mod tests {
         let ln = m.graph_mut().node.iter_mut().find(|n| n.op_type() == "LayerNormalization").unwrap();
         ln.attribute.retain(|a| a.name() != "axis");
         ln.attribute.push(crate::onnx::make_attr_int("axis", 1));
-        assert!(run(&mut m, Target::Cpu).unchanged());
+        assert!(run(&mut m, ExecutionProvider::Cpu).unchanged());
         // A broadcasting Add (h [1, 5, 8]) is not a residual.
         let mut m = residual_graph(false, false);
         m.graph_mut().input[1] = make_tensor_value_info("h", dtype::FLOAT, Some(&[Some(1), Some(5), Some(8)]));
-        assert!(run(&mut m, Target::Cpu).unchanged());
+        assert!(run(&mut m, ExecutionProvider::Cpu).unchanged());
         // A bias Add alone (constant operand) is not a residual.
         let mut m = residual_graph(true, false);
         let ln = m.graph_mut().node.iter_mut().find(|n| n.op_type() == "LayerNormalization").unwrap();
         ln.input[0] = "mb".into();
-        assert!(run(&mut m, Target::Cpu).unchanged());
+        assert!(run(&mut m, ExecutionProvider::Cpu).unchanged());
     }
 
     /// (model, SkipLayerNormalization nodes): per transformer of two layers, norm2 and norm3 of both layers
@@ -379,10 +331,10 @@ mod tests {
     fn tiny_sdxl_unets_after_cleanup() {
         for (k, (name, expected)) in TINY.iter().enumerate() {
             let mut before = OnnxModel::load(tiny(name)).unwrap();
-            PassManager::new().with(Cleanup).run(&mut before, &PassContext::new(Target::Cpu)).unwrap();
+            PassManager::new().with(Cleanup).run(&mut before, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
             let lns = count(&before, "LayerNormalization");
             let mut after = before.clone();
-            let r = run(&mut after, Target::Cpu);
+            let r = run(&mut after, ExecutionProvider::Cpu);
             let fused = count(&after, "SkipLayerNormalization");
             let with_bias = after
                 .graph()
@@ -396,7 +348,7 @@ mod tests {
                 .iter()
                 .filter(|n| n.op_type() == "SkipLayerNormalization" && n.output.len() == 4)
                 .count();
-            let err = compare(&before, &after, 90 + k as u64);
+            let err = compare_small(&before, &after, 90 + k as u64);
             eprintln!(
                 "{name}: {lns} LayerNormalization -> {fused} SkipLayerNormalization ({with_bias} with bias, {with_sum} \
                  with the sum read), {} -> {} nodes, {} rounds, relative L2 {err:.2e}",
@@ -406,10 +358,10 @@ mod tests {
             assert_eq!(count(&after, "LayerNormalization"), lns - expected, "{name}");
             assert!(err <= 1e-5, "{name}: relative L2 {err:.2e}");
             let fused_proto = after.proto().clone();
-            assert!(run(&mut after, Target::Cpu).unchanged(), "{name}: not idempotent");
+            assert!(run(&mut after, ExecutionProvider::Cpu).unchanged(), "{name}: not idempotent");
             assert_eq!(after.proto(), &fused_proto);
             let mut ov = before.clone();
-            assert!(run(&mut ov, Target::OpenVino).unchanged(), "{name}: openvino");
+            assert!(run(&mut ov, ExecutionProvider::OpenVino).unchanged(), "{name}: openvino");
         }
     }
 
@@ -421,19 +373,21 @@ mod tests {
 
         use crate::passes::{OpPolicy, PrecisionPass};
         use crate::settings::Precision;
-        let full =
-            PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cpu) };
+        let full = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cpu)
+        };
         for (k, (name, _)) in TINY.iter().enumerate() {
             let mut before = OnnxModel::load(tiny(name)).unwrap();
-            PassManager::new().with(Cleanup).run(&mut before, &PassContext::new(Target::Cpu)).unwrap();
-            for pass in [full.clone(), PrecisionPass::new(Precision::Fp16, Target::Cpu)] {
+            PassManager::new().with(Cleanup).run(&mut before, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
+            for pass in [full.clone(), PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cpu)] {
                 let mut after = before.clone();
                 PassManager::new()
                     .with(SkipLayerNorm)
                     .with(pass)
-                    .run(&mut after, &PassContext::new(Target::Cpu))
+                    .run(&mut after, &PassContext::new(ExecutionProvider::Cpu))
                     .unwrap();
-                let err = compare(&before, &after, 120 + k as u64);
+                let err = compare_small(&before, &after, 120 + k as u64);
                 eprintln!("{name}: skip-layer-norm + fp16: relative L2 {err:.2e}");
                 assert!(err <= 1e-2, "{name}: fp16 relative L2 {err:.2e}");
             }
@@ -442,8 +396,8 @@ mod tests {
 
     #[test]
     fn options() {
-        let ctx = BuildContext::new(Target::Cpu, crate::settings::Precision::Fp32);
-        assert!(crate::passes::registry::build_from_str::<SkipLayerNorm>("", &ctx).is_ok());
-        assert!(crate::passes::registry::build_from_str::<SkipLayerNorm>("bias = true", &ctx).is_err());
+        let ctx = BuildContext::new(ExecutionProvider::Cpu, crate::settings::Precision::Fp32);
+        assert!(crate::passes::options::build_from_str::<SkipLayerNorm>("", &ctx).is_ok());
+        assert!(crate::passes::options::build_from_str::<SkipLayerNorm>("bias = true", &ctx).is_err());
     }
 }

@@ -147,7 +147,9 @@ pub fn classify_height_width_bin(height: usize, width: usize, table: &[Bin]) -> 
 
 /// `resize_and_crop_tensor(samples, new_width, new_height)` on `[batch, channels, H, W]`: scaled by the larger
 /// of the two ratios (sizes truncated to integers, as Python's `int()` does), resized bilinearly, then cropped
-/// around the center.
+/// around the center. Written out rather than taken from an image crate: the result must match torch's
+/// `F.interpolate` (its source-index arithmetic and edge clamping) to diffusers' numbers, which a general
+/// resizer does not promise.
 pub fn resize_and_crop(samples: &ArrayD<f32>, new_height: usize, new_width: usize) -> Result<ArrayD<f32>> {
     let samples = samples
         .view()

@@ -2,6 +2,7 @@
 
 pub mod binning;
 pub mod conditioning;
+mod generate;
 pub mod image;
 pub mod latents;
 pub mod model_dir;
@@ -11,83 +12,20 @@ pub mod prompt_file;
 pub mod tokenizer;
 pub mod torch_rng;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use ::image::RgbImage;
 use ndarray::{ArrayD, Axis, IxDyn, concatenate};
-use serde_json::Value;
 
-use crate::runtime::{EpOptions, HostTensor, Model, Runtime, SessionRole, format_dims};
-use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
+use crate::scheduler::{self, SchedulerConfig};
+use crate::settings::EpOptions;
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
-pub use model_dir::{HubLocation, PipelineDir, PipelineKind};
+pub(crate) use generate::{ChosenScheduler, apply_guidance, take_output};
+pub use generate::{GenerateOptions, Generated, HostShare, Timings, UnetRecorder};
+pub use model_dir::{DenoiserConfig, HubLocation, PipelineDir, PipelineKind, VaeConfig};
 use tokenizer::ClipTokenizer;
-
-/// What to generate. `None` fields take diffusers' pipeline defaults.
-#[derive(Debug, Clone, Default)]
-pub struct GenerateOptions {
-    pub prompt: String,
-    pub negative_prompt: Option<String>,
-    /// Default 50.
-    pub steps: Option<usize>,
-    /// Default 7.5 (SD) or 5.0 (SDXL); guidance is off at 1 or below.
-    pub guidance: Option<f32>,
-    pub seed: u64,
-    pub width: Option<usize>,
-    pub height: Option<usize>,
-    /// Another scheduler class, configured from the pipeline's scheduler config.
-    pub scheduler: Option<SchedulerKind>,
-    /// A scheduler_config.json to use instead of the pipeline's own.
-    pub scheduler_config: Option<PathBuf>,
-    /// Initial noise as diffusers' `latents=` takes it; else drawn from `seed` as torch does.
-    pub latents: Option<PathBuf>,
-    /// Images per prompt (diffusers' `num_images_per_prompt`); 0 means 1. The UNet sees twice as many
-    /// with guidance.
-    pub batch_size: usize,
-    /// PixArt: generate at the requested size instead of the nearest bin of the aspect-ratio table
-    /// (diffusers' `use_resolution_binning=False`).
-    pub no_resolution_binning: bool,
-}
-
-/// Where the time went, in seconds.
-#[derive(Debug, Clone, Default)]
-pub struct Timings {
-    pub text_encoding: f64,
-    pub unet_steps: Vec<f64>,
-    /// Per step, the host's part of `unet_steps`: scheduler arithmetic (guidance batch, input scaling,
-    /// guidance combination, the scheduler's step) and the latent copies in and out of the UNet session.
-    pub host_steps: Vec<HostShare>,
-    pub vae_decode: f64,
-    pub total: f64,
-}
-
-/// The host's work in one denoising step, in seconds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HostShare {
-    /// Everything in the step outside the UNet call: stacking the guidance batch, `scale_model_input`,
-    /// the guidance combination and `scheduler.step`.
-    pub scheduler: f64,
-    /// Moving the step's tensors in and out of the UNet session (`Model::take_transfer_seconds`).
-    pub copies: f64,
-}
-
-/// Generated images (one per image per prompt, `batch_size` of them) with their final latents (before VAE
-/// scaling).
-pub struct Generated {
-    pub images: Vec<RgbImage>,
-    pub latents: ArrayD<f32>,
-    pub timings: Timings,
-    pub warnings: Vec<String>,
-    pub width: usize,
-    pub height: usize,
-    pub steps: usize,
-    /// The guidance scale used (the pipeline's default when none was given).
-    pub guidance: f32,
-    /// The scheduler class that ran (diffusers' name).
-    pub scheduler: String,
-}
 
 /// A loaded pipeline, reusable for many images: a UNet pipeline (SD, SDXL) or PixArt-α.
 pub enum Pipeline {
@@ -113,16 +51,6 @@ pub struct UnetPipeline {
     unet_recorder: Option<UnetRecorder>,
     /// Warnings from loading (a folder converted for another EP), handed out with the first image.
     warnings: Vec<String>,
-}
-
-/// Called with the inputs of every UNet call.
-pub type UnetRecorder = Box<dyn FnMut(&[(&str, HostTensor)])>;
-
-impl Generated {
-    /// The first image.
-    pub fn image(&self) -> &RgbImage {
-        &self.images[0]
-    }
 }
 
 impl Pipeline {
@@ -219,12 +147,12 @@ impl UnetPipeline {
         let unet = load("unet", SessionRole::Unet)?;
         let vae_decoder = load("vae_decoder", SessionRole::Other)?;
         let io_binding = io_binding(runtime, &defaults)?;
-        let vae_config = dir.component_config("vae_decoder")?;
-        let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
+        let vae_config: VaeConfig = dir.config("vae_decoder")?;
+        let vae_scaling_factor = vae_config.scaling_factor.unwrap_or(0.18215);
         let vae_scale_factor = dir.vae_scale_factor()?;
-        let unet_config = dir.component_config("unet").unwrap_or(Value::Null);
-        let latent_channels = unet_config.get("in_channels").and_then(Value::as_u64).unwrap_or(4) as usize;
-        let sample_size = unet_config.get("sample_size").and_then(Value::as_u64).map(|s| s as usize);
+        let unet_config: DenoiserConfig = dir.config("unet").unwrap_or_default();
+        let latent_channels = unet_config.in_channels.unwrap_or(4);
+        let sample_size = unet_config.sample_size;
         let default_size = sample_size.map_or(
             match dir.kind {
                 PipelineKind::StableDiffusion => 512,
@@ -472,57 +400,16 @@ fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions, default_steps: usize
     )))
 }
 
-/// The scheduler a run uses: the pipeline's scheduler config (or `--scheduler-config`), as its own class or
-/// the one `--scheduler` names, set to `steps`; with that class's name and the config it was read from.
-pub(crate) struct ChosenScheduler {
-    pub scheduler: Box<dyn scheduler::Scheduler>,
-    pub name: String,
-    pub config: SchedulerConfig,
-}
-
-impl ChosenScheduler {
-    pub(crate) fn new(dir: &PipelineDir, opts: &GenerateOptions, steps: usize) -> Result<Self> {
-        let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
-        let config = SchedulerConfig::from_file(&config_path)?;
-        let name = match opts.scheduler {
-            Some(kind) => kind.class_name().to_string(),
-            None => config.class_name.clone().unwrap_or_default(),
-        };
-        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
-        scheduler.set_timesteps(steps)?;
-        Ok(ChosenScheduler { scheduler, name, config })
-    }
-}
-
-/// Classifier-free guidance on a model output stacked [unconditional; text] along the batch:
-/// `uncond + scale * (text - uncond)`.
-pub(crate) fn apply_guidance(out: &ArrayD<f32>, batch: usize, scale: f32) -> ArrayD<f32> {
-    let uncond = out.slice_axis(Axis(0), (0..batch).into());
-    let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
-    &uncond + &((&text - &uncond) * scale)
-}
-
-/// The named output, or the model's first output when it is named otherwise.
-pub(crate) fn take_output(
-    out: &mut std::collections::HashMap<String, ArrayD<f32>>,
-    model: &Model,
-    name: &str,
-) -> Result<ArrayD<f32>> {
-    if let Some(v) = out.remove(name) {
-        return Ok(v);
-    }
-    model
-        .output_names()
-        .first()
-        .and_then(|first| out.remove(first))
-        .ok_or_else(|| Error::bad_file(model.path(), format!("the model returned no float output `{name}`")))
-}
-
 /// Whether a session keeps the denoiser's inputs and output in device buffers bound to it (IoBinding): the EP
 /// option `io_binding` (a converted folder's, then the command line's), on by default where the EP has device
 /// memory (cuda, tensorrt). A CUDA graph replays a step on these fixed addresses, so it needs them.
 pub(crate) fn io_binding(runtime: &Runtime, defaults: &EpOptions) -> Result<bool> {
-    defaults.merged(runtime.options()).flag("io_binding", runtime.ep().device_memory())
+    let ep = runtime.ep();
+    let session = defaults
+        .merged(runtime.options())
+        .typed(ep)
+        .map_err(|e| Error::bad_config(format!("session options of the {ep} execution provider: {e}"), e))?;
+    Ok(session.common().io_binding.unwrap_or(ep.device_memory()))
 }
 
 /// The denoiser's noise-prediction output: `out_sample`, else its first output (the one bound with IoBinding).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::manifest::Manifest;
-use crate::runtime::{EpOptions, ExecutionProvider};
+use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The pipeline families dfast runs.
@@ -134,8 +134,16 @@ impl PipelineDir {
         self.root.join(component).join("model.onnx")
     }
 
+    /// A component's `config.json` as it is (the model cards match any of its fields).
     pub fn component_config(&self, component: &str) -> Result<Value> {
         read_json(&self.root.join(component).join("config.json"))
+    }
+
+    /// A component's `config.json`, the fields dfast reads ([`DenoiserConfig`], [`VaeConfig`]).
+    pub fn config<T: serde::de::DeserializeOwned>(&self, component: &str) -> Result<T> {
+        let path = self.root.join(component).join("config.json");
+        serde_json::from_value(read_json(&path)?)
+            .map_err(|e| Error::parse_file(&path, "a field dfast reads has an unexpected type", e))
     }
 
     pub fn scheduler_config(&self) -> PathBuf {
@@ -167,8 +175,8 @@ impl PipelineDir {
     /// Image pixels per latent pixel: 2^(VAE blocks - 1), from the VAE decoder's config (8 for every real
     /// checkpoint).
     pub fn vae_scale_factor(&self) -> Result<usize> {
-        let config = self.component_config("vae_decoder")?;
-        let blocks = config.get("block_out_channels").and_then(Value::as_array).map_or(4, Vec::len);
+        let config: VaeConfig = self.config("vae_decoder")?;
+        let blocks = config.block_out_channels.map_or(4, |b| b.len());
         Ok(1usize << blocks.saturating_sub(1))
     }
 
@@ -263,4 +271,22 @@ fn from_hf_cache(repo_id: &str, hub: &HubLocation) -> Result<PathBuf> {
         )
     };
     Err(Error::bad_input(message))
+}
+
+/// What dfast reads of a denoiser's `config.json` (a UNet's or PixArt's transformer); other fields are
+/// ignored.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DenoiserConfig {
+    pub in_channels: Option<usize>,
+    pub out_channels: Option<usize>,
+    pub sample_size: Option<usize>,
+}
+
+/// What dfast reads of the VAE decoder's `config.json`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct VaeConfig {
+    /// Latents are divided by it before decoding (`vae.config.scaling_factor`).
+    pub scaling_factor: Option<f32>,
+    /// One entry per block: 2^(blocks - 1) image pixels per latent pixel.
+    pub block_out_channels: Option<Vec<usize>>,
 }

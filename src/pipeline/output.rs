@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{GenerateOptions, Generated, image, latents};
+use super::generate::{GenerateOptions, Generated};
+use super::{image, latents};
 use crate::Result;
 
 /// What a run was, besides its options: for the images' text chunks or EXIF.

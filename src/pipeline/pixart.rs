@@ -24,13 +24,15 @@ use serde_json::Value;
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::binning;
-use super::model_dir::read_json;
-use super::{
-    ChosenScheduler, GenerateOptions, Generated, HostShare, PipelineDir, Timings, UnetRecorder, apply_guidance, image,
-    latents, take_output,
+use super::generate::{
+    ChosenScheduler, GenerateOptions, Generated, HostShare, Timings, UnetRecorder, apply_guidance, take_output,
 };
-use crate::runtime::{EpOptions, HostTensor, Model, Runtime, SessionRole, format_dims};
+use super::model_dir::read_json;
+use super::model_dir::{DenoiserConfig, PipelineDir, VaeConfig};
+use super::{image, latents};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
 use crate::scheduler::SchedulerKind;
+use crate::settings::EpOptions;
 use crate::{Error, Result};
 
 /// diffusers' `max_sequence_length` default (section 3.1 of the PixArt-α paper).
@@ -170,21 +172,17 @@ impl PixArtPipeline {
         let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
         let tokenizer = T5Tokenizer::from_dir(&dir.root.join("tokenizer"), MAX_SEQUENCE_LENGTH)?;
         let vae_decoder = runtime.load_with(&dir.component_model("vae_decoder"), &defaults, SessionRole::Other)?;
-        let vae_config = dir.component_config("vae_decoder")?;
-        let vae_scaling_factor = vae_config.get("scaling_factor").and_then(Value::as_f64).unwrap_or(0.18215) as f32;
+        let vae_config: VaeConfig = dir.config("vae_decoder")?;
+        let vae_scaling_factor = vae_config.scaling_factor.unwrap_or(0.18215);
         let vae_scale_factor = dir.vae_scale_factor()?;
         let config_path = dir.root.join("transformer").join("config.json");
-        let config = dir.component_config("transformer")?;
-        let field =
-            |key: &str| -> Result<usize> {
-                config.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| {
-                    Error::bad_file(&config_path, format!("`{key}` is missing or not a positive integer"))
-                })
-            };
-        let sample_size = field("sample_size")?;
-        let in_channels = field("in_channels")?;
+        let config: DenoiserConfig = dir.config("transformer")?;
+        let missing =
+            |key: &str| Error::bad_file(&config_path, format!("`{key}` is missing or not a positive integer"));
+        let sample_size = config.sample_size.ok_or_else(|| missing("sample_size"))?;
+        let in_channels = config.in_channels.ok_or_else(|| missing("in_channels"))?;
         // diffusers' PixArtTransformer2DModel: out_channels defaults to in_channels (2x with learned sigma).
-        let out_channels = config.get("out_channels").and_then(Value::as_u64).map_or(in_channels, |v| v as usize);
+        let out_channels = config.out_channels.unwrap_or(in_channels);
         Ok(PixArtPipeline {
             dir,
             runtime: runtime.clone(),

@@ -5,6 +5,7 @@
 //! 16 or more elements fills it with uniforms first and then applies Box-Muller to blocks of 16 (the first 8
 //! values of a block pair with the last 8), recomputing the last block when the size is not a multiple of 16.
 //! Smaller tensors draw one double-precision normal at a time, caching the second Box-Muller value.
+//! Written out rather than taken from `rand`: only torch's exact sequence reproduces diffusers' latents.
 
 const N: usize = 624;
 const M: usize = 397;

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::settings::ExecutionProvider;
 use crate::{Error, Result};
 
 /// The ONNX Runtime version `experiment-scripts/setup_ort.sh` installs and dfast is built against.
@@ -23,6 +24,15 @@ pub enum Flavour {
 }
 
 impl Flavour {
+    /// The build of ONNX Runtime that has `ep`.
+    pub fn of(ep: ExecutionProvider) -> Self {
+        match ep {
+            ExecutionProvider::Cpu => Flavour::Cpu,
+            ExecutionProvider::Cuda | ExecutionProvider::TensorRt => Flavour::Gpu,
+            ExecutionProvider::OpenVino => Flavour::OpenVino,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Cpu => "cpu",
@@ -137,7 +147,7 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
         return Ok(env.clone());
     }
     let builder = ort::init_from(&path)
-        .map_err(|e| Error::runtime(format!("could not load ONNX Runtime from {}: {e}", path.display())))?;
+        .map_err(|e| Error::ort(format!("could not load ONNX Runtime from {}: {e}", path.display()), e))?;
     // ONNX Runtime's own log goes through dfast: nothing by default (its errors reach the user as dfast's
     // one-sentence errors), warnings and errors with -v, everything with -vv; plain text, no colour codes.
     let logger: ort::logging::LoggerFunction = std::sync::Arc::new(|level, _category, _id, location, message| {
@@ -149,7 +159,7 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
         .with_name("dfast")
         .with_logger(logger)
         .build()
-        .map_err(|e| Error::runtime(format!("could not start ONNX Runtime from {}: {e}", path.display())))?;
+        .map_err(|e| Error::ort(format!("could not start ONNX Runtime from {}: {e}", path.display()), e))?;
     Ok(LOADED.get_or_init(|| (path, env)).1.clone())
 }
 

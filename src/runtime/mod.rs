@@ -5,11 +5,12 @@ mod ep;
 pub mod library;
 mod session;
 
-pub use ep::{CpuFeatures, EP_NAMES, EpOptions, ExecutionProvider, SessionRole, openvino_precision, resolved};
+pub use ep::{SessionRole, openvino_hint, openvino_precision, resolved};
 pub use library::{Flavour, ORT_OPENVINO_VERSION, ORT_VERSION};
 pub use session::{HostTensor, InputSpec, Model, fit_shape, format_dims, is_out_of_memory};
 
-use crate::Result;
+use crate::settings::{EpOptions, ExecutionProvider};
+use crate::{Error, Result};
 
 /// An ONNX Runtime environment plus the execution provider (and its options) sessions are created for.
 /// Clones share the environment.
@@ -29,9 +30,11 @@ impl Runtime {
     }
 
     pub fn with_options(ep: ExecutionProvider, options: EpOptions, ort_lib: Option<&std::path::Path>) -> Result<Self> {
-        let library = library::find(ort_lib, ep.flavour())?;
-        let env = library::environment(Some(&library), ep.flavour())?;
-        ep.check_available(&library)?;
+        // A key the EP does not take is refused before the library loads.
+        options.typed(ep).map_err(|e| Error::bad_config(format!("--ep-option {e}"), e))?;
+        let library = library::find(ort_lib, Flavour::of(ep))?;
+        let env = library::environment(Some(&library), Flavour::of(ep))?;
+        ep::check_available(ep, &library)?;
         Ok(Runtime { env, ep, options, library })
     }
 

@@ -13,7 +13,8 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::ep::{self, EpOptions, ExecutionProvider, SessionRole};
+use super::ep::{self, SessionRole};
+use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// A host-side tensor handed to a model.
@@ -76,20 +77,23 @@ impl Model {
         if !path.is_file() {
             return Err(Error::bad_file(path, "missing ONNX model file"));
         }
-        let fail =
-            |e: &dyn std::fmt::Display| Error::bad_file(path, format!("ONNX Runtime could not load this model: {e}"));
+        let fail = |e: ort::Error| Error::io(path, "ONNX Runtime could not load this model", e);
         let model_dir = path.parent().unwrap_or(Path::new("."));
-        let providers = ep::dispatch(ep, options, role, model_dir)?;
-        let mut builder = Session::builder(env).map_err(|e| fail(&e))?;
-        if let Some(n) = options.threads()? {
-            builder = builder.with_intra_threads(n).map_err(|e| fail(&e))?;
+        let typed = options
+            .typed(ep)
+            .map_err(|e| Error::bad_config(format!("session options of the {ep} execution provider: {e}"), e))?;
+        let providers = ep::dispatch(&typed, role, model_dir)?;
+        let mut builder = Session::builder(env).map_err(fail)?;
+        if let Some(n) = typed.common().threads {
+            builder = builder.with_intra_threads(n).map_err(|e| fail(Error::ort_plain(e)))?;
         }
-        builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, &e))?;
+        builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, Error::ort_plain(e)))?;
         let session = builder.commit_from_file(path).map_err(|e| {
             if ep != ExecutionProvider::Cpu {
-                Error::bad_file(path, format!("ONNX Runtime could not load this model with the {} EP: {e}", ep.name()))
+                let what = format!("ONNX Runtime could not load this model with the {} EP", ep.name());
+                Error::io(path, &what, e)
             } else {
-                fail(&e)
+                fail(e)
             }
         })?;
         let mut inputs = Vec::new();
@@ -199,7 +203,7 @@ impl Model {
             let shape: Vec<usize> = host.shape().iter().map(|&d| d as usize).collect();
             let path = self.path.clone();
             let err = move |what: &str, e: ort::Error| {
-                Error::runtime(format!("{}: cannot {what} input `{name}` on the device: {e}", path.display()))
+                Error::ort(format!("{}: cannot {what} input `{name}` on the device: {e}", path.display()), e)
             };
             let bound = self.bound_mut()?;
             let fresh = !matches!(bound.inputs.get(name), Some((s, _)) if *s == shape);
@@ -234,7 +238,7 @@ impl Model {
         if matches!(bound.outputs.get(name), Some((s, _)) if s == shape) {
             return Ok(());
         }
-        let err = |e: ort::Error| Error::runtime(format!("{}: cannot bind output `{name}`: {e}", path.display()));
+        let err = |e: ort::Error| Error::ort(format!("{}: cannot bind output `{name}`: {e}", path.display()), e);
         let mut device = ort::value::DynTensor::new(&bound.allocator, ty, shape.to_vec()).map_err(err)?;
         bound.binding.bind_output(name, &mut device).map_err(err)?;
         bound.outputs.insert(name.to_string(), (shape.to_vec(), device));
@@ -270,7 +274,7 @@ impl Model {
     fn bound_mut(&mut self) -> Result<&mut Bound> {
         if self.bound.is_none() {
             let err = |e: ort::Error| {
-                Error::runtime(format!("{}: cannot set up device buffers (IoBinding): {e}", self.path.display()))
+                Error::ort(format!("{}: cannot set up device buffers (IoBinding): {e}", self.path.display()), e)
             };
             let allocator = if self.ep.device_memory() {
                 let info = ort::memory::MemoryInfo::new(
@@ -306,7 +310,7 @@ impl Model {
         })?;
         let shape = tensor.shape().to_vec();
         let err =
-            |e: ort::Error| Error::runtime(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name));
+            |e: ort::Error| Error::ort(format!("{}: cannot build input `{}`: {e}", self.path.display(), spec.name), e);
         // The tensor as it is where the types agree (the latents and embeddings of every step); a detour
         // through f64 only to convert.
         let tensor = match (spec.ty, tensor) {

@@ -118,10 +118,7 @@ impl SchedulerConfig {
     /// The scheduler kind named by `_class_name`.
     pub fn class_kind(&self) -> Result<SchedulerKind> {
         match self.class_name.as_deref() {
-            Some("EulerDiscreteScheduler") => Ok(SchedulerKind::Euler),
-            Some("DDIMScheduler") => Ok(SchedulerKind::Ddim),
-            Some("PNDMScheduler") => Ok(SchedulerKind::Pndm),
-            Some("DPMSolverMultistepScheduler") => Ok(SchedulerKind::DpmSolverPP),
+            Some(class) if let Some(kind) = SchedulerKind::ALL.iter().find(|k| k.class_name() == class) => Ok(*kind),
             Some(other) => Err(Error::bad_input(format!(
                 "The scheduler class `{other}` is not supported; dfast implements EulerDiscreteScheduler, \
                  DDIMScheduler, PNDMScheduler and DPMSolverMultistepScheduler (or pick one of euler, ddim, pndm, dpm++)."
@@ -193,41 +190,6 @@ impl SchedulerConfig {
             )));
         }
         Ok(())
-    }
-}
-
-impl SchedulerKind {
-    /// Parses a user-facing scheduler name: "euler", "ddim", "pndm" or "dpm++" (also "dpmsolver++").
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "euler" => Ok(SchedulerKind::Euler),
-            "ddim" => Ok(SchedulerKind::Ddim),
-            "pndm" => Ok(SchedulerKind::Pndm),
-            "dpm++" | "dpmsolver++" => Ok(SchedulerKind::DpmSolverPP),
-            _ => Err(Error::bad_input(format!(
-                "Unknown scheduler `{name}`; valid names are euler, ddim, pndm and dpm++ (or dpmsolver++)."
-            ))),
-        }
-    }
-
-    /// The name `--scheduler` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            SchedulerKind::Euler => "euler",
-            SchedulerKind::Ddim => "ddim",
-            SchedulerKind::Pndm => "pndm",
-            SchedulerKind::DpmSolverPP => "dpm++",
-        }
-    }
-
-    /// The diffusers class implementing this kind.
-    pub fn class_name(self) -> &'static str {
-        match self {
-            SchedulerKind::Euler => "EulerDiscreteScheduler",
-            SchedulerKind::Ddim => "DDIMScheduler",
-            SchedulerKind::Pndm => "PNDMScheduler",
-            SchedulerKind::DpmSolverPP => "DPMSolverMultistepScheduler",
-        }
     }
 }
 

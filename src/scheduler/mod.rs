@@ -9,6 +9,7 @@ mod ddim;
 mod dpm_solver;
 mod euler;
 mod pndm;
+mod select;
 #[cfg(test)]
 mod tests;
 
@@ -17,20 +18,46 @@ pub use ddim::DdimScheduler;
 pub use dpm_solver::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;
 pub use pndm::PndmScheduler;
+pub use select::from_config;
 
 use ndarray::ArrayD;
 
-/// The scheduler classes dfast implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
-pub enum SchedulerKind {
-    Euler,
-    Ddim,
-    Pndm,
-    #[cfg_attr(feature = "cli", value(name = "dpm++", alias = "dpmsolver++"))]
-    #[serde(rename = "dpm++", alias = "dpmsolver++")]
-    DpmSolverPP,
+use crate::settings::{list, named_enum};
+use crate::{Error, Result};
+
+named_enum! {
+    /// The scheduler classes dfast implements.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SchedulerKind {
+        Euler = "euler",
+        Ddim = "ddim",
+        Pndm = "pndm",
+        DpmSolverPP = "dpm++" | "dpmsolver++",
+    }
+}
+
+impl SchedulerKind {
+    /// Parses a user-facing scheduler name: "euler", "ddim", "pndm" or "dpm++" (also "dpmsolver++").
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::parse(name).ok_or_else(|| {
+            let aliases: Vec<&str> = Self::ALL.iter().flat_map(|k| k.aliases()).copied().collect();
+            Error::bad_input(format!(
+                "Unknown scheduler `{name}`; valid names are {} (or {}).",
+                list(Self::NAMES, "and"),
+                list(&aliases, "or")
+            ))
+        })
+    }
+
+    /// The diffusers class implementing this kind.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::DpmSolverPP => "DPMSolverMultistepScheduler",
+        }
+    }
 }
 
 /// What every scheduler offers the denoising loop.
@@ -39,7 +66,7 @@ pub enum SchedulerKind {
 /// `x = scale_model_input(latents, i)`, run the UNet at `t` on `x`, `latents = step(out, i, latents)`.
 pub trait Scheduler {
     /// Prepares the timesteps (and sigmas) for `num_inference_steps` steps.
-    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<(), crate::Error>;
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()>;
     /// The timesteps the UNet sees, in order. They may be fractional (Euler with `linspace` spacing).
     fn timesteps(&self) -> &[f64];
     /// Standard deviation of the initial noise.
@@ -59,18 +86,4 @@ pub trait Scheduler {
     ) -> Option<ArrayD<f32>> {
         None
     }
-}
-
-/// Builds a scheduler of `kind` from a config; `kind` None means the config's own `_class_name`.
-pub fn from_config(config: &SchedulerConfig, kind: Option<SchedulerKind>) -> Result<Box<dyn Scheduler>, crate::Error> {
-    let kind = match kind {
-        Some(k) => k,
-        None => config.class_kind()?,
-    };
-    Ok(match kind {
-        SchedulerKind::Euler => Box::new(EulerDiscreteScheduler::new(config)?),
-        SchedulerKind::Ddim => Box::new(DdimScheduler::new(config)?),
-        SchedulerKind::Pndm => Box::new(PndmScheduler::new(config)?),
-        SchedulerKind::DpmSolverPP => Box::new(DpmSolverMultistepScheduler::new(config)?),
-    })
 }

@@ -33,12 +33,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::convert::Profile;
+use crate::host::CpuFeatures;
 use crate::manifest::Calibration;
 use crate::onnx::{GraphIndex, OnnxModel, dtype, make_tensor_value_info};
 use crate::passes::{BuildContext, Int8Static, PassContext, PassManager, PassSpec, registry};
 use crate::pipeline::PipelineDir;
-use crate::runtime::{CpuFeatures, EpOptions, ExecutionProvider, HostTensor, Runtime, SessionRole};
-use crate::settings::Precision;
+use crate::runtime::{HostTensor, Runtime, SessionRole};
+use crate::settings::{EpOptions, ExecutionProvider, Precision, PrecisionHint};
 use crate::{Error, Result};
 
 pub use decide::{PairDecision, ShapeTiming};
@@ -50,7 +51,7 @@ pub struct TuneOptions {
     pub model: PathBuf,
     pub ep: ExecutionProvider,
     /// The alternative precision (see the module docs); `None`: the EP's default.
-    pub precision: Option<String>,
+    pub precision: Option<PrecisionHint>,
     /// The profile to write.
     pub out: PathBuf,
     /// The timings file to write.
@@ -126,33 +127,30 @@ struct Plan {
 }
 
 fn plan(opts: &TuneOptions) -> Result<Plan> {
-    let bad = |p: &str, ep: &str, expected: &str| {
+    let bad = |p: PrecisionHint, ep: ExecutionProvider, expected: &str| {
         Error::bad_input(format!("--precision `{p}` is not one dfast tune knows for --ep {ep}; expected {expected}"))
     };
     match opts.ep {
         ExecutionProvider::OpenVino => {
-            let p = opts.precision.clone().unwrap_or_else(|| "auto".into()).to_ascii_lowercase();
-            crate::runtime::openvino_precision(&p, &CpuFeatures::host())
-                .map_err(|_| bad(&p, "openvino", "auto, f32, bf16 or f16"))?;
-            let extends = if p == "auto" { "int8-mixed" } else { "int8-static" };
+            let p = opts.precision.unwrap_or(PrecisionHint::Auto);
+            let extends = if p == PrecisionHint::Auto { "int8-mixed" } else { "int8-static" };
             let mut session = Profile::load(extends)?.session_options(opts.ep);
-            session.0.insert("precision".into(), p.clone());
+            session.0.insert("precision".into(), p.name().into());
             Ok(Plan {
                 pass: Int8Static::NAME,
                 base: "int8-static",
                 extends: extends.into(),
                 session: session.merged(&opts.ep_options),
                 graph_precision: Precision::Fp32,
-                precision: p,
+                precision: p.name().into(),
             })
         }
         ExecutionProvider::Cpu | ExecutionProvider::Cuda => {
-            let default = if opts.ep == ExecutionProvider::Cuda { "fp16" } else { "fp32" };
-            let p = opts.precision.clone().unwrap_or_else(|| default.into()).to_ascii_lowercase();
-            let graph_precision =
-                Precision::from_name(&p).map_err(|_| bad(&p, opts.ep.name(), "fp32, fp16 or bf16"))?;
+            let default = if opts.ep == ExecutionProvider::Cuda { Precision::Fp16 } else { Precision::Fp32 };
+            let p = opts.precision.unwrap_or(PrecisionHint::of(default));
+            let graph_precision = p.fixed().ok_or_else(|| bad(p, opts.ep, "fp32, fp16 or bf16"))?;
             if opts.ep == ExecutionProvider::Cpu && graph_precision != Precision::Fp32 {
-                return Err(bad(&p, "cpu", "fp32 (the CPU EP has few half-precision kernels)"));
+                return Err(bad(p, opts.ep, "fp32 (the CPU EP has few half-precision kernels)"));
             }
             Ok(Plan {
                 pass: crate::passes::Int8Dynamic::NAME,
@@ -160,7 +158,7 @@ fn plan(opts: &TuneOptions) -> Result<Plan> {
                 extends: "int8-dynamic".into(),
                 session: Profile::load("int8-dynamic")?.session_options(opts.ep).merged(&opts.ep_options),
                 graph_precision,
-                precision: p,
+                precision: graph_precision.name().into(),
             })
         }
         ExecutionProvider::TensorRt => Err(Error::bad_input(
@@ -180,18 +178,78 @@ pub fn tune(opts: &TuneOptions, say: &mut dyn FnMut(String)) -> Result<TuneRepor
     dir.check_size(opts.width, opts.height)?;
     let runtime = Runtime::with_options(opts.ep, opts.ep_options.clone(), opts.ort_lib.as_deref())?;
     let cpu = Runtime::new(ExecutionProvider::Cpu, Some(runtime.library()))?;
-    let tmp = TempDir::new()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("dfast-tune-")
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), "cannot create a scratch folder", e))?;
 
-    // 1. The UNet's inputs of one denoising step.
+    // 1-2: the UNet's inputs, the UNet before the int8 pass, its traced shapes; 3: each shape timed.
+    let sample = record_unet_inputs(opts, &cpu, say)?;
+    let prepared = prepare_unet(opts, &plan, &dir, say)?;
+    let traced = trace_shapes(&cpu, &prepared, &sample, tmp.path(), say)?;
+    let (timings, not_quantized) = time_shapes(opts, &plan, &runtime, &prepared, &traced, tmp.path(), say)?;
+    // 4. The decision.
+    let decisions = decide::decide(&timings);
+    let exclude = decide::exclude_list(&decisions);
+    let (sum_alt_ms, sum_int8_ms, sum_chosen_ms) = decide::sums(&decisions);
+    // 5. The whole step, in the alternative precision and as decided.
+    let step = if opts.step_runs > 0 {
+        Some(time_step(opts, &plan, &runtime, prepared, traced.ranges, &exclude, &decisions, &sample, tmp.path(), say)?)
+    } else {
+        None
+    };
+
+    // 6. The report (the caller writes it and the profile).
+    let resolved = crate::runtime::resolved(opts.ep, &plan.session)?;
+    Ok(TuneReport {
+        model: opts.model.display().to_string(),
+        ep: opts.ep.name().into(),
+        pass: plan.pass.into(),
+        extends: plan.extends.clone(),
+        precision: resolved.get("precision").map(str::to_string).unwrap_or(plan.precision.clone()),
+        session_options: resolved.0.clone(),
+        device: crate::host::cpu_name(),
+        cpu_flags: CpuFeatures::host().names().into_iter().map(String::from).collect(),
+        onnxruntime_version: runtime.version(),
+        unet_inputs: sample.iter().map(|(n, t)| (n.clone(), host_shape(t))).collect(),
+        warmup: opts.warmup,
+        runs: opts.runs,
+        shapes: timings,
+        decisions,
+        exclude,
+        sum_alt_ms,
+        sum_int8_ms,
+        sum_chosen_ms,
+        step,
+        not_quantized,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// 1. The UNet's inputs of one denoising step (fp32, CPU EP).
+fn record_unet_inputs(
+    opts: &TuneOptions,
+    cpu: &Runtime,
+    say: &mut dyn FnMut(String),
+) -> Result<Vec<(String, HostTensor)>> {
     say("recording the UNet's inputs of one step (fp32, CPU EP)".into());
     let settings =
         Calibration { prompts: 1, steps: 1, width: opts.width, height: opts.height, from: None, percentile: 100.0 };
-    let sample = crate::convert::calibrate::record_unet_inputs(&cpu, &opts.model, &settings)?
+    crate::convert::calibrate::record_unet_inputs(cpu, &opts.model, &settings)?
         .into_iter()
         .next()
-        .ok_or_else(|| Error::runtime("the pipeline made no UNet call to record"))?;
+        .ok_or_else(|| Error::runtime("the pipeline made no UNet call to record"))
+}
 
-    // 2. The graph as the base profile's passes before int8 leave it, traced once.
+/// The UNet as the base profile's passes before the int8 pass leave it, with what the int8 pass is built from.
+struct Prepared {
+    base: Profile,
+    ctx: BuildContext,
+    model: OnnxModel,
+}
+
+/// 2a. The graph as the base profile's passes before int8 leave it.
+fn prepare_unet(opts: &TuneOptions, plan: &Plan, dir: &PipelineDir, say: &mut dyn FnMut(String)) -> Result<Prepared> {
     let base = Profile::load(plan.base)?;
     let card = dir.component_config("unet").ok().and_then(|c| crate::convert::ModelCard::detect("unet", &c));
     let mut ctx = BuildContext::new(opts.ep, plan.graph_precision);
@@ -208,30 +266,63 @@ pub fn tune(opts: &TuneOptions, say: &mut dyn FnMut(String)) -> Result<TuneRepor
         manager.push(info.name, info.build(&base.pass_options(name, opts.ep), &ctx)?);
     }
     manager.run(&mut model, &PassContext::new(opts.ep))?;
-    let index = GraphIndex::new(&model);
+    Ok(Prepared { base, ctx, model })
+}
+
+/// What one traced UNet call told: the candidates grouped by distinct (op, shape), and the activation ranges.
+struct TracedUnet {
+    groups: Vec<(ops::ShapeKey, Vec<usize>)>,
+    ranges: crate::passes::int8_static::Ranges,
+    opset: i64,
+}
+
+/// 2b. One UNet call with every candidate conv/linear input as an extra output: shapes and ranges.
+fn trace_shapes(
+    cpu: &Runtime,
+    prepared: &Prepared,
+    sample: &[(String, HostTensor)],
+    tmp: &Path,
+    say: &mut dyn FnMut(String),
+) -> Result<TracedUnet> {
+    let index = GraphIndex::new(&prepared.model);
     let candidates = ops::candidates(&index);
     let mut xs: Vec<String> = candidates.iter().map(|c| c.x.clone()).collect();
     xs.sort();
     xs.dedup();
     say(format!("tracing one UNet call for the shapes of {} conv/linear inputs", xs.len()));
-    let traced = trace(&cpu, &model, &xs, &sample, tmp.path())?;
+    let traced = trace(cpu, &prepared.model, &xs, sample, tmp)?;
     let shapes: HashMap<String, Vec<usize>> = traced.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
-    let ranges: crate::passes::int8_static::Ranges = traced.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
-    let groups = ops::group(&index, &candidates, &shapes);
-    let opset = model.opset("").unwrap_or(17);
+    let ranges = traced.iter().map(|(k, (_, r))| (k.clone(), *r)).collect();
+    let groups = ops::group(&index, &candidates, &shapes).into_iter().collect::<Vec<_>>();
     say(format!("{} convs and linears in {} distinct shapes", candidates.len(), groups.len()));
+    Ok(TracedUnet { groups, ranges, opset: prepared.model.opset("").unwrap_or(17) })
+}
 
-    // 3. Each distinct shape, timed once in each precision.
+/// The timed shapes, and the shapes the int8 pass left in float with their node counts.
+type ShapeTimes = (Vec<ShapeTiming>, Vec<(String, usize)>);
+
+/// 3. Each distinct shape, timed once in each precision; the shapes the int8 pass leaves in float.
+fn time_shapes(
+    opts: &TuneOptions,
+    plan: &Plan,
+    runtime: &Runtime,
+    prepared: &Prepared,
+    traced: &TracedUnet,
+    tmp: &Path,
+    say: &mut dyn FnMut(String),
+) -> Result<ShapeTimes> {
+    let index = GraphIndex::new(&prepared.model);
     let mut timings = Vec::new();
     let mut not_quantized = Vec::new();
-    let (total, mut done) = (groups.len(), 0);
-    for (key, nodes) in &groups {
+    let (total, mut done) = (traced.groups.len(), 0);
+    for (key, nodes) in &traced.groups {
         done += 1;
         let template = index.node(nodes[0]).clone();
-        let fp32 = ops::single_op_model(key, &template, opset);
+        let fp32 = ops::single_op_model(key, &template, traced.opset);
         let mut int8 = OnnxModel::from_proto(fp32.proto().clone(), None);
-        let x_range = ranges.get(&index.node(nodes[0]).input[0]).copied().unwrap_or((-1.0, 1.0));
-        let int8_pass = build_int8(&plan, &base, opts.ep, &ctx, &[], HashMap::from([("x".to_string(), x_range)]))?;
+        let x_range = traced.ranges.get(&index.node(nodes[0]).input[0]).copied().unwrap_or((-1.0, 1.0));
+        let ranges = HashMap::from([("x".to_string(), x_range)]);
+        let int8_pass = build_int8(plan, &prepared.base, opts.ep, &prepared.ctx, &[], ranges)?;
         int8_pass.run(&mut int8, &PassContext::new(opts.ep))?;
         let label = format!("{} {}->{} {}", key.op, key.pair().0, key.pair().1, key.detail());
         if !int8.graph().node.iter().any(|n| {
@@ -240,12 +331,12 @@ pub fn tune(opts: &TuneOptions, say: &mut dyn FnMut(String)) -> Result<TuneRepor
             not_quantized.push((label, nodes.len()));
             continue;
         }
-        let alt = with_precision(fp32, &plan, &ctx, opts.ep)?;
-        let int8 = with_precision(int8, &plan, &ctx, opts.ep)?;
+        let alt = with_precision(fp32, plan, &prepared.ctx, opts.ep)?;
+        let int8 = with_precision(int8, plan, &prepared.ctx, opts.ep)?;
         let x = HostTensor::F32(ops::random_input(&key.input));
         let feeds = vec![("x".to_string(), x)];
-        let alt_ms = time_model(&runtime, &alt, &plan.session, &feeds, opts.warmup, opts.runs, tmp.path())? * 1e3;
-        let int8_ms = time_model(&runtime, &int8, &plan.session, &feeds, opts.warmup, opts.runs, tmp.path())? * 1e3;
+        let alt_ms = time_model(runtime, &alt, &plan.session, &feeds, opts.warmup, opts.runs, tmp)? * 1e3;
+        let int8_ms = time_model(runtime, &int8, &plan.session, &feeds, opts.warmup, opts.runs, tmp)? * 1e3;
         say(format!(
             "[{done}/{total}] {label} x{}: int8 {int8_ms:.3} ms, {} {alt_ms:.3} ms{}",
             nodes.len(),
@@ -261,56 +352,36 @@ pub fn tune(opts: &TuneOptions, say: &mut dyn FnMut(String)) -> Result<TuneRepor
             alt_ms,
         });
     }
+    Ok((timings, not_quantized))
+}
 
-    // 4. The decision.
-    let decisions = decide::decide(&timings);
-    let exclude = decide::exclude_list(&decisions);
-    let (sum_alt_ms, sum_int8_ms, sum_chosen_ms) = decide::sums(&decisions);
-
-    // 5. The whole step, in the alternative precision and as decided.
-    let step = if opts.step_runs > 0 {
-        let alt_path = tmp.path().join("alt/model.onnx");
-        let tuned_path = tmp.path().join("tuned/model.onnx");
-        let mut tuned = OnnxModel::from_proto(model.proto().clone(), model.path().and_then(Path::parent));
-        drop(index);
-        save(with_precision(model, &plan, &ctx, opts.ep)?, &alt_path)?;
-        build_int8(&plan, &base, opts.ep, &ctx, &exclude, ranges)?.run(&mut tuned, &PassContext::new(opts.ep))?;
-        save(with_precision(tuned, &plan, &ctx, opts.ep)?, &tuned_path)?;
-        let feeds: Vec<(String, HostTensor)> = sample.clone();
-        say(format!("timing the UNet step in {} ({} runs)", plan.precision, opts.step_runs));
-        let alt_ms = time_file(&runtime, &alt_path, &plan.session, &feeds, 1, opts.step_runs)? * 1e3;
-        let _ = std::fs::remove_dir_all(alt_path.parent().expect("in a folder"));
-        say(format!("timing the UNet step as tuned ({} runs)", opts.step_runs));
-        let tuned_ms = time_file(&runtime, &tuned_path, &plan.session, &feeds, 1, opts.step_runs)? * 1e3;
-        Some(StepTimes { alt_ms, tuned_ms, predicted_ms: decide::predicted_step_ms(alt_ms, &decisions) })
-    } else {
-        None
-    };
-
-    let resolved = crate::runtime::resolved(opts.ep, &plan.session)?;
-    Ok(TuneReport {
-        model: opts.model.display().to_string(),
-        ep: opts.ep.name().into(),
-        pass: plan.pass.into(),
-        extends: plan.extends.clone(),
-        precision: resolved.get("precision").map(str::to_string).unwrap_or(plan.precision.clone()),
-        session_options: resolved.0.clone(),
-        device: crate::bench::run::cpu_name(),
-        cpu_flags: CpuFeatures::host().names().into_iter().map(String::from).collect(),
-        onnxruntime_version: runtime.version(),
-        unet_inputs: sample.iter().map(|(n, t)| (n.clone(), host_shape(t))).collect(),
-        warmup: opts.warmup,
-        runs: opts.runs,
-        shapes: timings,
-        decisions,
-        exclude,
-        sum_alt_ms,
-        sum_int8_ms,
-        sum_chosen_ms,
-        step,
-        not_quantized,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+/// 5. The whole UNet step, in the alternative precision and with the decided exclude list.
+#[allow(clippy::too_many_arguments)]
+fn time_step(
+    opts: &TuneOptions,
+    plan: &Plan,
+    runtime: &Runtime,
+    prepared: Prepared,
+    ranges: crate::passes::int8_static::Ranges,
+    exclude: &[(usize, usize)],
+    decisions: &[PairDecision],
+    sample: &[(String, HostTensor)],
+    tmp: &Path,
+    say: &mut dyn FnMut(String),
+) -> Result<StepTimes> {
+    let Prepared { base, ctx, model } = prepared;
+    let alt_path = tmp.join("alt/model.onnx");
+    let tuned_path = tmp.join("tuned/model.onnx");
+    let mut tuned = OnnxModel::from_proto(model.proto().clone(), model.path().and_then(Path::parent));
+    save(with_precision(model, plan, &ctx, opts.ep)?, &alt_path)?;
+    build_int8(plan, &base, opts.ep, &ctx, exclude, ranges)?.run(&mut tuned, &PassContext::new(opts.ep))?;
+    save(with_precision(tuned, plan, &ctx, opts.ep)?, &tuned_path)?;
+    say(format!("timing the UNet step in {} ({} runs)", plan.precision, opts.step_runs));
+    let alt_ms = time_file(runtime, &alt_path, &plan.session, sample, 1, opts.step_runs)? * 1e3;
+    let _ = std::fs::remove_dir_all(alt_path.parent().expect("in a folder"));
+    say(format!("timing the UNet step as tuned ({} runs)", opts.step_runs));
+    let tuned_ms = time_file(runtime, &tuned_path, &plan.session, sample, 1, opts.step_runs)? * 1e3;
+    Ok(StepTimes { alt_ms, tuned_ms, predicted_ms: decide::predicted_step_ms(alt_ms, decisions) })
 }
 
 /// The int8 pass with `exclude` and, for int8-static, the activation ranges.
@@ -456,28 +527,7 @@ fn time_file(
         call()?;
     }
     let times = (0..runs.max(1)).map(|_| call()).collect::<Result<Vec<_>>>()?;
-    Ok(crate::bench::run::median(&times))
-}
-
-/// A scratch folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("dfast-tune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "cannot create", e))?;
-        Ok(TempDir(dir))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    Ok(crate::host::median(&times))
 }
 
 /// The profile `dfast tune` writes: it extends the EP's int8 profile and sets the exclude list; the

@@ -139,7 +139,8 @@ pub fn variant_pipeline(variant: &str, pipeline: &str, into: &Path) -> PathBuf {
 /// diffusers' and the fraction of image values within one level of diffusers' image.
 pub fn reference_error(dir: &Path, reference: &str, scheduler: &str) -> (f64, f64) {
     use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
-    use dfast::runtime::{ExecutionProvider, Runtime};
+    use dfast::runtime::Runtime;
+    use dfast::settings::ExecutionProvider;
     let refs = references().join(reference).join(scheduler);
     let params = read_json(&refs.join("params.json"));
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");

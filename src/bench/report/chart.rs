@@ -25,7 +25,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::canvas::{self, Canvas};
-use super::{execution_providers, format_number, models, setting};
+use super::rows::{execution_providers, format_number, models, setting};
 use crate::bench::schema::Row;
 use crate::{Error, Result};
 

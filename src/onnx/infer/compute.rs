@@ -1,8 +1,9 @@
 //! Shape/type rules for the ops that compute: matrix products, convolution, resizing, reductions,
 //! attention and quantization (the `com.microsoft` ops dfast's passes emit among them).
 
-use super::rules::Args;
-use super::shapes::{axes_of, conv_shape, matmul_shape, normalize_axis, reduce_shape};
+use super::facts::Args;
+use super::facts::axes_of;
+use super::shapes::{conv_shape, matmul_shape, normalize_axis, reduce_shape};
 use super::{Const, Facts, Shape};
 use crate::onnx::tensor::dtype;
 use crate::onnx::{attr_int, attr_string};

@@ -7,8 +7,8 @@
 use half::{bf16, f16};
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
+use super::BROADCAST_BOOL;
 use super::MAX_CONST_ELEMENTS;
-use super::rules::BROADCAST_BOOL;
 use super::shapes::broadcast_static;
 use crate::onnx::OnnxModel;
 use crate::onnx::proto::onnx::TensorProto;

@@ -23,7 +23,7 @@
 //! Where the schema ties a dimension to a constant input (the channel count to γ's length, the hidden size
 //! to a bias), an unknown dimension of the output is filled in from it: the kernels refuse anything else.
 
-use super::rules::Args;
+use super::facts::Args;
 use super::shapes::{conv_shape, normalize_axis};
 use super::{Dim, Facts, Shape};
 use crate::onnx::attr_int;
@@ -196,6 +196,3 @@ pub(super) fn conv_integer(a: &Args) -> Vec<Facts> {
     let w = a.input(1).and_then(|w| w.shape.as_ref());
     vec![Facts::typed(Some(dtype::INT32), conv_shape(a.node, a.x.shape.as_ref(), w))]
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,8 +1,9 @@
 //! Shape/type rules for elementwise ops: `Identity`, `Dropout`, `Cast`, `Not`, `Where`, the unary ops
 //! that keep their input's shape and type, and the broadcasting arithmetic and comparisons.
 
+use super::BROADCAST_BOOL;
 use super::constant::{self, Const, Values};
-use super::rules::{Args, BROADCAST_BOOL};
+use super::facts::Args;
 use super::shapes::broadcast_shapes;
 use super::{Facts, Shape};
 use crate::onnx::attr_int;

@@ -1,7 +1,8 @@
 //! The ops inference understands: one table, [`RULES`], from which both dispatch ([`infer_node`]) and
 //! [`understands`] are derived, so that the two cannot drift apart.
 
-use super::{Facts, compute, contrib, elementwise, structural};
+use super::facts::{Args, Facts, NO_FACTS};
+use super::{BROADCAST_BOOL, compute, contrib, elementwise, structural};
 use crate::onnx::OnnxModel;
 use crate::onnx::proto::onnx::NodeProto;
 
@@ -56,10 +57,6 @@ const SAME_AS_INPUT: &[&str] = &[
 
 /// Elementwise ops with broadcasting whose output has the inputs' type.
 const BROADCAST_ARITH: &[&str] = &["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod", "Sum", "Mean", "PRelu"];
-
-/// Elementwise ops with broadcasting whose output is bool.
-pub(super) const BROADCAST_BOOL: &[&str] =
-    &["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"];
 
 const REDUCE: &[&str] = &[
     "ReduceMean",
@@ -147,36 +144,6 @@ pub(super) static RULES: &[Rule] = &[
     rule(ONNX, &["DequantizeLinear"], contrib::dequantize_linear),
     rule(ONNX, &["ConvInteger"], contrib::conv_integer),
 ];
-
-/// Facts of nothing: the first input of an op without inputs.
-static NO_FACTS: Facts = Facts { dtype: None, shape: None, value: None, partial: None };
-
-/// What a rule sees of one node.
-pub(super) struct Args<'a> {
-    pub node: &'a NodeProto,
-    ins: &'a [&'a Facts],
-    pub model: &'a OnnxModel,
-    /// The model's default-domain opset.
-    pub opset: i64,
-    /// Facts of the first input (empty for an op without inputs).
-    pub x: &'a Facts,
-}
-
-impl<'a> Args<'a> {
-    pub fn op(&self) -> &'a str {
-        self.node.op_type()
-    }
-
-    /// Facts of input `k`; None when the node does not have it (an empty name omits an optional input).
-    pub fn input(&self, k: usize) -> Option<&'a Facts> {
-        self.ins.get(k).copied().filter(|_| self.node.input.get(k).is_some_and(|n| !n.is_empty()))
-    }
-
-    /// Facts of the inputs the node has, in order (omitted optional inputs left out).
-    pub fn present(&self) -> Vec<&'a Facts> {
-        (0..self.node.input.len()).filter_map(|k| self.input(k)).collect()
-    }
-}
 
 /// The row of [`RULES`] for `node`'s op.
 fn rule_for(node: &NodeProto) -> Option<&'static Rule> {

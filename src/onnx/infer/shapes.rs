@@ -1,7 +1,7 @@
 //! Shape arithmetic the per-op rules and constant folding share: broadcasting, axes, and the output
 //! shapes of `MatMul`, `Conv` and `Slice`.
 
-use super::{Dim, Facts, Shape};
+use super::{Dim, Shape};
 use crate::onnx::proto::onnx::NodeProto;
 use crate::onnx::{attr_ints, attr_string};
 
@@ -57,18 +57,6 @@ pub(super) fn reduce_shape(s: &[Dim], axes: &[usize], keep: bool) -> Shape {
         .enumerate()
         .filter_map(|(i, d)| if axes.contains(&i) { keep.then_some(Some(1)) } else { Some(*d) })
         .collect()
-}
-
-/// The `axes` of Squeeze / Reduce*: from input 1 (newer opsets) or the attribute. `Some(None)`: no axes
-/// given; `None`: given as an input whose value is unknown.
-pub(super) fn axes_of(node: &NodeProto, axes_input: Option<&Facts>, from_input: bool) -> Option<Option<Vec<i64>>> {
-    if !from_input {
-        return Some(attr_ints(node, "axes").map(<[i64]>::to_vec));
-    }
-    match axes_input {
-        Some(f) => f.ints().map(Some),
-        None => Some(None),
-    }
 }
 
 /// Indices an ONNX `Slice` takes along an axis of size `d`.

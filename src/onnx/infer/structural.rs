@@ -5,8 +5,9 @@
 use ndarray::{ArrayD, Axis, IxDyn};
 
 use super::constant::{self, Const, Plan, Values, restructure};
-use super::rules::Args;
-use super::shapes::{axes_of, broadcast_shapes, is_permutation, normalize_axis, slice_indices};
+use super::facts::Args;
+use super::facts::axes_of;
+use super::shapes::{broadcast_shapes, is_permutation, normalize_axis, slice_indices};
 use super::{Dim, Facts, MAX_CONST_ELEMENTS, Shape};
 use crate::onnx::tensor::dtype;
 use crate::onnx::{attr, attr_int, attr_ints, constant_node_tensor};

@@ -4,11 +4,13 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::*;
+use crate::manifest::PassRecord;
 use crate::onnx::{ModelProto, TensorProto, make_tensor_value_info};
-use crate::passes::test_util::{noise, relative_l2, tiny};
-use crate::passes::{Cleanup, PassManager, PassRecord};
-use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
-use crate::settings::Precision;
+use crate::passes::testing::count;
+use crate::passes::testing::{noise, relative_l2, tiny};
+use crate::passes::{Cleanup, PassManager};
+use crate::runtime::{HostTensor, Runtime};
+use crate::settings::{ExecutionProvider, Precision};
 
 const N: usize = 2;
 const H: usize = 4;
@@ -188,15 +190,11 @@ fn reference(m: &Match, feeds: &[(String, ArrayD<f32>)]) -> ArrayD<f32> {
 }
 
 fn cuda() -> PassContext {
-    PassContext::new(Target::Cuda)
+    PassContext::new(ExecutionProvider::Cuda)
 }
 
 fn run_pass(model: &mut OnnxModel, pass: GroupNorm, ctx: &PassContext) -> PassRecord {
     PassManager::new().with(pass).run(model, ctx).unwrap().remove(0)
-}
-
-fn count(model: &OnnxModel, op: &str) -> usize {
-    model.graph().node.iter().filter(|n| n.op_type() == op).count()
 }
 
 /// Every form, at SD's channel counts (32 groups), with and without SiLU and residual: the matcher's
@@ -300,22 +298,22 @@ fn only_what_the_kernel_accepts_is_rewritten() {
 fn only_on_cuda_with_cuda_only_fusions() {
     let model = graph(Form::InstanceNorm, 320, 32, true, Input::Plain);
     for (target, allowed, fires) in [
-        (Target::Cuda, true, true),
-        (Target::Cuda, false, false),
-        (Target::Cpu, true, false),
-        (Target::TensorRt, true, false),
-        (Target::OpenVino, true, false),
+        (ExecutionProvider::Cuda, true, true),
+        (ExecutionProvider::Cuda, false, false),
+        (ExecutionProvider::Cpu, true, false),
+        (ExecutionProvider::TensorRt, true, false),
+        (ExecutionProvider::OpenVino, true, false),
     ] {
         let mut ctx = BuildContext::new(target, Precision::Fp16);
         ctx.cuda_only_fusions = allowed;
-        let pass = crate::passes::registry::build_from_str::<GroupNorm>("", &ctx).unwrap();
+        let pass = crate::passes::options::build_from_str::<GroupNorm>("", &ctx).unwrap();
         let r = run_pass(&mut model.clone(), pass, &PassContext::new(target));
         assert_eq!(r.rewrites, usize::from(fires), "{target:?} allowed={allowed}");
     }
     // Built enabled, still not on a cpu run.
-    assert!(run_pass(&mut model.clone(), GroupNorm::new(true), &PassContext::new(Target::Cpu)).unchanged());
-    let ctx = BuildContext::new(Target::Cuda, Precision::Fp16);
-    assert!(crate::passes::registry::build_from_str::<GroupNorm>("groups = 32", &ctx).is_err());
+    assert!(run_pass(&mut model.clone(), GroupNorm::new(true), &PassContext::new(ExecutionProvider::Cpu)).unchanged());
+    let ctx = BuildContext::new(ExecutionProvider::Cuda, Precision::Fp16);
+    assert!(crate::passes::options::build_from_str::<GroupNorm>("groups = 32", &ctx).is_err());
 }
 
 /// What is not a GroupNorm the kernel can take is left alone.
@@ -363,7 +361,7 @@ const TINY: [(&str, Form, [usize; 5]); 3] = [
 fn finds_the_group_norms_of_the_tiny_unets() {
     for (name, form, want) in TINY {
         let mut model = OnnxModel::load(tiny(name)).unwrap();
-        PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(Target::Cuda)).unwrap();
+        PassManager::new().with(Cleanup).run(&mut model, &PassContext::new(ExecutionProvider::Cuda)).unwrap();
         let found = find(&model);
         let summary = [
             found.len(),

@@ -5,11 +5,12 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::*;
-use crate::convert::Profile;
-use crate::onnx::{ModelProto, TensorProto, attr_float};
-use crate::passes::test_util::{Sizes, compare, noise, tiny};
-use crate::passes::{Cleanup, GroupNorm, PassManager, PassRecord, registry};
-use crate::settings::Precision;
+use crate::manifest::PassRecord;
+use crate::onnx::{ModelProto, TensorProto};
+use crate::passes::testing::count;
+use crate::passes::testing::{Sizes, compare, lower, noise, tiny};
+use crate::passes::{Cleanup, GroupNorm, PassManager};
+use crate::settings::{ExecutionProvider, Precision};
 
 const SIZES: Sizes = Sizes { batch: 2, spatial: 8, other: 7 };
 
@@ -23,27 +24,6 @@ fn i64_init(name: &str, values: &[i64]) -> TensorProto {
 
 fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeBuilder {
     NodeBuilder::new(op).inputs(inputs.iter().copied()).outputs(outputs.iter().copied())
-}
-
-fn count(model: &OnnxModel, op: &str) -> usize {
-    model.graph().node.iter().filter(|n| n.op_type() == op).count()
-}
-
-/// Each Transpose as `producer -perm-> [readers]`.
-fn describe_transposes(model: &OnnxModel) -> Vec<String> {
-    let index = GraphIndex::new(model);
-    model
-        .graph()
-        .node
-        .iter()
-        .filter(|n| n.op_type() == "Transpose")
-        .map(|n| {
-            let perm = attr_ints(n, "perm").unwrap().to_vec();
-            let from = index.producer_node(&n.input[0]).map_or("input".into(), |p| p.op_type().to_string());
-            let to: Vec<&str> = index.consumers(&n.output[0]).iter().map(|&c| index.node(c).op_type()).collect();
-            format!("{from} -{perm:?}-> {to:?}")
-        })
-        .collect()
 }
 
 /// Transposes between NCHW and NHWC next to the channels-last ops or at the graph's edge (the attention's
@@ -61,103 +41,17 @@ fn layout_transposes(model: &OnnxModel) -> usize {
 }
 
 fn cuda() -> PassContext {
-    PassContext::new(Target::Cuda)
+    PassContext::new(ExecutionProvider::Cuda)
 }
 
 fn run_pass(model: &mut OnnxModel, pass: NhwcConv) -> PassRecord {
     PassManager::new().with(pass).run(model, &cuda()).unwrap().remove(0)
 }
 
-/// Rewrites every `NhwcConv` into Transpose -> Conv -> Transpose and every channels-last `GroupNorm` /
-/// `SkipGroupNorm` into standard ops (Transpose, Reshape, InstanceNormalization, Mul, Add, Sigmoid), so that
-/// ONNX Runtime's CPU EP runs the graph; `BiasAdd` into two Adds. Written from the ops' definitions,
-/// independently of the passes.
-pub(crate) fn lower(model: &OnnxModel) -> OnnxModel {
-    let mut proto: ModelProto = model.proto().clone();
-    let g = proto.graph.mut_or_insert_default();
-    let old = std::mem::take(&mut g.node);
-    let mut inits: Vec<TensorProto> = Vec::new();
-    let mut nodes = Vec::new();
-    for (k, n) in old.into_iter().enumerate() {
-        let p = format!("lower{k}_");
-        let v = |s: &str| format!("{p}{s}");
-        match (n.domain(), n.op_type()) {
-            ("com.microsoft", "NhwcConv") => {
-                let w = model.initializer(&n.input[1]).expect("NhwcConv weight is an initializer");
-                let dims = tensor::dims(w).unwrap();
-                let bytes = model.tensor_bytes(w).unwrap();
-                let elem = tensor::elem_size(w.data_type()).unwrap();
-                let (back, back_dims) = permute_bytes(&bytes, &dims, &[0, 3, 1, 2], elem);
-                inits.push(tensor::tensor_from_raw(&v("w"), w.data_type(), &back_dims, Bytes::from(back)));
-                nodes.push(transpose(&n.input[0], &v("x"), &TO_NCHW));
-                let mut inputs = vec![v("x"), v("w")];
-                inputs.extend(n.input.get(2).cloned());
-                let mut conv = NodeBuilder::new("Conv").inputs(inputs).outputs([v("y")]).build();
-                conv.attribute = n.attribute.clone();
-                nodes.push(conv);
-                nodes.push(transpose(&v("y"), &n.output[0], &TO_NHWC));
-            }
-            ("com.microsoft", op @ ("GroupNorm" | "SkipGroupNorm")) => {
-                assert_eq!(attr_int(&n, "channels_last"), Some(1));
-                let groups = attr_int(&n, "groups").unwrap();
-                let eps = attr_float(&n, "epsilon").unwrap();
-                let gamma = model.initializer_f32(&n.input[1]).unwrap();
-                let beta = model.initializer_f32(&n.input[2]).unwrap();
-                let c = gamma.len();
-                inits.push(f32_init(&v("gamma"), &[c, 1, 1], gamma.iter().copied().collect()));
-                inits.push(f32_init(&v("beta"), &[c, 1, 1], beta.iter().copied().collect()));
-                inits.push(f32_init(&v("ones"), &[groups as usize], vec![1.0; groups as usize]));
-                inits.push(f32_init(&v("zeros"), &[groups as usize], vec![0.0; groups as usize]));
-                inits.push(i64_init(&v("grouped"), &[0, groups, -1]));
-                let x = if op == "SkipGroupNorm" {
-                    let sum = n.output.get(1).filter(|s| !s.is_empty()).cloned().unwrap_or(v("sum"));
-                    match n.input.get(4).filter(|b| !b.is_empty()) {
-                        None => nodes.push(node("Add", &[&n.input[0], &n.input[3]], &[&sum]).build()),
-                        Some(b) => {
-                            nodes.push(node("Add", &[&n.input[0], &n.input[3]], &[&v("sum0")]).build());
-                            nodes.push(node("Add", &[&v("sum0"), b], &[&sum]).build());
-                        }
-                    }
-                    sum
-                } else {
-                    n.input[0].clone()
-                };
-                nodes.extend([
-                    transpose(&x, &v("xn"), &TO_NCHW),
-                    node("Reshape", &[&v("xn"), &v("grouped")], &[&v("r")]).build(),
-                    node("InstanceNormalization", &[&v("r"), &v("ones"), &v("zeros")], &[&v("in")])
-                        .attr_float("epsilon", eps)
-                        .build(),
-                    node("Shape", &[&v("xn")], &[&v("shape")]).build(),
-                    node("Reshape", &[&v("in"), &v("shape")], &[&v("yb")]).build(),
-                    node("Mul", &[&v("yb"), &v("gamma")], &[&v("ym")]).build(),
-                    node("Add", &[&v("ym"), &v("beta")], &[&v("ya")]).build(),
-                ]);
-                let y = if attr_int(&n, "activation") == Some(1) {
-                    nodes.push(node("Sigmoid", &[&v("ya")], &[&v("sg")]).build());
-                    nodes.push(node("Mul", &[&v("ya"), &v("sg")], &[&v("silu")]).build());
-                    v("silu")
-                } else {
-                    v("ya")
-                };
-                nodes.push(transpose(&y, &n.output[0], &TO_NHWC));
-            }
-            ("com.microsoft", "BiasAdd") => {
-                nodes.push(node("Add", &[&n.input[0], &n.input[1]], &[&v("xb")]).build());
-                nodes.push(node("Add", &[&v("xb"), &n.input[2]], &[&n.output[0]]).build());
-            }
-            _ => nodes.push(n),
-        }
-    }
-    g.node = nodes;
-    g.initializer.extend(inits);
-    OnnxModel::from_proto(proto, model.path().and_then(|p| p.parent()))
-}
-
 /// A small NCHW network of C channels: Conv -> bias Add ([C,1,1] constant) -> SiLU -> Conv, a residual Add,
 /// Concat along channels with the input's conv, a nearest Resize (scale 2), a time-embedding-like
 /// [N, C, 1, 1] input added, then an output Conv; `extra` Conv nodes are appended as given.
-fn net(c: usize, extra: &[NodeProto], extra_inits: Vec<TensorProto>) -> OnnxModel {
+pub(crate) fn net(c: usize, extra: &[NodeProto], extra_inits: Vec<TensorProto>) -> OnnxModel {
     let mut m = ModelProto::new();
     m.set_ir_version(8);
     m.opset_import.push(crate::onnx::make_opset("", 17));
@@ -296,37 +190,21 @@ fn refused_convs_stay() {
 fn only_on_cuda_with_cuda_only_fusions() {
     let model = net(8, &[], vec![]);
     for (target, allowed, options, fires) in [
-        (Target::Cuda, true, "", true),
-        (Target::Cuda, true, "enabled = false", false),
-        (Target::Cuda, false, "", false),
-        (Target::Cpu, true, "", false),
-        (Target::TensorRt, true, "", false),
-        (Target::OpenVino, true, "", false),
+        (ExecutionProvider::Cuda, true, "", true),
+        (ExecutionProvider::Cuda, true, "enabled = false", false),
+        (ExecutionProvider::Cuda, false, "", false),
+        (ExecutionProvider::Cpu, true, "", false),
+        (ExecutionProvider::TensorRt, true, "", false),
+        (ExecutionProvider::OpenVino, true, "", false),
     ] {
         let mut ctx = BuildContext::new(target, Precision::Fp16);
         ctx.cuda_only_fusions = allowed;
-        let pass = registry::build_from_str::<NhwcConv>(options, &ctx).unwrap();
+        let pass = crate::passes::options::build_from_str::<NhwcConv>(options, &ctx).unwrap();
         let r = PassManager::new().with(pass).run(&mut model.clone(), &PassContext::new(target)).unwrap().remove(0);
         assert_eq!(r.rewrites > 0, fires, "{target:?} allowed={allowed} {options}");
     }
-    let ctx = BuildContext::new(Target::Cuda, Precision::Fp16);
-    assert!(registry::build_from_str::<NhwcConv>("enabled = 1", &ctx).is_err());
-}
-
-/// The passes of profile `fused` with `cuda_only_fusions` on, built as `convert --ep cuda` builds them.
-pub(crate) fn fused_passes(until: &str) -> PassManager {
-    let profile = Profile::load("fused").unwrap();
-    let mut ctx = BuildContext::new(Target::Cuda, Precision::Fp32);
-    ctx.cuda_only_fusions = true;
-    let mut manager = PassManager::new();
-    for name in &profile.passes {
-        let info = registry::lookup(name).unwrap();
-        manager.push(info.name, info.build(&profile.pass_options(name, Target::Cuda), &ctx).unwrap());
-        if name == until {
-            break;
-        }
-    }
-    manager
+    let ctx = BuildContext::new(ExecutionProvider::Cuda, Precision::Fp16);
+    assert!(crate::passes::options::build_from_str::<NhwcConv>("enabled = 1", &ctx).is_err());
 }
 
 /// The tiny UNets and VAE decoders after cleanup, group-norm and nhwc-conv, lowered, against cleanup alone
@@ -368,57 +246,6 @@ fn tiny_unets_match_the_unrewritten_graph() {
             eprintln!("{name} group-norm {with_group_norm}: relative L2 {err:.1e}");
             assert!(err <= 1e-5, "{name} group-norm {with_group_norm}: relative L2 {err:.2e}");
         }
-    }
-}
-
-/// On the `fused` profile's output (cuda_only_fusions on): every conv NhwcConv, and the only transposes left
-/// are the entry (the sample) and the exit (the noise prediction): the group norms' and the transformer
-/// blocks' own transposes cancel, the time embedding's [N, C, 1, 1] goes NHWC by a Reshape.
-#[test]
-fn fused_tiny_sdxl_is_channels_last() {
-    for name in ["tiny-sdxl/unet", "tiny-sdxl-dynamo/unet", "tiny-sd/unet", "tiny-sd-dynamo/unet"] {
-        let mut model = OnnxModel::load(tiny(name)).unwrap();
-        let convs = count(&model, "Conv");
-        let mut without = model.clone();
-        fused_passes("group-norm").run(&mut without, &cuda()).unwrap();
-        let records = fused_passes("").run(&mut model, &cuda()).unwrap();
-        let nhwc = records.iter().find(|r| r.pass == "nhwc-conv").expect("in profile fused");
-        let left = describe_transposes(&model);
-        eprintln!(
-            "{name}: nhwc-conv {} rewrites; Transpose {} -> {}; {left:#?}",
-            nhwc.rewrites,
-            count(&without, "Transpose"),
-            count(&model, "Transpose")
-        );
-        assert_eq!((count(&model, "NhwcConv"), count(&model, "Conv")), (convs, 0), "{name}");
-        assert_eq!(count(&model, "Transpose"), 2, "{name}: only the entry and the exit");
-        assert_eq!(count(&model, "GroupNorm") + count(&model, "SkipGroupNorm"), 21, "{name}");
-        assert!(run_pass(&mut model, NhwcConv::new(true)).unchanged(), "{name}: idempotent");
-    }
-}
-
-/// The two profile files for the GPU comparison: both turn the CUDA-only fusions on; the prefer_nhwc one turns
-/// nhwc-conv off and asks the CUDA EP for its own channels-last convolutions.
-#[test]
-fn the_comparison_profiles() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
-    let ours = Profile::load(dir.join("fused-cuda-only.toml").to_str().unwrap()).unwrap();
-    let theirs = Profile::load(dir.join("fused-prefer-nhwc.toml").to_str().unwrap()).unwrap();
-    for p in [&ours, &theirs] {
-        assert!(p.cuda_only_fusions && p.passes.contains(&"nhwc-conv".to_string()), "{}", p.name);
-        assert!(p.made_for(Target::Cuda) && !p.made_for(Target::Cpu));
-    }
-    let mut ctx = BuildContext::new(Target::Cuda, Precision::Fp16);
-    ctx.cuda_only_fusions = true;
-    let model = net(8, &[], vec![]);
-    for (p, fires, nhwc) in [(&ours, true, false), (&theirs, false, true)] {
-        let options = p.pass_options("nhwc-conv", Target::Cuda);
-        let pass = registry::lookup("nhwc-conv").unwrap().build(&options, &ctx).unwrap();
-        let mut manager = PassManager::new();
-        manager.push("nhwc-conv", pass);
-        let r = manager.run(&mut model.clone(), &cuda()).unwrap().remove(0);
-        assert_eq!(r.rewrites > 0, fires, "{}", p.name);
-        assert_eq!(p.session_options(Target::Cuda).flag("prefer_nhwc", false).unwrap(), nhwc, "{}", p.name);
     }
 }
 

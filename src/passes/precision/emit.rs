@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use half::{bf16, f16};
 
+use super::PrecisionPass;
 use super::plan::{ConstPlan, Mode, Plan, fixed_input};
-use super::{PrecisionPass, is_default};
 use crate::onnx::proto::onnx::type_proto;
 use crate::onnx::tensor::{dtype_name, tensor_from_raw};
 use crate::onnx::{
@@ -25,7 +25,7 @@ pub(super) fn emit(pass: &PrecisionPass, model: &OnnxModel, index: &GraphIndex, 
         index,
         nodes: index.nodes(),
         plan,
-        h: pass.precision.dtype(),
+        h: crate::onnx::dtype::of(pass.precision),
         suffix: pass.precision.name(),
         patch: Patch::new(),
         input_renames: HashMap::new(),
@@ -255,15 +255,15 @@ impl Emitter<'_, '_> {
 fn needs_attr_change(node: &NodeProto, cur: &HashMap<String, i32>) -> bool {
     let out_is_float = node.output.first().is_some_and(|o| cur.get(o.as_str()) == Some(&dtype::FLOAT));
     out_is_float
-        && (is_default(node, "ConstantOfShape")
-            || is_default(node, "RandomNormal")
-            || is_default(node, "RandomUniform")
+        && (crate::onnx::is_op(node, "ConstantOfShape")
+            || crate::onnx::is_op(node, "RandomNormal")
+            || crate::onnx::is_op(node, "RandomUniform")
             || attr_int(node, "dtype") == Some(dtype::FLOAT as i64))
 }
 
 /// Sets the type attribute of a converted ConstantOfShape / Random* node.
 fn change_attrs(node: &mut NodeProto, h: Precision) -> Result<()> {
-    if is_default(node, "ConstantOfShape") {
+    if crate::onnx::is_op(node, "ConstantOfShape") {
         let value = match attr(node, "value").and_then(|a| a.t.as_ref()) {
             Some(t) => t.clone(),
             None => tensor_from_raw("value", dtype::FLOAT, &[1], Bytes::from(0f32.to_le_bytes().to_vec())),
@@ -273,7 +273,7 @@ fn change_attrs(node: &mut NodeProto, h: Precision) -> Result<()> {
         t.dims = value.dims.clone();
         set_attr(node, make_attr_tensor("value", t));
     } else {
-        set_attr(node, make_attr_int("dtype", h.dtype() as i64));
+        set_attr(node, make_attr_int("dtype", crate::onnx::dtype::of(h) as i64));
     }
     Ok(())
 }
@@ -314,14 +314,14 @@ fn convert_tensor(model: &OnnxModel, t: &TensorProto, name: &str, h: Precision) 
     for c in bytes.chunks_exact(4) {
         raw.extend_from_slice(&half_bits(f32::from_le_bytes([c[0], c[1], c[2], c[3]]), h).to_le_bytes());
     }
-    let mut out = tensor_from_raw(name, h.dtype(), &[], Bytes::from(raw));
+    let mut out = tensor_from_raw(name, crate::onnx::dtype::of(h), &[], Bytes::from(raw));
     out.dims = t.dims.clone();
     Ok(out)
 }
 
 fn half_tensor(name: &str, dims: &[i64], values: &[f32], h: Precision) -> TensorProto {
     let raw: Vec<u8> = values.iter().flat_map(|&v| half_bits(v, h).to_le_bytes()).collect();
-    let mut t = tensor_from_raw(name, h.dtype(), &[], Bytes::from(raw));
+    let mut t = tensor_from_raw(name, crate::onnx::dtype::of(h), &[], Bytes::from(raw));
     t.dims = dims.to_vec();
     t
 }

@@ -8,11 +8,14 @@ use ndarray::ArrayD;
 use super::plan::current_types;
 use super::*;
 use crate::onnx::tensor::tensor_from_f32;
+use crate::onnx::{GraphIndex, OnnxModel};
 use crate::onnx::{ModelProto, NodeBuilder, dtype, make_tensor_value_info};
 use crate::passes::PassManager;
-use crate::passes::int8_dynamic::tests::{array, relative_l2, run};
+use crate::passes::testing::{array, relative_l2, run};
+use crate::passes::{Pass, PassContext};
 use crate::runtime::calibration::{Ranges, activation_ranges};
-use crate::runtime::{ExecutionProvider, HostTensor, Runtime};
+use crate::runtime::{HostTensor, Runtime};
+use crate::settings::ExecutionProvider;
 
 /// A decoder in miniature whose normalization after the overflow is a LayerNormalization over channels
 /// (as in transformer-style decoders; ONNX Runtime's CPU EP has a float16 kernel for it, so the overflow
@@ -82,8 +85,8 @@ fn measure(pass: &PrecisionPass, model: &OnnxModel, samples: &[Vec<(String, Arra
 
 fn convert(pass: &PrecisionPass, model: &OnnxModel) -> OnnxModel {
     let mut out = model.clone();
-    PassManager::new().with(pass.clone()).run(&mut out, &PassContext::new(Target::Cpu)).unwrap();
-    assert!(pass.run(&out, &PassContext::new(Target::Cpu)).unwrap().is_none(), "not idempotent");
+    PassManager::new().with(pass.clone()).run(&mut out, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
+    assert!(pass.run(&out, &PassContext::new(ExecutionProvider::Cpu)).unwrap().is_none(), "not idempotent");
     out
 }
 
@@ -119,7 +122,7 @@ fn an_overflowing_activation_gets_an_fp32_island() {
 
     // Ranges from other latents than the ones the outputs are compared on.
     let calibration = latents(3, &[1, 4, 8, 8], 0.18215);
-    for target in [Target::Cpu, Target::Cuda] {
+    for target in [ExecutionProvider::Cpu, ExecutionProvider::Cuda] {
         let plain = PrecisionPass::new(Precision::Fp16, target);
         let ranges = measure(&plain, &model, &calibration);
         let islands = with_ranges(plain.clone(), &ranges, 4.0);
@@ -144,7 +147,7 @@ fn an_overflowing_activation_gets_an_fp32_island() {
         match target {
             // The CPU conversion keeps Conv fp32 (no float16 CPU kernel) and converts the LayerNormalization,
             // which reads h through a Cast to float16: |h| > 65504 becomes inf, the normalization NaN.
-            Target::Cpu => {
+            ExecutionProvider::Cpu => {
                 assert_eq!(added, ["to_nhwc", "norm"].map(String::from).into());
                 assert!(bad > 0, "plain fp16 on the CPU EP should overflow (inf/NaN)");
             }
@@ -167,7 +170,7 @@ fn a_bf16_island_computes_the_overflowing_part_in_bfloat16() {
     let model = overflowing_decoder();
     let feeds = latents(1, &[1, 4, 8, 8], 0.18215).remove(0);
     let want = &run(&model, dir.path(), "fp32", &feeds)["sample"];
-    let plain = PrecisionPass::new(Precision::Fp16, Target::Cuda);
+    let plain = PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda);
     let ranges = measure(&plain, &model, &latents(3, &[1, 4, 8, 8], 0.18215));
     let bf16 = PrecisionPass {
         ranges: Some(RangeOptions { island: IslandType::Bf16, ..RangeOptions::default() }),
@@ -204,7 +207,7 @@ fn the_margin_decides_what_is_out_of_range() {
         ("unseen".to_string(), (f32::INFINITY, f32::NEG_INFINITY)),
     ]);
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    let pass = PrecisionPass::new(Precision::Fp16, Target::Cuda);
+    let pass = PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda);
     assert_eq!(with_ranges(pass.clone(), &ranges, 4.0).out_of_range, set(&["over", "near", "nan", "unseen"]));
     assert_eq!(with_ranges(pass.clone(), &ranges, 1.0).out_of_range, set(&["over", "nan", "unseen"]));
     // Without a `[precision.ranges]` table, the default margin (4).
@@ -215,8 +218,8 @@ fn the_margin_decides_what_is_out_of_range() {
 
 #[test]
 fn range_options_are_checked() {
-    let ctx = crate::passes::BuildContext::new(Target::Cuda, Precision::Fp16);
-    let build = |text: &str| crate::passes::registry::build_from_str::<PrecisionPass>(text, &ctx);
+    let ctx = crate::passes::BuildContext::new(ExecutionProvider::Cuda, Precision::Fp16);
+    let build = |text: &str| crate::passes::options::build_from_str::<PrecisionPass>(text, &ctx);
     let p = build("[ranges]\n").unwrap();
     assert_eq!(p.ranges, Some(RangeOptions::default()));
     assert!(p.measures("vae_decoder") && !p.measures("unet"));
@@ -231,8 +234,8 @@ fn range_options_are_checked() {
     let err = build("[ranges]\nisland = \"fp8\"\n").err().unwrap().to_string();
     assert!(err.contains("ranges.island") && err.contains("fp8"), "{err}");
     // bfloat16 holds float32's range: nothing to measure.
-    let bf16 = crate::passes::BuildContext::new(Target::Cuda, Precision::Bf16);
-    let p = crate::passes::registry::build_from_str::<PrecisionPass>("[ranges]\n", &bf16).unwrap();
+    let bf16 = crate::passes::BuildContext::new(ExecutionProvider::Cuda, Precision::Bf16);
+    let p = crate::passes::options::build_from_str::<PrecisionPass>("[ranges]\n", &bf16).unwrap();
     assert!(!p.measures("vae_decoder"));
 }
 
@@ -243,13 +246,13 @@ fn range_options_are_checked() {
 fn tiny_vae_decoders_with_and_without_islands() {
     let dir = tempfile::tempdir().unwrap();
     for (pipeline, scaling_factor) in [("tiny-sd", 0.18215), ("tiny-sdxl", 0.13025)] {
-        let path = crate::passes::test_util::tiny(&format!("{pipeline}/vae_decoder"));
+        let path = crate::passes::testing::tiny(&format!("{pipeline}/vae_decoder"));
         let model = OnnxModel::load(&path).unwrap();
         let feeds = latents(1, &[1, 4, 16, 16], scaling_factor).remove(0);
         let want = run(&model, dir.path(), &format!("{pipeline}-fp32"), &feeds);
         let want = &want["sample"];
         let calibration = latents(4, &[1, 4, 16, 16], scaling_factor);
-        for target in [Target::Cpu, Target::Cuda] {
+        for target in [ExecutionProvider::Cpu, ExecutionProvider::Cuda] {
             let plain = PrecisionPass::new(Precision::Fp16, target);
             let ranges = measure(&plain, &model, &calibration);
             let max = ranges.values().fold(0f32, |m, (lo, hi)| m.max(lo.abs()).max(hi.abs()));

@@ -94,9 +94,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::onnx::{GraphIndex, NodeProto, OnnxModel, Patch};
-use crate::passes::{BuildContext, Pass, PassContext, PassSpec, Target};
-use crate::settings::Precision;
+use crate::onnx::{NodeProto, is_op};
+use crate::passes::{BuildContext, PassSpec};
+use crate::settings::{ExecutionProvider, Precision};
 use crate::{Error, Result};
 
 mod emit;
@@ -105,13 +105,55 @@ mod islands_tests;
 mod kernels;
 mod plan;
 mod policy;
+mod run;
 #[cfg(test)]
 mod tests;
 
 pub use kernels::{CPU_BF16_KERNELS, CPU_FP16_KERNELS, CUDA_BF16_MISSING};
-pub use policy::OpPolicy;
 
-use plan::{Plan, current_types};
+/// Which ops stay fp32 (besides the ones that must, see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpPolicy {
+    /// These ops stay fp32, every other op is converted.
+    Block(BTreeSet<String>),
+    /// Only these ops are converted (the CPU defaults: ONNX Runtime's CPU kernels for the type).
+    AllowOnly(BTreeSet<String>),
+}
+
+impl OpPolicy {
+    /// True when `node` stays fp32 under this policy.
+    pub fn blocks(&self, node: &NodeProto) -> bool {
+        match self {
+            OpPolicy::Block(ops) => ops.iter().any(|e| op_matches(e, node)),
+            OpPolicy::AllowOnly(ops) => !ops.iter().any(|e| op_matches(e, node)),
+        }
+    }
+
+    /// The default policy for `target` and `precision` (see the module docs).
+    pub fn default_for(target: ExecutionProvider, precision: Precision) -> Self {
+        let set = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect();
+        match (target, precision) {
+            (ExecutionProvider::Cpu, Precision::Fp16) => OpPolicy::AllowOnly(set(CPU_FP16_KERNELS)),
+            (ExecutionProvider::Cpu, Precision::Bf16) => OpPolicy::AllowOnly(set(CPU_BF16_KERNELS)),
+            (ExecutionProvider::Cuda | ExecutionProvider::TensorRt, Precision::Bf16) => {
+                OpPolicy::Block(set(CUDA_BF16_MISSING))
+            }
+            (_, Precision::Fp32)
+            | (ExecutionProvider::Cuda | ExecutionProvider::TensorRt | ExecutionProvider::OpenVino, _) => {
+                OpPolicy::Block(BTreeSet::new())
+            }
+        }
+    }
+}
+
+/// True when a block-list entry names `node`'s op: `Op` (any domain) or `domain.Op`.
+fn op_matches(entry: &str, node: &NodeProto) -> bool {
+    if entry == node.op_type() {
+        return true;
+    }
+    let domain = if node.domain().is_empty() { "ai.onnx" } else { node.domain() };
+    entry.strip_prefix(domain).and_then(|r| r.strip_prefix('.')) == Some(node.op_type())
+}
 
 /// Options of the precision pass (a profile's `[precision]`); the precision itself is the conversion's
 /// (`--precision`). `keep_io_types` (default true), `op_block_list` (op types; replaces the target's
@@ -253,7 +295,7 @@ impl PassSpec for PrecisionPass {
 
 impl PrecisionPass {
     /// `precision` (fp16 or bf16) with the defaults for `target`.
-    pub fn new(precision: Precision, target: Target) -> Self {
+    pub fn new(precision: Precision, target: ExecutionProvider) -> Self {
         PrecisionPass {
             precision,
             keep_io_types: true,
@@ -272,21 +314,6 @@ impl PrecisionPass {
     pub fn measures(&self, component: &str) -> bool {
         self.precision == Precision::Fp16
             && self.ranges.as_ref().is_some_and(|r| r.components.iter().any(|c| c == component))
-    }
-
-    /// The values whose ranges decide the islands: the float outputs of every node but constants.
-    pub fn range_targets(&self, model: &OnnxModel) -> Vec<String> {
-        let index = GraphIndex::new(model);
-        let types = current_types(&index);
-        let mut out = Vec::new();
-        for n in index.nodes().iter().filter(|n| !is_constant(n)) {
-            for o in n.output.iter().filter(|o| !o.is_empty()) {
-                if types.get(o.as_str()) == Some(&crate::onnx::dtype::FLOAT) {
-                    out.push(o.clone());
-                }
-            }
-        }
-        out
     }
 
     /// The pass with measured ranges (min, max by value name): the values out of float16's range (with
@@ -312,48 +339,15 @@ impl PrecisionPass {
     }
 }
 
-impl Pass for PrecisionPass {
-    fn settings(&self) -> serde_json::Value {
-        // Recorded only for range islands (the manifest keeps what was measured and judged).
-        let Some(r) = &self.ranges else { return serde_json::Value::Null };
-        if self.measured_max.is_none() {
-            return serde_json::Value::Null;
-        }
-        serde_json::json!({
-            "ranges": r,
-            "limit": r.limit(),
-            "measured_max_abs": self.measured_max,
-            "out_of_range": self.out_of_range,
-        })
-    }
-
-    fn run(&self, model: &OnnxModel, _ctx: &PassContext) -> Result<Option<Patch>> {
-        let index = GraphIndex::new(model);
-        // The types as the graph stands, and the nodes that stay fp32.
-        let types = current_types(&index);
-        let blocked = self.blocked(&index, &types);
-        // The type of every value afterwards, and where Casts and converted constants go.
-        let plan = Plan::new(self, &index, types, &blocked);
-        // The patch that carries it out.
-        let patch = emit::emit(self, model, &index, &plan)?;
-        Ok((!patch.is_empty()).then_some(patch))
-    }
-}
-
-/// True when `node` is the default-domain op `op`.
-fn is_default(node: &NodeProto, op: &str) -> bool {
-    node.op_type() == op && matches!(node.domain(), "" | "ai.onnx")
-}
-
 fn is_contrib(node: &NodeProto, op: &str) -> bool {
     node.op_type() == op && node.domain() == "com.microsoft"
 }
 
 fn is_constant(node: &NodeProto) -> bool {
-    is_default(node, "Constant")
+    is_op(node, "Constant")
 }
 
 /// Shape and Size read only the shape of their input.
 fn is_agnostic(node: &NodeProto) -> bool {
-    is_default(node, "Shape") || is_default(node, "Size")
+    is_op(node, "Shape") || is_op(node, "Size")
 }

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{PrecisionPass, is_agnostic, is_constant, is_contrib, is_default};
+use super::{PrecisionPass, is_agnostic, is_constant, is_contrib};
 use crate::onnx::infer::Inference;
 use crate::onnx::{GraphIndex, NodeProto, attr, attr_int, dtype};
+use crate::onnx::{OnnxModel, is_op};
 
 /// Ops that move or pick data without computing: between fp32 nodes they stay fp32.
 const FOLLOWERS: &[&str] = &[
@@ -96,8 +97,15 @@ impl Plan {
             node_types: vec![0; nodes.len()],
         };
         let bf16 = pass.bf16_islands(index);
-        let mut planner =
-            Planner { pass, index, blocked, bf16, h: pass.precision.dtype(), plan, const_reads: BTreeMap::new() };
+        let mut planner = Planner {
+            pass,
+            index,
+            blocked,
+            bf16,
+            h: crate::onnx::dtype::of(pass.precision),
+            plan,
+            const_reads: BTreeMap::new(),
+        };
         planner.retype_graph_inputs();
         for (i, n) in nodes.iter().enumerate() {
             let mode = planner.mode_of(i, n);
@@ -165,7 +173,7 @@ impl Planner<'_, '_> {
     /// Which reads want h: a converted (or converting) node's non-fixed float input.
     fn wants_half(&self, c: usize, k: usize) -> bool {
         let n = &self.index.nodes()[c];
-        !self.blocked[c] && !is_constant(n) && !is_agnostic(n) && !is_default(n, "Cast") && !fixed_input(n, k)
+        !self.blocked[c] && !is_constant(n) && !is_agnostic(n) && !is_op(n, "Cast") && !fixed_input(n, k)
     }
 
     fn read_as_half(&self, v: &str) -> bool {
@@ -192,7 +200,7 @@ impl Planner<'_, '_> {
             Mode::Constant
         } else if self.blocked[i] {
             Mode::Keep
-        } else if is_agnostic(n) || is_default(n, "Cast") {
+        } else if is_agnostic(n) || is_op(n, "Cast") {
             Mode::Agnostic
         } else if self.bf16[i] {
             // A bf16 island's node computes in bfloat16 even where it only moves fp32 data.
@@ -254,7 +262,7 @@ impl Planner<'_, '_> {
 
     /// A Cast to float32 whose value is read as h becomes a Cast to h.
     fn plan_agnostic(&mut self, i: usize, n: &NodeProto) {
-        if is_default(n, "Cast")
+        if is_op(n, "Cast")
             && attr_int(n, "to") == Some(dtype::FLOAT as i64)
             && let Some(out) = n.output.first().filter(|o| !o.is_empty())
         {
@@ -364,15 +372,32 @@ pub(super) fn is_follower(node: &NodeProto) -> bool {
 
 /// Inputs of a converted node that keep their type.
 pub(super) fn fixed_input(node: &NodeProto, k: usize) -> bool {
-    (is_default(node, "Resize") && (k == 1 || k == 2))
-        || (is_default(node, "Upsample") && k == 1)
+    (is_op(node, "Resize") && (k == 1 || k == 2))
+        || (is_op(node, "Upsample") && k == 1)
         || ((is_contrib(node, "GroupNorm") || is_contrib(node, "SkipGroupNorm")) && (k == 1 || k == 2))
 }
 
 /// Outputs of a converted node that keep their type (float32 statistics).
 pub(super) fn fixed_output(node: &NodeProto, k: usize) -> bool {
-    (is_default(node, "LayerNormalization") && (k == 1 || k == 2))
-        || (is_default(node, "SimplifiedLayerNormalization") && k == 1)
+    (is_op(node, "LayerNormalization") && (k == 1 || k == 2))
+        || (is_op(node, "SimplifiedLayerNormalization") && k == 1)
         || ((is_contrib(node, "SkipLayerNormalization") || is_contrib(node, "SkipSimplifiedLayerNormalization"))
             && (k == 1 || k == 2))
+}
+
+impl PrecisionPass {
+    /// The values whose ranges decide the islands: the float outputs of every node but constants.
+    pub fn range_targets(&self, model: &OnnxModel) -> Vec<String> {
+        let index = GraphIndex::new(model);
+        let types = current_types(&index);
+        let mut out = Vec::new();
+        for n in index.nodes().iter().filter(|n| !is_constant(n)) {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                if types.get(o.as_str()) == Some(&crate::onnx::dtype::FLOAT) {
+                    out.push(o.clone());
+                }
+            }
+        }
+        out
+    }
 }

@@ -1,46 +1,13 @@
-//! Which nodes stay fp32: [`OpPolicy`] (the op block or allow list), the node block list, and the rules
+//! Which nodes stay fp32: [`super::OpPolicy`] (the op block or allow list) applied, the node block list, and the rules
 //! for schemas, int8 parts, subgraphs, sinusoidal embeddings and values of unknown type.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::kernels::{CPU_BF16_KERNELS, CPU_FP16_KERNELS, CUDA_BF16_MISSING, schema_accepts};
+use super::kernels::schema_accepts;
 use super::plan::current_types;
-use super::{PrecisionPass, is_agnostic, is_constant, is_default};
+use super::{PrecisionPass, is_agnostic, is_constant};
 use crate::onnx::{GraphIndex, NodeProto, OnnxModel, dtype, outer_references};
-use crate::passes::Target;
 use crate::settings::Precision;
-
-/// Which ops stay fp32 (besides the ones that must, see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OpPolicy {
-    /// These ops stay fp32, every other op is converted.
-    Block(BTreeSet<String>),
-    /// Only these ops are converted (the CPU defaults: ONNX Runtime's CPU kernels for the type).
-    AllowOnly(BTreeSet<String>),
-}
-
-impl OpPolicy {
-    /// True when `node` stays fp32 under this policy.
-    pub fn blocks(&self, node: &NodeProto) -> bool {
-        match self {
-            OpPolicy::Block(ops) => ops.iter().any(|e| op_matches(e, node)),
-            OpPolicy::AllowOnly(ops) => !ops.iter().any(|e| op_matches(e, node)),
-        }
-    }
-
-    /// The default policy for `target` and `precision` (see the module docs).
-    pub fn default_for(target: Target, precision: Precision) -> Self {
-        let set = |ops: &[&str]| ops.iter().map(|s| s.to_string()).collect();
-        match (target, precision) {
-            (Target::Cpu, Precision::Fp16) => OpPolicy::AllowOnly(set(CPU_FP16_KERNELS)),
-            (Target::Cpu, Precision::Bf16) => OpPolicy::AllowOnly(set(CPU_BF16_KERNELS)),
-            (Target::Cuda | Target::TensorRt, Precision::Bf16) => OpPolicy::Block(set(CUDA_BF16_MISSING)),
-            (_, Precision::Fp32) | (Target::Cuda | Target::TensorRt | Target::OpenVino, _) => {
-                OpPolicy::Block(BTreeSet::new())
-            }
-        }
-    }
-}
 
 impl PrecisionPass {
     /// Indices of the nodes of `model` that stay fp32 (for reports and tests).
@@ -59,7 +26,7 @@ impl PrecisionPass {
             .iter()
             .map(|n| {
                 !is_constant(n)
-                    && !is_default(n, "Cast")
+                    && !crate::onnx::is_op(n, "Cast")
                     && (self.node_block_list.contains(n.name())
                         || self.ops.blocks(n)
                         || is_int8_op(n)
@@ -108,7 +75,7 @@ impl PrecisionPass {
             .map(|n| {
                 !self.out_of_range.is_empty()
                     && !is_constant(n)
-                    && !is_default(n, "Cast")
+                    && !crate::onnx::is_op(n, "Cast")
                     && (n.input.iter().any(touches) || n.output.iter().any(touches))
             })
             .collect()
@@ -143,19 +110,19 @@ impl PrecisionPass {
 fn block_int8_chains(index: &GraphIndex, blocked: &mut [bool]) {
     let nodes = index.nodes();
     for (i, n) in nodes.iter().enumerate() {
-        if !(is_default(n, "MatMulInteger") || is_default(n, "ConvInteger")) {
+        if !(crate::onnx::is_op(n, "MatMulInteger") || crate::onnx::is_op(n, "ConvInteger")) {
             continue;
         }
         blocked[i] = true;
         for out in n.output.iter().filter(|o| !o.is_empty()) {
             for &c in index.consumers(out) {
-                if !is_default(&nodes[c], "Cast") {
+                if !crate::onnx::is_op(&nodes[c], "Cast") {
                     continue;
                 }
                 blocked[c] = true;
                 let cast_out = nodes[c].output.first().map(String::as_str).unwrap_or("");
                 for &m in index.consumers(cast_out) {
-                    if !is_default(&nodes[m], "Mul") {
+                    if !crate::onnx::is_op(&nodes[m], "Mul") {
                         continue;
                     }
                     blocked[m] = true;
@@ -176,7 +143,7 @@ fn block_sinusoid_arguments(index: &GraphIndex, cur: &HashMap<String, i32>, bloc
     let mut stack: Vec<usize> = nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| is_default(n, "Sin") || is_default(n, "Cos"))
+        .filter(|(_, n)| crate::onnx::is_op(n, "Sin") || crate::onnx::is_op(n, "Cos"))
         .map(|(i, _)| i)
         .collect();
     let mut seen: HashSet<usize> = stack.iter().copied().collect();
@@ -243,13 +210,4 @@ fn is_int8_op(node: &NodeProto) -> bool {
                 | "QGemm"
                 | "QOrderedMatMul"
         )
-}
-
-/// True when a block-list entry names `node`'s op: `Op` (any domain) or `domain.Op`.
-pub(super) fn op_matches(entry: &str, node: &NodeProto) -> bool {
-    if entry == node.op_type() {
-        return true;
-    }
-    let domain = if node.domain().is_empty() { "ai.onnx" } else { node.domain() };
-    entry.strip_prefix(domain).and_then(|r| r.strip_prefix('.')) == Some(node.op_type())
 }

@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 
+use super::op_matches;
+use super::plan::current_types;
 use super::plan::{fixed_input, is_follower};
-use super::policy::op_matches;
 use super::*;
 use crate::onnx::tensor::{dtype_name, tensor_from_f32, tensor_from_i64};
+use crate::onnx::{GraphIndex, OnnxModel};
 use crate::onnx::{ModelProto, NodeBuilder, attr_int, attr_tensor, dtype, is_op, make_tensor_value_info};
-use crate::passes::int8_dynamic::tests::{array, count, relative_l2, run, unet_feeds};
+use crate::passes::int8_dynamic::tests::unet_feeds;
+use crate::passes::testing::{array, count, relative_l2, run};
 use crate::passes::{Int8Dynamic, Int8Format, PassManager};
+use crate::passes::{Pass, PassContext};
 
 fn model_path(pipeline: &str, component: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(pipeline).join(component).join("model.onnx")
@@ -37,8 +41,8 @@ fn feeds(path: &Path) -> Vec<(String, ArrayD<f32>)> {
         .collect()
 }
 
-fn convert(pass: &PrecisionPass, model: &mut OnnxModel) -> crate::passes::PassRecord {
-    let records = PassManager::new().with(pass.clone()).run(model, &PassContext::new(Target::Cpu)).unwrap();
+fn convert(pass: &PrecisionPass, model: &mut OnnxModel) -> crate::manifest::PassRecord {
+    let records = PassManager::new().with(pass.clone()).run(model, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
     records.into_iter().next().unwrap()
 }
 
@@ -133,7 +137,7 @@ fn fp32_weights_in_converted_nodes(pass: &PrecisionPass, model: &OnnxModel) -> V
     let blocked = pass.blocked_nodes(model);
     let mut found = Vec::new();
     for (i, n) in model.graph().node.iter().enumerate() {
-        if blocked.contains(&i) || is_agnostic(n) || is_default(n, "Cast") {
+        if blocked.contains(&i) || is_agnostic(n) || crate::onnx::is_op(n, "Cast") {
             continue;
         }
         for (k, v) in n.input.iter().enumerate() {
@@ -167,13 +171,13 @@ fn check(pass: &PrecisionPass, pipeline: &str, component: &str, dir: &Path, run_
     let int_before = original.graph().initializer.iter().filter(|t| crate::onnx::tensor::is_int(t.data_type())).count();
     let int_after = model.graph().initializer.iter().filter(|t| crate::onnx::tensor::is_int(t.data_type())).count();
     assert_eq!(int_before, int_after, "{what}: integer initializers changed");
-    assert!(pass.run(&model, &PassContext::new(Target::Cpu)).unwrap().is_none(), "{what}: not idempotent");
+    assert!(pass.run(&model, &PassContext::new(ExecutionProvider::Cpu)).unwrap().is_none(), "{what}: not idempotent");
     eprintln!(
         "{what}: {} nodes converted, {} blocked, {} Casts, {} of {} initializers in {}",
         record.rewrites,
         pass.blocked_nodes(&model).len(),
         count(&model, "Cast"),
-        half_initializers(&model, pass.precision.dtype()),
+        half_initializers(&model, crate::onnx::dtype::of(pass.precision)),
         model.graph().initializer.len(),
         pass.precision.name()
     );
@@ -199,10 +203,12 @@ fn tiny_unets_in_fp16_match_fp32() {
     let dir = tempfile::tempdir().unwrap();
     // Everything in float16 that may be (no op block list): ONNX Runtime's CPU EP runs such graphs by
     // casting around the ops it has no float16 kernel for.
-    let full =
-        PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cpu) };
+    let full = PrecisionPass {
+        ops: OpPolicy::Block(BTreeSet::new()),
+        ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cpu)
+    };
     // The CPU default: only ops with a float16 CPU kernel are converted.
-    let cpu = PrecisionPass::new(Precision::Fp16, Target::Cpu);
+    let cpu = PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cpu);
     for pipeline in TINY {
         for pass in [&full, &cpu] {
             let err = check(pass, pipeline, "unet", dir.path(), true).unwrap();
@@ -223,16 +229,16 @@ fn after_cleanup_and_with_half_io() {
             let pass = PrecisionPass {
                 keep_io_types,
                 ops: OpPolicy::Block(BTreeSet::new()),
-                ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+                ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
             };
             let mut model = original.clone();
             PassManager::new()
                 .with(crate::passes::Cleanup)
                 .with(pass.clone())
-                .run(&mut model, &PassContext::new(Target::Cuda))
+                .run(&mut model, &PassContext::new(ExecutionProvider::Cuda))
                 .unwrap();
             assert_eq!(type_problems(&model), Vec::<String>::new(), "{pipeline}");
-            assert!(pass.run(&model, &PassContext::new(Target::Cuda)).unwrap().is_none(), "{pipeline}");
+            assert!(pass.run(&model, &PassContext::new(ExecutionProvider::Cuda)).unwrap().is_none(), "{pipeline}");
             let io = io_types(&model);
             let sample = io.iter().find(|(n, _)| n == "sample").unwrap().1;
             assert_eq!(sample, Some(if keep_io_types { dtype::FLOAT } else { dtype::FLOAT16 }), "{pipeline}");
@@ -249,8 +255,10 @@ fn after_cleanup_and_with_half_io() {
 #[test]
 fn other_tiny_components_in_fp16_match_fp32() {
     let dir = tempfile::tempdir().unwrap();
-    let full =
-        PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cuda) };
+    let full = PrecisionPass {
+        ops: OpPolicy::Block(BTreeSet::new()),
+        ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
+    };
     for (pipeline, component) in [
         ("tiny-sd", "text_encoder"),
         ("tiny-sd", "vae_decoder"),
@@ -267,11 +275,13 @@ fn other_tiny_components_in_fp16_match_fp32() {
 fn tiny_unets_in_bf16() {
     let dir = tempfile::tempdir().unwrap();
     // CPU default: only LayerNormalization and data movement run in bfloat16; the graph loads and runs.
-    let cpu = PrecisionPass::new(Precision::Bf16, Target::Cpu);
+    let cpu = PrecisionPass::new(Precision::Bf16, ExecutionProvider::Cpu);
     // CUDA default and no block list at all: checked by types (ONNX Runtime's CPU EP cannot run them).
-    let cuda = PrecisionPass::new(Precision::Bf16, Target::Cuda);
-    let full =
-        PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Bf16, Target::Cuda) };
+    let cuda = PrecisionPass::new(Precision::Bf16, ExecutionProvider::Cuda);
+    let full = PrecisionPass {
+        ops: OpPolicy::Block(BTreeSet::new()),
+        ..PrecisionPass::new(Precision::Bf16, ExecutionProvider::Cuda)
+    };
     for pipeline in TINY {
         let err = check(&cpu, pipeline, "unet", dir.path(), true).unwrap();
         assert!(err <= 2e-2, "{pipeline}: bf16 relative L2 {err:.2e} > 2e-2");
@@ -301,13 +311,18 @@ fn int8_parts_stay_fp32() {
         let path = model_path(pipeline, "unet");
         let mut int8 = OnnxModel::load(&path).unwrap();
         let quantize = Int8Dynamic { min_in_features: 16, exclude: vec![], format: Int8Format::Dynamic };
-        PassManager::new().with(quantize).run(&mut int8, &PassContext::new(Target::Cpu)).unwrap();
+        PassManager::new().with(quantize).run(&mut int8, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
         let mut model = int8.clone();
-        let pass =
-            PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cpu) };
+        let pass = PrecisionPass {
+            ops: OpPolicy::Block(BTreeSet::new()),
+            ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cpu)
+        };
         convert(&pass, &mut model);
         assert_eq!(type_problems(&model), Vec::<String>::new(), "{pipeline}");
-        assert!(pass.run(&model, &PassContext::new(Target::Cpu)).unwrap().is_none(), "{pipeline}: not idempotent");
+        assert!(
+            pass.run(&model, &PassContext::new(ExecutionProvider::Cpu)).unwrap().is_none(),
+            "{pipeline}: not idempotent"
+        );
         let index = GraphIndex::new(&model);
         let types = current_types(&index);
         let mut chains = 0;
@@ -418,8 +433,10 @@ fn synthetic(opset: i64) -> OnnxModel {
 fn kept_slots_constants_and_io() {
     let types = |m: &OnnxModel| current_types(&GraphIndex::new(m));
     let mut model = synthetic(17);
-    let pass =
-        PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cuda) };
+    let pass = PrecisionPass {
+        ops: OpPolicy::Block(BTreeSet::new()),
+        ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
+    };
     convert(&pass, &mut model);
     let t = types(&model);
     let init = |name: &str| model.initializer(name).map(|t| t.data_type());
@@ -443,7 +460,7 @@ fn kept_slots_constants_and_io() {
     );
     assert_eq!(count(&model, "Cast"), 2);
     assert_eq!(type_problems(&model), Vec::<String>::new());
-    assert!(pass.run(&model, &PassContext::new(Target::Cuda)).unwrap().is_none());
+    assert!(pass.run(&model, &PassContext::new(ExecutionProvider::Cuda)).unwrap().is_none());
 
     // keep_io_types = false: the graph's float input and output are float16, no Cast at all.
     let mut open = synthetic(17);
@@ -452,14 +469,14 @@ fn kept_slots_constants_and_io() {
     assert_eq!(io_types(&open)[..2], [("x".into(), Some(dtype::FLOAT16)), ("y".into(), Some(dtype::FLOAT16))]);
     assert_eq!(count(&open, "Cast"), 0);
     assert_eq!(type_problems(&open), Vec::<String>::new());
-    assert!(pass.run(&open, &PassContext::new(Target::Cuda)).unwrap().is_none());
+    assert!(pass.run(&open, &PassContext::new(ExecutionProvider::Cuda)).unwrap().is_none());
 
     // A blocked node and a blocked op: Casts around them, their weights stay float32.
     let mut blocked = synthetic(17);
     let pass = PrecisionPass {
         ops: OpPolicy::Block(["LayerNormalization".to_string()].into()),
         node_block_list: ["mul".to_string()].into(),
-        ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+        ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
     };
     convert(&pass, &mut blocked);
     let t = types(&blocked);
@@ -467,12 +484,14 @@ fn kept_slots_constants_and_io() {
     assert_eq!(blocked.initializer("ln_scale").unwrap().data_type(), dtype::FLOAT);
     assert_eq!(t["gn_out"], dtype::FLOAT16);
     assert_eq!(type_problems(&blocked), Vec::<String>::new());
-    assert!(pass.run(&blocked, &PassContext::new(Target::Cuda)).unwrap().is_none());
+    assert!(pass.run(&blocked, &PassContext::new(ExecutionProvider::Cuda)).unwrap().is_none());
 
     // bfloat16 at opset 17: GroupNorm (contrib) has no bfloat16 type and ConstantOfShape needs opset 20.
     let mut bf = synthetic(17);
-    let pass =
-        PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Bf16, Target::Cuda) };
+    let pass = PrecisionPass {
+        ops: OpPolicy::Block(BTreeSet::new()),
+        ..PrecisionPass::new(Precision::Bf16, ExecutionProvider::Cuda)
+    };
     convert(&pass, &mut bf);
     let t = types(&bf);
     assert_eq!(
@@ -490,7 +509,7 @@ fn sinusoidal_embeddings_stay_fp32() {
             let pass = PrecisionPass {
                 sinusoid_fp32,
                 ops: OpPolicy::Block(BTreeSet::new()),
-                ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+                ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
             };
             convert(&pass, &mut model);
             let index = GraphIndex::new(&model);
@@ -520,7 +539,7 @@ fn computed_resize_scales_are_read_as_fp32() {
     let pass = PrecisionPass {
         keep_io_types: false,
         ops: OpPolicy::Block(BTreeSet::new()),
-        ..PrecisionPass::new(Precision::Fp16, Target::Cuda)
+        ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
     };
     convert(&pass, &mut model);
     assert_eq!(type_problems(&model), Vec::<String>::new());
@@ -529,7 +548,7 @@ fn computed_resize_scales_are_read_as_fp32() {
     let resize = model.graph().node.iter().find(|n| n.op_type() == "Resize").unwrap();
     assert_eq!((types[&resize.input[0]], types[&resize.input[2]]), (dtype::FLOAT16, dtype::FLOAT));
     assert_eq!(types["s2"], dtype::FLOAT16, "the Mul itself runs in float16");
-    assert!(pass.run(&model, &PassContext::new(Target::Cuda)).unwrap().is_none());
+    assert!(pass.run(&model, &PassContext::new(ExecutionProvider::Cuda)).unwrap().is_none());
 }
 
 #[test]
@@ -541,32 +560,34 @@ fn odd_nodes_do_not_panic() {
     g.node.push(NodeBuilder::new("Mystery").domain("org.example").inputs(["y"]).outputs(["z"]).build());
     g.node.push(NodeBuilder::new("Relu").inputs(["z"]).outputs(["zr"]).build());
     g.output.push(make_tensor_value_info("zr", dtype::FLOAT, None));
-    let pass =
-        PrecisionPass { ops: OpPolicy::Block(BTreeSet::new()), ..PrecisionPass::new(Precision::Fp16, Target::Cuda) };
+    let pass = PrecisionPass {
+        ops: OpPolicy::Block(BTreeSet::new()),
+        ..PrecisionPass::new(Precision::Fp16, ExecutionProvider::Cuda)
+    };
     let blocked = pass.blocked_nodes(&model);
     let names: Vec<&str> = blocked.iter().map(|&i| model.graph().node[i].op_type()).collect();
     // The unknown op and its reader (whose input type is unknown) stay as they are.
     assert!(names.contains(&"Mystery") && names.contains(&"Relu"), "{names:?}");
-    let _ = PassManager::new().with(pass).run(&mut model, &PassContext::new(Target::Cuda));
+    let _ = PassManager::new().with(pass).run(&mut model, &PassContext::new(ExecutionProvider::Cuda));
 }
 
 #[test]
 fn options_are_checked() {
     let build = |text: &str, precision, target| {
-        crate::passes::registry::build_from_str::<PrecisionPass>(text, &BuildContext::new(target, precision))
+        crate::passes::options::build_from_str::<PrecisionPass>(text, &BuildContext::new(target, precision))
     };
-    let p = build("", Precision::Fp16, Target::Cuda).unwrap();
+    let p = build("", Precision::Fp16, ExecutionProvider::Cuda).unwrap();
     assert_eq!(
         (p.precision, p.keep_io_types, p.sinusoid_fp32, &p.ops),
         (Precision::Fp16, true, true, &OpPolicy::Block(BTreeSet::new()))
     );
     let text = "keep_io_types = false\nop_block_list = [\"Resize\"]\nnode_block_list = [\"n1\"]";
-    let p = build(text, Precision::Bf16, Target::Cpu).unwrap();
+    let p = build(text, Precision::Bf16, ExecutionProvider::Cpu).unwrap();
     assert_eq!((p.precision, p.keep_io_types), (Precision::Bf16, false));
     assert_eq!(p.ops, OpPolicy::Block(["Resize".to_string()].into()));
     assert!(p.node_block_list.contains("n1"));
-    assert!(matches!(build("", Precision::Fp16, Target::Cpu).unwrap().ops, OpPolicy::AllowOnly(_)));
-    assert!(build("", Precision::Fp32, Target::Cpu).unwrap_err().to_string().contains("fp16 or bf16"));
+    assert!(matches!(build("", Precision::Fp16, ExecutionProvider::Cpu).unwrap().ops, OpPolicy::AllowOnly(_)));
+    assert!(build("", Precision::Fp32, ExecutionProvider::Cpu).unwrap_err().to_string().contains("fp16 or bf16"));
     for (text, expected) in [
         ("precision = \"bf16\"", "key `precision`: unknown field"),
         ("keep_io_types = \"yes\"", "key `keep_io_types`: invalid type"),
@@ -574,7 +595,7 @@ fn options_are_checked() {
         ("node_block_list = [1]", "key `node_block_list[0]`: invalid type"),
         ("keep_io = true", "key `keep_io`: unknown field"),
     ] {
-        let err = build(text, Precision::Fp16, Target::Cpu).unwrap_err().to_string();
+        let err = build(text, Precision::Fp16, ExecutionProvider::Cpu).unwrap_err().to_string();
         assert!(err.contains(expected), "{text}: {err}");
         assert!(err.starts_with("[precision]"), "{err}");
     }
@@ -587,7 +608,7 @@ fn op_names_match_with_and_without_domain() {
     assert!(op_matches("MultiHeadAttention", &mha) && op_matches("com.microsoft.MultiHeadAttention", &mha));
     assert!(op_matches("ai.onnx.Attention", &att) && !op_matches("com.microsoft.Attention", &att));
     assert!(!op_matches("ai.onnx.MultiHeadAttention", &mha));
-    let cpu = OpPolicy::default_for(Target::Cpu, Precision::Fp16);
+    let cpu = OpPolicy::default_for(ExecutionProvider::Cpu, Precision::Fp16);
     assert!(!cpu.blocks(&att) && cpu.blocks(&NodeBuilder::new("Attention").domain("com.microsoft").build()));
     assert!(cpu.blocks(&NodeBuilder::new("MatMul").build()));
 }

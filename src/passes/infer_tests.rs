@@ -1,4 +1,6 @@
-//! The contrib and quantization rules, and `Split` (which fuse-qkv emits), against their schemas (small graphs, the shapes and types of the
+//! `onnx::infer`'s contrib and quantization rules, and `Split` (which fuse-qkv emits): the ops the passes
+//! emit. Here, beside the passes, because the check needs ONNX Runtime and the passes' lowering. Each rule
+//! against its schema (small graphs, the shapes and types of the
 //! outputs), and against ONNX Runtime's CPU EP: where it has the kernel, the graph is run as it is; the
 //! CUDA-only GroupNorm, SkipGroupNorm, NhwcConv and BiasAdd are run lowered to standard ops (the nhwc-conv
 //! tests' lowering, written from the ops' definitions). Either way the outputs are declared with the types
@@ -12,9 +14,10 @@ use crate::onnx::{
     GraphIndex, ModelProto, NodeBuilder, NodeProto, OnnxModel, TensorProto, ValueInfoProto, dtype, make_opset,
     make_tensor_value_info, tensor,
 };
-use crate::passes::nhwc_conv::tests::lower;
-use crate::passes::test_util::{Sizes, feeds, noise};
-use crate::runtime::{ExecutionProvider, Runtime};
+use crate::passes::testing::lower;
+use crate::passes::testing::{Sizes, feeds, noise};
+use crate::runtime::Runtime;
+use crate::settings::ExecutionProvider;
 
 const MS: &str = "com.microsoft";
 

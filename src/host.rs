@@ -1,0 +1,155 @@
+//! The machine at hand: its CPU (name, and the instructions that decide precisions), its GPU's name, the
+//! memory this process holds, and the median that every timing here reports.
+
+use std::process::Command;
+
+/// What a CPU reports that decides precisions: native bf16 and int8 dot-product instructions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CpuFeatures {
+    pub avx512_bf16: bool,
+    pub amx_bf16: bool,
+    pub amx_int8: bool,
+    pub avx512_vnni: bool,
+    pub avx_vnni: bool,
+}
+
+impl CpuFeatures {
+    /// The flags of the first processor in `/proc/cpuinfo` text (the `flags` line; `Features` on Arm,
+    /// where none of these exist).
+    pub fn from_cpuinfo(text: &str) -> Self {
+        let flags: Vec<&str> = text
+            .lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == "flags"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.split_whitespace().collect())
+            .unwrap_or_default();
+        let has = |f: &str| flags.contains(&f);
+        CpuFeatures {
+            avx512_bf16: has("avx512_bf16"),
+            amx_bf16: has("amx_bf16"),
+            amx_int8: has("amx_int8"),
+            avx512_vnni: has("avx512_vnni"),
+            avx_vnni: has("avx_vnni"),
+        }
+    }
+
+    /// This machine's (none where `/proc/cpuinfo` cannot be read).
+    pub fn host() -> Self {
+        std::fs::read_to_string("/proc/cpuinfo").map(|t| Self::from_cpuinfo(&t)).unwrap_or_default()
+    }
+
+    /// bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16).
+    pub fn native_bf16(&self) -> bool {
+        self.avx512_bf16 || self.amx_bf16
+    }
+
+    /// int8 dot products in hardware (VNNI or AMX-INT8).
+    pub fn int8_dot(&self) -> bool {
+        self.avx512_vnni || self.avx_vnni || self.amx_int8
+    }
+
+    /// The flags that are set, by their `/proc/cpuinfo` names.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("avx512_bf16", self.avx512_bf16),
+            ("amx_bf16", self.amx_bf16),
+            ("amx_int8", self.amx_int8),
+            ("avx512_vnni", self.avx512_vnni),
+            ("avx_vnni", self.avx_vnni),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| n)
+        .collect()
+    }
+}
+
+/// The median; 0 for no values.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The first GPU's name, from nvidia-smi.
+pub fn gpu_name() -> Option<String> {
+    let out = Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+/// GPU memory held by this process, from nvidia-smi (MiB).
+pub fn gpu_memory_of_this_process_mb() -> Option<f64> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (p, mb) = l.split_once(',')?;
+        (p.trim() == pid).then(|| mb.trim().parse().ok()).flatten()
+    })
+}
+
+/// Peak resident memory of this process (VmHWM), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The CPU's model name.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Excerpts of `/proc/cpuinfo`: the 2-core Xeon (AVX-512 VNNI, no bf16) and the AMD EPYC Zen 4
+    /// (AVX512-BF16) that the CPU benchmarks ran on, and a Sapphire Rapids with AMX.
+    pub(crate) const XEON: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor @ 2.80GHz\n\
+        flags\t\t: fpu vme de pse tsc msr avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni\n\
+        bugs\t\t: spectre_v1\n";
+    pub(crate) const EPYC: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n\
+        flags\t\t: fpu avx2 avx512f avx512dq avx512_bf16 avx512vbmi avx512_vbmi2 gfni vaes avx512_vnni avx512_bitalg\n";
+    pub(crate) const SPR: &str = "flags\t\t: fpu avx512f avx_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n";
+
+    #[test]
+    fn cpu_flags_are_read_from_cpuinfo_text() {
+        let xeon = CpuFeatures::from_cpuinfo(XEON);
+        assert!(!xeon.native_bf16() && xeon.int8_dot(), "{xeon:?}");
+        assert_eq!(xeon.names(), ["avx512_vnni"]);
+        let epyc = CpuFeatures::from_cpuinfo(EPYC);
+        assert!(epyc.native_bf16() && epyc.avx512_vnni && !epyc.amx_bf16, "{epyc:?}");
+        let spr = CpuFeatures::from_cpuinfo(SPR);
+        assert!(spr.amx_bf16 && spr.amx_int8 && spr.avx_vnni && spr.native_bf16());
+        // A flag name that merely contains another is not it; no flags line: nothing.
+        assert!(!CpuFeatures::from_cpuinfo("flags\t: avx512_bf16x amx_bf16_extra\n").native_bf16());
+        assert_eq!(CpuFeatures::from_cpuinfo("Features\t: fp asimd\n"), CpuFeatures::default());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}

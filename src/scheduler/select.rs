@@ -1,0 +1,22 @@
+//! A scheduler of a kind, built from a pipeline's scheduler config.
+
+use super::config::SchedulerConfig;
+use super::ddim::DdimScheduler;
+use super::dpm_solver::DpmSolverMultistepScheduler;
+use super::euler::EulerDiscreteScheduler;
+use super::pndm::PndmScheduler;
+use super::{Scheduler, SchedulerKind};
+
+/// Builds a scheduler of `kind` from a config; `kind` None means the config's own `_class_name`.
+pub fn from_config(config: &SchedulerConfig, kind: Option<SchedulerKind>) -> Result<Box<dyn Scheduler>, crate::Error> {
+    let kind = match kind {
+        Some(k) => k,
+        None => config.class_kind()?,
+    };
+    Ok(match kind {
+        SchedulerKind::Euler => Box::new(EulerDiscreteScheduler::new(config)?),
+        SchedulerKind::Ddim => Box::new(DdimScheduler::new(config)?),
+        SchedulerKind::Pndm => Box::new(PndmScheduler::new(config)?),
+        SchedulerKind::DpmSolverPP => Box::new(DpmSolverMultistepScheduler::new(config)?),
+    })
+}
