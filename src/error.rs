@@ -33,6 +33,14 @@ pub enum Error {
         #[source]
         source: Option<Cause>,
     },
+    /// The Hugging Face Hub could not be reached, refused a request (a missing or gated repo), or a download
+    /// failed; or the cache could not give what offline mode asked of it.
+    #[error("{message}")]
+    Hub {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// A broken invariant inside dfast (a patch that would corrupt a graph, a pass that never settles):
     /// a bug to report, not something the user did.
     #[error("internal error (a bug in dfast, please report it): {0}")]
@@ -83,6 +91,15 @@ impl Error {
     /// A session builder's error without the builder it hands back (which is not `Send`), for [`Error::ort`].
     pub(crate) fn ort_plain<R>(e: ort::Error<R>) -> ort::Error {
         ort::Error::new_with_code(e.code(), e.message())
+    }
+
+    pub fn hub(message: impl Into<String>) -> Self {
+        Error::Hub { message: message.into(), source: None }
+    }
+
+    /// A Hub error with the error it came from (the HTTP client's, I/O, JSON), kept as the source.
+    pub fn hub_cause(message: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Hub { message: message.into(), source: Some(Box::new(e)) }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
