@@ -10,8 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use dfast::bench::run::{self as bench_run, BenchOptions, Event as BenchEvent, Outcome};
 use dfast::convert::{self, ConvertOptions, ModelCard, Profile, calibrate::CalibrationOptions};
+use dfast::hub::{Event as HubEvent, HubLocation};
 use dfast::manifest::Calibration;
 use dfast::passes::registry;
+use dfast::pipeline::from_hub::Components;
 use dfast::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
 use dfast::runtime::Runtime;
 use dfast::scheduler::SchedulerKind;
@@ -44,6 +46,18 @@ pub struct RuntimeArgs {
     /// still reach you as dfast's).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Where in a Hugging Face repo the pipeline is, when `--model` is a repo id (every command that takes one).
+#[derive(Args, Debug)]
+pub struct HubArgs {
+    /// With a repo id: the revision (branch, tag or commit); default main (older ONNX exports live at
+    /// revision `onnx`).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+    /// With a repo id: the folder of the repo that holds the pipeline (e.g. `onnx`).
+    #[arg(long, value_name = "DIR")]
+    pub subfolder: Option<String>,
 }
 
 /// A whole number of at least 1 (sizes, steps, counts).
@@ -102,16 +116,12 @@ pub struct SizeArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Pipeline folder (ONNX layout) or Hugging Face repo id in the local cache; default: the embedded tiny-sd.
+    /// Pipeline folder (ONNX layout) or Hugging Face repo id (from the cache, else downloaded into it);
+    /// default: the embedded tiny-sd.
     #[arg(long, value_name = "DIR|REPO_ID")]
     pub model: Option<String>,
-    /// With a repo id: the revision (branch, tag or commit) in the cache; default main (older ONNX exports
-    /// live at revision `onnx`).
-    #[arg(long, value_name = "REV")]
-    pub revision: Option<String>,
-    /// With a repo id: the folder of the snapshot that holds the pipeline (e.g. `onnx`).
-    #[arg(long, value_name = "DIR")]
-    pub subfolder: Option<String>,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// What to draw.
     #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
@@ -166,9 +176,11 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Pipeline folder to convert (read only).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// Pipeline folder to convert (read only), or Hugging Face repo id (from the cache, else downloaded).
+    #[arg(long, value_name = "DIR|REPO_ID")]
+    pub model: String,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Optimization profile: a built-in name (see below) or a profile file.
     #[arg(long, value_name = "NAME|FILE")]
     pub profile: String,
@@ -213,9 +225,11 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// An ONNX model file, a pipeline folder, or a PNG or JPEG that `dfast generate` wrote (prints how it was
-    /// made).
+    /// An ONNX model file, a pipeline folder, a Hugging Face repo id (from the cache, else downloaded), or a
+    /// PNG or JPEG that `dfast generate` wrote (prints how it was made).
     pub path: PathBuf,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -242,9 +256,11 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Pipeline folder; default: the embedded tiny-sd.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    /// Pipeline folder or Hugging Face repo id (from the cache, else downloaded); default: the embedded tiny-sd.
+    #[arg(long, value_name = "DIR|REPO_ID")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Profiles (repeat or comma list); default: per EP, the built-in profiles marked `bench = true` and
     /// made for that EP (the seed's progression, plus cuda-graph on cuda).
     #[arg(long, value_delimiter = ',')]
@@ -299,9 +315,11 @@ pub struct BenchWorkerArgs {
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
-    /// Exported pipeline folder (ONNX layout).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// Exported pipeline folder (ONNX layout), or Hugging Face repo id (from the cache, else downloaded).
+    #[arg(long, value_name = "DIR|REPO_ID")]
+    pub model: String,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// The execution provider to time on: openvino (int8-static), cpu or cuda (int8-dynamic).
     #[arg(long, value_enum)]
     pub ep: ExecutionProvider,
@@ -510,14 +528,55 @@ fn say(bar: &ProgressBar, line: String) {
     }
 }
 
+/// `--model` as a pipeline folder: a folder as it is, a repo id from the Hugging Face cache or downloaded into
+/// it (the files `components` says the command reads), one progress bar per file downloaded.
+fn pipeline_dir(model: Option<&str>, hub: &HubArgs, components: Components) -> Result<PipelineDir> {
+    let location = HubLocation { revision: hub.revision.clone(), subfolder: hub.subfolder.clone() };
+    let mut bar: Option<ProgressBar> = None;
+    let result = PipelineDir::resolve(model, &location, components, &mut |event| match event {
+        HubEvent::Started { file, size, resumed_from } => {
+            let b = progress("{msg:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}");
+            b.set_length(size.unwrap_or(0));
+            b.set_position(resumed_from);
+            b.set_message(if resumed_from > 0 { format!("{file} (resumed)") } else { file.to_string() });
+            bar = Some(b);
+        }
+        HubEvent::Progress { bytes, .. } => {
+            if let Some(b) = &bar {
+                b.set_position(bytes);
+            }
+        }
+        HubEvent::Finished { .. } => {
+            if let Some(b) = bar.take() {
+                b.finish();
+            }
+        }
+    });
+    if let Some(b) = bar.take() {
+        b.abandon();
+    }
+    result
+}
+
+/// The name of a repo id's model (`stabilityai/sdxl-turbo` -> `sdxl-turbo`), for bench rows; None for a folder.
+fn repo_name(model: Option<&str>) -> Option<String> {
+    let spec = model?;
+    if Path::new(spec).exists() || !dfast::hub::is_repo_id(spec) {
+        return None;
+    }
+    spec.rsplit('/').next().map(str::to_string)
+}
+
 fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
     check_out_dir(&args.out)?;
     let json = args.json;
     let eps = if args.ep.is_empty() { vec![ExecutionProvider::Cpu] } else { args.ep };
     let precisions =
         if args.precision.is_empty() { vec![None] } else { args.precision.into_iter().map(Some).collect() };
+    let dir = pipeline_dir(args.model.as_deref(), &args.hub, Components::Pipeline)?;
     let opts = BenchOptions {
-        model: args.model.unwrap_or_else(pipeline::model_dir::embedded_tiny_sd),
+        model: dir.root,
+        model_name: repo_name(args.model.as_deref()),
         profiles: args.profile,
         precisions,
         eps,
@@ -587,13 +646,17 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
 
 fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
     check_out_dir(&args.out)?;
+    // The profile and the card are checked before a repo is downloaded.
+    let profile = Profile::load(&args.profile)?;
+    let card = args.card.as_deref().map(ModelCard::load).transpose()?;
+    let source = pipeline_dir(Some(&args.model), &args.hub, Components::WithVaeEncoder)?.root;
     let opts = ConvertOptions {
-        source: args.model,
+        source,
         out: args.out,
-        profile: Profile::load(&args.profile)?,
+        profile,
         precision: args.precision.unwrap_or(Precision::default_for(args.ep)),
         target: args.ep,
-        card: args.card.as_deref().map(ModelCard::load).transpose()?,
+        card,
         vae_half: args.vae_half,
         calibration: CalibrationOptions {
             settings: Calibration {
@@ -678,10 +741,16 @@ fn inspect(args: InspectArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let own = dfast::inspect::Size::default_for(&args.path);
+    // A repo id (or --revision / --subfolder) names a pipeline in the Hugging Face cache or on the Hub.
+    let spec = args.path.to_string_lossy();
+    let from_hub = args.hub.revision.is_some()
+        || args.hub.subfolder.is_some()
+        || (!args.path.exists() && dfast::hub::is_repo_id(&spec));
+    let path = if from_hub { pipeline_dir(Some(&spec), &args.hub, Components::All)?.root } else { args.path.clone() };
+    let own = dfast::inspect::Size::default_for(&path);
     let size =
         dfast::inspect::Size { width: args.width.unwrap_or(own.width), height: args.height.unwrap_or(own.height) };
-    let reports = dfast::inspect::inspect(&args.path, size)?;
+    let reports = dfast::inspect::inspect(&path, size)?;
     if args.json {
         let text = serde_json::to_string_pretty(&reports).map_err(|e| Error::internal(format!("json: {e}")))?;
         println!("{text}");
@@ -701,19 +770,22 @@ fn tune(args: TuneArgs) -> Result<()> {
     let timings = args.timings.clone().unwrap_or_else(|| out.with_extension("timings.json"));
     check_writable(&timings)?;
     let name = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into());
-    let opts = TuneOptions {
-        model: args.model.clone(),
-        ep: args.ep,
-        precision: args
-            .precision
-            .as_deref()
-            .map(|p| {
-                PrecisionHint::parse(p).ok_or_else(|| {
-                    let names = PrecisionHint::NAMES.join(", ");
-                    Error::bad_input(format!("--precision `{p}` is not one dfast tune knows; expected one of: {names}"))
-                })
+    let ep_options = EpOptions::parse(&args.runtime.ep_option)?;
+    let precision = args
+        .precision
+        .as_deref()
+        .map(|p| {
+            PrecisionHint::parse(p).ok_or_else(|| {
+                let names = PrecisionHint::NAMES.join(", ");
+                Error::bad_input(format!("--precision `{p}` is not one dfast tune knows; expected one of: {names}"))
             })
-            .transpose()?,
+        })
+        .transpose()?;
+    // Arguments are checked before a repo is downloaded.
+    let opts = TuneOptions {
+        model: pipeline_dir(Some(&args.model), &args.hub, Components::Pipeline)?.root,
+        ep: args.ep,
+        precision,
         out: out.clone(),
         timings: timings.clone(),
         width: args.width,
@@ -722,7 +794,7 @@ fn tune(args: TuneArgs) -> Result<()> {
         runs: args.runs,
         step_runs: args.step_runs,
         ort_lib: args.runtime.ort_lib.clone(),
-        ep_options: EpOptions::parse(&args.runtime.ep_option)?,
+        ep_options,
     };
     let report = tune(&opts, &mut |line| eprintln!("tune: {line}"))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -798,8 +870,7 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         (None, Some(prompt)) => vec![pipeline::prompt_file::PromptJob { prompt: prompt.clone(), ..Default::default() }],
         (None, None) => return Err(Error::bad_input("give --prompt or --prompt-file")),
     };
-    let hub = dfast::pipeline::HubLocation { revision: args.revision.clone(), subfolder: args.subfolder.clone() };
-    let dir = PipelineDir::resolve(args.model.as_deref(), &hub)?;
+    let dir = pipeline_dir(args.model.as_deref(), &args.hub, Components::Pipeline)?;
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let several = jobs.len() > 1;

@@ -102,7 +102,11 @@ fn folder_that_is_not_a_pipeline_is_a_clear_error() {
     let out = tmp.path().join("x.png");
     let run = dfast(&generate_args(out.to_str().unwrap(), &["--model", tmp.path().to_str().unwrap()]));
     assert_clear_error(&run, "model_index.json is missing");
-    let run = dfast(&generate_args(out.to_str().unwrap(), &["--model", "no-such-org/no-such-model"]));
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(generate_args(out.to_str().unwrap(), &["--model", "no-such-org/no-such-model"]))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
     assert_clear_error(&run, "not in the Hugging Face cache");
 }
 
@@ -390,6 +394,7 @@ fn hub_revision_and_subfolder() {
         Command::new(env!("CARGO_BIN_EXE_dfast"))
             .args(generate_args(out.to_str().unwrap(), &[&["--model", "dfast/tiny-sd"][..], extra].concat()))
             .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
             .output()
             .unwrap()
     };
@@ -404,7 +409,11 @@ fn hub_revision_and_subfolder() {
 }
 
 fn run_missing(out: &Path) -> std::process::Output {
-    dfast(&generate_args(out.to_str().unwrap(), &["--model", "nobody/nothing"]))
+    Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .args(generate_args(out.to_str().unwrap(), &["--model", "nobody/nothing"]))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
 }
 
 /// `--version` names the commit and the ONNX Runtime libraries found; `completions` prints a script;

@@ -31,6 +31,8 @@ pub const DEFAULT_PROMPT: &str = "ghibli style, a fantasy landscape with castles
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub model: PathBuf,
+    /// The model's name in the rows and image names (a repo's name); default: the folder's name.
+    pub model_name: Option<String>,
     /// Profile names or files; empty: per EP, the built-in profiles whose metadata puts them in the
     /// default progression for that EP ([`Profile::bench_defaults`]).
     pub profiles: Vec<String>,
@@ -142,7 +144,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     let steps = opts.steps.or(card.as_ref().and_then(|c| c.steps)).unwrap_or(30);
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, "cannot create the results folder", e))?;
     let source = opts.model.canonicalize().map_err(|e| Error::io(&opts.model, "cannot read", e))?;
-    let model_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_name = model_name(opts, &source);
 
     // ONNX Runtime and each EP are checked once, in a worker process, before anything is converted.
     let mut unusable: BTreeMap<ExecutionProvider, String> = BTreeMap::new();
@@ -199,6 +201,13 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     Ok(outcomes)
 }
 
+/// The model's name in rows and image names: `--model`'s repo name, else the pipeline folder's name.
+fn model_name(opts: &BenchOptions, source: &Path) -> String {
+    opts.model_name
+        .clone()
+        .unwrap_or_else(|| source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
 /// Converts (or reuses) and measures one combination; `Err` is the reason it is skipped.
 #[allow(clippy::too_many_arguments)]
 fn measure(
@@ -225,7 +234,7 @@ fn measure(
     };
     on_event(Event::Measuring(combination));
     let label = combination.label();
-    let image = format!("{}-{label}.jpg", source.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let image = format!("{}-{label}.jpg", model_name(opts, source));
     let job = WorkerJob {
         model: folder,
         ep,
@@ -642,6 +651,7 @@ mod tests {
     fn combinations_use_each_eps_default_precision() {
         let opts = BenchOptions {
             model: PathBuf::new(),
+            model_name: None,
             profiles: vec!["baseline".into(), "sdpa".into()],
             precisions: vec![None],
             eps: vec![ExecutionProvider::Cpu, ExecutionProvider::Cuda],

@@ -2,6 +2,7 @@
 
 pub mod binning;
 pub mod conditioning;
+pub mod from_hub;
 mod generate;
 pub mod image;
 pub mod latents;

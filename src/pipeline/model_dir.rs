@@ -1,10 +1,13 @@
-//! Where a pipeline's files are: a folder in the ONNX layout Optimum exports, found on disk or offline
-//! in the Hugging Face cache by repo id.
+//! Where a pipeline's files are: a folder in the ONNX layout Optimum exports, on disk, or a Hugging Face repo
+//! by id (`from_hub`).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::from_hub;
+pub use super::from_hub::Components;
+pub use crate::hub::HubLocation;
 use crate::manifest::Manifest;
 use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
@@ -18,6 +21,58 @@ pub enum PipelineKind {
     StableDiffusionXl,
     /// `PixArtAlphaPipeline`: a T5 encoder and a DiT (`transformer/`) in place of the UNet.
     PixArtAlpha,
+}
+
+impl PipelineKind {
+    /// The family of a pipeline folder, from model_index.json's `_class_name` and, where that says nothing,
+    /// which folders there are; None for a class dfast does not run.
+    pub fn detect(class: &str, has_dir: impl Fn(&str) -> bool) -> Option<Self> {
+        if class.starts_with("PixArtAlpha") || (class.is_empty() && has_dir("transformer")) {
+            Some(PipelineKind::PixArtAlpha)
+        } else if class.contains("XL") || has_dir("text_encoder_2") {
+            Some(PipelineKind::StableDiffusionXl)
+        } else if class.contains("StableDiffusion") || class.is_empty() {
+            Some(PipelineKind::StableDiffusion)
+        } else {
+            None
+        }
+    }
+
+    /// The files (`/`-separated, relative to the pipeline folder) a pipeline of this family needs, given which
+    /// files there are (a CLIP tokenizer is its tokenizer.json, else vocab.json and merges.txt).
+    pub fn required_files(self, has_file: impl Fn(&str) -> bool) -> Vec<String> {
+        let files = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        if self == PipelineKind::PixArtAlpha {
+            return files(&[
+                "scheduler/scheduler_config.json",
+                "text_encoder/model.onnx",
+                "transformer/model.onnx",
+                "transformer/config.json",
+                "vae_decoder/model.onnx",
+                "vae_decoder/config.json",
+                "tokenizer/tokenizer.json",
+            ]);
+        }
+        let mut out = files(&[
+            "scheduler/scheduler_config.json",
+            "text_encoder/model.onnx",
+            "unet/model.onnx",
+            "vae_decoder/model.onnx",
+            "vae_decoder/config.json",
+        ]);
+        let mut tokenizers = vec!["tokenizer"];
+        if self == PipelineKind::StableDiffusionXl {
+            out.push("text_encoder_2/model.onnx".into());
+            tokenizers.push("tokenizer_2");
+        }
+        for tok in tokenizers {
+            if !has_file(&format!("{tok}/tokenizer.json")) {
+                out.push(format!("{tok}/vocab.json"));
+                out.push(format!("{tok}/merges.txt"));
+            }
+        }
+        out
+    }
 }
 
 /// The embedded tiny pipeline used when no `--model` is given.
@@ -34,14 +89,26 @@ pub struct PipelineDir {
 }
 
 impl PipelineDir {
-    /// Resolves `--model`: None is the embedded tiny-sd, an existing path is a folder, anything else is
-    /// looked up as a repo id in the Hugging Face cache (offline), at `hub.revision` (default `main`) and in
-    /// `hub.subfolder` of the snapshot.
-    pub fn resolve(model: Option<&str>, hub: &HubLocation) -> Result<Self> {
+    /// Resolves `--model`: None is the embedded tiny-sd, an existing path is a folder, anything else is a
+    /// repo id: found in the Hugging Face cache, or downloaded into it (the files `components` says the command
+    /// reads; `on_event` sees each file's progress), at `hub.revision` (default `main`) and in `hub.subfolder`.
+    pub fn resolve(
+        model: Option<&str>,
+        hub: &HubLocation,
+        components: Components,
+        on_event: &mut dyn FnMut(crate::hub::Event),
+    ) -> Result<Self> {
         let root = match model {
             None => embedded_tiny_sd(),
-            Some(spec) if Path::new(spec).exists() => PathBuf::from(spec),
-            Some(spec) => from_hf_cache(spec, hub)?,
+            Some(spec) if Path::new(spec).exists() => {
+                if hub.revision.is_some() || hub.subfolder.is_some() {
+                    return Err(Error::bad_input(format!(
+                        "--revision and --subfolder go with a Hugging Face repo id, and `{spec}` is a folder"
+                    )));
+                }
+                PathBuf::from(spec)
+            }
+            Some(spec) => from_hub::locate(spec, hub, components, on_event)?,
         };
         Self::open(&root)
     }
@@ -64,13 +131,7 @@ impl PipelineDir {
         }
         let model_index = read_json(&index_path)?;
         let class = model_index.get("_class_name").and_then(Value::as_str).unwrap_or("");
-        let kind = if class.starts_with("PixArtAlpha") || (class.is_empty() && root.join("transformer").is_dir()) {
-            PipelineKind::PixArtAlpha
-        } else if class.contains("XL") || root.join("text_encoder_2").is_dir() {
-            PipelineKind::StableDiffusionXl
-        } else if class.contains("StableDiffusion") || class.is_empty() {
-            PipelineKind::StableDiffusion
-        } else {
+        let Some(kind) = PipelineKind::detect(class, |d| root.join(d).is_dir()) else {
             return Err(Error::bad_file(
                 &index_path,
                 format!(
@@ -89,37 +150,7 @@ impl PipelineDir {
     }
 
     fn required_files(&self) -> Vec<PathBuf> {
-        if self.kind == PipelineKind::PixArtAlpha {
-            return vec![
-                self.scheduler_config(),
-                self.component_model("text_encoder"),
-                self.component_model("transformer"),
-                self.root.join("transformer").join("config.json"),
-                self.component_model("vae_decoder"),
-                self.root.join("vae_decoder").join("config.json"),
-                self.root.join("tokenizer").join("tokenizer.json"),
-            ];
-        }
-        let mut files = vec![
-            self.scheduler_config(),
-            self.component_model("text_encoder"),
-            self.component_model("unet"),
-            self.component_model("vae_decoder"),
-            self.root.join("vae_decoder").join("config.json"),
-        ];
-        let mut tokenizers = vec!["tokenizer"];
-        if self.kind == PipelineKind::StableDiffusionXl {
-            files.push(self.component_model("text_encoder_2"));
-            tokenizers.push("tokenizer_2");
-        }
-        for tok in tokenizers {
-            let dir = self.root.join(tok);
-            if !dir.join("tokenizer.json").is_file() {
-                files.push(dir.join("vocab.json"));
-                files.push(dir.join("merges.txt"));
-            }
-        }
-        files
+        self.kind.required_files(|f| self.root.join(f).is_file()).iter().map(|f| self.root.join(f)).collect()
     }
 
     /// The component that denoises: `unet`, or `transformer` (PixArt's DiT).
@@ -204,73 +235,6 @@ impl PipelineDir {
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
     serde_json::from_str(&text).map_err(|e| Error::parse_file(path, "not valid JSON", e))
-}
-
-/// The Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-fn hf_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(home) = std::env::var_os("HF_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(home).join("hub");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    home.join(".cache").join("huggingface").join("hub")
-}
-
-/// Where in a Hugging Face cache repo the pipeline is: a revision (branch, tag or commit; the old ONNX
-/// convention is `onnx`) and a subfolder of the snapshot (repos that keep the ONNX files in `onnx/`).
-#[derive(Debug, Clone, Default)]
-pub struct HubLocation {
-    pub revision: Option<String>,
-    pub subfolder: Option<String>,
-}
-
-fn from_hf_cache(repo_id: &str, hub: &HubLocation) -> Result<PathBuf> {
-    let cache_dir = hf_cache_dir();
-    let looks_like_repo = repo_id.split('/').count() == 2 && !repo_id.starts_with('.') && !repo_id.ends_with('/');
-    if !looks_like_repo {
-        return Err(Error::bad_file(repo_id, "no such folder (expected a pipeline folder or a Hugging Face repo id)"));
-    }
-    let revision = hub.revision.as_deref().unwrap_or("main");
-    let file = match &hub.subfolder {
-        Some(sub) => format!("{}/model_index.json", sub.trim_matches('/')),
-        None => "model_index.json".to_string(),
-    };
-    let repo = hf_hub::Repo::with_revision(repo_id.to_string(), hf_hub::RepoType::Model, revision.to_string());
-    if let Some(index) = hf_hub::Cache::new(cache_dir.clone()).repo(repo).get(&file) {
-        return Ok(index.parent().map(Path::to_path_buf).unwrap_or_default());
-    }
-    // A commit hash has a snapshot but no ref.
-    let repo_dir = cache_dir.join(format!("models--{}", repo_id.replace('/', "--")));
-    let by_commit = repo_dir.join("snapshots").join(revision).join(&file);
-    if by_commit.is_file() {
-        return Ok(by_commit.parent().map(Path::to_path_buf).unwrap_or_default());
-    }
-    // Say exactly what is missing.
-    let at = format!("the Hugging Face cache at {}", cache_dir.display());
-    let message = if !repo_dir.is_dir() {
-        format!(
-            "model `{repo_id}` is not a folder and is not in {at} (dfast works offline: download the repo first, \
-             or pass the folder)"
-        )
-    } else if !repo_dir.join("refs").join(revision).is_file() {
-        let mut refs: Vec<String> = std::fs::read_dir(repo_dir.join("refs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        refs.sort();
-        let has = if refs.is_empty() { "no revisions".to_string() } else { refs.join(", ") };
-        format!("model `{repo_id}` is in {at}, but not at revision `{revision}` (it has: {has}); pass --revision")
-    } else {
-        format!(
-            "model `{repo_id}` is in {at} at revision `{revision}`, but that snapshot has no {file} (a repo that \
-             keeps its ONNX files in a subfolder needs --subfolder, e.g. --subfolder onnx)"
-        )
-    };
-    Err(Error::bad_input(message))
 }
 
 /// What dfast reads of a denoiser's `config.json` (a UNet's or PixArt's transformer); other fields are
