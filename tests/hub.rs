@@ -79,9 +79,9 @@ const PIPELINE_FILES: [&str; 13] = [
 
 fn repos() -> Vec<Repo> {
     let tree = tiny_tree();
-    // The `onnx` branch: a PyTorch pipeline at the root, the ONNX export in `onnx/`.
+    // The `onnx` branch: a PyTorch pipeline at the root, the ONNX export in `onnx/` (without a VAE encoder).
     let mut onnx = Tree::new();
-    for (path, bytes) in &tree {
+    for (path, bytes) in tree.iter().filter(|(p, _)| !p.starts_with("vae_encoder/")) {
         onnx.insert(format!("onnx/{path}"), bytes.clone());
     }
     for name in ["model_index.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors"] {
@@ -178,6 +178,14 @@ fn a_repo_is_downloaded_once_and_makes_the_local_folders_image() {
     // Again: the cache alone, no request at all.
     server.clear_log();
     ok(&dfast(&server, &home, &args, &[]));
+    assert!(server.log().is_empty(), "requests for a cached repo: {:?}", server.log());
+
+    // inspect reads the VAE encoder too: that alone is fetched, then nothing.
+    let inspect = ["inspect", REPO, "--json"];
+    ok(&dfast(&server, &home, &inspect, &[]));
+    assert_eq!(resolved(&server.log(), REPO), strings(&["vae_encoder/config.json", "vae_encoder/model.onnx"]));
+    server.clear_log();
+    ok(&dfast(&server, &home, &inspect, &[]));
     assert!(server.log().is_empty(), "requests for a cached repo: {:?}", server.log());
 
     // The same image and latents as from the same files in a folder.
@@ -440,6 +448,20 @@ fn onnx_branch_and_subfolder() {
     // By commit, offline: the snapshot, no ref needed.
     let by_commit = with(&["--revision", &commit_of(REPO, "onnx"), "--subfolder", "onnx"]);
     ok(&dfast(&by_commit, &[("HF_HUB_OFFLINE", "1")]));
+
+    // inspect would read a VAE encoder: the listing says there is none, the cache records that
+    // (huggingface_hub's .no_exist), and the next inspect asks nothing.
+    server.clear_log();
+    let inspect: Vec<String> =
+        ["inspect", REPO, "--revision", "onnx", "--subfolder", "onnx", "--json"].map(String::from).to_vec();
+    ok(&dfast(&inspect, &[]));
+    let asked: Vec<String> = server.log().iter().map(|l| l.path.clone()).collect();
+    assert_eq!(asked, [format!("/api/models/{REPO}/revision/onnx")]);
+    let no_exist = dir.join(".no_exist").join(commit_of(REPO, "onnx")).join("onnx/vae_encoder/model.onnx");
+    assert!(no_exist.is_file());
+    server.clear_log();
+    ok(&dfast(&inspect, &[]));
+    assert!(server.log().is_empty(), "{:?}", server.log());
 }
 
 /// convert (which also reads the VAE encoder), bench and tune take repo ids as generate and inspect do.

@@ -152,6 +152,12 @@ impl<'a> Client<'a> {
                 e,
             )
         })?;
+        if info.sha.is_empty() || !info.sha.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(Error::hub(format!(
+                "the Hub at {} named commit `{}` for `{repo}` at `{revision}`, which is not a commit id",
+                self.endpoint, info.sha
+            )));
+        }
         Ok(Listing { commit: info.sha, files: info.siblings.into_iter().map(|s| s.rfilename).collect() })
     }
 
@@ -170,7 +176,8 @@ impl<'a> Client<'a> {
         }
         let headers = response.headers();
         let etag = header(headers, "x-linked-etag").or_else(|| header(headers, "etag")).map(normalize_etag);
-        let Some(etag) = etag.filter(|e| !e.is_empty() && !e.contains(['/', '\\'])) else {
+        let blob_name = |e: &String| super::is_plain_path(e) && !e.contains('/') && !e.starts_with('.');
+        let Some(etag) = etag.filter(blob_name) else {
             return Err(Error::hub(format!(
                 "the Hub at {} sent no usable ETag for `{file}` of `{repo}` (is HF_ENDPOINT a Hub or a mirror of one?)",
                 self.endpoint

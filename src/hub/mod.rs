@@ -7,7 +7,8 @@
 //! │   ├── refs/<revision>              the commit a branch or tag named when it was downloaded
 //! │   ├── blobs/<etag>                 a file's bytes, named by its ETag (sha256 for LFS files)
 //! │   ├── blobs/<etag>.incomplete      a download under way or cut short; the next one resumes it
-//! │   └── snapshots/<commit>/<path>    relative symlinks into blobs/, one tree per commit
+//! │   ├── snapshots/<commit>/<path>    relative symlinks into blobs/, one tree per commit
+//! │   └── .no_exist/<commit>/<path>    empty: the repo has no such file at that commit
 //! └── .locks/models--<owner>--<name>/<etag>.lock    held while that blob downloads
 //! ```
 //!
@@ -162,6 +163,12 @@ impl Hub {
     /// Downloads `file` of `repo` at `commit` into the cache unless the snapshot has it, and returns its path
     /// in the snapshot. `on_event` sees the download's progress.
     pub fn download(&self, repo: &str, commit: &str, file: &str, on_event: &mut dyn FnMut(Event)) -> Result<PathBuf> {
+        if !is_plain_path(file) {
+            return Err(Error::hub(format!(
+                "the Hub at {} lists `{file}` in model repo `{repo}`, which is not a plain path in a repo",
+                self.endpoint
+            )));
+        }
         let pointer = self.snapshot_dir(repo, commit).join(file);
         if pointer.is_file() {
             return Ok(pointer);
@@ -169,6 +176,20 @@ impl Hub {
         let client = self.client(repo)?;
         download::fetch(&client, &self.cache, repo, commit, file, &pointer, on_event)?;
         Ok(pointer)
+    }
+
+    /// Whether the cache records that `repo` has no `file` at `commit`: `.no_exist/<commit>/<file>`, as
+    /// `huggingface_hub` records a file the Hub said it lacks.
+    pub fn known_missing(&self, repo: &str, commit: &str, file: &str) -> bool {
+        self.repo_dir(repo).join(".no_exist").join(commit).join(file).is_file()
+    }
+
+    /// Records that `repo` has no `file` at `commit` (see [`Hub::known_missing`]).
+    pub fn mark_missing(&self, repo: &str, commit: &str, file: &str) -> Result<()> {
+        let path = self.repo_dir(repo).join(".no_exist").join(commit).join(file);
+        let parent = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "cannot create", e))?;
+        std::fs::write(&path, b"").map_err(|e| Error::io(&path, "cannot write", e))
     }
 
     /// Records that `revision` names `commit` (`refs/<revision>`); nothing for a revision that is the commit.
@@ -199,6 +220,13 @@ pub fn is_repo_id(spec: &str) -> bool {
     part_ok(owner) && part_ok(name) && !spec.contains("--") && !spec.contains("..")
 }
 
+/// Whether `path` is a plain relative path in a repo: `/`-separated names, none empty, `.` or `..`, no
+/// backslash (as `huggingface_hub` checks a name before it becomes a path in the cache). Revisions
+/// (`refs/pr/1`), subfolders and the files a listing names must be.
+pub fn is_plain_path(path: &str) -> bool {
+    !path.is_empty() && !path.contains('\\') && path.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
 /// `path` relative to `root`, with `/` separators (the files of a snapshot, as a listing names them).
 pub fn relative_files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -218,6 +246,12 @@ mod tests {
         }
         for bad in ["sdxl", "a/b/c", "./a", "a/", "/a", "a/b--c", "a/..", "../x", "a b/c", "-a/b"] {
             assert!(!is_repo_id(bad), "{bad}");
+        }
+        for plain in ["main", "refs/pr/1", "onnx/unet/model.onnx", "v1.0"] {
+            assert!(is_plain_path(plain), "{plain}");
+        }
+        for bad in ["", "../x", "a/../b", "/a", "a/", "a//b", "./a", "a\\b"] {
+            assert!(!is_plain_path(bad), "{bad}");
         }
     }
 

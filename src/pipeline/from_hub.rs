@@ -33,6 +33,17 @@ pub enum Components {
     All,
 }
 
+impl Components {
+    /// The components beyond the text-to-image pipeline that this reads where a repo has them (a repo without
+    /// them is still a pipeline).
+    pub fn optional(self) -> &'static [&'static str] {
+        match self {
+            Components::Pipeline => &[],
+            Components::WithVaeEncoder | Components::All => &["vae_encoder"],
+        }
+    }
+}
+
 /// The folders of a text-to-image pipeline.
 const PIPELINE: [&str; 8] =
     ["scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "transformer", "vae_decoder"];
@@ -103,24 +114,47 @@ pub(super) fn locate(
     if !crate::hub::is_repo_id(repo) {
         return Err(Error::bad_file(repo, "no such folder (expected a pipeline folder or a Hugging Face repo id)"));
     }
-    let hub = Hub::from_env();
     let (revision, sub) = (loc.revision(), loc.subfolder());
-    let cached = hub.cached_commit(repo, revision).map(|commit| under(hub.snapshot_dir(repo, &commit), sub));
-    if let Some(root) = &cached
-        && PipelineDir::open(root).is_ok()
-    {
-        return Ok(root.clone());
+    if !crate::hub::is_plain_path(revision) {
+        return Err(Error::bad_input(format!("--revision `{revision}` is not a branch, tag or commit name")));
+    }
+    if !sub.is_empty() && !crate::hub::is_plain_path(sub) {
+        return Err(Error::bad_input(format!(
+            "--subfolder `{sub}` is not a folder of a repo (names separated by /, without . or ..)"
+        )));
+    }
+    let hub = Hub::from_env();
+    let prefix = if sub.is_empty() { String::new() } else { format!("{sub}/") };
+    if let Some(commit) = hub.cached_commit(repo, revision) {
+        let root = under(hub.snapshot_dir(repo, &commit), sub);
+        // Offline, a snapshot that opens is all there is; online, the optional components must be there, or
+        // known to be missing from the repo.
+        let complete = |optional: &&str| {
+            let model = format!("{optional}/model.onnx");
+            root.join(&model).is_file() || hub.known_missing(repo, &commit, &format!("{prefix}{model}"))
+        };
+        match PipelineDir::open(&root) {
+            Ok(_) if hub.offline || components.optional().iter().all(complete) => return Ok(root),
+            Ok(_) => {}
+            Err(e) if hub.offline => return Err(offline_error(&hub, repo, revision, sub, &root, e)),
+            Err(_) => {}
+        }
     }
     if hub.offline {
-        return Err(offline_error(&hub, repo, revision, sub, cached));
+        return Err(not_cached(&hub, repo, revision));
     }
 
     let listing = hub.list(repo, revision)?;
-    let prefix = if sub.is_empty() { String::new() } else { format!("{sub}/") };
     let files: Vec<String> = listing.files.iter().filter_map(|f| f.strip_prefix(&prefix)).map(String::from).collect();
     check_listing(repo, revision, sub, &listing.files, &files)?;
     for file in select(&files, components) {
         hub.download(repo, &listing.commit, &format!("{prefix}{file}"), on_event)?;
+    }
+    for optional in components.optional() {
+        let model = format!("{optional}/model.onnx");
+        if !files.contains(&model) {
+            hub.mark_missing(repo, &listing.commit, &format!("{prefix}{model}"))?;
+        }
     }
     hub.set_ref(repo, revision, &listing.commit)?;
     Ok(under(hub.snapshot_dir(repo, &listing.commit), sub))
@@ -159,30 +193,31 @@ fn check_listing(repo: &str, revision: &str, sub: &str, all: &[String], files: &
     Ok(())
 }
 
-/// Why the cache cannot give the pipeline when no request may be made.
-fn offline_error(hub: &Hub, repo: &str, revision: &str, sub: &str, cached: Option<PathBuf>) -> Error {
+/// Why the cached snapshot of `repo` at `revision` is no pipeline, when no request may be made.
+fn offline_error(hub: &Hub, repo: &str, revision: &str, sub: &str, root: &std::path::Path, e: Error) -> Error {
     let at = format!("the Hugging Face cache at {}", hub.cache.display());
-    let offline = "HF_HUB_OFFLINE is set, so nothing is downloaded";
-    if let Some(root) = cached {
+    if !root.join("model_index.json").is_file() {
         let index = if sub.is_empty() { "model_index.json".to_string() } else { format!("{sub}/model_index.json") };
-        if !root.join("model_index.json").is_file() {
-            return Error::bad_input(format!(
-                "model `{repo}` is in {at} at revision `{revision}`, but that snapshot has no {index} (a repo that \
-                 keeps its ONNX files in a subfolder needs --subfolder, e.g. --subfolder onnx; {offline})"
-            ));
-        }
-        return match PipelineDir::open(&root) {
-            Err(e) => e.in_context(format!("model `{repo}` at revision `{revision}` ({offline})")),
-            Ok(_) => Error::internal("an offline cache miss whose snapshot opens"),
-        };
+        return Error::bad_input(format!(
+            "model `{repo}` is in {at} at revision `{revision}`, but that snapshot has no {index} (a repo that \
+             keeps its ONNX files in a subfolder needs --subfolder, e.g. --subfolder onnx; {OFFLINE})"
+        ));
     }
+    e.in_context(format!("model `{repo}` at revision `{revision}` ({OFFLINE})"))
+}
+
+const OFFLINE: &str = "HF_HUB_OFFLINE is set, so nothing is downloaded";
+
+/// Why the cache has no snapshot of `repo` at `revision`, when no request may be made.
+fn not_cached(hub: &Hub, repo: &str, revision: &str) -> Error {
+    let at = format!("the Hugging Face cache at {}", hub.cache.display());
     if !hub.repo_dir(repo).is_dir() {
-        return Error::bad_input(format!("model `{repo}` is not a folder and is not in {at} ({offline})"));
+        return Error::bad_input(format!("model `{repo}` is not a folder and is not in {at} ({OFFLINE})"));
     }
     let refs = hub.cached_revisions(repo);
     let has = if refs.is_empty() { "no revisions".to_string() } else { refs.join(", ") };
     Error::bad_input(format!(
-        "model `{repo}` is in {at}, but not at revision `{revision}` (it has: {has}); pass --revision ({offline})"
+        "model `{repo}` is in {at}, but not at revision `{revision}` (it has: {has}); pass --revision ({OFFLINE})"
     ))
 }
 
