@@ -4,6 +4,13 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// Whether `path` is a plain relative path in a repo: `/`-separated names, none empty, `.` or `..`, no
+/// backslash (as `huggingface_hub` checks a name before it becomes a path in the cache). Revisions
+/// (`refs/pr/1`), subfolders and the files a listing names must be.
+pub fn is_plain_path(path: &str) -> bool {
+    !path.is_empty() && !path.contains('\\') && path.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
 /// `models--owner--name`, as `huggingface_hub` and hf-hub name a model repo's folder.
 pub(super) fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
     cache.join(hf_hub::Repo::model(repo.to_string()).folder_name())

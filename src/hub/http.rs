@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response, StatusCode};
 
-use super::Listing;
+use super::cache::is_plain_path;
 use crate::{Error, Result};
 
 /// Connect and per-read time limits: a stalled server is an error, not a hang.
@@ -13,6 +13,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Redirects followed (the Hub's renamed repos, its CDN).
 const MAX_REDIRECTS: usize = 10;
+
+/// The files of a repo at a revision, as the Hub lists them.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The commit the revision names.
+    pub commit: String,
+    /// Every file's path in the repo (`unet/model.onnx`).
+    pub files: Vec<String>,
+}
 
 pub(super) struct Client<'a> {
     endpoint: &'a str,
@@ -176,7 +185,7 @@ impl<'a> Client<'a> {
         }
         let headers = response.headers();
         let etag = header(headers, "x-linked-etag").or_else(|| header(headers, "etag")).map(normalize_etag);
-        let blob_name = |e: &String| super::is_plain_path(e) && !e.contains('/') && !e.starts_with('.');
+        let blob_name = |e: &String| is_plain_path(e) && !e.contains('/') && !e.starts_with('.');
         let Some(etag) = etag.filter(blob_name) else {
             return Err(Error::hub(format!(
                 "the Hub at {} sent no usable ETag for `{file}` of `{repo}` (is HF_ENDPOINT a Hub or a mirror of one?)",

@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+pub use cache::is_plain_path;
 pub use download::Event;
+pub use http::Listing;
 
 /// The public Hub, unless `HF_ENDPOINT` names a mirror.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -80,15 +82,6 @@ impl std::fmt::Debug for Hub {
             .field("token", &self.token.as_ref().map(|_| "(set)"))
             .finish()
     }
-}
-
-/// The files of a repo at a revision, as the Hub lists them.
-#[derive(Debug, Clone)]
-pub struct Listing {
-    /// The commit the revision names.
-    pub commit: String,
-    /// Every file's path in the repo (`unet/model.onnx`).
-    pub files: Vec<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -218,13 +211,6 @@ pub fn is_repo_id(spec: &str) -> bool {
             && !p.ends_with(['-', '.'])
     };
     part_ok(owner) && part_ok(name) && !spec.contains("--") && !spec.contains("..")
-}
-
-/// Whether `path` is a plain relative path in a repo: `/`-separated names, none empty, `.` or `..`, no
-/// backslash (as `huggingface_hub` checks a name before it becomes a path in the cache). Revisions
-/// (`refs/pr/1`), subfolders and the files a listing names must be.
-pub fn is_plain_path(path: &str) -> bool {
-    !path.is_empty() && !path.contains('\\') && path.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
 /// `path` relative to `root`, with `/` separators (the files of a snapshot, as a listing names them).

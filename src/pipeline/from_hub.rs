@@ -1,5 +1,6 @@
-//! A pipeline from the Hugging Face Hub by repo id: its snapshot in the cache when that holds the pipeline,
-//! else the files the command reads, downloaded into the cache.
+//! `--model` as a pipeline folder (`PipelineDir::resolve`): a folder as it is, or a Hugging Face repo by id,
+//! its snapshot in the cache when that holds the pipeline, else the files the command reads, downloaded into
+//! the cache.
 //!
 //! ```text
 //! repo id ─ cache: refs/<revision> ─ snapshot/<subfolder> opens as a pipeline? ─ yes ─> that folder
@@ -15,11 +16,38 @@
 //! (`model_fp16.onnx`), or components it does not run.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::model_dir::embedded_tiny_sd;
 use super::{PipelineDir, PipelineKind};
 use crate::hub::{Event, Hub, HubLocation};
 use crate::{Error, Result};
+
+impl PipelineDir {
+    /// Resolves `--model`: None is the embedded tiny-sd, an existing path is a folder, anything else is a
+    /// repo id: found in the Hugging Face cache, or downloaded into it (the files `components` says the command
+    /// reads; `on_event` sees each file's progress), at `hub.revision` (default `main`) and in `hub.subfolder`.
+    pub fn resolve(
+        model: Option<&str>,
+        hub: &HubLocation,
+        components: Components,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Self> {
+        let root = match model {
+            None => embedded_tiny_sd(),
+            Some(spec) if Path::new(spec).exists() => {
+                if hub.revision.is_some() || hub.subfolder.is_some() {
+                    return Err(Error::bad_input(format!(
+                        "--revision and --subfolder go with a Hugging Face repo id, and `{spec}` is a folder"
+                    )));
+                }
+                PathBuf::from(spec)
+            }
+            Some(spec) => locate(spec, hub, components, on_event)?,
+        };
+        Self::open(&root)
+    }
+}
 
 /// Which components of a pipeline a command reads, and so downloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +133,7 @@ fn under(dir: PathBuf, subfolder: &str) -> PathBuf {
 }
 
 /// The pipeline folder of `repo` at `loc`: its snapshot in the cache, downloaded first where needed.
-pub(super) fn locate(
-    repo: &str,
-    loc: &HubLocation,
-    components: Components,
-    on_event: &mut dyn FnMut(Event),
-) -> Result<PathBuf> {
+fn locate(repo: &str, loc: &HubLocation, components: Components, on_event: &mut dyn FnMut(Event)) -> Result<PathBuf> {
     if !crate::hub::is_repo_id(repo) {
         return Err(Error::bad_file(repo, "no such folder (expected a pipeline folder or a Hugging Face repo id)"));
     }
@@ -194,7 +217,7 @@ fn check_listing(repo: &str, revision: &str, sub: &str, all: &[String], files: &
 }
 
 /// Why the cached snapshot of `repo` at `revision` is no pipeline, when no request may be made.
-fn offline_error(hub: &Hub, repo: &str, revision: &str, sub: &str, root: &std::path::Path, e: Error) -> Error {
+fn offline_error(hub: &Hub, repo: &str, revision: &str, sub: &str, root: &Path, e: Error) -> Error {
     let at = format!("the Hugging Face cache at {}", hub.cache.display());
     if !root.join("model_index.json").is_file() {
         let index = if sub.is_empty() { "model_index.json".to_string() } else { format!("{sub}/model_index.json") };

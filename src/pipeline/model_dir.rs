@@ -1,12 +1,10 @@
-//! Where a pipeline's files are: a folder in the ONNX layout Optimum exports, on disk, or a Hugging Face repo
-//! by id (`from_hub`).
+//! Where a pipeline's files are: a folder in the ONNX layout Optimum exports (`PipelineDir::resolve`, in
+//! `from_hub.rs`, also finds one by Hugging Face repo id).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::from_hub;
-pub use super::from_hub::Components;
 pub use crate::hub::HubLocation;
 use crate::manifest::Manifest;
 use crate::settings::{EpOptions, ExecutionProvider};
@@ -89,30 +87,6 @@ pub struct PipelineDir {
 }
 
 impl PipelineDir {
-    /// Resolves `--model`: None is the embedded tiny-sd, an existing path is a folder, anything else is a
-    /// repo id: found in the Hugging Face cache, or downloaded into it (the files `components` says the command
-    /// reads; `on_event` sees each file's progress), at `hub.revision` (default `main`) and in `hub.subfolder`.
-    pub fn resolve(
-        model: Option<&str>,
-        hub: &HubLocation,
-        components: Components,
-        on_event: &mut dyn FnMut(crate::hub::Event),
-    ) -> Result<Self> {
-        let root = match model {
-            None => embedded_tiny_sd(),
-            Some(spec) if Path::new(spec).exists() => {
-                if hub.revision.is_some() || hub.subfolder.is_some() {
-                    return Err(Error::bad_input(format!(
-                        "--revision and --subfolder go with a Hugging Face repo id, and `{spec}` is a folder"
-                    )));
-                }
-                PathBuf::from(spec)
-            }
-            Some(spec) => from_hub::locate(spec, hub, components, on_event)?,
-        };
-        Self::open(&root)
-    }
-
     /// Opens and checks a pipeline folder: model_index.json and every component dfast needs.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
