@@ -42,6 +42,19 @@ fn openvino_fp32_matches_diffusers() {
     }
 }
 
+/// The whole pipeline with the UNet's guidance batch split over two sessions compiled for their static
+/// shapes (the text encoder and VAE decoder static too): diffusers' latents, as with one session.
+#[test]
+fn openvino_static_shapes_and_streams_match_diffusers() {
+    let lib = flavour_lib("openvino", "1.24.1");
+    let lanes = ["--ep", "openvino", "--ep-option", "static_shapes=true", "--ep-option", "streams=2"];
+    for (pipeline, scheduler) in [("tiny-sd", "pndm"), ("tiny-sdxl", "euler")] {
+        let err = generate_error(pipeline, scheduler, &lib, &lanes);
+        eprintln!("openvino f32, static shapes, 2 streams, {pipeline}/{scheduler}: latents relative L2 {err:.2e}");
+        assert!(err <= 1e-3, "openvino lanes {pipeline}/{scheduler}: relative L2 {err:.2e} > 1e-3");
+    }
+}
+
 /// A UNet that declares `timestep` as `[1]` through OpenVINO, and a calibrated int8-static conversion of it
 /// (calibration runs the source pipeline on the CPU EP). The TorchScript variant: OpenVINO 2025.4's ONNX
 /// frontend does not read the dynamo exports' opset-23 `Attention` nodes (tiny-sd-dynamo's text encoder).

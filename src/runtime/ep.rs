@@ -16,7 +16,9 @@
 //! | tensorrt | `engine_cache` (default true) | engine and timing caches in `<component>/trt-cache/` |
 //! | openvino | `device` (default CPU), `precision` (f32 by default, bf16, f16, auto) | `device_type`; `load_config` with `INFERENCE_PRECISION_HINT` |
 //! | openvino | `cache_dir`, `num_streams` | `cache_dir`, `num_streams` |
-//! | openvino | `performance_hint` (latency, throughput), `dynamic_quantization_group_size` (0 = off) | `load_config` with `PERFORMANCE_HINT`, `DYNAMIC_QUANTIZATION_GROUP_SIZE` |
+//! | openvino | `performance_hint` (latency, throughput), `dynamic_quantization_group_size` (0 = off), `cpu_pinning` | `load_config` with `PERFORMANCE_HINT`, `DYNAMIC_QUANTIZATION_GROUP_SIZE`, `ENABLE_CPU_PINNING` |
+//! | openvino | `static_shapes` | `reshape_input` with the shapes of the session's first run (sessions made then, see `runtime::session`) |
+//! | openvino | `streams` (UNet) | the batch split into that many parts run at once, each on its own session with `num_of_threads` its share of the cores and `ENABLE_CPU_PINNING` off |
 //!
 //! OpenVINO `precision = "auto"` is resolved when the session is created, from what the CPU reports
 //! (`/proc/cpuinfo`, [`crate::host::CpuFeatures`]): bf16 on CPUs with native bf16 (AVX512-BF16 or AMX-BF16), f32
@@ -154,6 +156,9 @@ pub(crate) fn dispatch(
             }
             if let Some(n) = o.dynamic_quantization_group_size {
                 config.insert("DYNAMIC_QUANTIZATION_GROUP_SIZE".into(), n.to_string().into());
+            }
+            if let Some(on) = o.cpu_pinning {
+                config.insert("ENABLE_CPU_PINNING".into(), if on { "YES" } else { "NO" }.into());
             }
             ov = ov.with_arbitrary_config("load_config", serde_json::json!({ device: config }).to_string());
             if let Some(dir) = &o.cache_dir {
