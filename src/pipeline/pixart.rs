@@ -183,6 +183,7 @@ impl PixArtPipeline {
         let in_channels = config.in_channels.ok_or_else(|| missing("in_channels"))?;
         // diffusers' PixArtTransformer2DModel: out_channels defaults to in_channels (2x with learned sigma).
         let out_channels = config.out_channels.unwrap_or(in_channels);
+        let warnings = ep_warning.into_iter().chain(runtime.precision_warning(&defaults)).collect();
         Ok(PixArtPipeline {
             dir,
             runtime: runtime.clone(),
@@ -197,7 +198,7 @@ impl PixArtPipeline {
             in_channels,
             out_channels,
             recorder: None,
-            warnings: ep_warning.into_iter().collect(),
+            warnings,
         })
     }
 
