@@ -216,6 +216,12 @@ impl Model {
         Ok(Model { path: path.to_path_buf(), sessions, inputs, outputs, ep, bound: None, transfer_s: 0.0 })
     }
 
+    /// Whether inputs and outputs can be bound to device buffers (IoBinding): not where the session options
+    /// make sessions per run shape (OpenVINO's `static_shapes`, the UNet's `streams`).
+    pub fn can_bind(&self) -> bool {
+        matches!(self.sessions, Sessions::One(_))
+    }
+
     /// The one session of a model loaded the usual way (IoBinding needs it).
     fn session(&mut self) -> Result<&mut Session> {
         match &mut self.sessions {
