@@ -131,6 +131,7 @@ impl UnetPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
         // A converted folder carries the session options its profile chose for its EP.
         let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
+        let warnings = dir.load_warnings(runtime, &defaults, ep_warning)?;
         let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
         let mut text_encoders = vec![TextEncoder {
             tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?,
@@ -171,7 +172,7 @@ impl UnetPipeline {
             default_size,
             io_binding,
             unet_recorder: None,
-            warnings: ep_warning.into_iter().chain(runtime.precision_warning(&defaults)).collect(),
+            warnings,
         })
     }
 

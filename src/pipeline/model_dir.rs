@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::manifest::Manifest;
+use crate::runtime::Runtime;
 use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
@@ -170,6 +171,22 @@ impl PipelineDir {
             ep
         );
         Ok((EpOptions::default(), Some(warning)))
+    }
+
+    /// What to tell the user when this folder runs on `runtime` with `defaults` (its manifest's session
+    /// options) besides `ep_warning` (from [`Self::session_options`]): a precision the CPU cannot compute in,
+    /// int8 weights this CPU's int8 kernels saturate.
+    pub fn load_warnings(
+        &self,
+        runtime: &Runtime,
+        defaults: &EpOptions,
+        ep_warning: Option<String>,
+    ) -> Result<Vec<String>> {
+        let options = defaults.merged(runtime.options());
+        let int8 = self
+            .manifest()?
+            .and_then(|m| m.int8_saturation_warning(runtime.ep(), &options, &crate::host::CpuFeatures::host()));
+        Ok(ep_warning.into_iter().chain(runtime.precision_warning(defaults)).chain(int8).collect())
     }
 
     /// Image pixels per latent pixel: 2^(VAE blocks - 1), from the VAE decoder's config (8 for every real

@@ -183,7 +183,7 @@ impl PixArtPipeline {
         let in_channels = config.in_channels.ok_or_else(|| missing("in_channels"))?;
         // diffusers' PixArtTransformer2DModel: out_channels defaults to in_channels (2x with learned sigma).
         let out_channels = config.out_channels.unwrap_or(in_channels);
-        let warnings = ep_warning.into_iter().chain(runtime.precision_warning(&defaults)).collect();
+        let warnings = dir.load_warnings(runtime, &defaults, ep_warning)?;
         Ok(PixArtPipeline {
             dir,
             runtime: runtime.clone(),
