@@ -231,6 +231,8 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
     let applied = read.pass_settings("unet", "int8-dynamic");
     assert_eq!(applied["exclude"], serde_json::json!([[32, 64], [64, 32]]), "{applied}");
     assert_eq!(applied["format"], "dynamic");
+    // 7-bit weights by default for the cpu EP: accurate on x86-64 CPUs without VNNI too.
+    assert_eq!(applied["reduce_range"], true, "{applied}");
     // The op histogram after the conversion: the int8 pattern is there, and the counts add up.
     let unet = read.components.iter().find(|c| c.component == "unet").unwrap();
     assert!(unet.ops.get("MatMulInteger").is_some_and(|&n| n > 0), "{:?}", unet.ops);

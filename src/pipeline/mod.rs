@@ -166,7 +166,7 @@ impl UnetPipeline {
             default_size,
             io_binding,
             unet_recorder: None,
-            warnings: ep_warning.into_iter().collect(),
+            warnings: ep_warning.into_iter().chain(runtime.precision_warning(&defaults)).collect(),
         })
     }
 

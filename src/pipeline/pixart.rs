@@ -179,6 +179,7 @@ impl PixArtPipeline {
         let in_channels = config.in_channels.ok_or_else(|| missing("in_channels"))?;
         // diffusers' PixArtTransformer2DModel: out_channels defaults to in_channels (2x with learned sigma).
         let out_channels = config.out_channels.unwrap_or(in_channels);
+        let warnings = ep_warning.into_iter().chain(runtime.precision_warning(&defaults)).collect();
         Ok(PixArtPipeline {
             dir,
             runtime: runtime.clone(),
@@ -192,7 +193,7 @@ impl PixArtPipeline {
             out_channels,
             patch_size: config.patch_size.unwrap_or(DEFAULT_PATCH_SIZE),
             recorder: None,
-            warnings: ep_warning.into_iter().collect(),
+            warnings,
         })
     }
 

@@ -539,7 +539,11 @@ pub fn profile_text(report: &TuneReport, name: &str, command: &str) -> String {
     s.push_str(&format!(
         "# on {} ({}), ONNX Runtime {}, {} EP; UNet call {}.\n",
         report.device,
-        if report.cpu_flags.is_empty() { "no bf16/VNNI/AMX flags".to_string() } else { report.cpu_flags.join(" ") },
+        if report.cpu_flags.is_empty() {
+            "no AVX-512/VNNI/bf16/AMX flags".to_string()
+        } else {
+            report.cpu_flags.join(" ")
+        },
         report.onnxruntime_version,
         report.ep,
         report.unet_inputs.iter().map(|(n, s)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")

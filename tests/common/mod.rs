@@ -211,3 +211,41 @@ pub fn image_case_error(dir: &Path, case: &str) -> (f64, f64) {
     assert_eq!(out.images.len() as u64, params["num_images"].as_u64().unwrap());
     (err, close)
 }
+
+/// Inputs for every input the model declares: batch 2, 8x8 latents, 16 tokens; deterministic values, the
+/// timestep 500, attention masks all ones.
+pub fn inputs_for(runtime: &dfast::runtime::Runtime, model: &Path) -> Vec<(String, dfast::runtime::HostTensor)> {
+    use dfast::runtime::HostTensor;
+    use ndarray::IxDyn;
+    use ort::value::TensorElementType;
+    let session = runtime.load(model).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(12345);
+    let mut next = move || rand::Rng::random_range(&mut rng, -1.0f32..1.0);
+    session
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let rank = spec.dims.len();
+            let shape: Vec<usize> = spec
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| match d {
+                    d if d > 0 => d as usize,
+                    _ if axis == 0 => 2,
+                    _ if rank == 4 => 8,
+                    _ => 16,
+                })
+                .collect();
+            let n: usize = shape.iter().product();
+            let tensor = match (spec.name.as_str(), spec.ty) {
+                ("timestep", _) => HostTensor::F32(ArrayD::from_elem(IxDyn(&shape), 500.0)),
+                (_, TensorElementType::Int64 | TensorElementType::Int32) => {
+                    HostTensor::I64(ArrayD::from_elem(IxDyn(&shape), 1))
+                }
+                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| next()).collect()).unwrap()),
+            };
+            (spec.name.clone(), tensor)
+        })
+        .collect()
+}
