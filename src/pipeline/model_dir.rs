@@ -21,6 +21,54 @@ pub enum PipelineKind {
     PixArtAlpha,
 }
 
+/// The `_class_name`s of `model_index.json` that dfast runs, and their family. A family's text-to-image,
+/// img2img and inpainting pipelines hold the same components (an inpainting UNet aside), so any of them runs
+/// any task; the ONNX names are diffusers' legacy ONNX pipelines and Optimum's.
+const CLASSES: [(&str, PipelineKind); 18] = [
+    ("StableDiffusionPipeline", PipelineKind::StableDiffusion),
+    ("StableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
+    ("StableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
+    ("OnnxStableDiffusionPipeline", PipelineKind::StableDiffusion),
+    ("OnnxStableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
+    ("OnnxStableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
+    ("ORTStableDiffusionPipeline", PipelineKind::StableDiffusion),
+    ("ORTStableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
+    ("ORTStableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
+    ("StableDiffusionXLPipeline", PipelineKind::StableDiffusionXl),
+    ("StableDiffusionXLImg2ImgPipeline", PipelineKind::StableDiffusionXl),
+    ("StableDiffusionXLInpaintPipeline", PipelineKind::StableDiffusionXl),
+    ("ORTStableDiffusionXLPipeline", PipelineKind::StableDiffusionXl),
+    ("ORTStableDiffusionXLImg2ImgPipeline", PipelineKind::StableDiffusionXl),
+    ("ORTStableDiffusionXLInpaintPipeline", PipelineKind::StableDiffusionXl),
+    ("PixArtAlphaPipeline", PipelineKind::PixArtAlpha),
+    ("ORTPixArtAlphaPipeline", PipelineKind::PixArtAlpha),
+    // The name of diffusers' ONNX pipeline before 0.7.
+    ("StableDiffusionOnnxPipeline", PipelineKind::StableDiffusion),
+];
+
+/// The family of a `model_index.json`'s `_class_name`, or one sentence naming the class when dfast does not
+/// run it.
+fn pipeline_kind(index_path: &Path, model_index: &Value) -> Result<PipelineKind> {
+    let known = "dfast runs StableDiffusion(Img2Img|Inpaint)Pipeline, StableDiffusionXL(Img2Img|Inpaint)Pipeline \
+                 and PixArtAlphaPipeline (and their ONNX and ORT variants)";
+    let Some(class) = model_index.get("_class_name").and_then(Value::as_str) else {
+        return Err(Error::bad_file(index_path, format!("no `_class_name` string saying the pipeline class; {known}")));
+    };
+    let Some(&(_, kind)) = CLASSES.iter().find(|(name, _)| *name == class) else {
+        return Err(Error::bad_file(index_path, format!("pipeline class `{class}` is not one dfast runs; {known}")));
+    };
+    if model_index.get("requires_aesthetics_score").and_then(Value::as_bool) == Some(true) {
+        return Err(Error::bad_file(
+            index_path,
+            format!(
+                "`{class}` with requires_aesthetics_score (the SDXL refiner's aesthetic-score conditioning) is not \
+                 one dfast runs"
+            ),
+        ));
+    }
+    Ok(kind)
+}
+
 /// The embedded tiny pipeline used when no `--model` is given.
 pub fn embedded_tiny_sd() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join("tiny-sd")
@@ -64,22 +112,7 @@ impl PipelineDir {
             ));
         }
         let model_index = read_json(&index_path)?;
-        let class = model_index.get("_class_name").and_then(Value::as_str).unwrap_or("");
-        let kind = if class.starts_with("PixArtAlpha") || (class.is_empty() && root.join("transformer").is_dir()) {
-            PipelineKind::PixArtAlpha
-        } else if class.contains("XL") || root.join("text_encoder_2").is_dir() {
-            PipelineKind::StableDiffusionXl
-        } else if class.contains("StableDiffusion") || class.is_empty() {
-            PipelineKind::StableDiffusion
-        } else {
-            return Err(Error::bad_file(
-                &index_path,
-                format!(
-                    "pipeline class `{class}` is not supported; dfast runs StableDiffusion, StableDiffusionXL and \
-                     PixArtAlpha pipelines"
-                ),
-            ));
-        };
+        let kind = pipeline_kind(&index_path, &model_index)?;
         let dir = PipelineDir { root: root.to_path_buf(), kind, model_index };
         for path in dir.required_files() {
             if !path.is_file() {
@@ -297,6 +330,8 @@ pub struct DenoiserConfig {
     pub in_channels: Option<usize>,
     pub out_channels: Option<usize>,
     pub sample_size: Option<usize>,
+    /// PixArt's transformer: latent pixels per patch side (diffusers' default 2).
+    pub patch_size: Option<usize>,
 }
 
 /// What dfast reads of the VAE decoder's `config.json`.
@@ -306,4 +341,6 @@ pub struct VaeConfig {
     pub scaling_factor: Option<f32>,
     /// One entry per block: 2^(blocks - 1) image pixels per latent pixel.
     pub block_out_channels: Option<Vec<usize>>,
+    /// Channels of the latents (4 for SD, SDXL and PixArt-α).
+    pub latent_channels: Option<usize>,
 }
