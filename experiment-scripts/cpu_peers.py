@@ -9,11 +9,18 @@ side, with each output's relative L2 error against PyTorch fp32 on the same inpu
   python experiment-scripts/cpu_peers.py --arch tiny --onnx models/tiny-sd --out /tmp/peers-tiny
 
 One call = the classifier-free-guidance batch (2) of the UNet at its config's sample_size (SD1.5: 64x64
-latents = 512x512 images), 77 text tokens of cross_attention_dim. The inputs are drawn once with numpy
-(seed 0): sample ~ N(0,1) [2,C,H,W] f32, timestep = 500 as f32 [2], encoder_hidden_states ~ 0.5 N(0,1)
-[2,77,D] f32, saved as OUT/inputs.npz (keys sample, timestep, encoder_hidden_states) so other programs run
-the very same inputs. Each ONNX peer feeds the timestep as its model declares it (the torchscript SD1.5
-export: int64 [batch]; models/tiny-sd: a 0-d float).
+latents = 512x512 images), 77 text tokens of cross_attention_dim. The inputs are made once: sample ~ N(0,1)
+[2,C,H,W] f32 (numpy, seed 0); encoder_hidden_states [2,77,D] f32: with --calibration, the text encoder's
+output in the first calibration sample (a real prompt and its negative, as the pipeline feeds them), else
+0.5 N(0,1); one file per timestep of TIMESTEPS (999, 500, 20), OUT/inputs-tT.npz (keys sample, timestep,
+encoder_hidden_states), so other programs run the very same inputs. Every row is timed at the first timestep
+(999) and run once more at each of the others; its error is measured at all three. Each ONNX peer feeds the
+timestep as its model declares it (the torchscript SD1.5 export: int64 [batch]; models/tiny-sd: a 0-d float).
+
+Calibration (--calibration DIR): the int8 peers are calibrated on the UNet inputs that dfast recorded while
+its fp32 pipeline generated the calibration prompts, `dfast convert --profile int8-mixed --calibrate N
+--calibrate-steps S --save-calibration-inputs DIR` (DIR/sample-NNN.npz, one per UNet call): the same prompts,
+latents and pipeline as dfast's own int8 rows, which come from that very conversion.
 
 Peers (--peers, comma list, default all; each runs in a fresh process, one after the other, and a peer that
 cannot run gets a row that says why):
@@ -26,11 +33,25 @@ cannot run gets a row that says why):
                       baseline; the quantized model is cached in OUT/ort-int8/unet/
   ov-f32, ov-bf16     OpenVINO CPU, compile_model(..., {"INFERENCE_PRECISION_HINT": "f32" | "bf16"}) on the ONNX
                       file, reshaped to the static input shapes
+  ov-nncf-int8        NNCF post-training quantization of that reshaped model, nncf.quantize(model_type=
+                      TRANSFORMER, subset_size = all calibration samples): SmoothQuant, fast bias correction,
+                      int8 on Conv and MatMul (NNCF's defaults for transformers); then compiled with the bf16
+                      hint where the CPU has native bf16, else f32 (OpenVINO's documented best)
+  ov-split            not a peer's configuration: ov-f32 with the batch run as one-row requests at once, one
+                      OpenVINO stream each (what dfast's `streams` session option does), to show what that part
+                      of dfast's step is worth; a "reference" row, left out of the fastest-peer ratio
+  ov-hybrid-int8      optimum-intel's hybrid recipe on the same model, through optimum-intel's own functions
+                      (_get_hybrid_mixed_quantization_config + _mixed_quantization, what
+                      OVWeightQuantizationConfig(bits=8, quant_method="hybrid", dataset=...) runs): int8 weights
+                      and activations on Conv, int8 weights only on MatMul, SmoothQuant off; same hint rule
+                      The int8 peers need --calibration; their models are cached in OUT/<peer>/ (by source,
+                      calibration set and versions) and reused.
 dfast rows: --dfast NAME=FOLDER[:EP][;KEY=VALUE...] (repeatable; FOLDER empty = --onnx; each KEY=VALUE an
 --ep-option of that row, e.g. `int8=DIR:openvino;precision=bf16`) runs
-  DFAST unet-step FOLDER --ep EP --inputs OUT/inputs.npz --output OUT/outputs/dfast-NAME.npy
+  DFAST unet-step FOLDER --ep EP --inputs OUT/inputs-t999.npz --output OUT/outputs/dfast-NAME-t999.npy
         --warmup W --runs R --json
-and reads `median_s` / `min_s` from the JSON object on its last stdout line and the output from the .npy.
+and reads `median_s` / `min_s` from the JSON object on its last stdout line and the output from the .npy;
+then once more with --warmup 0 --runs 1 for each other timestep (a process each).
 The error reference is --reference (default torch-fp32, else ort-fp32), e.g. ov-f32 where torch does not run.
 Each row's notes hold the machine's load averages (/proc/loadavg) just before it: on a shared machine other
 work skews the timings.
@@ -41,7 +62,8 @@ Timing: --warmup calls (default 1; the first also holds torch.compile's compile)
 dfast).
 
 Output in OUT: cpu_peers.md, cpu_peers.csv (configuration, kind, median_s, min_s, ratio to the fastest peer,
-relative L2 vs fp32, notes), cpu_peers.json (rows + machine + versions), inputs.npz, outputs/<row>.npy,
+relative L2 and max abs vs fp32 at each timestep, notes), cpu_peers.json (rows + machine + versions),
+inputs-tT.npz, outputs/<row>-tT.npy,
 peers/<row>.json, logs/<row>.log; with --profile-ort also ort_profile_fp32.md (and ort_profile_int8.md when
 ort-int8 runs): ONNX Runtime's profiler over one call, time per op type.
 
@@ -77,7 +99,11 @@ ROOT = common.ROOT
 
 EXPORTS = Path(os.environ.get("EXPORTS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                / "dfast" / "exports")
-PEERS = ["torch-fp32", "torch-bf16", "torch-bf16-compile", "ort-fp32", "ort-int8", "ov-f32", "ov-bf16"]
+PEERS = ["torch-fp32", "torch-bf16", "torch-bf16-compile", "ort-fp32", "ort-int8", "ov-f32", "ov-bf16",
+         "ov-nncf-int8", "ov-hybrid-int8", "ov-split"]
+# Rows that are neither a peer's configuration nor dfast: written by this script to explain a result, and left
+# out of the fastest-peer ratio.
+REFERENCE_ROWS = {"ov-split"}
 LABELS = {
     "torch-fp32": "PyTorch {torch} fp32, SDPA, eager",
     "torch-bf16": "PyTorch {torch} bf16, SDPA, eager",
@@ -86,7 +112,13 @@ LABELS = {
     "ort-int8": "ONNX Runtime {onnxruntime} CPU EP, quantize_dynamic int8 (MatMul+Conv, per-channel)",
     "ov-f32": "OpenVINO {openvino} CPU, f32 hint",
     "ov-bf16": "OpenVINO {openvino} CPU, bf16 hint",
+    "ov-nncf-int8": "OpenVINO {openvino} CPU, NNCF {nncf} PTQ int8 (TRANSFORMER: SmoothQuant, bias correction)",
+    "ov-hybrid-int8": "OpenVINO {openvino} CPU, optimum-intel {optimum-intel} hybrid int8 (Conv int8, MatMul "
+                      "int8 weights)",
+    "ov-split": "OpenVINO {openvino} CPU, f32 hint, batch split into one-row requests run at once (not a peer setting)",
 }
+# Timesteps of the error check; every row is timed at the first.
+TIMESTEPS = (999, 500, 20)
 REFERENCE = "torch-fp32"
 EPS = ("cpu", "cuda", "tensorrt", "openvino")
 SEQ = 77
@@ -133,22 +165,51 @@ def unet_config(onnx_dir: Path) -> dict:
     return json.loads(cfg.read_text())
 
 
-def make_inputs(cfg: dict, path: Path) -> dict:
+def inputs_path(out: Path, t: int) -> Path:
+    return out / f"inputs-t{t}.npz"
+
+
+def output_path(out: Path, row: str, t: int) -> Path:
+    return out / "outputs" / f"{row}-t{t}.npy"
+
+
+def calibration_files(folder) -> list:
+    """The sample-NNN.npz files of a --calibration folder, in order; SystemExit when there are none."""
+    files = sorted(Path(folder).glob("sample-*.npz"))
+    if not files:
+        raise SystemExit(f"cpu_peers: --calibration {folder} holds no sample-NNN.npz (write them with dfast convert "
+                         "--save-calibration-inputs)")
+    return files
+
+
+def make_inputs(cfg: dict, out: Path, calibration) -> dict:
+    """One input set per timestep of TIMESTEPS, written to OUT/inputs-tT.npz; returns {t: inputs}."""
     h = w = int(cfg["sample_size"])
     rng = np.random.default_rng(0)
-    inputs = {
-        "sample": rng.standard_normal((BATCH, int(cfg["in_channels"]), h, w), dtype=np.float32),
-        "timestep": np.full((BATCH,), 500.0, dtype=np.float32),
-        "encoder_hidden_states": (rng.standard_normal((BATCH, SEQ, int(cfg["cross_attention_dim"])),
-                                                      dtype=np.float32) * np.float32(0.5)),
-    }
-    np.savez(path, **inputs)
-    return inputs
+    sample = rng.standard_normal((BATCH, int(cfg["in_channels"]), h, w), dtype=np.float32)
+    if calibration:
+        with np.load(calibration_files(calibration)[0]) as z:
+            ehs = z["encoder_hidden_states"].astype(np.float32)
+        if ehs.shape != (BATCH, SEQ, int(cfg["cross_attention_dim"])):
+            raise SystemExit(f"cpu_peers: the calibration samples' encoder_hidden_states are {list(ehs.shape)}, "
+                             f"not [{BATCH}, {SEQ}, {cfg['cross_attention_dim']}] (batch 2 = guidance)")
+    else:
+        ehs = rng.standard_normal((BATCH, SEQ, int(cfg["cross_attention_dim"])), dtype=np.float32) * np.float32(0.5)
+    sets = {}
+    for t in TIMESTEPS:
+        sets[t] = {"sample": sample, "timestep": np.full((BATCH,), float(t), dtype=np.float32),
+                   "encoder_hidden_states": ehs}
+        np.savez(inputs_path(out, t), **sets[t])
+    return sets
 
 
 def load_inputs(out: Path) -> dict:
-    with np.load(out / "inputs.npz") as z:
-        return {k: z[k] for k in ("sample", "timestep", "encoder_hidden_states")}
+    """{t: inputs} as make_inputs wrote them."""
+    sets = {}
+    for t in TIMESTEPS:
+        with np.load(inputs_path(out, t)) as z:
+            sets[t] = {k: z[k] for k in ("sample", "timestep", "encoder_hidden_states")}
+    return sets
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,7 +308,7 @@ def timed_calls(fn, warmup: int, runs: int, log) -> dict:
             "output": y}
 
 
-def run_torch(args, peer: str, inputs: dict, log) -> dict:
+def run_torch(args, peer: str, log) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -268,24 +329,26 @@ def run_torch(args, peer: str, inputs: dict, log) -> dict:
         unet.to(memory_format=torch.channels_last)
         unet = torch.compile(unet, fullgraph=True)
     load_s = time.perf_counter() - t0
-    sample = torch.from_numpy(inputs["sample"]).to(dtype)
-    if compiled:
-        sample = sample.contiguous(memory_format=torch.channels_last)
-    timestep = torch.from_numpy(inputs["timestep"])
-    ehs = torch.from_numpy(inputs["encoder_hidden_states"]).to(dtype)
 
-    def call():
+    def infer(inputs):
+        sample = torch.from_numpy(inputs["sample"]).to(dtype)
+        if compiled:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        timestep = torch.from_numpy(inputs["timestep"])
+        ehs = torch.from_numpy(inputs["encoder_hidden_states"]).to(dtype)
         with torch.inference_mode():
-            return unet(sample, timestep, ehs, return_dict=False)[0]
+            return unet(sample, timestep, ehs, return_dict=False)[0].float().contiguous().numpy()
 
-    r = timed_calls(call, args.warmup, args.runs, log)
-    r["output"] = r["output"].float().contiguous().numpy()
-    if bf16 and not cpu_info()["native_bf16"]:
-        notes.append("no avx512_bf16/amx_bf16 on this CPU")
-    if compiled:
-        notes.append(f"first call (compile) {r['first_call_s']:.1f} s" if r["first_call_s"] else
-                     "no warm-up: the first timed call compiled")
-    return dict(r, load_s=load_s, notes=notes)
+    def after(r):
+        extra = []
+        if bf16 and not cpu_info()["native_bf16"]:
+            extra.append("no avx512_bf16/amx_bf16 on this CPU")
+        if compiled:
+            extra.append(f"first call (compile) {r['first_call_s']:.1f} s" if r["first_call_s"] else
+                         "no warm-up: the first timed call compiled")
+        return extra
+
+    return {"infer": infer, "load_s": load_s, "notes": notes, "after": after}
 
 
 def ort_session(path: Path, threads, profile_prefix=None):
@@ -328,30 +391,31 @@ def quantized_model(args, src: Path, log) -> tuple:
     return dest, took
 
 
-def run_ort(args, peer: str, inputs: dict, log) -> dict:
+def run_ort(args, peer: str, sets: dict, log) -> dict:
     src = onnx_model_path(Path(args.onnx))
     notes = []
     path = src
     if peer == "ort-int8":
         path, took = quantized_model(args, src, log)
         notes.append(f"quantized in {took:.0f} s" if took is not None else "quantized model reused from cache")
-    feeds, note = onnx_feeds(path, inputs)
-    notes.append(note)
+    notes.append(onnx_feeds(path, sets[TIMESTEPS[0]])[1])
     t0 = time.perf_counter()
     sess = ort_session(path, args.threads)
     load_s = time.perf_counter() - t0
     threads = sess.get_session_options().intra_op_num_threads
     notes.insert(0, f"intra-op threads {threads or 'default'}")
-    r = timed_calls(lambda: sess.run(None, feeds)[0], args.warmup, args.runs, log)
-    del sess
-    if args.profile_ort:
+
+    def after(r):
+        if not args.profile_ort:
+            return []
         tag = "fp32" if peer == "ort-fp32" else "int8"
         try:
-            md = profile_ort(args, path, feeds, tag, log)
-            notes.append(f"profile: {md.name}")
-        except Exception as e:  # the timing row stands without the profile
-            notes.append(f"profiling failed: {e}")
-    return dict(r, load_s=load_s, notes=notes)
+            return [f"profile: {profile_ort(args, path, onnx_feeds(path, sets[TIMESTEPS[0]])[0], tag, log).name}"]
+        except Exception as e:  # noqa: BLE001 -- any failure of the profiler: the timing row stands without it
+            return [f"profiling failed: {e}"]
+
+    return {"infer": lambda inputs: sess.run(None, onnx_feeds(path, inputs)[0])[0], "load_s": load_s,
+            "notes": notes, "after": after}
 
 
 def profile_ort(args, path: Path, feeds: dict, tag: str, log) -> Path:
@@ -386,11 +450,11 @@ def profile_ort(args, path: Path, feeds: dict, tag: str, log) -> Path:
         f"# ONNX Runtime CPU EP profile: {tag} UNet, one call",
         "",
         f"Model: `{path}`. Inputs: {', '.join(f'{k} {list(v.shape)} {v.dtype}' for k, v in feeds.items())}.",
-        f"One warm-up call, then the profiled call: wall {wall * 1e3:.1f} ms, model_run {last['dur'] / 1e3:.1f} ms, "
+        (f"One warm-up call, then the profiled call: wall {wall * 1e3:.1f} ms, model_run {last['dur'] / 1e3:.1f} ms, "
         f"sum of node kernel times {total / 1e3:.1f} ms ({len(nodes)} node runs). Threads: "
-        f"{args.threads or 'ONNX Runtime default'}. Raw profile: `{prof.relative_to(out)}`.",
-        f"Date {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {cpu_info()['cpu']}, {os.cpu_count()} cores, "
-        f"onnxruntime {version('onnxruntime')}.",
+        f"{args.threads or 'ONNX Runtime default'}. Raw profile: `{prof.relative_to(out)}`."),
+        (f"Date {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {cpu_info()['cpu']}, {os.cpu_count()} cores, "
+        f"onnxruntime {version('onnxruntime')}."),
         "",
         "| op type | total ms | nodes | share | ms per node |",
         "|---|---:|---:|---:|---:|",
@@ -407,38 +471,108 @@ def profile_ort(args, path: Path, feeds: dict, tag: str, log) -> Path:
     return md
 
 
-def run_openvino(args, peer: str, inputs: dict, log) -> dict:
+def run_openvino(args, peer: str, sets: dict, log) -> dict:
     import openvino as ov
 
     path = onnx_model_path(Path(args.onnx))
-    hint = "bf16" if peer == "ov-bf16" else "f32"
-    feeds, note = onnx_feeds(path, inputs)
+    native_bf16 = cpu_info()["native_bf16"]
+    hint = {"ov-bf16": "bf16", "ov-f32": "f32"}.get(peer, "bf16" if native_bf16 else "f32")
+    feeds, note = onnx_feeds(path, sets[TIMESTEPS[0]])
     notes = [note, "static input shapes (reshaped)"]
     core = ov.Core()
     caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     t0 = time.perf_counter()
     model = core.read_model(str(path))
-    model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+    # ov-split: the batch of BATCH rows as BATCH requests of one row, in as many streams.
+    split = peer == "ov-split"
+    model.reshape({name: ov.PartialShape([1, *a.shape[1:]] if split and a.ndim else list(a.shape))
+                   for name, a in feeds.items()})
+    if peer in ("ov-nncf-int8", "ov-hybrid-int8"):
+        model, note = quantized_ov_model(args, peer, path, model, feeds, log)
+        notes.append(note)
+        t0 = time.perf_counter()  # load_s: reading and compiling the quantized model, not quantizing it
     cfg = {"INFERENCE_PRECISION_HINT": hint}
     if args.threads:
         cfg["INFERENCE_NUM_THREADS"] = args.threads
+    if split:
+        cfg["NUM_STREAMS"] = BATCH
+        notes.append(f"the batch as {BATCH} requests of one row run at once, {BATCH} streams")
     compiled = core.compile_model(model, "CPU", cfg)
     load_s = time.perf_counter() - t0
     got = compiled.get_property("INFERENCE_PRECISION_HINT")
     got = got.to_string() if hasattr(got, "to_string") else str(got)
     notes.insert(0, f"compiled precision {got}, threads {compiled.get_property('INFERENCE_NUM_THREADS')}")
-    if hint == "bf16" and not cpu_info()["native_bf16"]:
+    if hint == "bf16" and not native_bf16:
         notes.append(f"no avx512_bf16/amx_bf16 on this CPU (OpenVINO CPU capabilities: {','.join(caps)}): "
                      "bf16 is emulated or ignored (see the compiled precision)")
     req = compiled.create_infer_request()
     out_port = compiled.output(0)
 
-    def call():
-        return req.infer(feeds)[out_port]
+    def infer(inputs):
+        return np.array(req.infer(onnx_feeds(path, inputs)[0])[out_port], dtype=np.float32)
 
-    r = timed_calls(call, args.warmup, args.runs, log)
-    r["output"] = np.array(r["output"], dtype=np.float32)
-    return dict(r, load_s=load_s, notes=notes)
+    if split:
+        reqs = [compiled.create_infer_request() for _ in range(BATCH)]
+
+        def infer(inputs):
+            fed = onnx_feeds(path, inputs)[0]
+            for i, r in enumerate(reqs):
+                r.start_async({k: a[i:i + 1] if a.ndim else a for k, a in fed.items()})
+            for r in reqs:
+                r.wait()
+            return np.concatenate([np.array(r.get_output_tensor(0).data, dtype=np.float32) for r in reqs])
+
+    return {"infer": infer, "load_s": load_s, "notes": notes}
+
+
+def quantized_ov_model(args, peer: str, path: Path, model, feeds: dict, log) -> tuple:
+    """The reshaped OpenVINO `model` quantized by the peer's own recipe on the --calibration samples, cached in
+    OUT/<peer>/unet.xml while the stamp (source, calibration set, versions) matches; (model, note)."""
+    import openvino as ov
+
+    if not args.calibration:
+        raise RuntimeError(f"{peer} needs --calibration (the UNet inputs dfast recorded)")
+    files = calibration_files(args.calibration)
+    dest_dir = Path(args.out) / peer
+    dest = dest_dir / "unet.xml"
+    data = path.parent / "model.onnx_data"
+    stamp = {"source": str(path.resolve()), "size": path.stat().st_size, "mtime": path.stat().st_mtime,
+             "data_size": data.stat().st_size if data.exists() else 0,
+             "calibration": [[f.name, f.stat().st_size, f.stat().st_mtime] for f in files],  # lists: JSON's own
+             "shapes": {k: list(v.shape) for k, v in feeds.items()},
+             "versions": {p: version(p) for p in ("openvino", "nncf", "optimum-intel")}}
+    stamp_file = dest_dir / "stamp.json"
+    if dest.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        log(f"reusing the quantized model {dest}")
+        return ov.Core().read_model(str(dest)), f"{peer} model reused from {dest_dir.name}/"
+    import nncf
+
+    samples = []
+    for f in files:
+        with np.load(f) as z:
+            missing = [k for k in feeds if k not in z.files]
+            if missing:
+                raise RuntimeError(f"{f} lacks the input(s) {', '.join(missing)}")
+            samples.append(onnx_feeds(path, {k: z[k] for k in feeds})[0])
+    log(f"{peer}: quantizing on {len(samples)} calibration samples from {args.calibration} ...")
+    t = time.perf_counter()
+    if peer == "ov-nncf-int8":
+        q = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                          subset_size=len(samples))
+    else:
+        from optimum.intel import OVWeightQuantizationConfig
+        from optimum.intel.openvino.quantization import _get_hybrid_mixed_quantization_config, _mixed_quantization
+
+        config = _get_hybrid_mixed_quantization_config(model, OVWeightQuantizationConfig(bits=8,
+                                                                                        num_samples=len(samples)))
+        q = _mixed_quantization(model, config, nncf.Dataset(samples))
+    took = time.perf_counter() - t
+    shutil.rmtree(dest_dir, ignore_errors=True)
+    dest_dir.mkdir(parents=True)
+    ov.save_model(q, str(dest), compress_to_fp16=False)
+    stamp_file.write_text(json.dumps(stamp))
+    log(f"quantized in {took:.0f} s -> {dest}")
+    return q, f"quantized on {len(samples)} calibration samples in {took:.0f} s"
 
 
 def peak_rss_mb():
@@ -457,22 +591,29 @@ def peak_rss_mb():
 def run_child(args):
     peer = args.one
     out = Path(args.out)
-    log = lambda msg: print(f"  [{peer}] {msg}", flush=True)  # noqa: E731
-    rec = {"row": peer, "kind": "peer", "status": "failed", "notes": []}
+    log = lambda msg: print(f"  [{peer}] {msg}", flush=True)
+    rec = {"row": peer, "kind": "reference" if peer in REFERENCE_ROWS else "peer", "status": "failed", "notes": []}
     try:
-        inputs = load_inputs(out)
+        sets = load_inputs(out)
         if peer.startswith("torch-"):
-            r = run_torch(args, peer, inputs, log)
+            prep = run_torch(args, peer, log)
         elif peer.startswith("ort-"):
-            r = run_ort(args, peer, inputs, log)
+            prep = run_ort(args, peer, sets, log)
         elif peer.startswith("ov-"):
-            r = run_openvino(args, peer, inputs, log)
+            prep = run_openvino(args, peer, sets, log)
         else:
             raise RuntimeError(f"unknown peer {peer}")
-        y = r.pop("output")
-        np.save(out / "outputs" / f"{peer}.npy", np.ascontiguousarray(y, dtype=np.float32))
-        rec.update(r, status="ok", output_shape=list(y.shape), peak_rss_mb=peak_rss_mb())
-    except BaseException as e:  # noqa: BLE001  (the row says why)
+        infer = prep["infer"]
+        r = timed_calls(lambda: infer(sets[TIMESTEPS[0]]), args.warmup, args.runs, log)
+        outputs = {TIMESTEPS[0]: r.pop("output")}
+        for t in TIMESTEPS[1:]:
+            outputs[t] = infer(sets[t])
+        notes = prep["notes"] + (prep["after"](r) if "after" in prep else [])
+        for t, y in outputs.items():
+            np.save(output_path(out, peer, t), np.ascontiguousarray(y, dtype=np.float32))
+        rec.update(r, status="ok", output_shape=list(outputs[TIMESTEPS[0]].shape), peak_rss_mb=peak_rss_mb(),
+                   load_s=prep["load_s"], notes=notes)
+    except BaseException as e:
         traceback.print_exc()
         rec["reason"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:400]
         if isinstance(e, KeyboardInterrupt):
@@ -518,6 +659,8 @@ def run_peer(args, peer: str, out: Path) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.profile_ort:
         cmd += ["--profile-ort"]
+    if args.calibration:
+        cmd += ["--calibration", str(args.calibration)]
     rec_path = out / "peers" / f"{peer}.json"
     rec_path.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -529,7 +672,7 @@ def run_peer(args, peer: str, out: Path) -> dict:
         if rc not in (0, None) and rec.get("status") == "ok":
             rec["notes"].append(f"process exit status {rc} after writing its result")
         return rec
-    return {"row": peer, "kind": "peer", "status": "failed", "notes": [],
+    return {"row": peer, "kind": "reference" if peer in REFERENCE_ROWS else "peer", "status": "failed", "notes": [],
             "reason": f"process ended (exit status {rc}) without a result: {tail[-1] if tail else 'no output'}"}
 
 
@@ -562,39 +705,47 @@ def run_dfast(args, name: str, folder: Path, ep: str, out: Path, options=()) -> 
     if not (bin_path.exists() and os.access(bin_path, os.X_OK)):
         rec["reason"] = f"dfast binary {bin_path} not found or not executable (--dfast-bin)"
         return rec
-    y_path = out / "outputs" / f"{row}.npy"
-    y_path.unlink(missing_ok=True)
-    cmd = [str(bin_path), "unet-step", str(folder), "--ep", ep, "--inputs", str(out / "inputs.npz"),
-           "--output", str(y_path), "--warmup", str(args.warmup), "--runs", str(args.runs), "--json"]
-    for o in options:
-        cmd += ["--ep-option", o]
     log_path = out / "logs" / f"{row}.log"
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, errors="replace")
-    except subprocess.TimeoutExpired:
-        rec["reason"] = f"dfast unet-step killed after the --timeout of {args.timeout} s"
-        return rec
-    log_path.write_text("$ " + " ".join(cmd) + f"\n--- exit status {p.returncode}\n--- stdout\n{p.stdout}"
-                        f"\n--- stderr\n{p.stderr}")
-    sys.stdout.write(p.stderr[-2000:])
-    if p.returncode != 0:
-        last = [line for line in p.stderr.splitlines() if line.strip()] or \
-               [line for line in p.stdout.splitlines() if line.strip()] or [f"exit status {p.returncode}"]
-        rec["reason"] = f"dfast unet-step failed: {last[-1].strip()}"[:400]
-        return rec
-    lines = [line for line in p.stdout.splitlines() if line.strip()]
-    try:
-        js = json.loads(lines[-1])
-        rec.update(median_s=float(js["median_s"]), min_s=float(js["min_s"]), dfast_json=js)
-    except (IndexError, ValueError, KeyError, TypeError) as e:
-        rec["reason"] = f"dfast unet-step: no JSON with median_s/min_s on its last stdout line ({e})"
-        return rec
-    if "times_s" in js:
-        rec["times_s"] = js["times_s"]
-    if not y_path.exists():
-        rec["reason"] = f"dfast unet-step wrote no {y_path.name}"
-        return rec
-    y = np.load(y_path)
+    log_path.write_text("")
+    js = None
+    # Timed at the first timestep; one more call (a process each) at every other timestep, for the error.
+    for t in TIMESTEPS:
+        y_path = output_path(out, row, t)
+        y_path.unlink(missing_ok=True)
+        timed = t == TIMESTEPS[0]
+        cmd = [str(bin_path), "unet-step", str(folder), "--ep", ep, "--inputs", str(inputs_path(out, t)),
+               "--output", str(y_path), "--warmup", str(args.warmup if timed else 0),
+               "--runs", str(args.runs if timed else 1), "--json"]
+        for o in options:
+            cmd += ["--ep-option", o]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, errors="replace", check=False)
+        except subprocess.TimeoutExpired:
+            rec["reason"] = f"dfast unet-step killed after the --timeout of {args.timeout} s"
+            return rec
+        with open(log_path, "a") as logf:
+            logf.write("$ " + " ".join(cmd) + f"\n--- exit status {p.returncode}\n--- stdout\n{p.stdout}"
+                       f"\n--- stderr\n{p.stderr}\n")
+        sys.stdout.write(p.stderr[-2000:])
+        if p.returncode != 0:
+            last = [line for line in p.stderr.splitlines() if line.strip()] or \
+                   [line for line in p.stdout.splitlines() if line.strip()] or [f"exit status {p.returncode}"]
+            rec["reason"] = f"dfast unet-step failed: {last[-1].strip()}"[:400]
+            return rec
+        if not y_path.exists():
+            rec["reason"] = f"dfast unet-step wrote no {y_path.name}"
+            return rec
+        if timed:
+            lines = [line for line in p.stdout.splitlines() if line.strip()]
+            try:
+                js = json.loads(lines[-1])
+                rec.update(median_s=float(js["median_s"]), min_s=float(js["min_s"]), dfast_json=js)
+            except (IndexError, ValueError, KeyError, TypeError) as e:
+                rec["reason"] = f"dfast unet-step: no JSON with median_s/min_s on its last stdout line ({e})"
+                return rec
+            if "runs_s" in js:
+                rec["times_s"] = js["runs_s"]
+    y = np.load(output_path(out, row, TIMESTEPS[0]))
     rec.update(status="ok", output_shape=list(y.shape))
     for k in ("session_create_s", "load_s", "profile", "passes", "threads"):
         if k in js:
@@ -617,46 +768,60 @@ def fmt(x, spec):
 
 
 def write_tables(out: Path, rows: list, meta: dict):
-    ok_peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]
+    ok_peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]  # reference rows are not peers
     fastest = min(ok_peers, key=lambda r: r["median_s"]) if ok_peers else None
     for r in rows:
         r["ratio"] = (r["median_s"] / fastest["median_s"]) if (fastest and r["status"] == "ok") else None
-    fields = ["configuration", "kind", "median_s", "min_s", "ratio_to_fastest_peer", "rel_l2_vs_fp32", "notes"]
+    fields = ["configuration", "kind", "median_s", "min_s", "ratio_to_fastest_peer"]
+    fields += [f"rel_l2_vs_fp32_t{t}" for t in TIMESTEPS] + [f"max_abs_vs_fp32_t{t}" for t in TIMESTEPS] + ["notes"]
     with open(out / "cpu_peers.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(fields)
         for r in rows:
+            errs = r.get("errors", {})
             w.writerow([r["label"], r["kind"], fmt(r.get("median_s"), ".4f") if r["status"] == "ok" else "",
-                        fmt(r.get("min_s"), ".4f") if r["status"] == "ok" else "", fmt(r["ratio"], ".3f"),
-                        fmt(r.get("rel_l2"), ".3e"), "; ".join(r["notes_all"])])
+                        fmt(r.get("min_s"), ".4f") if r["status"] == "ok" else "", fmt(r["ratio"], ".3f")]
+                       + [fmt(errs.get(t, {}).get("rel_l2"), ".3e") for t in TIMESTEPS]
+                       + [fmt(errs.get(t, {}).get("max_abs"), ".3e") for t in TIMESTEPS]
+                       + ["; ".join(r["notes_all"])])
+
+    def cell(r, key, spec):
+        errs = r.get("errors", {})
+        got = [errs.get(t, {}).get(key) for t in TIMESTEPS]
+        return " / ".join(fmt(g, spec) or "-" for g in got) if any(g is not None for g in got) else ""
+
     m = meta
     lines = [
         f"# One UNet step on the CPU: peers vs dfast ({m['model']})",
         "",
         f"- date: {m['date']}",
-        f"- machine: {m['machine']['cpu']}, {m['machine']['cores']} cores, {m['machine']['memory_gb']} GB; "
-        f"ISA: {', '.join(m['machine']['isa']) or '-'}; native bf16: {'yes' if m['machine']['native_bf16'] else 'no'}",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        f"- UNet: `{m['onnx']}` (ONNX), `{m['pytorch']}` (PyTorch); random weights (latency does not depend on "
-        "weight values)",
-        f"- one call: sample {m['shapes']['sample']}, timestep {m['shapes']['timestep']} = 500, "
-        f"encoder_hidden_states {m['shapes']['encoder_hidden_states']} (batch 2 = classifier-free guidance); "
-        f"inputs: `inputs.npz`",
-        f"- timing: {m['warmup']} warm-up + {m['runs']} timed calls per row, each row in a fresh process, rows "
-        f"one after the other; threads: {m['threads'] or 'each runtime default (all cores)'}",
-        f"- ratio: the row's median / the fastest peer's median"
+        (f"- machine: {m['machine']['cpu']}, {m['machine']['cores']} cores, {m['machine']['memory_gb']} GB; "
+        f"ISA: {', '.join(m['machine']['isa']) or '-'}; native bf16: {'yes' if m['machine']['native_bf16'] else 'no'}"),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        (f"- UNet: `{m['onnx']}` (ONNX), `{m['pytorch']}` (PyTorch); random weights (latency does not depend on "
+        "weight values)"),
+        (f"- one call: sample {m['shapes']['sample']} (N(0,1), seed 0), timestep {m['shapes']['timestep']}, "
+        f"encoder_hidden_states {m['shapes']['encoder_hidden_states']} ({m['ehs']}); batch 2 = classifier-free "
+        f"guidance; timed at timestep {TIMESTEPS[0]}; inputs: `inputs-t{{{','.join(map(str, TIMESTEPS))}}}.npz`"),
+        f"- calibration of every int8 row: {m['calibration']}",
+        (f"- timing: {m['warmup']} warm-up + {m['runs']} timed calls per row, each row in a fresh process, rows "
+        f"one after the other; threads: {m['threads'] or 'each runtime default (all cores)'}"),
+        "- ratio: the row's median / the fastest peer's median"
         + (f" ({fastest['label']})" if fastest else " (no peer ran)"),
-        f"- error: relative L2 ||y - y_ref|| / ||y_ref|| against {m['reference']}",
+        (f"- error: relative L2 ||y - y_ref|| / ||y_ref|| and max |y - y_ref| against {m['reference']}, at "
+        f"timesteps {' / '.join(map(str, TIMESTEPS))}"),
         "",
-        "| configuration | kind | median s | min s | ratio to fastest peer | rel. L2 vs fp32 | notes |",
-        "|---|---|---:|---:|---:|---:|---|",
+        (f"| configuration | kind | median s | min s | ratio to fastest peer | rel. L2 vs fp32 (t = "
+        f"{' / '.join(map(str, TIMESTEPS))}) | max abs | notes |"),
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         good = r["status"] == "ok"
         lines.append(
             f"| {r['label']} | {r['kind']} | {fmt(r.get('median_s'), '.3f') if good else 'failed'} | "
             f"{fmt(r.get('min_s'), '.3f') if good else ''} | {fmt(r['ratio'], '.2f')} | "
-            f"{fmt(r.get('rel_l2'), '.2e')} | {'; '.join(r['notes_all']).replace('|', '/')} |")
+            f"{cell(r, 'rel_l2', '.2e')} | {cell(r, 'max_abs', '.2e')} | "
+            f"{'; '.join(r['notes_all']).replace('|', '/')} |")
     (out / "cpu_peers.md").write_text("\n".join(lines) + "\n")
     (out / "cpu_peers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     print("\n".join(lines))
@@ -686,6 +851,9 @@ def main():
                     help="ONNX Runtime profile of one call of ort-fp32 (and ort-int8): ort_profile_*.md")
     ap.add_argument("--reference", default=REFERENCE,
                     help="the row whose output is the fp32 reference (default %(default)s, else ort-fp32)")
+    ap.add_argument("--calibration", type=Path,
+                    help="folder of sample-NNN.npz UNet inputs (dfast convert --save-calibration-inputs): the "
+                         "int8 peers' calibration set, and the text embeddings of the timed inputs")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.onnx = Path(os.path.expanduser(str(args.onnx)))
@@ -714,11 +882,14 @@ def main():
         args.onnx, args.pytorch = make_tiny_twin(args.onnx, out / "tiny-export")
         dfasts = [(n, args.onnx if f == onnx_src else f, ep, o) for n, f, ep, o in dfasts]
     cfg = unet_config(args.onnx)
-    inputs = make_inputs(cfg, out / "inputs.npz")
+    sets = make_inputs(cfg, out, args.calibration)
+    inputs = sets[TIMESTEPS[0]]
     machine = cpu_info()
     versions = {"torch": version("torch"), "diffusers": version("diffusers"), "onnxruntime": version("onnxruntime"),
-                "openvino": version("openvino"), "onnx": version("onnx"), "numpy": version("numpy"),
-                "python": platform.python_version()}
+                "openvino": version("openvino"), "nncf": version("nncf"), "optimum-intel": version("optimum-intel"),
+                "onnx": version("onnx"), "numpy": version("numpy"), "python": platform.python_version()}
+    calibration = (f"{len(calibration_files(args.calibration))} UNet calls recorded by dfast's fp32 pipeline in "
+                   f"`{args.calibration}`" if args.calibration else "none given (--calibration)")
     meta = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine, "versions": versions, "onnx": str(args.onnx), "pytorch": str(args.pytorch),
@@ -726,6 +897,8 @@ def main():
                  f"{cfg['sample_size']}x{cfg['sample_size']} latents",
         "shapes": {k: list(v.shape) for k, v in inputs.items()},
         "warmup": args.warmup, "runs": args.runs, "threads": args.threads, "command": " ".join(sys.argv),
+        "calibration": calibration,
+        "ehs": "the text encoder's output in the first calibration sample" if args.calibration else "0.5 N(0,1)",
     }
     print(f"cpu_peers: {machine['cpu']}, {machine['cores']} cores; inputs {meta['shapes']} -> {out}", flush=True)
 
@@ -754,24 +927,27 @@ def main():
     ref_row = next((r for r in rows if r["row"] == args.reference and r["status"] == "ok"), None)
     if ref_row is None:
         ref_row = next((r for r in rows if r["row"] == "ort-fp32" and r["status"] == "ok"), None)
-    for earlier in (REFERENCE, "ort-fp32"):
-        if ref_row is None and (out / "outputs" / f"{earlier}.npy").exists():
+    for earlier in (args.reference, REFERENCE, "ort-fp32"):
+        if ref_row is None and all(output_path(out, earlier, t).exists() for t in TIMESTEPS):
             ref_row = {"row": earlier, "label": f"an earlier {earlier} output in outputs/ (not rerun this time)"}
     meta["reference"] = ref_row["label"] if ref_row else "nothing (no fp32 reference ran)"
-    ref = np.load(out / "outputs" / f"{ref_row['row']}.npy") if ref_row else None
+    refs = {t: np.load(output_path(out, ref_row["row"], t)) for t in TIMESTEPS} if ref_row else None
     for r in rows:
         notes = []
         if r["status"] == "ok":
-            y = np.load(out / "outputs" / f"{r['row']}.npy")
-            if ref is not None and y.shape == ref.shape:
-                r["rel_l2"] = rel_l2(y, ref)
-            elif ref is not None:
-                notes.append(f"output shape {list(y.shape)} != reference {list(ref.shape)}")
-            if not np.isfinite(y).all():
-                notes.append("output has NaN/Inf")
+            r["errors"] = {}
+            for t in TIMESTEPS:
+                y = np.load(output_path(out, r["row"], t))
+                if refs is not None and y.shape == refs[t].shape:
+                    r["errors"][t] = {"rel_l2": rel_l2(y, refs[t]),
+                                      "max_abs": float(np.abs(y.astype(np.float64) - refs[t]).max())}
+                elif refs is not None:
+                    notes.append(f"output shape {list(y.shape)} != reference {list(refs[t].shape)}")
+                if not np.isfinite(y).all():
+                    notes.append(f"output at t={t} has NaN/Inf")
             if r.get("load_before"):
                 notes.append(f"load average before the row {r['load_before']}")
-            if r["kind"] == "peer":
+            if r["kind"] in ("peer", "reference"):
                 notes.append(f"load {r['load_s']:.1f} s")
                 notes.append(f"peak RSS {r['peak_rss_mb']:.0f} MB")
         else:

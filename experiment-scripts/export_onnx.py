@@ -11,6 +11,8 @@
 Options: --exporter torchscript|dynamo (default torchscript, opset 17, what Optimum exports; dynamo uses
 opset 23 with native Attention / GroupNormalization nodes), --opset N, --components (default: every one;
 exported in the order given, e.g. `unet,text_encoder,text_encoder_2,vae_decoder` for the UNet first).
+SD and SDXL exports include vae_encoder/ (img2img and inpainting: `latent_parameters`, Optimum's output), and
+a UNet of any input channels (9 for the inpainting checkpoints, e.g. stable-diffusion-inpainting).
 Models over 2 GB keep their weights in one `model.onnx_data` next to `model.onnx`, as Optimum does.
 
 Random weights: latency depends on shapes, not on weight values, so benchmarks of these exports time the
@@ -239,7 +241,7 @@ def main():
                          "8-bit weight-only (com.microsoft MatMulNBits, about 5.3 GB)")
     ap.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     ap.add_argument("--opset", type=int, help="default 17 (torchscript) or 23 (dynamo)")
-    ap.add_argument("--components", default="text_encoder,text_encoder_2,unet,transformer,vae_decoder",
+    ap.add_argument("--components", default="text_encoder,text_encoder_2,unet,transformer,vae_decoder,vae_encoder",
                     help="comma list of components to export, in this order (others are skipped); each prints "
                          "'<component>: exported in N s' once its files are complete")
     ap.add_argument("--out", type=Path, help="the output folder (required but with --check-t5-replication)")
@@ -312,6 +314,10 @@ def main():
                 pipe.text_encoder_2, out / "text_encoder_2", True, True, torch.int64, style=style)
         exports["unet"] = lambda: tiny.export_unet(pipe.unet, out / "unet", sdxl, torch.int64, "batch", style=style)
         exports["vae_decoder"] = lambda: tiny.export_vae_decoder(pipe.vae, out, VAE_EXAMPLE_HW, style=style)
+        # img2img and inpainting (dfast generate --image); traced on an image of the decoder's example size.
+        vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        encoder_hw = tuple(vae_scale * d for d in VAE_EXAMPLE_HW)
+        exports["vae_encoder"] = lambda: tiny.export_vae_encoder(pipe.vae, out, encoder_hw, style=style)
         run_exports(out, exports, wanted)
     print(f"{out}: {done()}")
 

@@ -39,15 +39,15 @@ import tempfile
 # its BatchNorm-style kernels (InstanceNormalization) are cuDNN kernels, conv kernels are implicit GEMMs.
 KINDS = [
     ("attention", r"fmha|flash|sdpa|attention|mha_|softmax"),
-    ("norm", r"layernorm|layer_norm|groupnorm|group_norm|instancenorm|instance_norm|bn_fw|batchnorm|"
-             r"skiplayernorm|rmsnorm|normaliz"),
+    ("norm", (r"layernorm|layer_norm|groupnorm|group_norm|instancenorm|instance_norm|bn_fw|batchnorm|"
+             r"skiplayernorm|rmsnorm|normaliz")),
     ("transpose", r"transpose|nchwtonhwc|nhwctonchw|nchw_to_nhwc|nhwc_to_nchw|tensortransform"),
     ("conv", r"conv|fprop|dgrad|wgrad|implicit_gemm|implicit_convolve|winograd|cudnn"),
     ("gemm", r"gemm|nvjet|cutlass|xmma|matmul|splitkreduce|cublas|s16816|h16816"),
     ("split/copy", r"split|concat|slice|gather|expand|tile|pad|resize|upsample|memcpy|memset|copy|scatter"),
     ("reduce", r"reduce|reduction"),
-    ("elementwise", r"elementwise|element_wise|binary|unary|cast|gelu|silu|sigmoid|tanh|erf|_add|add_|mul|"
-                    r"div|sub|where|clip|sqrt|pow|exp|bias"),
+    ("elementwise", (r"elementwise|element_wise|binary|unary|cast|gelu|silu|sigmoid|tanh|erf|_add|add_|mul|"
+                    r"div|sub|where|clip|sqrt|pow|exp|bias")),
 ]
 
 
@@ -176,7 +176,8 @@ def profile(args):
     import numpy as np
     import onnxruntime as ort
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     torch.cuda.init()
     torch.zeros(1, device="cuda")  # the CUDA context CUPTI attaches to, shared with ONNX Runtime
@@ -271,19 +272,20 @@ def self_test():
     assert set(by) == {"gemm", "conv", "transpose", "elementwise", "attention", "split/copy"}, set(by)
     assert abs(by["gemm"]["ms_per_run"] - 4.0) < 1e-9 and abs(by["gemm"]["share"] - 0.4) < 1e-9
     assert abs(by["transpose"]["ms_per_run"] - 0.5) < 1e-9 and by["transpose"]["kernels_per_run"] == 40
-    assert [r["kind"] for r in s["by_kind"]][0] == "gemm"
+    assert next(r["kind"] for r in s["by_kind"]) == "gemm"
     assert [k["ms_per_run"] for k in s["top_kernels"]] == [4.0, 2.0, 1.5], s["top_kernels"]
     with tempfile.TemporaryDirectory() as d:
         path, md = write(record, d, "self-test", 3)
         with open(path) as f:
             saved = json.load(f)
         assert saved["kernels"] == kernels and abs(saved["summary"]["gpu_ms_per_run"] - 10.0) < 1e-9
-        assert open(os.path.join(d, "kernels-self-test.md")).read() == md
+        with open(os.path.join(d, "kernels-self-test.md")) as f:
+            assert f.read() == md
         # Rendering the saved record gives the same tables.
         assert markdown(saved, 3) == md
     for row in ("| gemm | 4.00 | 40.0% | 50 |", "| transpose | 0.50 | 5.0% | 40 |",
-                "| **total** | **10.00** | 100% | 275 |", "| 1 | `nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTT` | gemm | "
-                "4.000 | 50 |"):
+                "| **total** | **10.00** | 100% | 275 |", ("| 1 | `nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTT` | gemm | "
+                "4.000 | 50 |")):
         assert row in md, f"missing row {row!r} in\n{md}"
     assert md.count("\n| ") == 6 + 1 + 3 + 2, md  # kind rows, total, top rows, the two header rows
     print(md, end="")

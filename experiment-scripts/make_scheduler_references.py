@@ -1,7 +1,7 @@
 """Writes tests/data/scheduler_reference.json: diffusers scheduler rollouts that src/scheduler/tests.rs replays.
 
 Run with the fixtures venv (diffusers 0.42.1, torch CPU):
-    /work/venv/bin/python experiment-scripts/make_scheduler_references.py
+    /work/venv/bin/python experiment-scripts/make_scheduler_references.py [--strength-only]
 
 Each case builds a scheduler the way a diffusers user swaps schedulers, `Class.from_config(base_config, **overrides)`,
 and runs the standard denoising loop on a [1, 4, 4, 4] latent with a synthetic "UNet":
@@ -17,8 +17,17 @@ the latents, and the full latents at checkpoint steps only, to keep the file sma
 
 `schedule_cases` add timesteps/sigmas (no rollout) for more step counts and spacings, each as base config plus
 overrides so that the Rust side resolves the class defaults itself.
+
+Also writes tests/data/scheduler_strength_reference.json: runs that start part-way, as diffusers' img2img and
+inpainting pipelines run them. `get_timesteps` gives the begin index for a strength (then `set_begin_index`), the
+start is `add_noise(original, noise, timesteps[:1])`, and after every step but the last the latents outside a
+fixed mask are the original noised to the next timestep, and after the last step the original itself (the
+inpainting blend of 4-channel UNets), so that `add_noise` is checked at every timestep of the run.
+`--strength-only` writes that file alone (the rollouts' last digits depend on the CPU's float kernels, so
+regenerating them elsewhere changes the file).
 """
 
+import argparse
 import json
 import math
 
@@ -100,6 +109,7 @@ SCHEDULE_VARIANTS = [
 SCHEDULE_SPACINGS = ["leading", "trailing", "linspace"]
 
 SHAPE = [1, 4, 4, 4]
+MODEL_OUTPUT = "0.5 * x + 0.1 * sin(3 * x + i), x = scale_model_input(sample), i = step index, float32"
 NUMEL = math.prod(SHAPE)
 
 
@@ -199,14 +209,83 @@ def schedule_cases() -> list[dict]:
     return out
 
 
+# (name, base config, scheduler class, overrides, num_inference_steps, strength)
+STRENGTH_CASES = [
+    ("sd15_pndm_10_0.6", SD15, PNDMScheduler, {}, 10, 0.6),
+    ("sd15_pndm_10_1.0", SD15, PNDMScheduler, {}, 10, 1.0),
+    ("sd15_pndm_prk_10_0.7", SD15, PNDMScheduler, {"skip_prk_steps": False}, 10, 0.7),
+    ("sd15_ddim_10_0.8", SD15, DDIMScheduler, {}, 10, 0.8),
+    ("sd15_ddim_vpred_trailing_8_0.75", SD15, DDIMScheduler, VPRED_TRAILING, 8, 0.75),
+    ("sd15_euler_10_0.5", SD15, EulerDiscreteScheduler, {}, 10, 0.5),
+    ("sdxl_euler_10_0.3", SDXL, EulerDiscreteScheduler, {}, 10, 0.3),
+    ("sdxl_euler_karras_12_0.9999", SDXL, EulerDiscreteScheduler, {"use_karras_sigmas": True}, 12, 0.9999),
+    ("sd15_dpmpp_10_0.6", SD15, DPMSolverMultistepScheduler, {}, 10, 0.6),
+    ("sdxl_dpmpp_karras_12_1.0", SDXL, DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, 12, 1.0),
+    ("sd15_dpmpp_order3_20_0.55", SD15, DPMSolverMultistepScheduler, {"solver_order": 3}, 20, 0.55),
+]
+
+
+def blend_mask() -> torch.Tensor:
+    """The inpainting mask of the strength runs: 1 (denoised) where the flat index is not a multiple of 3."""
+    k = np.arange(NUMEL)
+    return torch.from_numpy((k % 3 != 0).astype(np.float32)).reshape(SHAPE)
+
+
+def run_strength_case(index: int, name: str, base: dict, cls, overrides: dict, steps: int, strength: float) -> dict:
+    scheduler = cls.from_config(base, **overrides)
+    scheduler.set_timesteps(steps)
+    # diffusers' get_timesteps (StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order :]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+
+    original, noise, mask = initial_noise(index), initial_noise(index + 100), blend_mask()
+    latents = scheduler.add_noise(original, noise, timesteps[:1])
+    start = latents.clone()
+    sample_norms = []
+    for i, t in enumerate(timesteps):
+        x = scheduler.scale_model_input(latents, t)
+        model_output = 0.5 * x + 0.1 * torch.sin(x * 3 + i)
+        latents = scheduler.step(model_output, t, latents).prev_sample
+        proper = original  # as StableDiffusionInpaintPipeline's loop: clean after the last step
+        if i < len(timesteps) - 1:
+            proper = scheduler.add_noise(original, noise, torch.tensor([timesteps[i + 1]]))
+        latents = (1 - mask) * proper + mask * latents
+        sample_norms.append(torch.linalg.vector_norm(latents.double()).item())
+    return {
+        "name": name,
+        "config": jsonable_config(scheduler.config),
+        "num_inference_steps": steps,
+        "strength": strength,
+        "begin_index": t_start * scheduler.order,
+        "timesteps": [float(t) for t in timesteps.double().numpy()],
+        "original_index": index,
+        "noise_index": index + 100,
+        "start": fmt(start.numpy(), 8),
+        "sample_norms": fmt(sample_norms, 9),
+        "final": fmt(latents.numpy(), 8),
+    }
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strength-only", action="store_true", help="write scheduler_strength_reference.json only")
+    args = ap.parse_args()
     torch.set_num_threads(1)
+    if not args.strength_only:
+        write_rollouts()
+    write_strength()
+
+
+def write_rollouts() -> None:
     cases = [run_case(i, *case) for i, case in enumerate(CASES)]
     reference = {
         "generator": "experiment-scripts/make_scheduler_references.py",
         "diffusers_version": diffusers.__version__,
         "torch_version": torch.__version__,
-        "model_output": "0.5 * x + 0.1 * sin(3 * x + i), x = scale_model_input(sample), i = step index, float32",
+        "model_output": MODEL_OUTPUT,
         "projection_weights": "cos(0.37 * k + 0.5) for flat index k, computed in float64, stored as float32",
         "initial_noise": "1.5 * sin(2.3 * k + 0.7 * (noise_index + 1)) + 0.5 * cos(0.9 * k * (noise_index + 1)), "
         "float64 rounded to float32, latents = noise * init_noise_sigma",
@@ -219,6 +298,21 @@ def main() -> None:
     out.write_text(json.dumps(reference, separators=(",", ":"), allow_nan=False) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(cases)} rollouts, "
           f"{len(reference['schedule_cases'])} schedules)")
+
+
+def write_strength() -> None:
+    strength = {
+        "generator": "experiment-scripts/make_scheduler_references.py",
+        "diffusers_version": diffusers.__version__,
+        "torch_version": torch.__version__,
+        "model_output": MODEL_OUTPUT,
+        "original": "initial_noise(original_index), noise: initial_noise(noise_index) (the formula above)",
+        "mask": "1 where the flat index k is not a multiple of 3, else 0 (those values are the noised original)",
+        "cases": [run_strength_case(i, *case) for i, case in enumerate(STRENGTH_CASES)],
+    }
+    out = common.ROOT / "tests" / "data" / "scheduler_strength_reference.json"
+    out.write_text(json.dumps(strength, separators=(",", ":"), allow_nan=False) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(strength['cases'])} runs from a strength)")
 
 
 if __name__ == "__main__":

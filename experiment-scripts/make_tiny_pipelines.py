@@ -20,6 +20,13 @@ With --pixart, only the PixArt-α fixtures (nothing of the above is written):
   models/variants/tiny-pixart-1024/transformer  a transformer with sample_size 128 (the `resolution` and
                      `aspect_ratio` conditions) for a copy of tiny-pixart;
   tests/references/tiny-pixart*/  diffusers' PixArtAlphaPipeline outputs for them.
+With --img2img, only the img2img and inpainting fixtures (nothing of the above is written):
+  models/tiny-sd-inpaint/  StableDiffusionInpaintPipeline: a 9-channel inpainting UNet (build_sd_inpaint_unet),
+                     tiny-sd's other components linked;
+  tests/references/inputs/  the input picture and mask (83x53) and Pillow's Lanczos on test patterns;
+  tests/references/<pipeline>/img2img-*, inpaint-*  diffusers' img2img and inpainting pipelines' outputs
+                     (IMAGE_CASES), on tiny-sd's and tiny-sdxl's weights rebuilt here and checked against their
+                     committed ONNX components (check_committed).
 
 The weights are random (a fixed torch seed): the point is numerical parity with diffusers, not pictures.
 Tokenizers use the real 49408-token CLIP BPE vocabulary, taken from open_clip_torch's
@@ -29,6 +36,7 @@ Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffuse
   python experiment-scripts/make_tiny_pipelines.py              # everything
   python experiment-scripts/make_tiny_pipelines.py --variants   # models/variants/ only
   python experiment-scripts/make_tiny_pipelines.py --pixart     # the PixArt-α fixtures only (needs sentencepiece)
+  python experiment-scripts/make_tiny_pipelines.py --img2img    # the img2img and inpainting fixtures only
   python experiment-scripts/make_tiny_pipelines.py --pixart-other /tmp/pixart-other   # an untested config, see
                                                                 # save_pixart_other (not committed)
 """
@@ -56,6 +64,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from PIL import Image
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -407,7 +416,7 @@ def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: 
     """timestep_shape: "scalar" ([]), "batch" ([batch_size]) or "one" ([1], expanded inside the graph).
     static_hw: (latent height, latent width) to export every input with static shapes at batch 2."""
     b, (h, w) = 2, static_hw or (8, 12)
-    sample = torch.randn(b, 4, h, w)
+    sample = torch.randn(b, unet.config.in_channels, h, w)  # 9 for an inpainting UNet
     timestep = {
         "scalar": torch.tensor(500, dtype=timestep_dtype),
         "batch": torch.full((b,), 500, dtype=timestep_dtype),
@@ -450,9 +459,10 @@ def export_vae_decoder(vae, root: Path, example_hw: tuple = (8, 12), *, style: E
     vae.save_config(root / "vae_decoder")
 
 
-def export_vae(vae, root: Path, *, style: ExportStyle = TORCHSCRIPT):
-    export_vae_decoder(vae, root, style=style)
-    img = torch.randn(1, 3, 64, 96)
+def export_vae_encoder(vae, root: Path, example_hw: tuple = (64, 96), *, style: ExportStyle = TORCHSCRIPT):
+    """root/vae_encoder as Optimum exports it: sample [B, 3, H, W] -> latent_parameters [B, 8, H/8, W/8] (the mean
+    and log-variance of the latent distribution, `latent_dist.parameters`), traced on an image of example_hw."""
+    img = torch.randn(1, 3, *example_hw)
     export(
         VaeEncoderWrapper(vae),
         [img],
@@ -463,6 +473,11 @@ def export_vae(vae, root: Path, *, style: ExportStyle = TORCHSCRIPT):
         style=style,
     )
     vae.save_config(root / "vae_encoder")
+
+
+def export_vae(vae, root: Path, *, style: ExportStyle = TORCHSCRIPT):
+    export_vae_decoder(vae, root, style=style)
+    export_vae_encoder(vae, root, style=style)
 
 
 def legacy_tokenizer_config(pad_token: str) -> dict:
@@ -1250,6 +1265,261 @@ def save_pixart_other(dest: Path):
         print(f"  {dest.name}/references/{name}: binned {params['binned_height']}x{params['binned_width']}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# img2img and inpainting (--img2img): diffusers' StableDiffusion(XL)Img2ImgPipeline and
+# StableDiffusion(XL)InpaintPipeline on the weights of tiny-sd and tiny-sdxl (built again from their seeds, and
+# checked against the committed ONNX components), and one new component: the 9-channel inpainting UNet of
+# models/tiny-sd-inpaint, whose other components link to tiny-sd's.
+#
+# The input image and mask are synthetic, 83x53: not multiples of 8, so that diffusers' image processor resizes
+# them (Pillow's Lanczos) to 80x48; the mask is white (repainted) in a soft-edged ellipse and a rectangle, gray
+# levels at the edges, so that the resize and the binarization at 0.5 both matter.
+
+IMAGE2IMAGE_INPUTS = "inputs"  # tests/references/inputs/
+INPUT_SIZE = (83, 53)  # width, height
+IMAGE_STEPS = 10
+
+# (reference folder, pipeline, diffusers class, scheduler key, strength (None: the class's default), mask, batch,
+#  explicit (height, width) or None)
+IMAGE_CASES = [
+    ("tiny-sd/img2img-pndm", "tiny-sd", "StableDiffusionImg2ImgPipeline", "pndm", None, False, 1, None),
+    ("tiny-sd/img2img-euler", "tiny-sd", "StableDiffusionImg2ImgPipeline", "euler", 0.5, False, 1, None),
+    ("tiny-sd/img2img-ddim", "tiny-sd", "StableDiffusionImg2ImgPipeline", "ddim", 0.75, False, 1, None),
+    ("tiny-sd/img2img-dpm++", "tiny-sd", "StableDiffusionImg2ImgPipeline", "dpm++", 0.6, False, 2, None),
+    ("tiny-sdxl/img2img-euler", "tiny-sdxl", "StableDiffusionXLImg2ImgPipeline", "euler", None, False, 1, None),
+    ("tiny-sdxl/img2img-pndm", "tiny-sdxl", "StableDiffusionXLImg2ImgPipeline", "pndm", 0.7, False, 1, None),
+    ("tiny-sdxl/img2img-ddim", "tiny-sdxl", "StableDiffusionXLImg2ImgPipeline", "ddim", 0.5, False, 1, None),
+    ("tiny-sdxl/img2img-dpm++", "tiny-sdxl", "StableDiffusionXLImg2ImgPipeline", "dpm++", 0.9, False, 1, None),
+    # 4-channel UNets: the latents blended with the noised image after every step.
+    ("tiny-sd/inpaint-pndm", "tiny-sd", "StableDiffusionInpaintPipeline", "pndm", None, True, 1, None),
+    ("tiny-sd/inpaint-euler-64x48", "tiny-sd", "StableDiffusionInpaintPipeline", "euler", 0.75, True, 1, (48, 64)),
+    ("tiny-sdxl/inpaint-euler", "tiny-sdxl", "StableDiffusionXLInpaintPipeline", "euler", None, True, 1, None),
+    # The 9-channel inpainting UNet: mask and masked-image latents concatenated to every UNet input.
+    ("tiny-sd-inpaint/inpaint-pndm", "tiny-sd-inpaint", "StableDiffusionInpaintPipeline", "pndm", None, True, 1,
+     None),
+    ("tiny-sd-inpaint/inpaint-dpm++", "tiny-sd-inpaint", "StableDiffusionInpaintPipeline", "dpm++", 0.8, True, 2,
+     None),
+]
+
+
+def input_picture() -> Image.Image:
+    """An 83x53 RGB picture: smooth gradients, a disc and thin stripes (edges that Lanczos rings on)."""
+    w, h = INPUT_SIZE
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 128 + 100 * np.sin(x / 13.0) * np.cos(y / 9.0)
+    g = 255 * x / (w - 1)
+    b = 255 * y / (h - 1)
+    disc = (x - 55) ** 2 + (y - 22) ** 2 < 14**2
+    r[disc], g[disc], b[disc] = 240, 200, 40
+    stripes = (x > 8) & (x < 30) & (y > 32) & (y < 48) & ((x.astype(int) // 2) % 2 == 0)
+    r[stripes], g[stripes], b[stripes] = 10, 10, 10
+    rgb = np.stack([r, g, b], axis=-1).clip(0, 255).round().astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def input_mask() -> Image.Image:
+    """An 83x53 gray mask: white (repainted) in a soft-edged ellipse and a rectangle, black elsewhere."""
+    w, h = INPUT_SIZE
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    d = np.sqrt(((x - 28) / 18) ** 2 + ((y - 24) / 13) ** 2)
+    ellipse = np.clip((1.15 - d) / 0.3, 0, 1)
+    rect = ((x >= 60) & (x < 77) & (y >= 30) & (y < 47)).astype(np.float64)
+    return Image.fromarray((255 * np.maximum(ellipse, rect)).round().astype(np.uint8))
+
+
+def lanczos_pattern(width: int, height: int, channels: int) -> np.ndarray:
+    """An 8-bit pattern with hard edges (so that Lanczos' negative lobes clamp), rebuilt in Rust from this
+    formula."""
+    y, x, c = np.mgrid[0:height, 0:width, 0:channels]
+    return ((x * 37 + y * 91 + c * 53 + (x * y) % 17 * 11) % 256).astype(np.uint8)
+
+
+# (width, height, channels, new width, new height): shrink both ways, grow, one axis only, gray.
+LANCZOS_CASES = [(13, 11, 3, 8, 8), (13, 11, 3, 24, 16), (13, 11, 3, 13, 7), (29, 7, 1, 16, 5), (83, 53, 1, 80, 48)]
+
+
+def save_lanczos_references(dest: Path):
+    """Pillow's Image.resize(..., LANCZOS), which diffusers' image processor makes, on formula patterns."""
+    cases = []
+    for w, h, c, nw, nh in LANCZOS_CASES:
+        pattern = lanczos_pattern(w, h, c)
+        image = Image.fromarray(pattern[..., 0] if c == 1 else pattern)
+        assert image.mode == ("L" if c == 1 else "RGB")
+        out = np.asarray(image.resize((nw, nh), resample=Image.Resampling.LANCZOS))
+        cases.append({"width": w, "height": h, "channels": c, "new_width": nw, "new_height": nh,
+                      "pixels": out.ravel().tolist()})
+    import PIL  # the version only
+
+    doc = {"generator": "experiment-scripts/make_tiny_pipelines.py --img2img", "pillow_version": PIL.__version__,
+           "pattern": "(x * 37 + y * 91 + c * 53 + (x * y) % 17 * 11) % 256, row-major, channels interleaved",
+           "cases": cases}
+    (dest / "lanczos.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+def build_sd_inpaint_unet() -> UNet2DConditionModel:
+    """The smallest UNet that still exercises the inpainting path: 9 input channels (latents, mask, masked-image
+    latents) and the text through the mid block's cross-attention (tiny-sd's 8-wide encoder); one block of 8
+    channels each way, no downsampling (146 KB; tiny-sd's two-block layout at these widths was 377 KB)."""
+    torch.manual_seed(3)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=(8,),
+        layers_per_block=1,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        use_linear_projection=False,
+    )
+
+
+def check_committed(pipe, folder: Path, sdxl: bool):
+    """The rebuilt pipeline's VAE encoder and UNet compute what the committed ONNX components of `folder` do, so
+    that diffusers' references made here apply to them."""
+    checks = [("vae_encoder", VaeEncoderWrapper(pipe.vae), {"sample": torch.randn(1, 3, 48, 80)})]
+    feeds = {"sample": torch.randn(2, pipe.unet.config.in_channels, 6, 10),
+             "timestep": torch.tensor(500.0 if not sdxl else 500),
+             "encoder_hidden_states": torch.randn(2, 77, pipe.unet.config.cross_attention_dim)}
+    if sdxl:
+        feeds["timestep"] = torch.full((2,), 500, dtype=torch.int64)
+        feeds["text_embeds"] = torch.randn(2, 8)
+        feeds["time_ids"] = torch.tensor([[48.0, 80.0, 0.0, 0.0, 48.0, 80.0]] * 2)
+    checks.append(("unet", UNetWrapper(pipe.unet, sdxl), feeds))
+    for component, module, inputs in checks:
+        sess = ort.InferenceSession(str(folder / component / "model.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+        with torch.no_grad():
+            want = module(*inputs.values())
+        err = relative_l2(got, want.numpy())
+        assert err < 1e-5, f"{folder / component}: differs from the rebuilt torch weights ({err:.2e})"
+
+
+def save_sd_inpaint(sd, unet, dest: Path):
+    """models/tiny-sd-inpaint: StableDiffusionInpaintPipeline with the 9-channel UNet; its scheduler, tokenizer,
+    text encoder and VAE are tiny-sd's (linked: link_duplicates stores them once)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    pipe = StableDiffusionInpaintPipeline(**{**sd.components, "unet": unet}, requires_safety_checker=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_config(tmp)
+        shutil.copy(Path(tmp) / "model_index.json", dest / "model_index.json")
+    source = common.MODELS / "tiny-sd"
+    for folder in ["scheduler", "tokenizer", "text_encoder", "vae_decoder", "vae_encoder"]:
+        shutil.copytree(source / folder, dest / folder, symlinks=True)
+    export_unet(unet, dest / "unet", False, torch.float32, "scalar")
+    return pipe
+
+
+def save_image_references(pipes: dict, refs: Path):
+    """diffusers' img2img and inpainting pipelines on the input picture and mask, as load_image gives them (EXIF
+    orientation, RGB), a CPU generator seeded per case; latents are the final latents before decoding."""
+    import diffusers
+    from diffusers.utils import load_image
+
+    inputs = refs / IMAGE2IMAGE_INPUTS
+    inputs.mkdir(parents=True, exist_ok=True)
+    input_picture().save(inputs / "picture-83x53.png", optimize=True)
+    input_mask().save(inputs / "mask-83x53.png", optimize=True)
+    save_lanczos_references(inputs)
+    image = load_image(str(inputs / "picture-83x53.png"))
+    mask = load_image(str(inputs / "mask-83x53.png"))
+    seed = 7
+    for name, model, cls_name, key, strength, inpaint, batch, size in IMAGE_CASES:
+        base = pipes[model]
+        cls = getattr(diffusers, cls_name)
+        pipe = cls(**base.components, **({"requires_safety_checker": False} if "XL" not in cls_name else {}))
+        sdxl = "XL" in cls_name
+        default_cls = type(base.scheduler)
+        scheduler_cls, overrides = SCHEDULERS[key]
+        overrides = {} if scheduler_cls is default_cls else overrides
+        pipe.scheduler = scheduler_cls.from_config(base.scheduler.config, **overrides)
+        guidance = common.card_defaults("sdxl" if sdxl else "sd15")["guidance"]
+        call = {
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "image": image,
+            "num_inference_steps": IMAGE_STEPS,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": batch,
+            "output_type": "latent",
+        }
+        if strength is not None:
+            call["strength"] = strength
+        if inpaint:
+            call["mask_image"] = mask
+            # diffusers' inpainting pipelines default to the UNet's sample size; dfast to the image's (rounded
+            # down to a multiple of 8). Passing the size makes them the same run.
+            vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+            height, width = size or (image.height - image.height % vae_scale, image.width - image.width % vae_scale)
+            call.update({"height": height, "width": width})
+        with torch.no_grad():
+            latents = pipe(**call, generator=torch.Generator("cpu").manual_seed(seed)).images
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        pils = pipe.image_processor.postprocess(decoded, output_type="pil")
+        out = refs / name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        pipe.scheduler.save_config(out)
+        np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+        for i, pil in enumerate(pils):
+            pil.save(out / ("image.png" if i == 0 else f"image-{i}.png"))
+        params = {
+            "pipeline": cls_name,
+            "model": f"models/{model}",
+            "prompt": PROMPT,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "steps": IMAGE_STEPS,
+            "guidance": guidance,
+            "seed": seed,
+            "image": f"tests/references/{IMAGE2IMAGE_INPUTS}/picture-83x53.png",
+            "mask": f"tests/references/{IMAGE2IMAGE_INPUTS}/mask-83x53.png" if inpaint else None,
+            "strength": strength,
+            "strength_used": strength if strength is not None else {
+                "StableDiffusionImg2ImgPipeline": 0.8, "StableDiffusionXLImg2ImgPipeline": 0.3,
+                "StableDiffusionInpaintPipeline": 1.0, "StableDiffusionXLInpaintPipeline": 0.9999}[cls_name],
+            "num_images": batch,
+            "height": int(latents.shape[2]) * 8,
+            "width": int(latents.shape[3]) * 8,
+            "size_given": size is not None,
+            "scheduler": key,
+            "scheduler_class": scheduler_cls.__name__,
+            "scheduler_overrides": overrides,
+        }
+        (out / "params.json").write_text(json.dumps(params, indent=1))
+        print(f"  {name}: {cls_name} {scheduler_cls.__name__} strength {params['strength_used']} "
+              f"{params['width']}x{params['height']} |latents| = {latents.norm():.4f}")
+
+
+def save_image_fixtures(models: Path, refs: Path):
+    """--img2img: models/tiny-sd-inpaint and the img2img and inpainting references; nothing else is written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_dir = Path(tmp)
+        write_clip_vocab(vocab_dir)
+        sd = build_sd(vocab_dir)
+        sdxl = build_sdxl(vocab_dir)
+    check_committed(sd, models / "tiny-sd", sdxl=False)
+    check_committed(sdxl, models / "tiny-sdxl", sdxl=True)
+    print("exporting tiny-sd-inpaint (9-channel UNet) ...")
+    sd_inpaint = save_sd_inpaint(sd, build_sd_inpaint_unet().to(torch.float32), models / "tiny-sd-inpaint")
+    # As the other references: tokenizers and schedulers loaded from the committed folders.
+    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
+    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
+    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
+    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
+    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+    sd_inpaint.tokenizer, sd_inpaint.scheduler = sd.tokenizer, sd.scheduler
+    print("img2img and inpainting reference runs ...")
+    save_image_references({"tiny-sd": sd, "tiny-sdxl": sdxl, "tiny-sd-inpaint": sd_inpaint}, refs)
+
+
 def link_duplicates(models: Path, min_size: int = 4096, later: tuple = ()):
     """Replaces each file under `models` whose bytes equal an earlier one's (in path order) by a relative
     symlink to it: the six CLIP vocabularies and the shared VAEs are stored once, which keeps the tracked tree
@@ -1278,6 +1548,8 @@ def main():
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root to write into")
     ap.add_argument("--variants", action="store_true", help="write models/variants/ only (same weights)")
     ap.add_argument("--pixart", action="store_true", help="write the PixArt-α fixtures and references only")
+    ap.add_argument("--img2img", action="store_true",
+                    help="write models/tiny-sd-inpaint and the img2img and inpainting references only")
     ap.add_argument("--pixart-other", type=Path, metavar="DIR",
                     help="write only a second tiny PixArt pipeline (diffusers format) and its references to DIR")
     args = ap.parse_args()
@@ -1287,6 +1559,11 @@ def main():
         return
     models, refs = args.root / "models", args.root / "tests" / "references"
     refs.mkdir(parents=True, exist_ok=True)
+    if args.img2img:
+        save_image_fixtures(models, refs)
+        link_duplicates(models)
+        print("done")
+        return
     if args.pixart:
         save_pixart(models, refs)
         link_duplicates(models, later=PIXART_FOLDERS(models))

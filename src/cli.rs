@@ -68,6 +68,14 @@ fn positive(text: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A strength: a number in (0, 1].
+fn strength(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 1.0 => Ok(s),
+        _ => Err("expected a number in (0, 1]".into()),
+    }
+}
+
 /// A seed: a whole number from 0 to 2^64 - 1.
 fn seed(text: &str) -> std::result::Result<u64, String> {
     text.parse::<u64>().map_err(|_| format!("expected a whole number from 0 to {}", u64::MAX))
@@ -150,6 +158,18 @@ pub struct GenerateArgs {
     /// Initial latents (.npy, float32, [1, 4, H/8, W/8]) as diffusers' `latents=` argument takes them.
     #[arg(long, value_name = "FILE.npy")]
     pub latents: Option<PathBuf>,
+    /// img2img: the image to start from, at its size rounded down to a multiple of 8 (the VAE's factor), as
+    /// diffusers' StableDiffusion(XL)Img2ImgPipeline; with --mask, inpainting.
+    #[arg(long, value_name = "IN.png|IN.jpg")]
+    pub image: Option<PathBuf>,
+    /// Inpainting: the mask, the image's size, white where --image is repainted, black where it is kept (as
+    /// diffusers' StableDiffusion(XL)InpaintPipeline; 4-channel and 9-channel inpainting UNets).
+    #[arg(long, value_name = "MASK.png")]
+    pub mask: Option<PathBuf>,
+    /// With --image: how much of the schedule runs, in (0, 1] (default as diffusers: img2img 0.8 for SD, 0.3
+    /// for SDXL; inpainting 1.0 for SD, 0.9999 for SDXL).
+    #[arg(long, allow_negative_numbers = true, value_parser = strength)]
+    pub strength: Option<f64>,
     /// Write the final latents (before VAE scaling) as .npy.
     #[arg(long, value_name = "FILE.npy")]
     pub save_latents: Option<PathBuf>,
@@ -870,7 +890,18 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         (None, Some(prompt)) => vec![pipeline::prompt_file::PromptJob { prompt: prompt.clone(), ..Default::default() }],
         (None, None) => return Err(Error::bad_input("give --prompt or --prompt-file")),
     };
-    let dir = pipeline_dir(args.model.as_deref(), &args.hub, Components::Pipeline)?;
+    // img2img and inpainting also read the VAE encoder.
+    let components = if args.image.is_some() { Components::WithVaeEncoder } else { Components::Pipeline };
+    let dir = pipeline_dir(args.model.as_deref(), &args.hub, components)?;
+    // The image and mask are read and checked before any model is loaded.
+    let images = GenerateOptions {
+        image: args.image.clone(),
+        mask: args.mask.clone(),
+        strength: args.strength,
+        latents: args.latents.clone(),
+        ..Default::default()
+    };
+    pipeline::img2img::ImageTask::read(&images, dir.kind)?;
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let several = jobs.len() > 1;
@@ -888,6 +919,9 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
             latents: args.latents.clone(),
             batch_size: args.num_images,
             no_resolution_binning: args.no_resolution_binning,
+            image: args.image.clone(),
+            mask: args.mask.clone(),
+            strength: args.strength,
         };
         let out = if several { pipeline::output::indexed(&args.out, j) } else { args.out.clone() };
         let latents =
@@ -912,7 +946,8 @@ fn generate_one(
     }
 
     let bar = progress("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})");
-    bar.set_length(opts.steps.unwrap_or(50) as u64); // the first frame shows 0/N, not a full bar at 0/0
+    // The first frame shows 0/N, not a full bar at 0/0.
+    bar.set_length(opts.steps.unwrap_or(pipe.dir().kind.defaults().steps) as u64);
     bar.set_message("denoising");
     let result = pipe.generate(opts, &mut |i, n| {
         bar.set_length(n as u64);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::CpuFeatures;
 use crate::settings::{EpOptions, ExecutionProvider, Precision};
 use crate::{Error, Result};
 
@@ -128,6 +129,40 @@ impl Manifest {
         EpOptions(self.session_options.clone())
     }
 
+    /// A warning when this folder's int8 weights have 8 bits and `ep` runs them on a `cpu` without VNNI
+    /// (AVX2 only: AMD Zen 2 and 3, Intel before Cascade Lake). There the int8 kernels of ONNX Runtime's CPU
+    /// EP and of OpenVINO's CPU plugin add pairs of u8 x s8 products into a saturating int16 (`vpmaddubsw`),
+    /// which 8-bit weights overflow (2 x 255 x 127 > 32767) and 7-bit weights (`reduce_range`) do not.
+    /// `options` are the session options as merged (an OpenVINO `device` other than CPU is not concerned).
+    pub fn int8_saturation_warning(
+        &self,
+        ep: ExecutionProvider,
+        options: &EpOptions,
+        cpu: &CpuFeatures,
+    ) -> Option<String> {
+        let on_cpu = match ep {
+            ExecutionProvider::Cpu => true,
+            ExecutionProvider::OpenVino => options.get("device").is_none_or(|d| d.eq_ignore_ascii_case("cpu")),
+            _ => false,
+        };
+        if !on_cpu || cpu.int8_dot() {
+            return None;
+        }
+        let eight_bit = |p: &&PassRecord| {
+            matches!(p.pass.as_str(), "int8-static" | "int8-dynamic")
+                && !p.unchanged()
+                && p.settings.get("reduce_range") != Some(&serde_json::Value::Bool(true))
+        };
+        let (component, pass) =
+            self.components.iter().find_map(|c| c.passes.iter().find(eight_bit).map(|p| (&c.component, &p.pass)))?;
+        Some(format!(
+            "the {component}'s int8 weights have 8 bits ({pass}, profile {}), which the int8 kernels of this CPU \
+             (no VNNI) saturate: expect a larger error than int8's; convert with `[{pass}] reduce_range = true` \
+             (7-bit weights), or for OpenVINO with the int8-conv profile",
+            self.profile
+        ))
+    }
+
     /// The settings one pass recorded for one component (`Null` when it has none or did not run there).
     pub fn pass_settings(&self, component: &str, pass: &str) -> serde_json::Value {
         self.components
@@ -151,5 +186,41 @@ mod tests {
         std::fs::write(dir.path().join(MANIFEST), [0xff, 0xfe, 0x00]).unwrap();
         let err = Manifest::read(dir.path()).unwrap_err();
         assert!(err.source().is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()), "{err:?}");
+    }
+
+    /// 8-bit int8 weights are said on a CPU without VNNI, on the CPU EP and OpenVINO's CPU device only;
+    /// 7-bit weights, a pass that changed nothing, a CPU with VNNI or another device are not.
+    #[test]
+    fn eight_bit_int8_weights_are_said_where_the_cpu_saturates_them() {
+        let manifest = |settings: serde_json::Value, rounds: usize| -> Manifest {
+            serde_json::from_value(serde_json::json!({
+                "dfast_version": "0", "onnxruntime_version": "1.24.1", "source": "s", "profile": "int8-mixed",
+                "profile_source": "builtin:int8-mixed", "passes": ["int8-static"], "precision": "fp32",
+                "execution_provider": "openvino", "session_options": {}, "model_card": null, "int8_exclude": null,
+                "calibration": null, "seconds": 0.0, "conversion_key": null,
+                "components": [{"component": "unet", "nodes_before": 2, "nodes_after": 3, "precision": "fp32",
+                    "seconds": 0.0, "passes": [{"pass": "int8-static", "nodes_before": 2, "nodes_after": 3,
+                        "initializers_before": 1, "initializers_after": 2, "rewrites": rounds, "rounds": rounds,
+                        "settings": settings}]}]
+            }))
+            .unwrap()
+        };
+        let avx2 = CpuFeatures::from_cpuinfo("flags\t\t: fpu sse2 avx avx2 fma\n");
+        let vnni = CpuFeatures::from_cpuinfo("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni\n");
+        let none = EpOptions::default();
+        let gpu = EpOptions([("device".to_string(), "GPU".to_string())].into());
+        let (ov, cpu, cuda) = (ExecutionProvider::OpenVino, ExecutionProvider::Cpu, ExecutionProvider::Cuda);
+        let eight = manifest(serde_json::json!({"ops": ["Conv"], "reduce_range": false}), 1);
+        let warning = eight.int8_saturation_warning(ov, &none, &avx2).expect("8-bit weights on AVX2 are said");
+        assert!(warning.contains("unet") && warning.contains("reduce_range = true"), "{warning}");
+        assert!(eight.int8_saturation_warning(cpu, &none, &avx2).is_some());
+        // Manifests from before `reduce_range` recorded 8-bit weights without the key.
+        assert!(manifest(serde_json::json!({"ops": ["Conv"]}), 1).int8_saturation_warning(ov, &none, &avx2).is_some());
+        assert_eq!(eight.int8_saturation_warning(ov, &none, &vnni), None);
+        assert_eq!(eight.int8_saturation_warning(ov, &gpu, &avx2), None);
+        assert_eq!(eight.int8_saturation_warning(cuda, &none, &avx2), None);
+        let seven = manifest(serde_json::json!({"reduce_range": true}), 1);
+        assert_eq!(seven.int8_saturation_warning(ov, &none, &avx2), None);
+        assert_eq!(manifest(serde_json::json!({}), 0).int8_saturation_warning(ov, &none, &avx2), None);
     }
 }

@@ -85,13 +85,15 @@ fn convert_dir(source: &Path, profile: &str, out: &Path) -> convert::Manifest {
     convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{} with {profile}: {e}", source.display()))
 }
 
-/// Converts one pipeline with every profile and compares each component with the source graph.
+/// Converts one pipeline with every profile and compares each component with the source graph; a converted
+/// pipeline still makes diffusers' text-to-image and img2img images.
 fn check_pipeline(pipeline: &str) {
-    check_source(&common::model(pipeline), pipeline, pipeline.trim_end_matches("-dynamo"));
+    check_source(&common::model(pipeline), pipeline, pipeline.trim_end_matches("-dynamo"), true);
 }
 
 /// The same for the pipeline folder `source`, whose images are those of `reference`; `pipeline` labels it.
-fn check_source(source: &Path, pipeline: &str, reference: &str) {
+/// `img2img`: check diffusers' img2img reference too (not for UNets with static shapes of another size).
+fn check_source(source: &Path, pipeline: &str, reference: &str, img2img: bool) {
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     for profile in PROFILES {
@@ -123,6 +125,9 @@ fn check_source(source: &Path, pipeline: &str, reference: &str) {
         // A converted fp32 pipeline still makes diffusers' image (default scheduler; int8 changes numbers).
         if profile != "int8-dynamic" {
             check_generate(&runtime, &out, reference);
+            if img2img {
+                check_img2img(&out, reference);
+            }
         }
     }
 }
@@ -136,6 +141,15 @@ fn check_generate(runtime: &Runtime, dir: &Path, reference: &str) {
     let out = pipe.generate(&opts, &mut |_, _| {}).unwrap();
     let err = common::relative_l2(&out.latents, &common::read_npy(&refs.join("latents.npy")));
     assert!(err <= 1e-3, "{}: latents relative L2 {err:.2e} against diffusers", dir.display());
+}
+
+/// img2img from the converted folder `dir` (the VAE encoder converted too) against diffusers' reference of the
+/// pipeline's default scheduler and strength.
+fn check_img2img(dir: &Path, reference: &str) {
+    let case = if reference == "tiny-sd" { "tiny-sd/img2img-pndm" } else { "tiny-sdxl/img2img-euler" };
+    let (err, close) = common::image_case_error(dir, case);
+    assert!(err <= 1e-3, "{}: img2img latents relative L2 {err:.2e} against diffusers", dir.display());
+    assert!(close >= 0.999, "{}: img2img, {:.4}% of values within one level", dir.display(), close * 100.0);
 }
 
 #[test]
@@ -165,7 +179,7 @@ fn unet_with_a_one_value_timestep_every_profile_matches_the_source_graph() {
     let tmp = tempfile::tempdir().unwrap();
     for (variant, pipeline) in common::UNET_VARIANTS {
         let source = common::variant_pipeline(variant, pipeline, tmp.path());
-        check_source(&source, variant, "tiny-sd");
+        check_source(&source, variant, "tiny-sd", false);
     }
 }
 
@@ -217,6 +231,8 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
     let applied = read.pass_settings("unet", "int8-dynamic");
     assert_eq!(applied["exclude"], serde_json::json!([[32, 64], [64, 32]]), "{applied}");
     assert_eq!(applied["format"], "dynamic");
+    // 7-bit weights by default for the cpu EP: accurate on x86-64 CPUs without VNNI too.
+    assert_eq!(applied["reduce_range"], true, "{applied}");
     // The op histogram after the conversion: the int8 pattern is there, and the counts add up.
     let unet = read.components.iter().find(|c| c.component == "unet").unwrap();
     assert!(unet.ops.get("MatMulInteger").is_some_and(|&n| n > 0), "{:?}", unet.ops);

@@ -65,7 +65,9 @@ fn mixed_profile_follows_the_cpu_and_stays_close_to_diffusers() {
     let out = tmp.path().join("mixed");
     convert("int8-mixed", &out, &[]);
     let manifest = common::read_json(&out.join("dfast-manifest.json"));
-    assert_eq!(manifest["session_options"]["precision"], "auto", "{manifest}");
+    let session = &manifest["session_options"];
+    assert_eq!(session["precision"], "auto", "{manifest}");
+    assert_eq!((&session["static_shapes"], &session["streams"]), (&"true".into(), &"2".into()), "{manifest}");
 
     // Within the int8 error class of diffusers' fp32 latents.
     let mixed = generate_latents(&out, &[], tmp.path(), "mixed");
@@ -99,6 +101,47 @@ fn mixed_profile_follows_the_cpu_and_stays_close_to_diffusers() {
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let expected = if bf16 { "auto:bf16" } else { "auto:f32" };
     assert_eq!(report["ep_options"]["precision"], expected, "{report}");
+}
+
+/// `int8-conv`: int8 on the convolutions only, with 7-bit weights (no MatMul reads a dequantized weight,
+/// every int8 weight within [-64, 64]), and still within the int8 error class of diffusers' latents.
+#[test]
+fn conv_profile_quantizes_only_convs_with_7_bit_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("conv");
+    convert("int8-conv", &out, &[]);
+    let manifest = common::read_json(&out.join("dfast-manifest.json"));
+    let unet = manifest["components"].as_array().unwrap().iter().find(|c| c["component"] == "unet").unwrap();
+    let int8 = unet["passes"].as_array().unwrap().iter().find(|p| p["pass"] == "int8-static").unwrap();
+    assert_eq!(int8["settings"]["ops"], serde_json::json!(["Conv"]), "{int8}");
+    assert_eq!(int8["settings"]["reduce_range"], true, "{int8}");
+
+    let model = dfast::onnx::OnnxModel::load(out.join("unet").join("model.onnx")).unwrap();
+    let graph = model.graph();
+    let dequantized: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "DequantizeLinear")
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    let reads_int8 = |op: &str| {
+        graph
+            .node
+            .iter()
+            .filter(|n| n.op_type() == op && n.input.iter().any(|i| dequantized.contains(i.as_str())))
+            .count()
+    };
+    assert!(reads_int8("Conv") > 0, "no int8 Conv");
+    assert_eq!(reads_int8("MatMul") + reads_int8("Gemm"), 0, "a linear layer was quantized");
+    let int8 = graph.initializer.iter().filter(|t| t.data_type() == 3); // INT8
+    let bytes = |t| model.tensor_bytes(t).unwrap().iter().map(|&b| (b as i8).unsigned_abs()).collect::<Vec<_>>();
+    let largest = int8.flat_map(bytes).max().unwrap();
+    assert_eq!(largest, 64, "7-bit weights span [-64, 64]");
+
+    let latents = generate_latents(&out, &[], tmp.path(), "conv");
+    let err = common::relative_l2(&latents, &reference_latents());
+    eprintln!("int8-conv on openvino, tiny-sd/pndm: latents relative L2 {err:.2e}");
+    assert!(err <= 6e-2 && err > 1e-5, "int8-conv: relative L2 {err:.2e}");
 }
 
 /// `dfast tune` on tiny-sd through OpenVINO: the profile it writes loads, converts (calibrated) and generates

@@ -11,46 +11,9 @@ use std::process::Command;
 
 use dfast::runtime::{HostTensor, Runtime};
 use dfast::settings::ExecutionProvider;
-use ndarray::{ArrayD, IxDyn};
-use ort::value::TensorElementType;
 
-/// Inputs for every input the model declares: batch 2, 8x8 latents, 16 tokens; deterministic values, the
-/// timestep 500, attention masks all ones.
-fn inputs_for(model: &Path) -> Vec<(String, HostTensor)> {
-    let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
-    let session = runtime.load(model).unwrap();
-    let mut state = 12345u64;
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    session
-        .inputs()
-        .iter()
-        .map(|spec| {
-            let rank = spec.dims.len();
-            let shape: Vec<usize> = spec
-                .dims
-                .iter()
-                .enumerate()
-                .map(|(axis, &d)| match d {
-                    d if d > 0 => d as usize,
-                    _ if axis == 0 => 2,
-                    _ if rank == 4 => 8,
-                    _ => 16,
-                })
-                .collect();
-            let n: usize = shape.iter().product();
-            let tensor = match (spec.name.as_str(), spec.ty) {
-                ("timestep", _) => HostTensor::F32(ArrayD::from_elem(IxDyn(&shape), 500.0)),
-                (_, TensorElementType::Int64 | TensorElementType::Int32) => {
-                    HostTensor::I64(ArrayD::from_elem(IxDyn(&shape), 1))
-                }
-                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| next()).collect()).unwrap()),
-            };
-            (spec.name.clone(), tensor)
-        })
-        .collect()
+fn runtime_cpu() -> Runtime {
+    Runtime::new(ExecutionProvider::Cpu, None).unwrap()
 }
 
 fn write_npz(path: &Path, inputs: &[(String, HostTensor)]) {
@@ -86,7 +49,7 @@ fn check_bound_matches_plain(pipeline: &str, component: &str, out_channels: usiz
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::model(pipeline);
     let model = dir.join(component).join("model.onnx");
-    let inputs = inputs_for(&model);
+    let inputs = common::inputs_for(&runtime_cpu(), &model);
     let npz = tmp.path().join("inputs.npz");
     write_npz(&npz, &inputs);
 
@@ -143,8 +106,10 @@ fn io_binding_sizes_a_transformers_output_from_its_config() {
 fn io_binding_without_the_latent_input_is_one_sentence() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = common::model("tiny-sdxl");
-    let inputs: Vec<(String, HostTensor)> =
-        inputs_for(&dir.join("unet").join("model.onnx")).into_iter().filter(|(n, _)| n != "sample").collect();
+    let inputs: Vec<(String, HostTensor)> = common::inputs_for(&runtime_cpu(), &dir.join("unet").join("model.onnx"))
+        .into_iter()
+        .filter(|(n, _)| n != "sample")
+        .collect();
     let npz = tmp.path().join("inputs.npz");
     write_npz(&npz, &inputs);
     let run = Command::new(env!("CARGO_BIN_EXE_dfast"))

@@ -303,12 +303,13 @@ fn measure(
 }
 
 /// The row's `ep_options`: the `--ep-option` pairs, and what `precision = "auto"` became on this CPU when
-/// the profile's session options or those pairs ask for it (`precision=auto:bf16`).
+/// the profile's session options or those pairs ask for it (`precision=auto:bf16`), or what a precision this
+/// CPU cannot compute in ran as (`precision=bf16:f32`).
 fn row_ep_options(opts: &BenchOptions, profile: &Profile, ep: ExecutionProvider) -> String {
     let mut shown = opts.ep_options.clone();
     let effective = profile.session_options(ep).merged(&opts.ep_options);
     if let Ok(resolved) = crate::runtime::resolved(ep, &effective)
-        && let Some(p) = resolved.get("precision").filter(|p| p.starts_with("auto:"))
+        && let Some(p) = resolved.get("precision").filter(|p| p.contains(':'))
     {
         shown.0.insert("precision".into(), p.to_string());
     }

@@ -32,7 +32,7 @@ use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
-pub const BUILTIN: [(&str, &str); 10] = [
+pub const BUILTIN: [(&str, &str); 11] = [
     ("baseline", include_str!("../../profiles/baseline.toml")),
     ("sdpa", include_str!("../../profiles/sdpa.toml")),
     ("fuse-qkv", include_str!("../../profiles/fuse-qkv.toml")),
@@ -40,6 +40,7 @@ pub const BUILTIN: [(&str, &str); 10] = [
     ("int8-dynamic", include_str!("../../profiles/int8-dynamic.toml")),
     ("int8-static", include_str!("../../profiles/int8-static.toml")),
     ("int8-mixed", include_str!("../../profiles/int8-mixed.toml")),
+    ("int8-conv", include_str!("../../profiles/int8-conv.toml")),
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
     ("fused", include_str!("../../profiles/fused.toml")),
     ("fused-graph", include_str!("../../profiles/fused-graph.toml")),

@@ -13,7 +13,7 @@
 //!
 //!   x ──DynamicQuantizeLinear──> xq (uint8), xs (float, per tensor), xz (uint8)
 //!   xq, Wq (int8 [in, out]), xz, Wz (int8 zeros [out]) ──MatMulInteger──> int32 ──Cast(float)──┐
-//!   xs, Ws (float [out] = max|W[:, j]| / 127) ──Mul──> xs·Ws ─────────────────────────────────Mul──> y
+//!   xs, Ws (float [out] = max|W[:, j]| / 127, or / 64) ──Mul──> xs·Ws ────────────────────────Mul──> y
 //!
 //! format "qdq" (openvino, tensorrt): WEIGHT-ONLY int8. Activations stay float: dynamic activation
 //! quantization has no QDQ form (QuantizeLinear needs a static scale, i.e. calibration data). Each
@@ -22,6 +22,29 @@
 //!   Wq (int8 [in, out]), Ws (float [out]), Wz (int8 zeros [out]) ──DequantizeLinear(axis=1)──> W'
 //!   x ──MatMul(W')──> y
 //! ```
+//!
+//! Weight range, `reduce_range` (default: true in the dynamic format, false in qdq): ONNX Runtime's CPU
+//! kernels multiply the uint8 activations by the int8 weights (MatMulInteger, MatMulIntegerToFloat; on the
+//! CUDA EP too, which leaves these nodes to the CPU). With VNNI the products are summed in int32; on x86-64
+//! without it (AVX2-only CPUs such as AMD Zen 2 and 3, AVX-512 without VNNI) MLAS adds pairs of products
+//! into a saturating int16 (`vpmaddubsw`, `QgemmU8X8KernelAvx2.S`), and full-range weights overflow it:
+//! 2 x 255 x 127 = 64770 > 32767. ONNX Runtime's quantization guide answers it with 7-bit weights
+//! (`reduce_range`): with `reduce_range` the weights are [-64, 64] (2 x 255 x 64 = 32640), never saturate,
+//! and a converted folder computes the same on every x86-64 CPU, as it must, since a folder converted on one
+//! machine runs on others. Relative L2 of `out_sample` against fp32 (CPU EP, AMD EPYC Zen 2; "exact" is the
+//! 8-bit graph with ONNX Runtime's `session.x64quantprecision`, its exact u8 x u8 kernels, i.e. what a VNNI
+//! CPU computes):
+//!
+//! | | 8-bit, AVX2 | 8-bit, exact (VNNI) | 7-bit, any CPU |
+//! |---|---|---|---|
+//! | tiny-sd UNet | 3.07e-2 | 3.74e-3 | 3.92e-3 |
+//! | tiny-sdxl UNet | 1.56e-1 | 9.69e-3 | 1.19e-2 |
+//!
+//! Dropping the eighth bit costs 5 to 25 % more error where the arithmetic is exact; keeping it costs 8 to
+//! 16 times the error where it saturates. `reduce_range = false` is for folders that only run on VNNI CPUs.
+//! `session.x64quantprecision` is no substitute: every session would need it, and ONNX Runtime 1.31 fails to
+//! create a session with it on a graph where two MatMuls read one DequantizeLinear'd weight ("Attempt to
+//! replace the existing tensor"). The qdq format keeps activations float, so its weights keep 8 bits.
 //!
 //! Weights are read one at a time from wherever they live (memory-mapped, external data included) and
 //! quantized straight from their bytes; only the int8 result (a quarter of the float32 size) is kept, in
@@ -73,6 +96,13 @@ impl Int8Format {
     pub fn default_for(target: ExecutionProvider) -> Self {
         if target.runs_contrib_ops() { Int8Format::Dynamic } else { Int8Format::Qdq }
     }
+
+    /// Whether weights default to the reduced range: yes for the dynamic pattern, whose MatMulInteger
+    /// (uint8 activations x int8 weights) runs on ONNX Runtime's CPU kernels, which saturate on x86-64
+    /// without VNNI; no for QDQ, whose activations stay float.
+    pub fn default_reduce_range(self) -> bool {
+        self == Int8Format::Dynamic
+    }
 }
 
 /// The int8-dynamic pass (see the module docs).
@@ -83,15 +113,21 @@ pub struct Int8Dynamic {
     /// `(in_features, out_features)` pairs left in float.
     pub exclude: Vec<(usize, usize)>,
     pub format: Int8Format,
+    /// 7-bit weights ([-64, 64]) instead of [-127, 127], so that ONNX Runtime's u8 x s8 kernels on x86-64
+    /// CPUs without VNNI never saturate (see the module docs).
+    pub reduce_range: bool,
 }
 
 impl Int8Dynamic {
-    /// The seed's settings (in > 16, the seed's exclude list) in the format `target` runs best.
+    /// The seed's settings (in > 16, the seed's exclude list) in the format `target` runs best, with the
+    /// weight range that format is accurate with on every x86-64 CPU.
     pub fn seed(target: ExecutionProvider) -> Self {
+        let format = Int8Format::default_for(target);
         Int8Dynamic {
             min_in_features: 16,
             exclude: crate::passes::SEED_INT8_EXCLUDE.to_vec(),
-            format: Int8Format::default_for(target),
+            format,
+            reduce_range: format.default_reduce_range(),
         }
     }
 
@@ -103,25 +139,28 @@ impl Int8Dynamic {
 
 /// Options of the int8-dynamic pass (a profile's `[int8-dynamic]`): `min_in_features` (default 16),
 /// `exclude` (`[in, out]` pairs; absent: the model card's list, else the seed's), `format` (`dynamic` /
-/// `qdq`; absent: the one the target runs best).
+/// `qdq`; absent: the one the target runs best), `reduce_range` (7-bit weights; absent: true for the
+/// dynamic format, false for qdq).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Int8DynamicOptions {
     pub min_in_features: Option<usize>,
     pub exclude: Option<Vec<(usize, usize)>>,
     pub format: Option<Int8Format>,
+    pub reduce_range: Option<bool>,
 }
 
 impl PassSpec for Int8Dynamic {
     const NAME: &'static str = "int8-dynamic";
-    const SUMMARY: &'static str =
-        "dynamic int8 MatMuls with a shape exclude list (`min_in_features`, `exclude`, `format` dynamic|qdq)";
+    const SUMMARY: &'static str = "dynamic int8 MatMuls with a shape exclude list (`min_in_features`, `exclude`, `format` dynamic|qdq, `reduce_range`)";
     type Options = Int8DynamicOptions;
     fn build(options: Int8DynamicOptions, ctx: &BuildContext) -> Result<Self> {
+        let format = options.format.unwrap_or(Int8Format::default_for(ctx.target));
         Ok(Int8Dynamic {
             min_in_features: options.min_in_features.unwrap_or(16),
             exclude: options.exclude.unwrap_or_else(|| ctx.int8_exclude.clone()),
-            format: options.format.unwrap_or(Int8Format::default_for(ctx.target)),
+            format,
+            reduce_range: options.reduce_range.unwrap_or(format.default_reduce_range()),
         })
     }
 }
@@ -150,6 +189,7 @@ impl Pass for Int8Dynamic {
             "min_in_features": self.min_in_features,
             "exclude": self.exclude,
             "format": self.format,
+            "reduce_range": self.reduce_range,
         })
     }
 
@@ -180,7 +220,7 @@ impl Pass for Int8Dynamic {
                 Some(q) => q.clone(),
                 None => {
                     let bytes = model.tensor_bytes(&tensor)?;
-                    let q = quantize_per_column(&bytes, k, n)
+                    let q = quantize_per_column(&bytes, k, n, self.reduce_range)
                         .map(|(values, scales)| add_weight(&index, &mut patch, w, k, n, values, scales));
                     weights.insert(w.clone(), q.clone());
                     q
@@ -378,7 +418,7 @@ pub(crate) mod tests {
 
         // min_in_features is a strict bound: 16 is excluded by default, included with 15.
         let mut low = original.clone();
-        let pass = Int8Dynamic { min_in_features: 15, exclude: vec![], format: Int8Format::Dynamic };
+        let pass = Int8Dynamic { min_in_features: 15, exclude: vec![], ..Int8Dynamic::seed(ExecutionProvider::Cpu) };
         assert_eq!(rewrite(pass, &mut low).rewrites, 4);
     }
 
@@ -429,14 +469,18 @@ pub(crate) mod tests {
         // [3, 2]: column 0 = 1, -2, 0.5 (max 2), column 1 all zeros.
         let w = [1.0f32, 0.0, -2.0, 0.0, 0.5, 0.0];
         let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let (q, s) = quantize_per_column(&bytes, 3, 2).unwrap();
+        let (q, s) = quantize_per_column(&bytes, 3, 2, false).unwrap();
         assert_eq!(s, [2.0 / 127.0, 1.0]);
         let q: Vec<i8> = q.into_iter().map(|b| b as i8).collect();
         // 63.5 rounds to the even 64, as numpy (and ONNX Runtime's quantizer) do.
         assert_eq!(q, [64, 0, -127, 0, 32, 0]);
+        // Reduced range: [-64, 64], ONNX Runtime's reduce_range for symmetric int8.
+        let (q, s) = quantize_per_column(&bytes, 3, 2, true).unwrap();
+        assert_eq!(s, [2.0 / 64.0, 1.0]);
+        assert_eq!(q.into_iter().map(|b| b as i8).collect::<Vec<_>>(), [32, 0, -64, 0, 16, 0]);
         let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert!(quantize_per_column(&nan, 1, 2).is_none());
-        assert!(quantize_per_column(&bytes, 2, 2).is_none(), "byte count must match the shape");
+        assert!(quantize_per_column(&nan, 1, 2, false).is_none());
+        assert!(quantize_per_column(&bytes, 2, 2, false).is_none(), "byte count must match the shape");
     }
 
     fn from_options(text: &str, target: ExecutionProvider) -> Result<Int8Dynamic> {
@@ -450,8 +494,15 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!((p.min_in_features, p.exclude.as_slice(), p.format), (32, &[(320, 640)][..], Int8Format::Qdq));
         let p = from_options("", ExecutionProvider::Cuda).unwrap();
-        assert_eq!((p.exclude.len(), p.format, p.min_in_features), (19, Int8Format::Dynamic, 16));
-        assert_eq!(from_options("", ExecutionProvider::TensorRt).unwrap().format, Int8Format::Qdq);
+        assert_eq!((p.exclude.len(), p.format, p.min_in_features, p.reduce_range), (19, Int8Format::Dynamic, 16, true));
+        let p = from_options("", ExecutionProvider::TensorRt).unwrap();
+        assert_eq!((p.format, p.reduce_range), (Int8Format::Qdq, false));
+        // reduce_range follows the format unless set; the manifest records it.
+        assert!(from_options("", ExecutionProvider::Cpu).unwrap().reduce_range);
+        assert!(!from_options("format = \"qdq\"", ExecutionProvider::Cpu).unwrap().reduce_range);
+        let p = from_options("reduce_range = false", ExecutionProvider::Cpu).unwrap();
+        assert_eq!((p.reduce_range, &p.settings()["reduce_range"]), (false, &serde_json::json!(false)));
+        assert!(from_options("reduce_range = true", ExecutionProvider::OpenVino).unwrap().reduce_range);
         assert!(from_options("exclude = []", ExecutionProvider::Cpu).unwrap().exclude.is_empty());
         for (text, expected) in [
             ("exclude = [[1280, 640], [3]]", "key `exclude[1]`"),
@@ -460,11 +511,21 @@ pub(crate) mod tests {
             ("format = 8", "key `format`: invalid type"),
             ("min_in_features = -1", "key `min_in_features`"),
             ("min_features = 16", "key `min_features`: unknown field"),
+            ("reduce_range = \"yes\"", "key `reduce_range`: invalid type"),
         ] {
             let err = from_options(text, ExecutionProvider::Cpu).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
             assert!(err.starts_with("[int8-dynamic]"), "{err}");
         }
+    }
+
+    /// The largest magnitude of the int8 initializers of `model` (its quantized weights).
+    pub(crate) fn largest_int8(model: &OnnxModel) -> i32 {
+        let g = model.graph();
+        let int8 = g.initializer.iter().filter(|t| t.data_type() == dtype::INT8);
+        int8.flat_map(|t| model.tensor_bytes(t).unwrap().iter().map(|&b| (b as i8 as i32).abs()).collect::<Vec<_>>())
+            .max()
+            .unwrap_or(0)
     }
 
     pub(crate) fn tiny_unet(name: &str) -> PathBuf {
@@ -514,9 +575,18 @@ pub(crate) mod tests {
             let matmuls = count(&original, "MatMul");
             for format in [Int8Format::Dynamic, Int8Format::Qdq] {
                 let mut model = original.clone();
-                let pass = Int8Dynamic { min_in_features: 16, exclude: vec![], format };
+                let pass = Int8Dynamic {
+                    min_in_features: 16,
+                    exclude: vec![],
+                    format,
+                    reduce_range: format.default_reduce_range(),
+                };
                 let record = rewrite(pass.clone(), &mut model);
                 assert_eq!((record.rewrites, record.rounds), (expected, 1), "{name} {format:?}");
+                // 7-bit weights in the dynamic format (what ONNX Runtime's u8 x s8 kernels take without
+                // saturating on any x86-64 CPU), 8-bit in qdq.
+                let widest = if format == Int8Format::Dynamic { 64 } else { 127 };
+                assert_eq!(largest_int8(&model), widest, "{name} {format:?}");
                 match format {
                     Int8Format::Dynamic => {
                         assert_eq!(count(&model, "MatMulInteger"), expected, "{name}");

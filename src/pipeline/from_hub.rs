@@ -202,7 +202,7 @@ fn check_listing(repo: &str, revision: &str, sub: &str, all: &[String], files: &
     }
     let set: BTreeSet<&str> = files.iter().map(String::as_str).collect();
     let has_dir = |d: &str| files.iter().any(|f| f.strip_prefix(d).is_some_and(|rest| rest.starts_with('/')));
-    let kind = PipelineKind::detect("", has_dir).unwrap_or(PipelineKind::StableDiffusion);
+    let kind = PipelineKind::from_folders(has_dir);
     if let Some(missing) = kind.required_files(|f| set.contains(f)).into_iter().find(|f| !set.contains(f.as_str())) {
         let pytorch = files.iter().any(|f| f.ends_with(".safetensors") || f.ends_with(".bin"));
         let why = if missing.ends_with("model.onnx") && pytorch {

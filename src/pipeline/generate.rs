@@ -1,24 +1,23 @@
-//! What a generation is asked and what it returns, and the pieces of the denoising loop every pipeline
-//! (UNet, PixArt) shares: the scheduler a run uses, classifier-free guidance, the denoiser's output.
+//! What a generation is asked and what it returns, the scheduler a run uses and the denoiser's output.
 
 use std::path::PathBuf;
 
 use ::image::RgbImage;
-use ndarray::{ArrayD, Axis};
+use ndarray::ArrayD;
 
 use super::model_dir::PipelineDir;
 use crate::runtime::{HostTensor, Model};
 use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
 
-/// What to generate. `None` fields take diffusers' pipeline defaults.
+/// What to generate. `None` fields take diffusers' pipeline defaults (`PipelineKind::defaults`).
 #[derive(Debug, Clone, Default)]
 pub struct GenerateOptions {
     pub prompt: String,
     pub negative_prompt: Option<String>,
-    /// Default 50.
+    /// Default 50 (SD, SDXL) or 20 (PixArt).
     pub steps: Option<usize>,
-    /// Default 7.5 (SD) or 5.0 (SDXL); guidance is off at 1 or below.
+    /// Default 7.5 (SD), 5.0 (SDXL) or 4.5 (PixArt); guidance is off at 1 or below.
     pub guidance: Option<f32>,
     pub seed: u64,
     pub width: Option<usize>,
@@ -35,6 +34,13 @@ pub struct GenerateOptions {
     /// PixArt: generate at the requested size instead of the nearest bin of the aspect-ratio table
     /// (diffusers' `use_resolution_binning=False`).
     pub no_resolution_binning: bool,
+    /// img2img (alone) or inpainting (with `mask`): the PNG or JPEG image to start from.
+    pub image: Option<PathBuf>,
+    /// Inpainting: the mask, white where the image is repainted.
+    pub mask: Option<PathBuf>,
+    /// img2img and inpainting: how much of the schedule runs, in (0, 1]; default diffusers' per class and
+    /// task (0.8 SD and 0.3 SDXL img2img, 1.0 SD and 0.9999 SDXL inpainting).
+    pub strength: Option<f64>,
 }
 
 /// Where the time went, in seconds.
@@ -46,6 +52,8 @@ pub struct Timings {
     /// guidance combination, the scheduler's step) and the latent copies in and out of the UNet session.
     pub host_steps: Vec<HostShare>,
     pub vae_decode: f64,
+    /// img2img and inpainting: encoding the image (and the masked image) with the VAE encoder.
+    pub vae_encode: f64,
     pub total: f64,
 }
 
@@ -73,6 +81,8 @@ pub struct Generated {
     pub guidance: f32,
     /// The scheduler class that ran (diffusers' name).
     pub scheduler: String,
+    /// img2img and inpainting: the strength used (the pipeline's default when none was given).
+    pub strength: Option<f64>,
 }
 
 /// Called with the inputs of every UNet call.
@@ -105,14 +115,6 @@ impl ChosenScheduler {
         scheduler.set_timesteps(steps)?;
         Ok(ChosenScheduler { scheduler, name, config })
     }
-}
-
-/// Classifier-free guidance on a model output stacked [unconditional; text] along the batch:
-/// `uncond + scale * (text - uncond)`.
-pub(crate) fn apply_guidance(out: &ArrayD<f32>, batch: usize, scale: f32) -> ArrayD<f32> {
-    let uncond = out.slice_axis(Axis(0), (0..batch).into());
-    let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
-    &uncond + &((&text - &uncond) * scale)
 }
 
 /// The named output, or the model's first output when it is named otherwise.

@@ -11,8 +11,13 @@ use crate::{Error, Result};
 
 /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`, as diffusers draws latents.
 pub fn seeded(seed: u64, shape: &[usize]) -> ArrayD<f32> {
-    let n = shape.iter().product();
-    let data = TorchGenerator::manual_seed(seed).randn(n);
+    randn(&mut TorchGenerator::manual_seed(seed), shape)
+}
+
+/// `torch.randn(shape, generator=generator)`: the generator's next draws, as diffusers' `randn_tensor`
+/// makes them when one generator serves several draws (img2img's encoder sample, then the noise).
+pub fn randn(generator: &mut TorchGenerator, shape: &[usize]) -> ArrayD<f32> {
+    let data = generator.randn(shape.iter().product());
     ArrayD::from_shape_vec(IxDyn(shape), data).expect("randn gives one value per element")
 }
 

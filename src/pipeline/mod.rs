@@ -1,32 +1,43 @@
-//! Text-to-image: tokenizers, text encoders, the denoising loop over a scheduler, the VAE decoder.
+//! Image generation: tokenizers, text encoders, the denoising loop over a scheduler, the VAE; text-to-image,
+//! img2img and inpainting.
 
 pub mod binning;
 pub mod conditioning;
+pub mod defaults;
+mod denoise;
 pub mod from_hub;
 mod generate;
 pub mod image;
+pub mod image_processor;
+pub mod img2img;
 pub mod latents;
 pub mod model_dir;
 pub mod output;
 pub mod pixart;
 pub mod prompt_file;
+pub mod resample;
 pub mod tokenizer;
 pub mod torch_rng;
+mod vae;
 
+use std::path::Path;
 use std::time::Instant;
 
-use ::image::RgbImage;
-use ndarray::{ArrayD, Axis, IxDyn, concatenate};
+use ndarray::{ArrayD, IxDyn};
 
-use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::settings::EpOptions;
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
-pub(crate) use generate::{ChosenScheduler, apply_guidance, take_output};
+pub use defaults::CallDefaults;
+use denoise::{Denoiser, LoopOptions, Run, ShapeCheck, check_static_shapes};
+pub(crate) use generate::take_output;
 pub use generate::{GenerateOptions, Generated, HostShare, Timings, UnetRecorder};
+use img2img::{ImageTask, Start};
 pub use model_dir::{DenoiserConfig, HubLocation, PipelineDir, PipelineKind, VaeConfig};
 use tokenizer::ClipTokenizer;
+use vae::Vae;
 
 /// A loaded pipeline, reusable for many images: a UNet pipeline (SD, SDXL) or PixArt-α.
 pub enum Pipeline {
@@ -34,17 +45,15 @@ pub enum Pipeline {
     PixArt(Box<pixart::PixArtPipeline>),
 }
 
-/// A loaded UNet pipeline: every session created once, reusable for many images.
+/// A loaded UNet pipeline: every session created once (the VAE encoder's at the first image it encodes),
+/// reusable for many images.
 pub struct UnetPipeline {
     dir: PipelineDir,
     text_encoders: Vec<TextEncoder>,
     unet: Model,
-    vae_decoder: Model,
-    /// `vae.config.scaling_factor`.
-    vae_scaling_factor: f32,
-    /// 2^(VAE blocks - 1): image pixels per latent pixel.
-    vae_scale_factor: usize,
-    latent_channels: usize,
+    vae: Vae,
+    /// The UNet's input channels: the latents' (4), or 9 for an inpainting UNet (latents, mask, masked image).
+    unet_channels: usize,
     default_size: usize,
     /// The UNet's inputs and output in device memory, bound once (IoBinding).
     io_binding: bool,
@@ -95,7 +104,8 @@ impl Pipeline {
         }
     }
 
-    /// The image size (height, width) the options ask for, checked against this pipeline before any work.
+    /// The image size (height, width) the options ask for, checked against this pipeline before any work
+    /// (with `--image`, the image and mask read and checked too).
     pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
         match self {
             Pipeline::Unet(p) => p.resolve_size(opts),
@@ -113,10 +123,7 @@ impl Pipeline {
 
     /// A warning for more steps than the scheduler's training timesteps, for the caller to show first.
     pub fn steps_warning(&self, opts: &GenerateOptions) -> Result<Option<String>> {
-        match self {
-            Pipeline::Unet(p) => p.steps_warning(opts),
-            Pipeline::PixArt(p) => steps_warning(p.dir(), opts, pixart::DEFAULT_STEPS),
-        }
+        steps_warning(self.dir(), opts)
     }
 
     /// Generates `batch_size` images; `on_step(i, n)` is called after each denoising step.
@@ -132,6 +139,7 @@ impl UnetPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
         // A converted folder carries the session options its profile chose for its EP.
         let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
+        let warnings = dir.load_warnings(runtime, &defaults, ep_warning)?;
         let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
         let mut text_encoders = vec![TextEncoder {
             tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?,
@@ -146,33 +154,21 @@ impl UnetPipeline {
             });
         }
         let unet = load("unet", SessionRole::Unet)?;
-        let vae_decoder = load("vae_decoder", SessionRole::Other)?;
+        let vae = Vae::load(runtime, &dir, &defaults)?;
         let io_binding = io_binding(runtime, &defaults)?;
-        let vae_config: VaeConfig = dir.config("vae_decoder")?;
-        let vae_scaling_factor = vae_config.scaling_factor.unwrap_or(0.18215);
-        let vae_scale_factor = dir.vae_scale_factor()?;
         let unet_config: DenoiserConfig = dir.config("unet").unwrap_or_default();
-        let latent_channels = unet_config.in_channels.unwrap_or(4);
-        let sample_size = unet_config.sample_size;
-        let default_size = sample_size.map_or(
-            match dir.kind {
-                PipelineKind::StableDiffusion => 512,
-                PipelineKind::StableDiffusionXl | PipelineKind::PixArtAlpha => 1024,
-            },
-            |s| s * vae_scale_factor,
-        );
+        let unet_channels = unet_config.in_channels.unwrap_or(vae.latent_channels);
+        let default_size = unet_config.sample_size.map_or(dir.kind.defaults().size, |s| s * vae.scale_factor);
         Ok(UnetPipeline {
             dir,
             text_encoders,
             unet,
-            vae_decoder,
-            vae_scaling_factor,
-            vae_scale_factor,
-            latent_channels,
+            vae,
+            unet_channels,
             default_size,
             io_binding,
             unet_recorder: None,
-            warnings: ep_warning.into_iter().collect(),
+            warnings,
         })
     }
 
@@ -186,26 +182,68 @@ impl UnetPipeline {
     }
 
     pub fn vae_scale_factor(&self) -> usize {
-        self.vae_scale_factor
+        self.vae.scale_factor
     }
 
     /// Shape of the initial latents for `batch` images of `height` x `width`.
     pub fn latents_shape(&self, batch: usize, height: usize, width: usize) -> [usize; 4] {
-        [batch, self.latent_channels, height / self.vae_scale_factor, width / self.vae_scale_factor]
+        let f = self.vae.scale_factor;
+        [batch, self.vae.latent_channels, height / f, width / f]
     }
 
-    /// Checks the options against this pipeline before any work is done.
+    /// Checks the options against this pipeline before any work is done: the size, and with `--image` the
+    /// image, the mask and the strength.
     pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
-        let width = opts.width.unwrap_or(self.default_size);
-        let height = opts.height.unwrap_or(self.default_size);
+        let task = ImageTask::read(opts, self.dir.kind)?;
+        self.check_task(task.as_ref())?;
+        self.size_for(opts, task.as_ref())
+    }
+
+    /// (height, width): the image's for img2img and inpainting (see [`ImageTask::size`]), else the options'
+    /// or the UNet's default; a multiple of the VAE's scale factor.
+    fn size_for(&self, opts: &GenerateOptions, task: Option<&ImageTask>) -> Result<(usize, usize)> {
+        let (height, width) = match task {
+            Some(task) => task.size(opts, self.vae.scale_factor)?,
+            None => (opts.height.unwrap_or(self.default_size), opts.width.unwrap_or(self.default_size)),
+        };
         self.dir.check_size(Some(width), Some(height))?;
         Ok((height, width))
+    }
+
+    /// The UNet fits the task: an inpainting UNet (latents + mask + masked image) needs `--image` and
+    /// `--mask`, any other takes the latents' channels.
+    fn check_task(&self, task: Option<&ImageTask>) -> Result<()> {
+        let latent = self.vae.latent_channels;
+        let inpainting_unet = 2 * latent + 1;
+        let inpainting = task.is_some_and(ImageTask::is_inpainting);
+        if self.unet_channels == latent || (inpainting && self.unet_channels == inpainting_unet) {
+            return Ok(());
+        }
+        let config = self.dir.root.join("unet").join("config.json");
+        Err(if self.unet_channels == inpainting_unet {
+            Error::bad_file(
+                config,
+                format!(
+                    "the UNet takes {inpainting_unet} input channels (an inpainting UNet: latents, mask and masked \
+                     image); give --image and --mask"
+                ),
+            )
+        } else {
+            Error::bad_file(
+                config,
+                format!(
+                    "the UNet takes {} input channels; dfast runs UNets of {latent} (the latents) and inpainting \
+                     UNets of {inpainting_unet}",
+                    self.unet_channels
+                ),
+            )
+        })
     }
 
     /// A warning for more steps than the scheduler's training timesteps (diffusers runs them, so dfast does
     /// too; only DDIM refuses), with the number of UNet calls that will run; for the caller to show first.
     pub fn steps_warning(&self, opts: &GenerateOptions) -> Result<Option<String>> {
-        steps_warning(&self.dir, opts, 50)
+        steps_warning(&self.dir, opts)
     }
 
     /// Generates one image; `on_step(i, n)` is called after each denoising step.
@@ -216,7 +254,7 @@ impl UnetPipeline {
             if !crate::runtime::is_out_of_memory(&e) {
                 return e;
             }
-            let f = self.vae_scale_factor;
+            let f = self.vae.scale_factor;
             let half = |v: usize| (v / 2 / f).max(1) * f;
             let message = format!(
                 "{e} at {width}x{height} with {} image(s) per prompt; try a smaller size, e.g. --width {} --height {}",
@@ -229,108 +267,89 @@ impl UnetPipeline {
     }
 
     fn generate_once(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
-        let start = Instant::now();
-        let (height, width) = self.resolve_size(opts)?;
-        let steps = opts.steps.unwrap_or(50);
-        if steps == 0 {
-            return Err(Error::bad_input("--steps must be at least 1"));
-        }
-        let guidance_scale = opts.guidance.unwrap_or(match self.dir.kind {
-            PipelineKind::StableDiffusion => 7.5,
-            PipelineKind::StableDiffusionXl | PipelineKind::PixArtAlpha => 5.0,
-        });
-        let guidance = guidance_scale > 1.0;
-
-        let ChosenScheduler { mut scheduler, name: scheduler_name, .. } = ChosenScheduler::new(&self.dir, opts, steps)?;
-
-        let batch = opts.batch_size.max(1);
-        self.check_static_shapes(batch, guidance, (height, width))?;
-        let shape = self.latents_shape(batch, height, width);
-        let initial = match &opts.latents {
-            Some(path) => latents::read(path, &shape)?,
-            None => latents::seeded(opts.seed, &shape),
+        let mut run = Run::new(&self.dir, opts)?;
+        let task = ImageTask::read(opts, self.dir.kind)?;
+        self.check_task(task.as_ref())?;
+        let size = self.size_for(opts, task.as_ref())?;
+        let begin = match &task {
+            Some(task) => task.begin(run.scheduler.as_ref(), run.steps)?,
+            None => 0,
+        };
+        self.check_static_shapes(&run, size, task.is_some())?;
+        let shape = self.latents_shape(run.batch, size.0, size.1);
+        let given = match (&task, &opts.latents) {
+            (None, Some(path)) => Some(latents::read(path, &shape)?),
+            _ => None,
         };
 
         let t0 = Instant::now();
-        let cond = self.encode_prompt(opts, guidance, (height, width))?.repeat_per_prompt(batch, guidance)?;
-        let text_encoding = t0.elapsed().as_secs_f64();
+        let guidance = run.guidance();
+        let cond = self.encode_prompt(opts, guidance, size)?.repeat_per_prompt(run.batch, guidance)?;
+        run.timings.text_encoding = t0.elapsed().as_secs_f64();
         let mut warnings: Vec<String> = std::mem::take(&mut self.warnings);
         warnings.extend(self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)));
         warnings.dedup();
 
-        let mut latents = initial * scheduler.init_noise_sigma() as f32;
-        let timesteps = scheduler.timesteps().to_vec();
+        let start = match &task {
+            None => {
+                let noise = given.unwrap_or_else(|| latents::seeded(opts.seed, &shape));
+                Start { latents: noise * run.scheduler.init_noise_sigma() as f32, inpainting: None }
+            }
+            Some(task) => {
+                let (start, seconds) = task.prepare(
+                    opts.seed,
+                    &mut self.vae,
+                    run.scheduler.as_ref(),
+                    begin,
+                    size,
+                    run.batch,
+                    self.unet_channels,
+                    guidance,
+                )?;
+                run.timings.vae_encode = seconds;
+                start
+            }
+        };
         if self.io_binding {
             // Bound once per image: the conditioning does not change between steps.
             self.unet.bind_inputs(unet_conditioning(&cond))?;
         }
-        let mut unet_steps = Vec::with_capacity(timesteps.len());
-        let mut host_steps = Vec::with_capacity(timesteps.len());
-        self.unet.take_transfer_seconds();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let t_step = Instant::now();
-            let model_input = if guidance { stack2(&latents)? } else { latents.clone() };
-            let model_input = scheduler.scale_model_input(model_input, i);
-            let t_unet = Instant::now();
-            let noise_pred = self.run_unet(model_input, t, &cond)?;
-            let in_unet = t_unet.elapsed().as_secs_f64();
-            let noise_pred = if guidance { apply_guidance(&noise_pred, batch, guidance_scale) } else { noise_pred };
-            latents = scheduler.step(&noise_pred, i, &latents);
-            let step = t_step.elapsed().as_secs_f64();
-            unet_steps.push(step);
-            host_steps.push(HostShare { scheduler: step - in_unet, copies: self.unet.take_transfer_seconds() });
-            on_step(i + 1, timesteps.len());
-        }
+        let mut unet = UnetDenoiser {
+            unet: &mut self.unet,
+            cond: &cond,
+            io_binding: self.io_binding,
+            recorder: self.unet_recorder.as_mut(),
+            out_channels: self.vae.latent_channels,
+        };
+        let options = LoopOptions { begin, inpainting: start.inpainting, ..Default::default() };
+        let latents = run.denoise(&mut unet, start.latents, options, on_step)?;
 
         let t_vae = Instant::now();
-        let images = self.decode(&latents)?;
-        let vae_decode = t_vae.elapsed().as_secs_f64();
-        let timings =
-            Timings { text_encoding, unet_steps, host_steps, vae_decode, total: start.elapsed().as_secs_f64() };
-        Ok(Generated {
-            images,
-            latents,
-            timings,
-            warnings,
-            width,
-            height,
-            steps,
-            guidance: guidance_scale,
-            scheduler: scheduler_name,
-        })
+        let images = image::to_rgb(&self.vae.decode(&latents)?)?;
+        run.timings.vae_decode = t_vae.elapsed().as_secs_f64();
+        Ok(run.finish(images, latents, warnings, size, task.map(|t| t.strength)))
     }
 
     /// Refuses, before any work, an image size or batch that an export with static input shapes cannot
-    /// take, naming the input, its declared shape and the requested size. (Inputs that only repeat one value
-    /// per row, such as a timestep declared `[1]`, are fitted when fed: see `runtime::fit_shape`.)
-    fn check_static_shapes(&self, batch: usize, guidance: bool, (height, width): (usize, usize)) -> Result<()> {
-        let rows = if guidance { 2 * batch } else { batch };
-        let [_, channels, h, w] = self.latents_shape(batch, height, width);
-        let tokens = self.text_encoders[0].tokenizer.max_length();
-        let unet: [(&str, Vec<Option<usize>>); 3] = [
-            ("sample", vec![Some(rows), Some(channels), Some(h), Some(w)]),
-            ("encoder_hidden_states", vec![Some(rows), Some(tokens), None]),
-            ("text_embeds", vec![Some(rows), None]),
-        ];
-        let vae = [("latent_sample", vec![Some(batch), Some(channels), Some(h), Some(w)])];
-        let checks = unet.iter().map(|c| (&self.unet, c)).chain(vae.iter().map(|c| (&self.vae_decoder, c)));
-        for (model, (name, shape)) in checks {
-            if let Some(declared) = model.shape_conflict(name, shape) {
-                let wanted: Vec<i64> = shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect();
-                let guided = if guidance { " with guidance" } else { "" };
-                return Err(Error::bad_file(
-                    model.path(),
-                    format!(
-                        "input `{name}` is declared {}, which cannot take a {width}x{height} image (--width {width} \
-                         --height {height}) at batch {batch}{guided} (that needs {}); this export has static shapes, \
-                         so generate at the size and batch it was exported for",
-                        format_dims(&declared),
-                        format_dims(&wanted),
-                    ),
-                ));
-            }
+    /// take (the UNet's inputs, the VAE decoder's, and the encoder's with an image).
+    fn check_static_shapes(&mut self, run: &Run, (height, width): (usize, usize), encodes: bool) -> Result<()> {
+        if encodes {
+            self.vae.encoder()?;
         }
-        Ok(())
+        let rows = run.rows();
+        let [batch, channels, h, w] = self.latents_shape(run.batch, height, width);
+        let tokens = self.text_encoders[0].tokenizer.max_length();
+        let mut checks: Vec<ShapeCheck> = vec![
+            (&self.unet, "sample", vec![Some(rows), Some(self.unet_channels), Some(h), Some(w)]),
+            (&self.unet, "encoder_hidden_states", vec![Some(rows), Some(tokens), None]),
+            (&self.unet, "text_embeds", vec![Some(rows), None]),
+            (self.vae.decoder(), "latent_sample", vec![Some(batch), Some(channels), Some(h), Some(w)]),
+        ];
+        if let Some(encoder) = self.vae.loaded_encoder() {
+            checks.push((encoder, "sample", vec![Some(1), Some(3), Some(height), Some(width)]));
+        }
+        let what = format!("a {width}x{height} image (--width {width} --height {height})");
+        check_static_shapes(&checks, &what, run.batch, run.guidance())
     }
 
     fn encode_prompt(&mut self, opts: &GenerateOptions, guidance: bool, size: (usize, usize)) -> Result<Conditioning> {
@@ -349,42 +368,57 @@ impl UnetPipeline {
             PipelineKind::PixArtAlpha => Err(Error::internal("a PixArt pipeline is not a UNet pipeline")),
         }
     }
+}
 
-    fn run_unet(&mut self, sample: ArrayD<f32>, t: f64, cond: &Conditioning) -> Result<ArrayD<f32>> {
+/// The UNet with one image's conditioning: what the denoising loop calls each step.
+struct UnetDenoiser<'a> {
+    unet: &'a mut Model,
+    cond: &'a Conditioning,
+    /// The conditioning is bound to the session already; each step binds the sample and timestep.
+    io_binding: bool,
+    recorder: Option<&'a mut UnetRecorder>,
+    /// Of the noise prediction: the latents' (an inpainting UNet takes 5 more).
+    out_channels: usize,
+}
+
+impl Denoiser for UnetDenoiser<'_> {
+    fn predict(&mut self, sample: ArrayD<f32>, t: f64) -> Result<ArrayD<f32>> {
         let batch = sample.shape()[0];
-        let shape = sample.shape().to_vec();
+        let shape: Vec<usize> =
+            [batch, self.out_channels].into_iter().chain(sample.shape()[2..].iter().copied()).collect();
         let timestep = ArrayD::from_elem(IxDyn(&[batch]), t as f32);
         let step = vec![("sample", HostTensor::F32(sample)), ("timestep", HostTensor::F32(timestep))];
-        if let Some(record) = self.unet_recorder.as_mut() {
+        if let Some(record) = self.recorder.as_mut() {
             let mut all = step.clone();
-            all.extend(unet_conditioning(cond));
+            all.extend(unet_conditioning(self.cond));
             record(&all);
         }
         let mut out = if self.io_binding {
             self.unet.bind_inputs(step)?;
-            let name = denoiser_output(&self.unet)?;
+            let name = denoiser_output(self.unet)?;
             self.unet.bind_output(&name, &shape)?;
             self.unet.run_bound()?
         } else {
             let mut feeds = step;
-            feeds.extend(unet_conditioning(cond));
+            feeds.extend(unet_conditioning(self.cond));
             self.unet.run(feeds)?
         };
-        take_output(&mut out, &self.unet, "out_sample")
+        take_output(&mut out, self.unet, "out_sample")
     }
 
-    fn decode(&mut self, latents: &ArrayD<f32>) -> Result<Vec<RgbImage>> {
-        let scaled = latents / self.vae_scaling_factor;
-        let mut out = self.vae_decoder.run(vec![("latent_sample", HostTensor::F32(scaled))])?;
-        let sample = take_output(&mut out, &self.vae_decoder, "sample")?;
-        image::to_rgb(&sample)
+    fn take_transfer_seconds(&mut self) -> f64 {
+        self.unet.take_transfer_seconds()
+    }
+
+    fn path(&self) -> &Path {
+        self.unet.path()
     }
 }
 
 /// A warning for more steps than the scheduler's training timesteps (diffusers runs them, so dfast does too;
 /// only DDIM refuses), with the number of denoiser calls that will run; for the caller to show first.
-fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions, default_steps: usize) -> Result<Option<String>> {
-    let steps = opts.steps.unwrap_or(default_steps);
+fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions) -> Result<Option<String>> {
+    let steps = opts.steps.unwrap_or(dir.kind.defaults().steps);
     let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
     let config = SchedulerConfig::from_file(&config_path)?;
     let trained = config.train_timesteps()?;
@@ -432,9 +466,4 @@ fn unet_conditioning(cond: &Conditioning) -> Vec<(&'static str, HostTensor)> {
         feeds.push(("time_ids", HostTensor::F32(time_ids.clone())));
     }
     feeds
-}
-
-fn stack2(latents: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-    concatenate(Axis(0), &[latents.view(), latents.view()])
-        .map_err(|e| Error::internal(format!("batching latents: {e}")))
 }

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 pub use crate::hub::HubLocation;
 use crate::manifest::Manifest;
+use crate::runtime::Runtime;
 use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
@@ -22,17 +23,16 @@ pub enum PipelineKind {
 }
 
 impl PipelineKind {
-    /// The family of a pipeline folder, from model_index.json's `_class_name` and, where that says nothing,
-    /// which folders there are; None for a class dfast does not run.
-    pub fn detect(class: &str, has_dir: impl Fn(&str) -> bool) -> Option<Self> {
-        if class.starts_with("PixArtAlpha") || (class.is_empty() && has_dir("transformer")) {
-            Some(PipelineKind::PixArtAlpha)
-        } else if class.contains("XL") || has_dir("text_encoder_2") {
-            Some(PipelineKind::StableDiffusionXl)
-        } else if class.contains("StableDiffusion") || class.is_empty() {
-            Some(PipelineKind::StableDiffusion)
+    /// The family a repo's folders point to, before its model_index.json is read (a listing): `transformer/`
+    /// is PixArt's, `text_encoder_2/` SDXL's, anything else Stable Diffusion. An opened folder's family comes
+    /// from its `_class_name` (`pipeline_kind`).
+    pub fn from_folders(has_dir: impl Fn(&str) -> bool) -> Self {
+        if has_dir("transformer") {
+            PipelineKind::PixArtAlpha
+        } else if has_dir("text_encoder_2") {
+            PipelineKind::StableDiffusionXl
         } else {
-            None
+            PipelineKind::StableDiffusion
         }
     }
 
@@ -73,6 +73,54 @@ impl PipelineKind {
     }
 }
 
+/// The `_class_name`s of `model_index.json` that dfast runs, and their family. A family's text-to-image,
+/// img2img and inpainting pipelines hold the same components (an inpainting UNet aside), so any of them runs
+/// any task; the ONNX names are diffusers' legacy ONNX pipelines and Optimum's.
+const CLASSES: [(&str, PipelineKind); 18] = [
+    ("StableDiffusionPipeline", PipelineKind::StableDiffusion),
+    ("StableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
+    ("StableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
+    ("OnnxStableDiffusionPipeline", PipelineKind::StableDiffusion),
+    ("OnnxStableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
+    ("OnnxStableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
+    ("ORTStableDiffusionPipeline", PipelineKind::StableDiffusion),
+    ("ORTStableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
+    ("ORTStableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
+    ("StableDiffusionXLPipeline", PipelineKind::StableDiffusionXl),
+    ("StableDiffusionXLImg2ImgPipeline", PipelineKind::StableDiffusionXl),
+    ("StableDiffusionXLInpaintPipeline", PipelineKind::StableDiffusionXl),
+    ("ORTStableDiffusionXLPipeline", PipelineKind::StableDiffusionXl),
+    ("ORTStableDiffusionXLImg2ImgPipeline", PipelineKind::StableDiffusionXl),
+    ("ORTStableDiffusionXLInpaintPipeline", PipelineKind::StableDiffusionXl),
+    ("PixArtAlphaPipeline", PipelineKind::PixArtAlpha),
+    ("ORTPixArtAlphaPipeline", PipelineKind::PixArtAlpha),
+    // The name of diffusers' ONNX pipeline before 0.7.
+    ("StableDiffusionOnnxPipeline", PipelineKind::StableDiffusion),
+];
+
+/// The family of a `model_index.json`'s `_class_name`, or one sentence naming the class when dfast does not
+/// run it.
+fn pipeline_kind(index_path: &Path, model_index: &Value) -> Result<PipelineKind> {
+    let known = "dfast runs StableDiffusion(Img2Img|Inpaint)Pipeline, StableDiffusionXL(Img2Img|Inpaint)Pipeline \
+                 and PixArtAlphaPipeline (and their ONNX and ORT variants)";
+    let Some(class) = model_index.get("_class_name").and_then(Value::as_str) else {
+        return Err(Error::bad_file(index_path, format!("no `_class_name` string saying the pipeline class; {known}")));
+    };
+    let Some(&(_, kind)) = CLASSES.iter().find(|(name, _)| *name == class) else {
+        return Err(Error::bad_file(index_path, format!("pipeline class `{class}` is not one dfast runs; {known}")));
+    };
+    if model_index.get("requires_aesthetics_score").and_then(Value::as_bool) == Some(true) {
+        return Err(Error::bad_file(
+            index_path,
+            format!(
+                "`{class}` with requires_aesthetics_score (the SDXL refiner's aesthetic-score conditioning) is not \
+                 one dfast runs"
+            ),
+        ));
+    }
+    Ok(kind)
+}
+
 /// The embedded tiny pipeline used when no `--model` is given.
 pub fn embedded_tiny_sd() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join("tiny-sd")
@@ -104,16 +152,7 @@ impl PipelineDir {
             ));
         }
         let model_index = read_json(&index_path)?;
-        let class = model_index.get("_class_name").and_then(Value::as_str).unwrap_or("");
-        let Some(kind) = PipelineKind::detect(class, |d| root.join(d).is_dir()) else {
-            return Err(Error::bad_file(
-                &index_path,
-                format!(
-                    "pipeline class `{class}` is not supported; dfast runs StableDiffusion, StableDiffusionXL and \
-                     PixArtAlpha pipelines"
-                ),
-            ));
-        };
+        let kind = pipeline_kind(&index_path, &model_index)?;
         let dir = PipelineDir { root: root.to_path_buf(), kind, model_index };
         for path in dir.required_files() {
             if !path.is_file() {
@@ -177,6 +216,22 @@ impl PipelineDir {
         Ok((EpOptions::default(), Some(warning)))
     }
 
+    /// What to tell the user when this folder runs on `runtime` with `defaults` (its manifest's session
+    /// options) besides `ep_warning` (from [`Self::session_options`]): a precision the CPU cannot compute in,
+    /// int8 weights this CPU's int8 kernels saturate.
+    pub fn load_warnings(
+        &self,
+        runtime: &Runtime,
+        defaults: &EpOptions,
+        ep_warning: Option<String>,
+    ) -> Result<Vec<String>> {
+        let options = defaults.merged(runtime.options());
+        let int8 = self
+            .manifest()?
+            .and_then(|m| m.int8_saturation_warning(runtime.ep(), &options, &crate::host::CpuFeatures::host()));
+        Ok(ep_warning.into_iter().chain(runtime.precision_warning(defaults)).chain(int8).collect())
+    }
+
     /// Image pixels per latent pixel: 2^(VAE blocks - 1), from the VAE decoder's config (8 for every real
     /// checkpoint).
     pub fn vae_scale_factor(&self) -> Result<usize> {
@@ -218,6 +273,8 @@ pub struct DenoiserConfig {
     pub in_channels: Option<usize>,
     pub out_channels: Option<usize>,
     pub sample_size: Option<usize>,
+    /// PixArt's transformer: latent pixels per patch side (diffusers' default 2).
+    pub patch_size: Option<usize>,
 }
 
 /// What dfast reads of the VAE decoder's `config.json`.
@@ -227,4 +284,6 @@ pub struct VaeConfig {
     pub scaling_factor: Option<f32>,
     /// One entry per block: 2^(blocks - 1) image pixels per latent pixel.
     pub block_out_channels: Option<Vec<usize>>,
+    /// Channels of the latents (4 for SD, SDXL and PixArt-α).
+    pub latent_channels: Option<usize>,
 }

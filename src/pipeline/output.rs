@@ -25,10 +25,11 @@ pub fn indexed(path: &Path, i: usize) -> PathBuf {
     path.with_file_name(format!("{stem}-{i}{ext}"))
 }
 
-/// The settings image `index` keeps (PNG text chunks, JPEG EXIF): prompt, negative prompt, seed, index, steps, scheduler, guidance, size,
-/// model, profile, EP and dfast's version and commit.
+/// The settings image `index` keeps (PNG text chunks, JPEG EXIF): prompt, negative prompt, seed, index, steps,
+/// scheduler, guidance, size, model, profile, EP and dfast's version and commit; with `--image`, the image, the
+/// mask and the strength too.
 pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index: usize) -> Vec<(String, String)> {
-    [
+    let mut pairs: Vec<(String, String)> = [
         ("prompt", opts.prompt.clone()),
         ("negative_prompt", opts.negative_prompt.clone().unwrap_or_default()),
         ("seed", opts.seed.to_string()),
@@ -43,7 +44,14 @@ pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index
         ("software", format!("dfast {} (commit {})", env!("CARGO_PKG_VERSION"), env!("DFAST_COMMIT"))),
     ]
     .map(|(k, v)| (k.to_string(), v))
-    .into()
+    .into();
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let image =
+        [("image", path(&opts.image)), ("mask", path(&opts.mask)), ("strength", run.strength.map(|s| s.to_string()))];
+    // Before `software`, which stays last.
+    let at = pairs.len() - 1;
+    pairs.splice(at..at, image.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
+    pairs
 }
 
 /// Writes the images (one: `out`; several: `out-0`, `out-1`, ...) and, when asked, the final latents;
@@ -84,10 +92,14 @@ pub fn summary_json(
         "steps": run.steps,
         "unet_calls": t.unet_steps.len(),
         "seed": opts.seed,
+        "image": opts.image,
+        "mask": opts.mask,
+        "strength": run.strength,
         "timings_s": {
             "total": t.total,
             "text_encoding": t.text_encoding,
             "unet_steps": t.unet_steps,
+            "vae_encode": t.vae_encode,
             "vae_decode": t.vae_decode,
         },
         "warnings": run.warnings,

@@ -4,8 +4,8 @@
 //!   truncated, `</s>` appended) and encoded by T5 with their attention masks, which go on to the transformer
 //!   as `encoder_attention_mask`; captions are not cleaned (diffusers' `clean_caption` needs bs4 and ftfy),
 //!   only lowercased and stripped, as diffusers does with `clean_caption=False`;
-//! - classifier-free guidance (default 4.5) over 20 steps by default, with the checkpoint's DPM-Solver++ or
-//!   any of dfast's schedulers;
+//! - classifier-free guidance (default 4.5) over 20 steps by default (`PipelineKind::defaults`), with the
+//!   checkpoint's DPM-Solver++ or any of dfast's schedulers;
 //! - `resolution` and `aspect_ratio` fed only when the transformer's `sample_size` is 128;
 //! - learned sigma: of the 8 output channels the first 4 are the noise prediction;
 //! - with one step, the latents are the scheduler's `pred_original_sample` (diffusers' quirk);
@@ -18,28 +18,27 @@
 use std::path::Path;
 use std::time::Instant;
 
-use ::image::RgbImage;
 use ndarray::{ArrayD, Axis, IxDyn, concatenate};
 use serde_json::Value;
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::binning;
-use super::generate::{
-    ChosenScheduler, GenerateOptions, Generated, HostShare, Timings, UnetRecorder, apply_guidance, take_output,
-};
+use super::denoise::{Denoiser, LoopOptions, Run, ShapeCheck, check_static_shapes};
+use super::generate::{GenerateOptions, Generated, UnetRecorder, take_output};
+use super::img2img::ImageTask;
 use super::model_dir::read_json;
-use super::model_dir::{DenoiserConfig, PipelineDir, VaeConfig};
+use super::model_dir::{DenoiserConfig, PipelineDir};
+use super::vae::Vae;
 use super::{image, latents};
-use crate::runtime::{HostTensor, Model, Runtime, SessionRole, format_dims};
+use crate::runtime::{HostTensor, Model, Runtime, SessionRole};
 use crate::scheduler::SchedulerKind;
 use crate::settings::EpOptions;
 use crate::{Error, Result};
 
 /// diffusers' `max_sequence_length` default (section 3.1 of the PixArt-α paper).
 pub const MAX_SEQUENCE_LENGTH: usize = 120;
-/// `PixArtAlphaPipeline.__call__` defaults.
-pub const DEFAULT_STEPS: usize = 20;
-pub const DEFAULT_GUIDANCE: f32 = 4.5;
+/// diffusers' `PixArtTransformer2DModel` default `patch_size`.
+const DEFAULT_PATCH_SIZE: usize = 2;
 
 /// Token ids and attention mask for one prompt, `max_length` long.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,13 +155,13 @@ pub struct PixArtPipeline {
     tokenizer: T5Tokenizer,
     text_encoder: Option<Model>,
     transformer: Option<Model>,
-    vae_decoder: Model,
-    vae_scaling_factor: f32,
-    vae_scale_factor: usize,
+    vae: Vae,
     /// The transformer's `sample_size` (latent pixels): 128 for PixArt-α 1024, 64 for 512.
     sample_size: usize,
     in_channels: usize,
     out_channels: usize,
+    /// Latent pixels per patch side: without binning, sizes are multiples of it times the VAE's factor.
+    patch_size: usize,
     recorder: Option<UnetRecorder>,
     warnings: Vec<String>,
 }
@@ -171,10 +170,7 @@ impl PixArtPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
         let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
         let tokenizer = T5Tokenizer::from_dir(&dir.root.join("tokenizer"), MAX_SEQUENCE_LENGTH)?;
-        let vae_decoder = runtime.load_with(&dir.component_model("vae_decoder"), &defaults, SessionRole::Other)?;
-        let vae_config: VaeConfig = dir.config("vae_decoder")?;
-        let vae_scaling_factor = vae_config.scaling_factor.unwrap_or(0.18215);
-        let vae_scale_factor = dir.vae_scale_factor()?;
+        let vae = Vae::load(runtime, &dir, &defaults)?;
         let config_path = dir.root.join("transformer").join("config.json");
         let config: DenoiserConfig = dir.config("transformer")?;
         let missing =
@@ -183,6 +179,7 @@ impl PixArtPipeline {
         let in_channels = config.in_channels.ok_or_else(|| missing("in_channels"))?;
         // diffusers' PixArtTransformer2DModel: out_channels defaults to in_channels (2x with learned sigma).
         let out_channels = config.out_channels.unwrap_or(in_channels);
+        let warnings = dir.load_warnings(runtime, &defaults, ep_warning)?;
         Ok(PixArtPipeline {
             dir,
             runtime: runtime.clone(),
@@ -190,14 +187,13 @@ impl PixArtPipeline {
             tokenizer,
             text_encoder: None,
             transformer: None,
-            vae_decoder,
-            vae_scaling_factor,
-            vae_scale_factor,
+            vae,
             sample_size,
             in_channels,
             out_channels,
+            patch_size: config.patch_size.unwrap_or(DEFAULT_PATCH_SIZE),
             recorder: None,
-            warnings: ep_warning.into_iter().collect(),
+            warnings,
         })
     }
 
@@ -206,7 +202,7 @@ impl PixArtPipeline {
     }
 
     pub fn vae_scale_factor(&self) -> usize {
-        self.vae_scale_factor
+        self.vae.scale_factor
     }
 
     pub fn set_recorder(&mut self, recorder: Option<UnetRecorder>) {
@@ -215,12 +211,12 @@ impl PixArtPipeline {
 
     /// Shape of the initial latents for `batch` images generated at `height` x `width` (after binning).
     pub fn latents_shape(&self, batch: usize, height: usize, width: usize) -> [usize; 4] {
-        [batch, self.in_channels, height / self.vae_scale_factor, width / self.vae_scale_factor]
+        [batch, self.in_channels, height / self.vae.scale_factor, width / self.vae.scale_factor]
     }
 
     /// The image size asked for (default `sample_size` x the VAE's scale factor), checked. As in diffusers,
     /// with binning any size will do (the bin is generated, then resized to it); without, it must be a
-    /// multiple of the VAE's scale factor.
+    /// multiple of the VAE's scale factor times the transformer's patch size.
     pub fn resolve_size(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
         self.sizes(opts).map(|(requested, _)| requested)
     }
@@ -232,10 +228,22 @@ impl PixArtPipeline {
 
     /// (requested, generated) sizes, each (height, width).
     fn sizes(&self, opts: &GenerateOptions) -> Result<((usize, usize), (usize, usize))> {
-        let default = self.sample_size * self.vae_scale_factor;
+        ImageTask::read(opts, self.dir.kind)?;
+        let f = self.vae.scale_factor;
+        let default = self.sample_size * f;
         let (width, height) = (opts.width.unwrap_or(default), opts.height.unwrap_or(default));
         if opts.no_resolution_binning {
             self.dir.check_size(Some(width), Some(height))?;
+            let multiple = f * self.patch_size;
+            for (name, v) in [("width", width), ("height", height)] {
+                if v % multiple != 0 {
+                    return Err(Error::bad_input(format!(
+                        "--{name} {v} is not a multiple of {multiple} (the VAE's scale factor {f} x the transformer's \
+                         patch_size {}), which PixArt needs without resolution binning",
+                        self.patch_size
+                    )));
+                }
+            }
             return Ok(((height, width), (height, width)));
         }
         for (name, v) in [("width", width), ("height", height)] {
@@ -249,30 +257,17 @@ impl PixArtPipeline {
     }
 
     pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
-        let start = Instant::now();
         let ((orig_height, orig_width), (height, width)) = self.sizes(opts)?;
-        let steps = opts.steps.unwrap_or(DEFAULT_STEPS);
-        if steps == 0 {
-            return Err(Error::bad_input("--steps must be at least 1"));
-        }
-        let guidance_scale = opts.guidance.unwrap_or(DEFAULT_GUIDANCE);
-        let guidance = guidance_scale > 1.0;
-
-        let ChosenScheduler { mut scheduler, name: scheduler_name, config } =
-            ChosenScheduler::new(&self.dir, opts, steps)?;
-        let kind = match opts.scheduler {
-            Some(kind) => kind,
-            None => config.class_kind()?,
-        };
-        if steps == 1 && !matches!(kind, SchedulerKind::Euler | SchedulerKind::Ddim) {
+        let mut run = Run::new(&self.dir, opts)?;
+        if run.steps == 1 && !matches!(run.scheduler_kind, SchedulerKind::Euler | SchedulerKind::Ddim) {
             return Err(Error::bad_input(format!(
-                "--steps 1: PixArt's pipeline then takes the scheduler's pred_original_sample, which {scheduler_name} \
-                 does not give (diffusers fails there too); use --scheduler euler or ddim, or more steps"
+                "--steps 1: PixArt's pipeline then takes the scheduler's pred_original_sample, which {} does not \
+                 give (diffusers fails there too); use --scheduler euler or ddim, or more steps",
+                run.scheduler_name
             )));
         }
-
-        let batch = opts.batch_size.max(1);
-        let shape = self.latents_shape(batch, height, width);
+        let guidance = run.guidance();
+        let shape = self.latents_shape(run.batch, height, width);
         let initial = match &opts.latents {
             Some(path) => latents::read(path, &shape)?,
             None => latents::seeded(opts.seed, &shape),
@@ -282,11 +277,11 @@ impl PixArtPipeline {
         self.transformer = None;
         let encoder =
             self.runtime.load_with(&self.dir.component_model("text_encoder"), &self.defaults, SessionRole::Other)?;
-        self.check_static_shapes(&encoder, None, batch, guidance, (height, width))?;
+        self.check_static_shapes(&encoder, None, &run, (height, width))?;
         self.text_encoder = Some(encoder);
         let t0 = Instant::now();
-        let cond = self.encode_prompt(opts, guidance, batch, (height, width));
-        let text_encoding = t0.elapsed().as_secs_f64();
+        let cond = self.encode_prompt(opts, guidance, run.batch, (height, width));
+        run.timings.text_encoding = t0.elapsed().as_secs_f64();
         self.text_encoder = None;
         let cond = cond?;
 
@@ -296,77 +291,29 @@ impl PixArtPipeline {
             // Not bound to device memory (no IoBinding), so no CUDA graph.
             SessionRole::Other,
         )?;
-        self.check_static_shapes(&transformer, Some(&cond), batch, guidance, (height, width))?;
+        self.check_static_shapes(&transformer, Some(&cond), &run, (height, width))?;
         let transformer = self.transformer.insert(transformer);
 
-        let mut latents = initial * scheduler.init_noise_sigma() as f32;
-        let timesteps = scheduler.timesteps().to_vec();
-        let mut unet_steps = Vec::with_capacity(timesteps.len());
-        let mut host_steps = Vec::with_capacity(timesteps.len());
-        transformer.take_transfer_seconds();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let t_step = Instant::now();
-            let model_input = if guidance {
-                concatenate(Axis(0), &[latents.view(), latents.view()]).expect("same shapes")
-            } else {
-                latents.clone()
-            };
-            let model_input = scheduler.scale_model_input(model_input, i);
-            let rows = model_input.shape()[0];
-            let mut feeds = vec![
-                ("hidden_states", HostTensor::F32(model_input)),
-                ("timestep", HostTensor::F32(ArrayD::from_elem(IxDyn(&[rows]), t as f32))),
-            ];
-            feeds.extend(cond.feeds());
-            if let Some(record) = self.recorder.as_mut() {
-                record(&feeds);
-            }
-            let t_model = Instant::now();
-            let mut out = transformer.run(feeds)?;
-            let out = take_output(&mut out, transformer, "out_sample")?;
-            let in_model = t_model.elapsed().as_secs_f64();
-            let noise_pred = if guidance { apply_guidance(&out, batch, guidance_scale) } else { out };
+        let latents = initial * run.scheduler.init_noise_sigma() as f32;
+        let mut denoiser = PixArtDenoiser {
+            transformer,
+            cond: &cond,
+            recorder: self.recorder.as_mut(),
             // Learned sigma: the variance channels are dropped.
-            let noise_pred = if self.out_channels / 2 == self.in_channels {
-                noise_pred.slice_axis(Axis(1), (0..self.in_channels).into()).to_owned()
-            } else {
-                noise_pred
-            };
-            latents = if timesteps.len() == 1 {
-                scheduler
-                    .pred_original_sample(&noise_pred, i, &latents)
-                    .ok_or_else(|| Error::internal(format!("{scheduler_name} gives no pred_original_sample")))?
-            } else {
-                scheduler.step(&noise_pred, i, &latents)
-            };
-            let step = t_step.elapsed().as_secs_f64();
-            unet_steps.push(step);
-            host_steps.push(HostShare { scheduler: step - in_model, copies: transformer.take_transfer_seconds() });
-            on_step(i + 1, timesteps.len());
-        }
+            keep_channels: (self.out_channels / 2 == self.in_channels).then_some(self.in_channels),
+        };
+        let options = LoopOptions { one_step_takes_pred_original: true, ..Default::default() };
+        let latents = run.denoise(&mut denoiser, latents, options, on_step)?;
 
         let t_vae = Instant::now();
-        let scaled = &latents / self.vae_scaling_factor;
-        let mut out = self.vae_decoder.run(vec![("latent_sample", HostTensor::F32(scaled))])?;
-        let mut sample = take_output(&mut out, &self.vae_decoder, "sample")?;
+        let mut sample = self.vae.decode(&latents)?;
         if !opts.no_resolution_binning {
             sample = binning::resize_and_crop(&sample, orig_height, orig_width)?;
         }
-        let images: Vec<RgbImage> = image::to_rgb(&sample)?;
-        let vae_decode = t_vae.elapsed().as_secs_f64();
-        let timings =
-            Timings { text_encoding, unet_steps, host_steps, vae_decode, total: start.elapsed().as_secs_f64() };
-        Ok(Generated {
-            images,
-            latents,
-            timings,
-            warnings: std::mem::take(&mut self.warnings),
-            width: orig_width,
-            height: orig_height,
-            steps,
-            guidance: guidance_scale,
-            scheduler: scheduler_name,
-        })
+        let images = image::to_rgb(&sample)?;
+        run.timings.vae_decode = t_vae.elapsed().as_secs_f64();
+        let warnings = std::mem::take(&mut self.warnings);
+        Ok(run.finish(images, latents, warnings, (orig_height, orig_width), None))
     }
 
     /// `encode_prompt`: T5 on the prompt and on the negative prompt (empty by default), each with its
@@ -426,37 +373,59 @@ impl PixArtPipeline {
         &self,
         model: &Model,
         cond: Option<&PixArtConditioning>,
-        batch: usize,
-        guidance: bool,
+        run: &Run,
         (height, width): (usize, usize),
     ) -> Result<()> {
-        let rows = if guidance { 2 * batch } else { batch };
-        let [_, channels, h, w] = self.latents_shape(batch, height, width);
+        let rows = run.rows();
+        let [batch, channels, h, w] = self.latents_shape(run.batch, height, width);
         let tokens = self.tokenizer.max_length();
         let dim = cond.map(|c| c.encoder_hidden_states.shape()[2]);
-        let checks: Vec<(&str, Vec<Option<usize>>)> = vec![
-            ("input_ids", vec![Some(1), Some(tokens)]),
-            ("hidden_states", vec![Some(rows), Some(channels), Some(h), Some(w)]),
-            ("encoder_hidden_states", vec![Some(rows), Some(tokens), dim]),
-            ("encoder_attention_mask", vec![Some(rows), Some(tokens)]),
+        let checks: Vec<ShapeCheck> = vec![
+            (model, "input_ids", vec![Some(1), Some(tokens)]),
+            (model, "hidden_states", vec![Some(rows), Some(channels), Some(h), Some(w)]),
+            (model, "encoder_hidden_states", vec![Some(rows), Some(tokens), dim]),
+            (model, "encoder_attention_mask", vec![Some(rows), Some(tokens)]),
+            (self.vae.decoder(), "latent_sample", vec![Some(batch), Some(channels), Some(h), Some(w)]),
         ];
-        let vae = ("latent_sample", vec![Some(batch), Some(channels), Some(h), Some(w)]);
-        let all = checks.iter().map(|c| (model, c)).chain(std::iter::once((&self.vae_decoder, &vae)));
-        for (model, (name, shape)) in all {
-            if let Some(declared) = model.shape_conflict(name, shape) {
-                let wanted: Vec<i64> = shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect();
-                return Err(Error::bad_file(
-                    model.path(),
-                    format!(
-                        "input `{name}` is declared {}, which cannot take a {width}x{height} generation (after \
-                         resolution binning) at batch {batch} (that needs {}); this export has static shapes, so \
-                         generate at the size and batch it was exported for",
-                        format_dims(&declared),
-                        format_dims(&wanted),
-                    ),
-                ));
-            }
+        let what = format!("a {width}x{height} generation (after resolution binning)");
+        check_static_shapes(&checks, &what, run.batch, run.guidance())
+    }
+}
+
+/// PixArt's transformer with one image's conditioning: what the denoising loop calls each step.
+struct PixArtDenoiser<'a> {
+    transformer: &'a mut Model,
+    cond: &'a PixArtConditioning,
+    recorder: Option<&'a mut UnetRecorder>,
+    /// With learned sigma, the first channels (the noise prediction) of the output.
+    keep_channels: Option<usize>,
+}
+
+impl Denoiser for PixArtDenoiser<'_> {
+    fn predict(&mut self, model_input: ArrayD<f32>, t: f64) -> Result<ArrayD<f32>> {
+        let rows = model_input.shape()[0];
+        let mut feeds = vec![
+            ("hidden_states", HostTensor::F32(model_input)),
+            ("timestep", HostTensor::F32(ArrayD::from_elem(IxDyn(&[rows]), t as f32))),
+        ];
+        feeds.extend(self.cond.feeds());
+        if let Some(record) = self.recorder.as_mut() {
+            record(&feeds);
         }
-        Ok(())
+        let mut out = self.transformer.run(feeds)?;
+        let out = take_output(&mut out, self.transformer, "out_sample")?;
+        // diffusers drops the variance channels after guidance; guidance is per element, so before is the same.
+        Ok(match self.keep_channels {
+            Some(n) if out.ndim() == 4 && out.shape()[1] >= n => out.slice_axis(Axis(1), (0..n).into()).to_owned(),
+            _ => out,
+        })
+    }
+
+    fn take_transfer_seconds(&mut self) -> f64 {
+        self.transformer.take_transfer_seconds()
+    }
+
+    fn path(&self) -> &Path {
+        self.transformer.path()
     }
 }

@@ -16,11 +16,19 @@
 //! | tensorrt | `engine_cache` (default true) | engine and timing caches in `<component>/trt-cache/` |
 //! | openvino | `device` (default CPU), `precision` (f32 by default, bf16, f16, auto) | `device_type`; `load_config` with `INFERENCE_PRECISION_HINT` |
 //! | openvino | `cache_dir`, `num_streams` | `cache_dir`, `num_streams` |
-//! | openvino | `performance_hint` (latency, throughput), `dynamic_quantization_group_size` (0 = off) | `load_config` with `PERFORMANCE_HINT`, `DYNAMIC_QUANTIZATION_GROUP_SIZE` |
+//! | openvino | `performance_hint` (latency, throughput), `dynamic_quantization_group_size` (0 = off), `cpu_pinning` | `load_config` with `PERFORMANCE_HINT`, `DYNAMIC_QUANTIZATION_GROUP_SIZE`, `ENABLE_CPU_PINNING` |
+//! | openvino | `static_shapes` | `reshape_input` with the shapes of the session's first run (sessions made then, see `runtime::session`) |
+//! | openvino | `streams` (UNet) | the batch split into that many parts run at once, each on its own session with `num_of_threads` its share of the cores and `ENABLE_CPU_PINNING` off |
 //!
 //! OpenVINO `precision = "auto"` is resolved when the session is created, from what the CPU reports
 //! (`/proc/cpuinfo`, [`crate::host::CpuFeatures`]): bf16 on CPUs with native bf16 (AVX512-BF16 or AMX-BF16), f32
 //! elsewhere (OpenVINO would emulate bf16 there, many times slower). [`resolved`] says what it became.
+//!
+//! OpenVINO's CPU plugin takes a bf16 or f16 hint only on CPUs with the instructions it needs, and otherwise
+//! keeps f32 without a word ([`openvino_cpu_precision`]): bf16 needs AVX-512 (F, BW, VL, DQ; emulated where
+//! there is no AVX512-BF16 or AMX) or AVX2 with AVX-VNNI-INT8 and AVX-NE-CONVERT; f16 needs AVX512-FP16 or
+//! the same AVX2 extensions. An explicit `precision=bf16` (or f16) on a CPU without them runs f32 with a
+//! warning ([`precision_warning`]), and [`resolved`] records it as `bf16:f32` (asked, ran), as `auto:bf16`.
 
 use std::path::Path;
 
@@ -155,6 +163,9 @@ pub(crate) fn dispatch(
             if let Some(n) = o.dynamic_quantization_group_size {
                 config.insert("DYNAMIC_QUANTIZATION_GROUP_SIZE".into(), n.to_string().into());
             }
+            if let Some(on) = o.cpu_pinning {
+                config.insert("ENABLE_CPU_PINNING".into(), if on { "YES" } else { "NO" }.into());
+            }
             ov = ov.with_arbitrary_config("load_config", serde_json::json!({ device: config }).to_string());
             if let Some(dir) = &o.cache_dir {
                 ov = ov.with_arbitrary_config("cache_dir", dir);
@@ -214,16 +225,69 @@ pub fn openvino_precision(value: &str, cpu: &CpuFeatures) -> Result<&'static str
     Ok(openvino_hint(hint, cpu).name())
 }
 
+/// The precision OpenVINO's CPU plugin computes in when given `hint` (auto already resolved) on `cpu`.
+/// OpenVINO 2025.4 (`intel_cpu` plugin, `Config::readProperties` and `utils/precision_support.cpp`) sets
+/// the inference precision to bf16 only where oneDNN may use `avx512_core` or `avx2_vnni_2`, to f16 only
+/// where it may use `avx512_core_fp16` or `avx2_vnni_2`, and otherwise keeps f32 without an error.
+pub fn openvino_cpu_precision(hint: PrecisionHint, cpu: &CpuFeatures) -> PrecisionHint {
+    match openvino_hint(hint, cpu) {
+        PrecisionHint::Bf16 if !(cpu.avx512_core() || cpu.avx2_vnni_2()) => PrecisionHint::F32,
+        PrecisionHint::F16 if !((cpu.avx512_core() && cpu.avx512_fp16) || cpu.avx2_vnni_2()) => PrecisionHint::F32,
+        other => other,
+    }
+}
+
+/// The OpenVINO precision the options ask for and the one the CPU plugin will run, when they differ (an
+/// OpenVINO session on the CPU device asking for bf16 or f16 on a CPU that cannot compute in it).
+fn openvino_precision_dropped(
+    ep: ExecutionProvider,
+    options: &EpOptions,
+    cpu: &CpuFeatures,
+) -> Option<(PrecisionHint, PrecisionHint)> {
+    let SessionOptions::OpenVino(o) = options.typed(ep).ok()? else { return None };
+    if !o.device.as_deref().unwrap_or("CPU").eq_ignore_ascii_case("CPU") {
+        return None;
+    }
+    let asked = openvino_hint(o.precision.unwrap_or(PrecisionHint::F32), cpu);
+    let runs = openvino_cpu_precision(asked, cpu);
+    (runs != asked).then_some((asked, runs))
+}
+
+/// A warning for an OpenVINO precision that `cpu` cannot compute in: OpenVINO runs f32 instead, and says
+/// nothing itself.
+pub fn precision_warning(ep: ExecutionProvider, options: &EpOptions, cpu: &CpuFeatures) -> Option<String> {
+    let (asked, runs) = openvino_precision_dropped(ep, options, cpu)?;
+    let needs = match asked {
+        PrecisionHint::F16 => "AVX512-FP16",
+        _ => "AVX-512 (F, BW, VL, DQ)",
+    };
+    Some(format!(
+        "OpenVINO runs `precision={asked}` in {runs} on this CPU: its CPU plugin computes in {asked} only with {needs} \
+         or with AVX-VNNI-INT8 and AVX-NE-CONVERT, which this CPU lacks (`precision=auto` picks bf16 where the \
+         CPU has it natively)"
+    ))
+}
+
 /// The options as the session gets them: `precision = "auto"` (openvino) becomes `auto:bf16` or
-/// `auto:f32`, what this machine's CPU chose.
+/// `auto:f32`, what this machine's CPU chose; a precision the CPU plugin cannot compute in becomes
+/// `bf16:f32` (asked, ran).
 pub fn resolved(ep: ExecutionProvider, options: &EpOptions) -> Result<EpOptions> {
+    resolved_on(ep, options, &CpuFeatures::host())
+}
+
+fn resolved_on(ep: ExecutionProvider, options: &EpOptions, cpu: &CpuFeatures) -> Result<EpOptions> {
     let mut out = options.clone();
-    if ep == ExecutionProvider::OpenVino
-        && let Some(p) = options.get("precision")
+    if ep != ExecutionProvider::OpenVino {
+        return Ok(out);
+    }
+    if let Some(p) = options.get("precision")
         && PrecisionHint::parse(p) == Some(PrecisionHint::Auto)
     {
-        let chosen = openvino_hint(PrecisionHint::Auto, &CpuFeatures::host());
+        let chosen = openvino_hint(PrecisionHint::Auto, cpu);
         out.0.insert("precision".into(), format!("auto:{chosen}"));
+    }
+    if let Some((asked, runs)) = openvino_precision_dropped(ep, options, cpu) {
+        out.0.insert("precision".into(), format!("{asked}:{runs}"));
     }
     Ok(out)
 }
@@ -231,7 +295,7 @@ pub fn resolved(ep: ExecutionProvider, options: &EpOptions) -> Result<EpOptions>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::tests::{EPYC, SPR, XEON};
+    use crate::host::tests::{ARROW_LAKE, EPYC, SPR, XEON, ZEN2};
 
     #[test]
     fn auto_precision_follows_the_cpu() {
@@ -247,6 +311,56 @@ mod tests {
         let host = if CpuFeatures::host().native_bf16() { "auto:bf16" } else { "auto:f32" };
         assert_eq!(resolved(ExecutionProvider::OpenVino, &opts).unwrap().get("precision"), Some(host));
         assert_eq!(resolved(ExecutionProvider::Cpu, &opts).unwrap(), opts);
+    }
+
+    /// What OpenVINO's CPU plugin computes in, per hint and CPU: bf16 on AVX-512 (native on Zen 4 and
+    /// Sapphire Rapids, emulated on the AVX-512 VNNI Xeon) and on AVX2 with AVX-VNNI-INT8 and AVX-NE-CONVERT;
+    /// f16 only with AVX512-FP16 or those AVX2 extensions; f32 for both on an AVX2-only CPU.
+    #[test]
+    fn openvino_keeps_f32_where_the_cpu_lacks_what_the_hint_needs() {
+        use PrecisionHint::{Auto, Bf16, F16, F32};
+        for (name, text, bf16, f16, auto) in [
+            ("zen2", ZEN2, F32, F32, F32),
+            ("xeon", XEON, Bf16, F32, F32),
+            ("epyc", EPYC, Bf16, F32, Bf16),
+            ("spr", SPR, Bf16, F16, Bf16),
+            ("arrow lake", ARROW_LAKE, Bf16, F16, F32),
+        ] {
+            let cpu = CpuFeatures::from_cpuinfo(text);
+            let runs: Vec<_> = [Bf16, F16, Auto, F32].iter().map(|&h| openvino_cpu_precision(h, &cpu)).collect();
+            assert_eq!(runs, [bf16, f16, auto, F32], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_precision_the_cpu_cannot_run_is_said_and_recorded() {
+        let (zen2, epyc, spr) =
+            (CpuFeatures::from_cpuinfo(ZEN2), CpuFeatures::from_cpuinfo(EPYC), CpuFeatures::from_cpuinfo(SPR));
+        let ov = ExecutionProvider::OpenVino;
+        let opts = |o: &[&str]| EpOptions::parse(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let bf16 = opts(&["precision=bf16"]);
+        let warning = precision_warning(ov, &bf16, &zen2).expect("bf16 on an AVX2-only CPU is said");
+        assert!(warning.starts_with("OpenVINO runs `precision=bf16` in f32 on this CPU"), "{warning}");
+        assert!(warning.contains("AVX-512 (F, BW, VL, DQ)") && warning.contains("AVX-NE-CONVERT"), "{warning}");
+        assert_eq!(resolved_on(ov, &bf16, &zen2).unwrap().get("precision"), Some("bf16:f32"));
+        // Where the plugin runs it: nothing to say, the option as asked.
+        assert_eq!(precision_warning(ov, &bf16, &epyc), None);
+        assert_eq!(resolved_on(ov, &bf16, &epyc).unwrap().get("precision"), Some("bf16"));
+        // f16 on Zen 4 (no AVX512-FP16) runs f32; on Sapphire Rapids f16.
+        let f16 = opts(&["precision=f16"]);
+        let warning = precision_warning(ov, &f16, &epyc).expect("f16 without AVX512-FP16 is said");
+        assert!(warning.contains("`precision=f16` in f32") && warning.contains("AVX512-FP16"), "{warning}");
+        assert_eq!(resolved_on(ov, &f16, &epyc).unwrap().get("precision"), Some("f16:f32"));
+        assert_eq!(precision_warning(ov, &f16, &spr), None);
+        // auto and f32 never warn; auto records its choice.
+        for p in ["precision=auto", "precision=f32", "threads=2"] {
+            assert_eq!(precision_warning(ov, &opts(&[p]), &zen2), None, "{p}");
+        }
+        assert_eq!(resolved_on(ov, &opts(&["precision=auto"]), &zen2).unwrap().get("precision"), Some("auto:f32"));
+        // Another OpenVINO device, or another EP, is not the CPU plugin's business.
+        assert_eq!(precision_warning(ov, &opts(&["precision=bf16", "device=GPU"]), &zen2), None);
+        assert!(precision_warning(ov, &opts(&["precision=bf16", "device=cpu"]), &zen2).is_some());
+        assert_eq!(precision_warning(ExecutionProvider::Cpu, &EpOptions::default(), &zen2), None);
     }
 
     #[test]

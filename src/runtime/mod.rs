@@ -5,7 +5,7 @@ mod ep;
 pub mod library;
 mod session;
 
-pub use ep::{SessionRole, openvino_hint, openvino_precision, resolved};
+pub use ep::{SessionRole, openvino_cpu_precision, openvino_hint, openvino_precision, precision_warning, resolved};
 pub use library::{Flavour, ORT_OPENVINO_VERSION, ORT_VERSION};
 pub use session::{HostTensor, InputSpec, Model, fit_shape, format_dims, is_out_of_memory};
 
@@ -68,6 +68,12 @@ impl Runtime {
     /// Loads a model with the command line's options.
     pub fn load(&self, path: &std::path::Path) -> Result<Model> {
         self.load_with(path, &EpOptions::default(), SessionRole::Other)
+    }
+
+    /// A warning when the options (`defaults` under the command line's) ask the EP for a precision this
+    /// machine's CPU cannot compute in (OpenVINO then runs f32 and says nothing itself).
+    pub fn precision_warning(&self, defaults: &EpOptions) -> Option<String> {
+        ep::precision_warning(self.ep, &defaults.merged(&self.options), &crate::host::CpuFeatures::host())
     }
 
     /// Loads a model with `defaults` (e.g. from a converted folder's manifest) under the command line's

@@ -273,6 +273,19 @@ pub(crate) fn check_steps(class: &str, num_inference_steps: usize) -> Result<()>
     Ok(())
 }
 
+/// `add_noise` of the schedulers that index `alphas_cumprod` by timestep (DDIM, PNDM), in float32 as torch:
+/// `sqrt(alphas_cumprod[t]) * original + sqrt(1 - alphas_cumprod[t]) * noise`.
+pub(crate) fn alphas_cumprod_add_noise(
+    alphas_cumprod: &[f32],
+    timestep: i64,
+    original: &ArrayD<f32>,
+    noise: &ArrayD<f32>,
+) -> ArrayD<f32> {
+    let alpha_prod = alphas_cumprod[timestep as usize];
+    let (sqrt_alpha_prod, sqrt_one_minus_alpha_prod) = (alpha_prod.sqrt(), (1.0 - alpha_prod).sqrt());
+    zip_map(original, noise, |x, n| sqrt_alpha_prod * x + sqrt_one_minus_alpha_prod * n)
+}
+
 /// Element-wise `f(a, b)` of two same-shaped tensors.
 ///
 /// # Panics

@@ -53,6 +53,8 @@ pub struct DpmSolverMultistepScheduler {
     /// The last `solver_order` data predictions (x0), oldest first; `None` until filled.
     model_outputs: Vec<Option<ArrayD<f32>>>,
     lower_order_nums: usize,
+    /// As asked of `set_timesteps` (a clipped schedule may have fewer timesteps).
+    num_inference_steps: usize,
 }
 
 /// `(alpha_t, sigma_t, lambda_t)` of a sigma in float32, as `_sigma_to_alpha_sigma_t` plus the log-SNR.
@@ -157,6 +159,7 @@ impl DpmSolverMultistepScheduler {
             timesteps: (0..num_train_timesteps).rev().map(|t| t as f64).collect(),
             model_outputs: solver_order_slots,
             lower_order_nums: 0,
+            num_inference_steps: num_train_timesteps,
         })
     }
 
@@ -344,7 +347,12 @@ impl Scheduler for DpmSolverMultistepScheduler {
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
         self.model_outputs = vec![None; self.solver_order];
         self.lower_order_nums = 0;
+        self.num_inference_steps = num_inference_steps;
         Ok(())
+    }
+
+    fn num_inference_steps(&self) -> usize {
+        self.num_inference_steps
     }
 
     fn timesteps(&self) -> &[f64] {
@@ -353,6 +361,11 @@ impl Scheduler for DpmSolverMultistepScheduler {
 
     fn init_noise_sigma(&self) -> f64 {
         1.0
+    }
+
+    fn add_noise(&self, original: &ArrayD<f32>, noise: &ArrayD<f32>, step_index: usize) -> ArrayD<f32> {
+        let (alpha_t, sigma_t, _) = alpha_sigma_lambda(self.sigmas[step_index]);
+        zip_map(original, noise, |x, n| alpha_t * x + sigma_t * n)
     }
 
     fn scale_model_input(&self, sample: ArrayD<f32>, _step_index: usize) -> ArrayD<f32> {

@@ -214,12 +214,21 @@ impl Scheduler for EulerDiscreteScheduler {
         Ok(())
     }
 
+    fn num_inference_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
 
     fn init_noise_sigma(&self) -> f64 {
         self.init_noise_sigma
+    }
+
+    fn add_noise(&self, original: &ArrayD<f32>, noise: &ArrayD<f32>, step_index: usize) -> ArrayD<f32> {
+        let sigma = self.sigmas[step_index];
+        zip_map(original, noise, |x, n| x + n * sigma)
     }
 
     fn scale_model_input(&self, sample: ArrayD<f32>, step_index: usize) -> ArrayD<f32> {

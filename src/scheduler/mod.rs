@@ -64,9 +64,27 @@ impl SchedulerKind {
 ///
 /// The loop is: `set_timesteps(n)`; latents *= `init_noise_sigma()`; for each `t` in `timesteps()`:
 /// `x = scale_model_input(latents, i)`, run the UNet at `t` on `x`, `latents = step(out, i, latents)`.
+///
+/// img2img and inpainting begin part-way, at `begin_index(strength)` (diffusers' `get_timesteps` and
+/// `set_begin_index`), from `add_noise(image latents, noise, begin)`. Every method takes the index into
+/// `timesteps()` itself, not a count from the run's first step, so that any run may begin anywhere.
 pub trait Scheduler {
     /// Prepares the timesteps (and sigmas) for `num_inference_steps` steps.
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()>;
+    /// The `num_inference_steps` of the last `set_timesteps` (PNDM's warm-up makes one more timestep).
+    fn num_inference_steps(&self) -> usize;
+    /// Where a run of `strength` (in (0, 1]) begins in `timesteps()`, as diffusers' img2img and inpainting
+    /// pipelines compute it (`get_timesteps`): `n - min(int(n * strength), n)` for `n` inference steps (all
+    /// four schedulers have order 1). None when that leaves no step (`int(n * strength)` is 0).
+    fn begin_index(&self, strength: f64) -> Option<usize> {
+        let n = self.num_inference_steps();
+        // Python's `int(num_inference_steps * strength)`: a float64 product, truncated.
+        let init_timestep = ((n as f64 * strength) as usize).min(n);
+        (init_timestep >= 1).then(|| n - init_timestep)
+    }
+    /// diffusers' `add_noise`: `original` (clean latents) with `noise` at the noise level of the timestep at
+    /// `step_index`. img2img starts from it; inpainting with a 4-channel UNet blends it in after each step.
+    fn add_noise(&self, original: &ArrayD<f32>, noise: &ArrayD<f32>, step_index: usize) -> ArrayD<f32>;
     /// The timesteps the UNet sees, in order. They may be fractional (Euler with `linspace` spacing).
     fn timesteps(&self) -> &[f64];
     /// Standard deviation of the initial noise.

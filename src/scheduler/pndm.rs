@@ -3,7 +3,7 @@
 use ndarray::ArrayD;
 
 use super::Scheduler;
-use super::common::{check_steps, check_timesteps_in_range, integer_timesteps, zip_map};
+use super::common::{alphas_cumprod_add_noise, check_steps, check_timesteps_in_range, integer_timesteps, zip_map};
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::{Error, Result};
 
@@ -239,6 +239,10 @@ impl Scheduler for PndmScheduler {
         Ok(())
     }
 
+    fn num_inference_steps(&self) -> usize {
+        self.num_inference_steps
+    }
+
     fn timesteps(&self) -> &[f64] {
         &self.timesteps_f64
     }
@@ -249,6 +253,10 @@ impl Scheduler for PndmScheduler {
 
     fn scale_model_input(&self, sample: ArrayD<f32>, _step_index: usize) -> ArrayD<f32> {
         sample
+    }
+
+    fn add_noise(&self, original: &ArrayD<f32>, noise: &ArrayD<f32>, step_index: usize) -> ArrayD<f32> {
+        alphas_cumprod_add_noise(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
     }
 
     fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {

@@ -204,6 +204,106 @@ fn rollouts_match_diffusers() {
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
+const STRENGTH_REFERENCE: &str = include_str!("../../tests/data/scheduler_strength_reference.json");
+
+/// A run from a strength, as diffusers' img2img and inpainting pipelines make it (see the generator's docs).
+#[derive(Deserialize)]
+struct StrengthCase {
+    name: String,
+    config: Value,
+    num_inference_steps: usize,
+    strength: f64,
+    begin_index: usize,
+    /// From the begin index on.
+    timesteps: Vec<f64>,
+    original_index: usize,
+    noise_index: usize,
+    /// `add_noise(original, noise)` at the first timestep.
+    start: Vec<f32>,
+    sample_norms: Vec<f64>,
+    #[serde(rename = "final")]
+    final_latents: Vec<f32>,
+}
+
+/// Every scheduler begins where diffusers' `get_timesteps` does for a strength, and its `add_noise` matches
+/// diffusers' at the first timestep and, blended in outside a mask after each step, at every later one.
+#[test]
+fn runs_from_a_strength_match_diffusers() {
+    #[derive(Deserialize)]
+    struct File {
+        cases: Vec<StrengthCase>,
+    }
+    let file: File = serde_json::from_str(STRENGTH_REFERENCE).expect("scheduler_strength_reference.json parses");
+    let shape = [1, 4, 4, 4];
+    let mask = ArrayD::from_shape_fn(IxDyn(&shape), |i| if (i[1] * 16 + i[2] * 4 + i[3]) % 3 == 0 { 0.0 } else { 1.0 });
+    let mut failures = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in &file.cases {
+        let config: SchedulerConfig = serde_json::from_value(case.config.clone()).expect("config parses");
+        kinds.insert(config.class_name.clone().unwrap_or_default());
+        let mut scheduler = from_config(&config, None).expect("scheduler builds");
+        scheduler.set_timesteps(case.num_inference_steps).expect("timesteps");
+        let begin = scheduler.begin_index(case.strength).expect("a step is left");
+        if begin != case.begin_index {
+            failures.push(format!("{}: begin index {begin} != diffusers {}", case.name, case.begin_index));
+            continue;
+        }
+        let timesteps = &scheduler.timesteps()[begin..];
+        if timesteps.len() != case.timesteps.len()
+            || timesteps.iter().zip(&case.timesteps).any(|(a, e)| (a - e).abs() > 1e-4)
+        {
+            failures.push(format!("{}: timesteps {timesteps:?} != diffusers {:?}", case.name, case.timesteps));
+            continue;
+        }
+        let original = initial_noise(case.original_index, &shape);
+        let noise = initial_noise(case.noise_index, &shape);
+        let mut latents = scheduler.add_noise(&original, &noise, begin);
+        let err = relative_l2(&latents, &case.start);
+        if exceeds(err) {
+            failures.push(format!("{}: add_noise at the begin index off by {err:.2e}", case.name));
+        }
+        let end = scheduler.timesteps().len();
+        for (i, step_index) in (begin..end).enumerate() {
+            let x = scheduler.scale_model_input(latents.clone(), step_index);
+            let model_output = synthetic_model_output(&x, i);
+            latents = scheduler.step(&model_output, step_index, &latents);
+            let proper = if step_index + 1 < end {
+                scheduler.add_noise(&original, &noise, step_index + 1)
+            } else {
+                original.clone()
+            };
+            latents =
+                ndarray::Zip::from(&mask).and(&proper).and(&latents).map_collect(|&m, &p, &l| (1.0 - m) * p + m * l);
+            let err = relative(l2(latents.iter().map(|&v| f64::from(v))), case.sample_norms[i]);
+            if exceeds(err) {
+                failures.push(format!("{} step {step_index}: sample norm off by {err:.2e}", case.name));
+            }
+        }
+        let err = relative_l2(&latents, &case.final_latents);
+        if exceeds(err) {
+            failures.push(format!("{}: final latents off by {err:.2e}", case.name));
+        }
+    }
+    assert_eq!(kinds.len(), 4, "every scheduler class is covered: {kinds:?}");
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// `int(n * strength)` as Python computes it in float64 (0.7 * 10 is 7.000000000000001, 0.3 * 10 is 3.0000000000000004,
+/// 0.29 * 100 is 28.999999999999996), and no step left below 1.
+#[test]
+fn begin_index_follows_python_float_arithmetic() {
+    let mut ddim = from_config(&SchedulerConfig::default(), Some(SchedulerKind::Ddim)).expect("ddim");
+    for (steps, strength, begin) in
+        [(10, 0.7, Some(3)), (10, 0.3, Some(7)), (100, 0.29, Some(72)), (50, 0.9999, Some(1))]
+    {
+        ddim.set_timesteps(steps).unwrap();
+        assert_eq!(ddim.begin_index(strength), begin, "{steps} steps at strength {strength}");
+    }
+    ddim.set_timesteps(10).unwrap();
+    assert_eq!(ddim.begin_index(1.0), Some(0));
+    assert_eq!(ddim.begin_index(0.09), None);
+}
+
 #[test]
 fn schedules_match_diffusers() {
     let reference = reference();

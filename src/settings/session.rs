@@ -200,6 +200,16 @@ pub struct OpenVinoOptions {
     pub precision: Option<PrecisionHint>,
     pub cache_dir: Option<String>,
     pub num_streams: Option<u32>,
+    /// Compile each session for the shapes of its first run (OpenVINO's `reshape_input`), and again when they
+    /// change: OpenVINO folds the shape arithmetic and plans memory once, as the peers' static shapes do.
+    pub static_shapes: Option<bool>,
+    /// The UNet's batch (the guidance pair) split into this many parts that run at the same time, each on a
+    /// session of its own with its share of the cores (default 1). Each part keeps its threads busy without
+    /// waiting on the others at every layer; each session holds its own copy of the weights.
+    pub streams: Option<usize>,
+    /// `ENABLE_CPU_PINNING` (OpenVINO's default: pinned where it runs one stream). Off whenever `streams` is
+    /// above 1, so that the sessions' threads do not share a core.
+    pub cpu_pinning: Option<bool>,
     /// `PERFORMANCE_HINT`.
     pub performance_hint: Option<PerformanceHint>,
     /// `DYNAMIC_QUANTIZATION_GROUP_SIZE` (0: off).

@@ -377,10 +377,10 @@ fn time_step(
     build_int8(plan, &base, opts.ep, &ctx, exclude, ranges)?.run(&mut tuned, &PassContext::new(opts.ep))?;
     save(with_precision(tuned, plan, &ctx, opts.ep)?, &tuned_path)?;
     say(format!("timing the UNet step in {} ({} runs)", plan.precision, opts.step_runs));
-    let alt_ms = time_file(runtime, &alt_path, &plan.session, sample, 1, opts.step_runs)? * 1e3;
+    let alt_ms = time_file(runtime, &alt_path, SessionRole::Unet, &plan.session, sample, 1, opts.step_runs)? * 1e3;
     let _ = std::fs::remove_dir_all(alt_path.parent().expect("in a folder"));
     say(format!("timing the UNet step as tuned ({} runs)", opts.step_runs));
-    let tuned_ms = time_file(runtime, &tuned_path, &plan.session, sample, 1, opts.step_runs)? * 1e3;
+    let tuned_ms = time_file(runtime, &tuned_path, SessionRole::Unet, &plan.session, sample, 1, opts.step_runs)? * 1e3;
     Ok(StepTimes { alt_ms, tuned_ms, predicted_ms: decide::predicted_step_ms(alt_ms, decisions) })
 }
 
@@ -484,7 +484,8 @@ fn save(model: OnnxModel, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Median seconds of one call of `model` (saved to `tmp` first).
+/// Median seconds of one call of `model` (saved to `tmp` first). One operator on its own: the session
+/// options apply as to any other component (the UNet's `streams` do not split it).
 fn time_model(
     runtime: &Runtime,
     model: &OnnxModel,
@@ -497,30 +498,40 @@ fn time_model(
     let path = tmp.join("op/model.onnx");
     let _ = std::fs::remove_dir_all(tmp.join("op"));
     save(OnnxModel::from_proto(model.proto().clone(), None), &path)?;
-    time_file(runtime, &path, session, feeds, warmup, runs)
+    time_file(runtime, &path, SessionRole::Other, session, feeds, warmup, runs)
 }
 
 /// Median seconds of one call of the model in `path`. The inputs and outputs are bound to the session once
 /// (after a first, untimed call that tells the output shapes), so that a timed call is the session's run
-/// alone, without converting or copying the inputs.
+/// alone, without converting or copying the inputs; where the session options make sessions per run shape
+/// (OpenVINO's `static_shapes`, the UNet's `streams`), which nothing can be bound to, a timed call is a
+/// plain run.
 fn time_file(
     runtime: &Runtime,
     path: &Path,
+    role: SessionRole,
     session: &EpOptions,
     feeds: &[(String, HostTensor)],
     warmup: usize,
     runs: usize,
 ) -> Result<f64> {
-    let mut m = runtime.load_with(path, session, SessionRole::Unet)?;
+    let mut m = runtime.load_with(path, session, role)?;
     let owned = || feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect::<Vec<_>>();
     let first = m.run(owned())?;
-    for (name, out) in &first {
-        m.bind_output(name, out.shape())?;
+    let bound = m.can_bind();
+    if bound {
+        for (name, out) in &first {
+            m.bind_output(name, out.shape())?;
+        }
+        m.bind_inputs(owned())?;
     }
-    m.bind_inputs(owned())?;
     let mut call = || -> Result<f64> {
         let t = Instant::now();
-        m.run_bound()?;
+        if bound {
+            m.run_bound()?;
+        } else {
+            m.run(owned())?;
+        }
         Ok(t.elapsed().as_secs_f64())
     };
     for _ in 1..warmup.max(1) {
@@ -539,7 +550,11 @@ pub fn profile_text(report: &TuneReport, name: &str, command: &str) -> String {
     s.push_str(&format!(
         "# on {} ({}), ONNX Runtime {}, {} EP; UNet call {}.\n",
         report.device,
-        if report.cpu_flags.is_empty() { "no bf16/VNNI/AMX flags".to_string() } else { report.cpu_flags.join(" ") },
+        if report.cpu_flags.is_empty() {
+            "no AVX-512/VNNI/bf16/AMX flags".to_string()
+        } else {
+            report.cpu_flags.join(" ")
+        },
         report.onnxruntime_version,
         report.ep,
         report.unet_inputs.iter().map(|(n, s)| format!("{n} {s:?}")).collect::<Vec<_>>().join(", ")

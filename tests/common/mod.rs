@@ -155,3 +155,97 @@ pub fn reference_error(dir: &Path, reference: &str, scheduler: &str) -> (f64, f6
     let want_image = image::open(refs.join("image.png")).unwrap().to_rgb8();
     (err, fraction_within_one_level(out.image(), &want_image))
 }
+
+/// The generation settings of an img2img or inpainting reference case (`params.json` beside diffusers'
+/// latents and images, made by `make_tiny_pipelines.py --img2img`): the image and mask as files, the strength
+/// only where diffusers was given one (else the pipeline's default is under test), the size only where
+/// diffusers was given one.
+pub fn image_case_options(params: &serde_json::Value) -> dfast::pipeline::GenerateOptions {
+    let path = |key: &str| params[key].as_str().map(|p| root().join(p));
+    let size = |key: &str| params["size_given"].as_bool().unwrap().then(|| params[key].as_u64().unwrap() as usize);
+    dfast::pipeline::GenerateOptions {
+        prompt: params["prompt"].as_str().unwrap().into(),
+        negative_prompt: Some(params["negative_prompt"].as_str().unwrap().into()),
+        steps: Some(params["steps"].as_u64().unwrap() as usize),
+        guidance: Some(params["guidance"].as_f64().unwrap() as f32),
+        seed: params["seed"].as_u64().unwrap(),
+        width: size("width"),
+        height: size("height"),
+        batch_size: params["num_images"].as_u64().unwrap() as usize,
+        image: path("image"),
+        mask: path("mask"),
+        strength: params["strength"].as_f64(),
+        ..Default::default()
+    }
+}
+
+/// Runs the img2img or inpainting reference case `tests/references/<case>` from the pipeline folder `dir`
+/// (CPU EP, the case's scheduler config) and returns the relative L2 error of the final latents against
+/// diffusers' and, of the worst image, the fraction of values within one level of diffusers'.
+pub fn image_case_error(dir: &Path, case: &str) -> (f64, f64) {
+    use dfast::pipeline::{GenerateOptions, Pipeline, PipelineDir};
+    use dfast::runtime::Runtime;
+    use dfast::settings::ExecutionProvider;
+    let refs = references().join(case);
+    let params = read_json(&refs.join("params.json"));
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(dir).unwrap()).unwrap();
+    let opts =
+        GenerateOptions { scheduler_config: Some(refs.join("scheduler_config.json")), ..image_case_options(&params) };
+    let out = pipe.generate(&opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{} {case}: {e}", dir.display()));
+    assert_eq!(out.strength, params["strength_used"].as_f64(), "{case}: the strength used");
+    assert_eq!(
+        (out.width as u64, out.height as u64),
+        (params["width"].as_u64().unwrap(), params["height"].as_u64().unwrap())
+    );
+    let err = relative_l2(&out.latents, &read_npy(&refs.join("latents.npy")));
+    let close = out
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let file = if i == 0 { "image.png".to_string() } else { format!("image-{i}.png") };
+            fraction_within_one_level(image, &image::open(refs.join(file)).unwrap().to_rgb8())
+        })
+        .fold(1.0, f64::min);
+    assert_eq!(out.images.len() as u64, params["num_images"].as_u64().unwrap());
+    (err, close)
+}
+
+/// Inputs for every input the model declares: batch 2, 8x8 latents, 16 tokens; deterministic values, the
+/// timestep 500, attention masks all ones.
+pub fn inputs_for(runtime: &dfast::runtime::Runtime, model: &Path) -> Vec<(String, dfast::runtime::HostTensor)> {
+    use dfast::runtime::HostTensor;
+    use ndarray::IxDyn;
+    use ort::value::TensorElementType;
+    let session = runtime.load(model).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(12345);
+    let mut next = move || rand::Rng::random_range(&mut rng, -1.0f32..1.0);
+    session
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let rank = spec.dims.len();
+            let shape: Vec<usize> = spec
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| match d {
+                    d if d > 0 => d as usize,
+                    _ if axis == 0 => 2,
+                    _ if rank == 4 => 8,
+                    _ => 16,
+                })
+                .collect();
+            let n: usize = shape.iter().product();
+            let tensor = match (spec.name.as_str(), spec.ty) {
+                ("timestep", _) => HostTensor::F32(ArrayD::from_elem(IxDyn(&shape), 500.0)),
+                (_, TensorElementType::Int64 | TensorElementType::Int32) => {
+                    HostTensor::I64(ArrayD::from_elem(IxDyn(&shape), 1))
+                }
+                _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| next()).collect()).unwrap()),
+            };
+            (spec.name.clone(), tensor)
+        })
+        .collect()
+}

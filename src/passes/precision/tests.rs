@@ -15,7 +15,7 @@ use crate::onnx::{GraphIndex, OnnxModel};
 use crate::onnx::{ModelProto, NodeBuilder, attr_int, attr_tensor, dtype, is_op, make_tensor_value_info};
 use crate::passes::int8_dynamic::tests::unet_feeds;
 use crate::passes::testing::{array, count, relative_l2, run};
-use crate::passes::{Int8Dynamic, Int8Format, PassManager};
+use crate::passes::{Int8Dynamic, PassManager};
 use crate::passes::{Pass, PassContext};
 
 fn model_path(pipeline: &str, component: &str) -> PathBuf {
@@ -310,7 +310,7 @@ fn int8_parts_stay_fp32() {
     for pipeline in ["tiny-sd", "tiny-sdxl-dynamo"] {
         let path = model_path(pipeline, "unet");
         let mut int8 = OnnxModel::load(&path).unwrap();
-        let quantize = Int8Dynamic { min_in_features: 16, exclude: vec![], format: Int8Format::Dynamic };
+        let quantize = Int8Dynamic { exclude: vec![], ..Int8Dynamic::seed(ExecutionProvider::Cpu) };
         PassManager::new().with(quantize).run(&mut int8, &PassContext::new(ExecutionProvider::Cpu)).unwrap();
         let mut model = int8.clone();
         let pass = PrecisionPass {
