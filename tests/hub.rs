@@ -464,7 +464,8 @@ fn onnx_branch_and_subfolder() {
     assert!(server.log().is_empty(), "{:?}", server.log());
 }
 
-/// convert (which also reads the VAE encoder), bench and tune take repo ids as generate and inspect do.
+/// convert and generate from an image (which also read the VAE encoder), bench and tune take repo ids as
+/// generate and inspect do.
 #[test]
 fn convert_bench_and_tune_take_repo_ids() {
     let server = HubServer::start(repos());
@@ -481,6 +482,16 @@ fn convert_bench_and_tune_take_repo_ids() {
     assert!(converted.join("vae_encoder/model.onnx").is_file() && converted.join("unet/model.onnx").is_file());
     let mut expected = strings(&PIPELINE_FILES);
     expected.extend(strings(&["vae_encoder/config.json", "vae_encoder/model.onnx"]));
+    assert_eq!(resolved(&server.log(), REPO), expected);
+
+    // generate from an image (img2img) reads the VAE encoder too, as convert does.
+    let home2 = tmp.path().join("home2");
+    server.clear_log();
+    let picture = common::root().join("tests/references/inputs/picture-83x53.png");
+    let img2img = tmp.path().join("img2img.png");
+    let (picture, img2img) = (picture.to_str().unwrap(), img2img.to_str().unwrap());
+    let args = ["generate", "--model", REPO, "--prompt", "a cat", "--steps", "2", "--image", picture, "--out", img2img];
+    ok(&dfast(&server, &home2, &args, &[]));
     assert_eq!(resolved(&server.log(), REPO), expected);
 
     let results = tmp.path().join("results");
