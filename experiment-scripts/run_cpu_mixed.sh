@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# CPU mixed precision on the SD v1.5-size UNet (batch 2, 64x64 latents = 512x512): the OpenVINO bf16-hint peer
-# (OpenVINO's own Python API) and dfast's int8/bf16 configurations on the OpenVINO EP, rows one after the
-# other in one cpu_peers.py run, each with its relative L2 error against OpenVINO's f32 output on the same
-# inputs; then `dfast tune` on the same UNet (predicted vs measured step) and a whole image of the best
-# configuration against the fp32 image of the same seed.
+# CPU mixed precision on the SD v1.5-size UNet (batch 2, 64x64 latents = 512x512): the OpenVINO peers through
+# their own Python APIs (f32 and bf16 hints, NNCF's post-training int8, optimum-intel's hybrid int8) and
+# dfast's int8 configurations on the OpenVINO EP, rows one after the other in one cpu_peers.py run, each with
+# its relative L2 error against OpenVINO's f32 output on the same inputs; then `dfast tune` on the same UNet
+# (predicted vs measured step) and a whole image of int8-mixed against the fp32 image of the same seed.
 #
 #   PYTHON_OV=/tmp/ov/bin/python OUT=benchmarks/sd15-cpu-peers experiment-scripts/run_cpu_mixed.sh
 #
@@ -11,7 +11,10 @@
 # values; the errors compare configurations on the same random weights.
 #
 # Environment (all optional), besides bench_common.sh's PYTHON, EXPORTS, EXPORTER:
-#   PYTHON_OV   Python with openvino (the peer's version) and numpy, for cpu_peers.py (default: PYTHON)
+#   PYTHON_OV   Python with openvino, nncf and optimum-intel (the peers' versions), for cpu_peers.py
+#               (default: PYTHON)
+#   PEERS       cpu_peers.py's --peers (default: ov-f32,ov-split,ov-nncf-int8,ov-hybrid-int8, and ov-bf16 where
+#               the CPU has AVX512-BF16)
 #   DFAST       dfast binary (default target/debug/dfast of this checkout; the timed work runs in ONNX
 #               Runtime and OpenVINO, not in dfast's own code)
 #   MODEL_DIR   the ONNX pipeline (default EXPORTS/sd15-random; exported when missing)
@@ -48,29 +51,36 @@ convert() { # NAME PROFILE [convert args...]
       die "dfast convert $profile failed"
   fi
 }
-convert int8-static-openvino int8-static
+# int8-mixed calibrates (4 prompts x 6 steps) and keeps every UNet call's inputs, on which the int8 peers
+# calibrate too (cpu_peers.py --calibration): the same prompts, latents and pipeline for both.
+CALIB=$CONVERTED/calibration-inputs
+convert int8-mixed-openvino int8-mixed --calibrate 4 --calibrate-steps 6 --save-calibration-inputs "$CALIB"
 convert fuse-qkv-openvino fuse-qkv
-# int8-mixed's files are int8-static's (it adds only `[session.openvino] precision = "auto"`, as `dfast bench`
-# links them): its rows run the int8-static folder with that session option.
-I8=$CONVERTED/int8-static-openvino
+convert int8-conv-openvino int8-conv --calibration-from "$CONVERTED/int8-mixed-openvino"
+I8=$CONVERTED/int8-mixed-openvino
 rows=(
-  "int8-static=$I8:openvino"
-  "int8-mixed=$I8:openvino;precision=auto"
-  "fuse-qkv-bf16=$CONVERTED/fuse-qkv-openvino:openvino;precision=bf16"
-  "int8-mixed-latency-hint=$I8:openvino;precision=auto;performance_hint=latency"
-  "fuse-qkv-bf16-dynamic-quantization=$CONVERTED/fuse-qkv-openvino:openvino;precision=bf16;dynamic_quantization_group_size=32"
+  # the folder's own session options (int8-mixed: precision=auto, static_shapes, streams=2)
+  "int8-mixed=$I8:openvino"
+  # the same files as one batch-2 request on a dynamically shaped session (int8-mixed before streams)
+  "int8-mixed-one-request=$I8:openvino;static_shapes=false;streams=1"
+  "int8-conv=$CONVERTED/int8-conv-openvino:openvino"
+  "fuse-qkv-streams=$CONVERTED/fuse-qkv-openvino:openvino;precision=auto;static_shapes=true;streams=2"
 )
 if [ -n "${TUNED:-}" ]; then
-  convert tuned-openvino "$TUNED" --calibration-from "$CONVERTED/int8-static-openvino"
+  convert tuned-openvino "$TUNED" --calibration-from "$I8"
   rows+=("tuned=$CONVERTED/tuned-openvino:openvino")
 fi
 args=()
 for r in "${rows[@]}"; do args+=(--dfast "$r"); done
+# The peers: OpenVINO's f32 and bf16 hints (bf16 only where the CPU computes it natively: elsewhere it runs
+# as f32), its one-row requests at once (ov-split, a reference row), NNCF's int8 and optimum-intel's hybrid.
+PEERS=${PEERS:-ov-f32,ov-split,ov-nncf-int8,ov-hybrid-int8}
+grep -qw avx512_bf16 /proc/cpuinfo && PEERS="ov-bf16,$PEERS"
 
 log "uptime before the rows: $(uptime)"
 uptime >"$OUT/uptime-before.txt"
-step "cpu_peers.py" "$PYTHON_OV" "$SCRIPTS/cpu_peers.py" --onnx "$MODEL_DIR" --out "$OUT" --peers ov-bf16,ov-f32 \
-  --reference ov-f32 --warmup "$WARMUP" --runs "$RUNS" --dfast-bin "$DFAST" "${args[@]}"
+step "cpu_peers.py" "$PYTHON_OV" "$SCRIPTS/cpu_peers.py" --onnx "$MODEL_DIR" --out "$OUT" --peers "$PEERS" \
+  --reference ov-f32 --calibration "$CALIB" --warmup "$WARMUP" --runs "$RUNS" --dfast-bin "$DFAST" "${args[@]}"
 uptime >"$OUT/uptime-after.txt"
 
 if [ "${SKIP_TUNE:-0}" != 1 ]; then
@@ -92,7 +102,7 @@ if [ "${SKIP_IMAGE:-0}" != 1 ]; then
   }
   log "image check: $STEPS steps, seed 0, fp32 (export, OpenVINO f32) vs int8-mixed"
   gen fp32 "$MODEL_DIR"
-  gen int8-mixed "$I8" --ep-option precision=auto
+  gen int8-mixed "$I8"
   "$PYTHON_OV" - "$OUT/image" <<'EOF' | tee "$OUT/image/error.txt"
 import sys
 from pathlib import Path
