@@ -74,6 +74,17 @@ impl Error {
         Error::BadInput { message: message.into(), source: None }
     }
 
+    /// This error, where it is about what the file at `path` says (bad input found in a config read from
+    /// there), as an error naming that file; any other error as it is.
+    pub fn in_file(self, path: impl AsRef<Path>) -> Self {
+        match self {
+            Error::BadInput { message, source } => {
+                Error::BadFile { path: path.as_ref().to_path_buf(), message, source }
+            }
+            other => other,
+        }
+    }
+
     /// A config value that does not parse; `message` already says which file, table and key.
     pub fn bad_config(message: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::BadInput { message: message.into(), source: Some(Box::new(e)) }

@@ -128,6 +128,25 @@ fn unknown_scheduler_is_a_clear_error() {
     assert_clear_error(&run, "lms");
 }
 
+/// What a scheduler config says wrong is one sentence naming that file, not only what is wrong.
+#[test]
+fn a_bad_scheduler_config_names_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    for (name, text, says) in [
+        ("class.json", r#"{"_class_name": "LMSDiscreteScheduler"}"#, "LMSDiscreteScheduler` is not supported"),
+        ("beta.json", r#"{"_class_name": "EulerDiscreteScheduler", "beta_schedule": "sigmoid"}"#, "sigmoid"),
+    ] {
+        let config = tmp.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        let run = dfast(&generate_args(out.to_str().unwrap(), &["--scheduler-config", config.to_str().unwrap()]));
+        assert_clear_error(&run, says);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(&config.display().to_string()), "{name}: {stderr}");
+        assert!(!out.exists());
+    }
+}
+
 #[test]
 fn latents_of_wrong_shape_or_dtype_are_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

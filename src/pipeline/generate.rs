@@ -111,7 +111,7 @@ impl ChosenScheduler {
             Some(kind) => kind.class_name().to_string(),
             None => config.class_name.clone().unwrap_or_default(),
         };
-        let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
+        let mut scheduler = scheduler::from_config(&config, opts.scheduler).map_err(|e| e.in_file(&config_path))?;
         scheduler.set_timesteps(steps)?;
         Ok(ChosenScheduler { scheduler, name, config })
     }

@@ -421,11 +421,11 @@ fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions) -> Result<Option<Str
     let steps = opts.steps.unwrap_or(dir.kind.defaults().steps);
     let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
     let config = SchedulerConfig::from_file(&config_path)?;
-    let trained = config.train_timesteps()?;
+    let trained = config.train_timesteps().map_err(|e| e.in_file(&config_path))?;
     if steps <= trained {
         return Ok(None);
     }
-    let mut scheduler = scheduler::from_config(&config, opts.scheduler)?;
+    let mut scheduler = scheduler::from_config(&config, opts.scheduler).map_err(|e| e.in_file(&config_path))?;
     scheduler.set_timesteps(steps)?;
     let calls = scheduler.timesteps().len();
     let denoiser = if dir.kind == PipelineKind::PixArtAlpha { "transformer" } else { "UNet" };
