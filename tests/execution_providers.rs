@@ -175,6 +175,9 @@ fn bad_ep_options_are_clear_errors() {
         "are not known for the cpu execution provider",
     );
     assert_clear_error(&generate_with(&cpu, "cpu", &["--ep-option", "io_binding=maybe"]), "expected true or false");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let too_many = format!("threads={}", cores + 1);
+    assert_clear_error(&generate_with(&cpu, "cpu", &["--ep-option", &too_many]), "logical CPUs this machine has");
     let ov = flavour_lib("openvino", "1.24.1");
     assert_clear_error(
         &generate_with(&ov, "openvino", &["--ep-option", "precision=int4"]),

@@ -201,6 +201,13 @@ impl Model {
         let typed = options
             .typed(ep)
             .map_err(|e| Error::bad_config(format!("session options of the {ep} execution provider: {e}"), e))?;
+        // ONNX Runtime makes every thread asked for (1,130 threads and 16 GB for `threads=100000`).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(n) = typed.common().threads.filter(|&n| n > cores) {
+            return Err(Error::bad_input(format!(
+                "EP option `threads={n}` is more than the {cores} logical CPUs this machine has; expected 1 to {cores}"
+            )));
+        }
         let recipe = Recipe { env: env.clone(), ep, options: typed, role, path: path.to_path_buf() };
         let (sessions, inputs, outputs) = match Lanes::planned(&recipe)? {
             Some(lanes) => {
