@@ -183,6 +183,11 @@ fn bad_ep_options_are_clear_errors() {
         &generate_with(&ov, "openvino", &["--ep-option", "precision=int4"]),
         "expected f32, bf16 or f16",
     );
+    // A device this machine lacks: ONNX Runtime's own cause (which it only logs) and the option, not a
+    // word about libraries.
+    let run = generate_with(&ov, "openvino", &["--ep-option", "device=GPU"]);
+    assert_clear_error(&run, "Device GPU is not available (EP option `device=GPU`)");
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("libraries"), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
 #[test]

@@ -60,18 +60,16 @@ pub(crate) fn check_available(ep: ExecutionProvider, library: &Path) -> Result<(
     )))
 }
 
-/// The error for an EP whose libraries ONNX Runtime could not load: the missing piece, and where it
-/// comes from.
-pub(crate) fn unusable(ep: ExecutionProvider, e: ort::Error) -> Error {
+/// The error for an EP that ONNX Runtime could not register: a library it could not load (the missing piece,
+/// and where it comes from), else the cause ONNX Runtime logged (`logged`, its last error) where its error
+/// value says no more than "Failed to load provider", with the EP option it concerns.
+pub(crate) fn unusable(
+    ep: ExecutionProvider,
+    e: ort::Error,
+    logged: Option<String>,
+    options: &SessionOptions,
+) -> Error {
     let text = e.to_string();
-    // "... Failed to load library X with error: libcublasLt.so.13: cannot open shared object file: ..."
-    let cause = match text.rsplit_once("with error: ") {
-        Some((head, missing)) => {
-            let lib = head.rsplit('/').next().unwrap_or(head).trim();
-            format!("{} (needed by {lib})", missing.trim().trim_end_matches(": No such file or directory"))
-        }
-        None => text.trim().replace('\n', " "),
-    };
     let needs = match ep {
         ExecutionProvider::Cuda => {
             "; the CUDA 13 runtime, cuBLAS, cuFFT, cuRAND and cuDNN 9 libraries must be on LD_LIBRARY_PATH (PyPI nvidia-* packages or the system)"
@@ -81,6 +79,24 @@ pub(crate) fn unusable(ep: ExecutionProvider, e: ort::Error) -> Error {
             "; the OpenVINO libraries must sit next to the ONNX Runtime library (experiment-scripts/setup_ort.sh openvino)"
         }
         ExecutionProvider::Cpu => "",
+    };
+    // "... Failed to load library X with error: libcublasLt.so.13: cannot open shared object file: ..."
+    let (cause, needs) = match (text.rsplit_once("with error: "), logged) {
+        (Some((head, missing)), _) => {
+            let lib = head.rsplit('/').next().unwrap_or(head).trim();
+            (format!("{} (needed by {lib})", missing.trim().trim_end_matches(": No such file or directory")), needs)
+        }
+        // "/onnxruntime/.../openvino_provider_factory.cc:141 std::string ...ParseDeviceType(...) [ERROR]
+        // [OpenVINO] Device GPU is not available": the text after the last bracket.
+        (None, Some(logged)) => {
+            let cause = logged.rsplit_once("] ").map_or(logged.as_str(), |(_, c)| c).trim().to_string();
+            let option = match options {
+                SessionOptions::OpenVino(o) => o.device.as_ref().map(|d| format!(" (EP option `device={d}`)")),
+                _ => None,
+            };
+            (cause + &option.unwrap_or_default(), "")
+        }
+        (None, None) => (text.trim().replace('\n', " "), needs),
     };
     Error::ort(format!("the {} execution provider cannot be used: {cause}{needs}", ep.name()), e)
 }

@@ -124,6 +124,15 @@ pub fn set_log_verbosity(verbosity: u8) {
     LOG_VERBOSITY.store(verbosity, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The last error ONNX Runtime logged. Where its error value says only "Failed to load provider ...", the
+/// cause is in its log (OpenVINO: "Device GPU is not available"); dfast's message takes it from here.
+static LOGGED_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Takes (and clears) the last error ONNX Runtime logged.
+pub(crate) fn take_logged_error() -> Option<String> {
+    LOGGED_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+}
+
 fn shows(level: ort::logging::LogLevel) -> bool {
     use ort::logging::LogLevel;
     match LOG_VERBOSITY.load(std::sync::atomic::Ordering::Relaxed) {
@@ -153,6 +162,9 @@ pub fn environment(explicit: Option<&Path>, flavour: Flavour) -> Result<ort::env
     let logger: ort::logging::LoggerFunction = std::sync::Arc::new(|level, _category, _id, location, message| {
         if shows(level) {
             eprintln!("onnxruntime {level:?} ({location}): {message}");
+        }
+        if level >= ort::logging::LogLevel::Error {
+            *LOGGED_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message.to_string());
         }
     });
     let env = builder

@@ -125,7 +125,10 @@ impl Recipe {
         if let Some(n) = options.common().threads {
             builder = builder.with_intra_threads(n).map_err(|e| fail(Error::ort_plain(e)))?;
         }
-        builder = builder.with_execution_providers(providers).map_err(|e| ep::unusable(ep, Error::ort_plain(e)))?;
+        let _ = super::library::take_logged_error();
+        builder = builder
+            .with_execution_providers(providers)
+            .map_err(|e| ep::unusable(ep, Error::ort_plain(e), super::library::take_logged_error(), options))?;
         builder.commit_from_file(path).map_err(|e| {
             if ep != ExecutionProvider::Cpu {
                 let what = format!("ONNX Runtime could not load this model with the {} EP", ep.name());
