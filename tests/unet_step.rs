@@ -125,3 +125,27 @@ fn io_binding_without_the_latent_input_is_one_sentence() {
     assert!(stderr.contains("inputs.npz") && stderr.contains("latent input (sample or hidden_states)"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// An input the .npz lacks: one sentence naming the .npz and the array, not an error about the model.
+#[test]
+fn an_input_the_npz_lacks_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::model("tiny-sd");
+    let inputs: Vec<(String, HostTensor)> = common::inputs_for(&runtime_cpu(), &dir.join("unet").join("model.onnx"))
+        .into_iter()
+        .filter(|(n, _)| n != "encoder_hidden_states")
+        .collect();
+    let npz = tmp.path().join("inputs.npz");
+    write_npz(&npz, &inputs);
+    let run = Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .arg("unet-step")
+        .arg(&dir)
+        .arg("--inputs")
+        .arg(&npz)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("inputs.npz: has no array `encoder_hidden_states`, an input of"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

@@ -84,6 +84,19 @@ pub fn unet_step(runtime: &Runtime, opts: &StepOptions) -> Result<StepReport> {
     let t0 = Instant::now();
     let mut model = runtime.load_with(&path, &defaults, SessionRole::Unet)?;
     let session_create_s = t0.elapsed().as_secs_f64();
+    // An input the .npz lacks is the .npz's fault, said before ONNX Runtime blames the model.
+    if let Some(missing) = model.inputs().iter().find(|i| !feeds.iter().any(|(n, _)| *n == i.name)) {
+        let have: Vec<&str> = feeds.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(Error::bad_file(
+            &opts.inputs,
+            format!(
+                "has no array `{}`, an input of {}; it has {}",
+                missing.name,
+                path.display(),
+                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+            ),
+        ));
+    }
     let host_feeds = || feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect::<Vec<(&str, HostTensor)>>();
     if io_binding {
         // Bound once: every call reads the same device buffers (a CUDA graph replays on these addresses).
