@@ -51,9 +51,10 @@ pub struct Size {
 
 impl Size {
     /// The size FLOPs are counted at when none is given: a pipeline folder's own (the UNet's or transformer's
-    /// `sample_size` times the VAE's scale factor), else 512x512.
+    /// `sample_size` times the VAE's scale factor), also for a model file inside one, else 512x512.
     pub fn default_for(path: &Path) -> Size {
-        let own = crate::pipeline::PipelineDir::open(path).ok().and_then(|dir| {
+        let folder = if path.is_file() { path.parent().and_then(Path::parent).unwrap_or(path) } else { path };
+        let own = crate::pipeline::PipelineDir::open(folder).ok().and_then(|dir| {
             let config: crate::pipeline::DenoiserConfig = dir.config(dir.denoiser()).ok()?;
             let sample = config.sample_size?;
             Some(sample * dir.vae_scale_factor().ok()?)

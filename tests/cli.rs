@@ -303,6 +303,21 @@ fn a_truncated_model_is_a_clear_error() {
     assert_clear_error(&run, "unet/model.onnx: not a");
 }
 
+/// One UNet, one FLOP count: inspecting its file counts at its pipeline's size, as inspecting the folder does.
+#[test]
+fn inspect_counts_a_model_file_at_its_pipelines_size() {
+    let json = |path: &Path| -> serde_json::Value {
+        let run = dfast(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        serde_json::from_slice(&run.stdout).unwrap()
+    };
+    let folder = common::model("tiny-sd");
+    let all = json(&folder);
+    let unet = all.as_array().unwrap().iter().find(|r| r["component"] == "unet").unwrap();
+    let file = json(&folder.join("unet").join("model.onnx"));
+    assert_eq!(file[0]["gflops"], unet["gflops"], "file {} vs folder {}", file[0]["gflops"], unet["gflops"]);
+}
+
 /// Negative numbers: accepted where they mean something (`--guidance`), a range error naming the flag where
 /// they do not; argument errors exit with 2, errors found while running with 1.
 #[test]
