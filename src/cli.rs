@@ -303,7 +303,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     /// Timed runs (median, min and max are reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = positive)]
     pub runs: usize,
     #[arg(long, default_value = bench_run::DEFAULT_PROMPT)]
     pub prompt: String,
@@ -387,7 +387,7 @@ pub struct UnetStepArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Timed calls.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = positive)]
     pub runs: usize,
     /// Print the report as one JSON line.
     #[arg(long)]

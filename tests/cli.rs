@@ -339,6 +339,19 @@ fn negative_numbers_and_exit_statuses() {
     let run = dfast(&generate_args(out, &["--width", "60"]));
     assert_clear_error(&run, "not a positive multiple of 8");
     assert_eq!(run.status.code(), Some(1));
+    // A zero count is an argument error (exit 2) on every command, as `--num-images 0` is.
+    let model = common::model("tiny-sd");
+    let model = model.to_str().unwrap();
+    for args in [
+        &["generate", "--prompt", "x", "--out", out, "--num-images", "0"][..],
+        &["bench", "--model", model, "--out", tmp.path().to_str().unwrap(), "--runs", "0"],
+        &["unet-step", model, "--inputs", "none.npz", "--runs", "0"],
+        &["tune", "--model", model, "--runs", "0"],
+    ] {
+        let run = dfast(args);
+        assert_clear_error(&run, "invalid value `0` for --");
+        assert_eq!(run.status.code(), Some(2), "{args:?}");
+    }
 }
 
 /// More steps than the scheduler's training timesteps: a warning up front with the number of UNet calls
