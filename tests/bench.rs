@@ -111,7 +111,7 @@ fn bench_bad_input_is_a_clear_error() {
         (vec!["--profile", "turbo"], "unknown profile `turbo`"),
         (vec!["--ep", "tpu"], "unknown execution provider `tpu`"),
         (vec!["--precision", "fp8"], "unknown precision `fp8`"),
-        (vec!["--runs", "0"], "--runs must be at least 1"),
+        (vec!["--runs", "0"], "invalid value `0` for --runs"),
         (vec!["--scheduler", "lms"], "lms"),
         // Checked before any work (batch 0 used to run as 1; a bad width was "skipped" per combination).
         (vec!["--batch-size", "0"], "invalid value `0` for --batch-size"),
