@@ -110,6 +110,8 @@ SCHEDULER_CLASSES = {
     "ddim": "DDIMScheduler",
     "pndm": "PNDMScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "lcm": "LCMScheduler",
 }
 
 

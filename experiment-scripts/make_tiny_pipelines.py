@@ -20,6 +20,10 @@ With --pixart, only the PixArt-α fixtures (nothing of the above is written):
   models/variants/tiny-pixart-1024/transformer  a transformer with sample_size 128 (the `resolution` and
                      `aspect_ratio` conditions) for a copy of tiny-pixart;
   tests/references/tiny-pixart*/  diffusers' PixArtAlphaPipeline outputs for them.
+With --few-step, only tests/references/<pipeline>/<FEW_STEP_CASES> (nothing else is written): diffusers'
+                     text-to-image pipelines with the stochastic few-step schedulers (Euler ancestral, LCM), on
+                     tiny-sd's and tiny-sdxl's weights rebuilt here and checked against their committed ONNX
+                     components, the noise of every step from the seed's one generator.
 With --img2img, only the img2img and inpainting fixtures (nothing of the above is written):
   models/tiny-sd-inpaint/  StableDiffusionInpaintPipeline: a 9-channel inpainting UNet (build_sd_inpaint_unet),
                      tiny-sd's other components linked;
@@ -37,6 +41,7 @@ Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffuse
   python experiment-scripts/make_tiny_pipelines.py --variants   # models/variants/ only
   python experiment-scripts/make_tiny_pipelines.py --pixart     # the PixArt-α fixtures only (needs sentencepiece)
   python experiment-scripts/make_tiny_pipelines.py --img2img    # the img2img and inpainting fixtures only
+  python experiment-scripts/make_tiny_pipelines.py --few-step   # the few-step schedulers' references only
   python experiment-scripts/make_tiny_pipelines.py --pixart-other /tmp/pixart-other   # an untested config, see
                                                                 # save_pixart_other (not committed)
 """
@@ -1520,6 +1525,72 @@ def save_image_fixtures(models: Path, refs: Path):
     save_image_references({"tiny-sd": sd, "tiny-sdxl": sdxl, "tiny-sd-inpaint": sd_inpaint}, refs)
 
 
+# The few-step schedulers, as SDXL-Turbo, LCM and LCM-LoRA use them: (reference folder, pipeline, scheduler key,
+# overrides of the pipeline's scheduler config, steps, guidance). Guidance <= 1 runs without the unconditional
+# batch; 1.5 (LCM-LoRA's range) with it. The step noise comes from the generator after the initial latents.
+FEW_STEP_CASES = [
+    ("tiny-sdxl/euler-a-turbo-1step", "tiny-sdxl", "euler-a", {"timestep_spacing": "trailing"}, 1, 0.0),
+    ("tiny-sdxl/euler-a-turbo-4step", "tiny-sdxl", "euler-a", {"timestep_spacing": "trailing"}, 4, 0.0),
+    ("tiny-sd/euler-a-trailing-guidance1", "tiny-sd", "euler-a", {"timestep_spacing": "trailing"}, 4, 1.0),
+    ("tiny-sd/euler-a-leading-guidance7.5", "tiny-sd", "euler-a", {}, 6, 7.5),
+    ("tiny-sd/lcm-guidance1", "tiny-sd", "lcm", {}, 4, 1.0),
+    ("tiny-sd/lcm-guidance1.5", "tiny-sd", "lcm", {}, 4, 1.5),
+    ("tiny-sdxl/lcm-guidance0", "tiny-sdxl", "lcm", {}, 4, 0.0),
+]
+
+
+def save_few_step_references(pipes: dict, refs: Path):
+    """diffusers' text-to-image pipelines with the few-step schedulers, one CPU generator seeded per case and
+    passed to the pipeline (initial latents, then every scheduler step's noise); latents are the final latents
+    before decoding."""
+    for name, model, key, overrides, steps, guidance in FEW_STEP_CASES:
+        pipe = pipes[model]
+        base = pipe.scheduler
+        sdxl = model == "tiny-sdxl"
+        height, width, seed = (64, 96, 42) if sdxl else (64, 64, 0)
+        pipe.scheduler = common.scheduler_class(key).from_config(base.config, **overrides)
+        try:
+            with torch.no_grad():
+                latents = pipe(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=steps,
+                               guidance_scale=guidance, height=height, width=width, output_type="latent",
+                               generator=torch.Generator("cpu").manual_seed(seed)).images
+                decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            out = refs / name
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            pipe.scheduler.save_config(out)
+            np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+            pipe.image_processor.postprocess(decoded, output_type="pil")[0].save(out / "image.png")
+            params = {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "steps": steps, "guidance": guidance,
+                      "height": height, "width": width, "seed": seed, "scheduler": key,
+                      "scheduler_class": type(pipe.scheduler).__name__, "scheduler_overrides": overrides}
+            (out / "params.json").write_text(json.dumps(params, indent=1))
+            print(f"  {name}: {type(pipe.scheduler).__name__} {overrides} {steps} steps, guidance {guidance} "
+                  f"|latents| = {latents.norm():.4f}")
+        finally:
+            pipe.scheduler = base
+
+
+def save_few_step_fixtures(models: Path, refs: Path):
+    """--few-step: the few-step schedulers' references on tiny-sd and tiny-sdxl; nothing else is written."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_dir = Path(tmp)
+        write_clip_vocab(vocab_dir)
+        sd = build_sd(vocab_dir)
+        sdxl = build_sdxl(vocab_dir)
+    check_committed(sd, models / "tiny-sd", sdxl=False)
+    check_committed(sdxl, models / "tiny-sdxl", sdxl=True)
+    # As the other references: tokenizers and schedulers loaded from the committed folders.
+    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
+    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
+    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
+    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
+    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+    print("few-step reference runs ...")
+    save_few_step_references({"tiny-sd": sd, "tiny-sdxl": sdxl}, refs)
+
+
 def link_duplicates(models: Path, min_size: int = 4096, later: tuple = ()):
     """Replaces each file under `models` whose bytes equal an earlier one's (in path order) by a relative
     symlink to it: the six CLIP vocabularies and the shared VAEs are stored once, which keeps the tracked tree
@@ -1550,6 +1621,8 @@ def main():
     ap.add_argument("--pixart", action="store_true", help="write the PixArt-α fixtures and references only")
     ap.add_argument("--img2img", action="store_true",
                     help="write models/tiny-sd-inpaint and the img2img and inpainting references only")
+    ap.add_argument("--few-step", action="store_true",
+                    help="write the few-step schedulers' (Euler ancestral, LCM) references only")
     ap.add_argument("--pixart-other", type=Path, metavar="DIR",
                     help="write only a second tiny PixArt pipeline (diffusers format) and its references to DIR")
     args = ap.parse_args()
@@ -1559,6 +1632,10 @@ def main():
         return
     models, refs = args.root / "models", args.root / "tests" / "references"
     refs.mkdir(parents=True, exist_ok=True)
+    if args.few_step:
+        save_few_step_fixtures(models, refs)
+        print("done")
+        return
     if args.img2img:
         save_image_fixtures(models, refs)
         link_duplicates(models)

@@ -83,6 +83,29 @@ fn unet_with_a_one_value_timestep_all_schedulers() {
     }
 }
 
+/// The stochastic few-step schedulers (`make_tiny_pipelines.py --few-step`), whose every step adds noise from
+/// the seed's generator after the initial latents: the same seed gives diffusers' latents and image only when
+/// that noise is drawn in diffusers' order.
+#[test]
+fn tiny_sdxl_euler_ancestral_turbo_1_and_4_steps_guidance_0() {
+    check("tiny-sdxl", "euler-a-turbo-1step");
+    check("tiny-sdxl", "euler-a-turbo-4step");
+}
+#[test]
+fn tiny_sd_euler_ancestral_guidance_1_trailing_and_7_5_leading() {
+    check("tiny-sd", "euler-a-trailing-guidance1");
+    check("tiny-sd", "euler-a-leading-guidance7.5");
+}
+#[test]
+fn tiny_sd_lcm_4_steps_guidance_1_and_1_5() {
+    check("tiny-sd", "lcm-guidance1");
+    check("tiny-sd", "lcm-guidance1.5");
+}
+#[test]
+fn tiny_sdxl_lcm_4_steps_guidance_0() {
+    check("tiny-sdxl", "lcm-guidance0");
+}
+
 #[test]
 fn references_cover_every_scheduler() {
     for pipeline in ["tiny-sd", "tiny-sdxl"] {

@@ -13,7 +13,7 @@
 //!     x = [latents; latents] under guidance, else latents
 //!     x = scheduler.scale_model_input(x)            (+ mask and masked-image latents: 9-channel inpainting)
 //!     e = denoiser(x, t);  e = e_uncond + scale * (e_text - e_uncond) under guidance
-//!     latents = scheduler.step(e, latents)          (PixArt, one step: its pred_original_sample)
+//!     latents = scheduler.step(e, latents, generator)   (PixArt, one step: its pred_original_sample)
 //!     latents = (1 - mask) * add_noise(image, noise, next t) + mask * latents   (4-channel inpainting;
 //!                                                           the clean image after the last step)
 //! ```
@@ -27,7 +27,7 @@ use ndarray::{ArrayD, Axis, Zip, concatenate};
 use super::generate::{ChosenScheduler, GenerateOptions, Generated, HostShare, Timings};
 use super::model_dir::PipelineDir;
 use crate::runtime::{Model, format_dims};
-use crate::scheduler::{Scheduler, SchedulerKind};
+use crate::scheduler::{NoiseSource, Scheduler, SchedulerKind};
 use crate::{Error, Result};
 
 /// The model a pipeline denoises with, called once per step with everything but the latents bound to it.
@@ -121,12 +121,14 @@ impl Run {
     }
 
     /// Runs the loop (see the module docs) from `latents`; `on_step(i, n)` after each step. Records each
-    /// step's time and the host's share of it.
+    /// step's time and the host's share of it. A stochastic scheduler draws its noise from `generator`: the
+    /// seed's generator after the draws that made `latents`, as diffusers passes it to `scheduler.step`.
     pub fn denoise(
         &mut self,
         denoiser: &mut dyn Denoiser,
         mut latents: ArrayD<f32>,
         options: LoopOptions,
+        generator: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<ArrayD<f32>> {
         let timesteps = self.scheduler.timesteps().to_vec();
@@ -165,7 +167,7 @@ impl Run {
                     .pred_original_sample(&noise_pred, step_index, &latents)
                     .ok_or_else(|| Error::internal(format!("{} gives no pred_original_sample", self.scheduler_name)))?
             } else {
-                self.scheduler.step(&noise_pred, step_index, &latents)
+                self.scheduler.step(&noise_pred, step_index, &latents, generator)
             };
             if let Some(Inpainting::Blend(blend)) = &options.inpainting {
                 let Blend { image_latents, noise, mask } = blend.as_ref();
@@ -274,6 +276,10 @@ mod tests {
         }
     }
 
+    fn generator() -> crate::pipeline::torch_rng::TorchGenerator {
+        crate::pipeline::torch_rng::TorchGenerator::manual_seed(0)
+    }
+
     fn run(guidance_scale: f32) -> Run {
         let mut scheduler = from_config(&SchedulerConfig::default(), Some(SchedulerKind::Euler)).unwrap();
         scheduler.set_timesteps(3).unwrap();
@@ -296,12 +302,24 @@ mod tests {
         let latents = ArrayD::zeros(ndarray::IxDyn(&[1, 4, 3, 3]));
         for (scale, shape) in [(7.5, vec![1, 4, 3, 3]), (1.0, vec![1, 4, 2, 2]), (1.0, vec![1, 8, 3, 3])] {
             let err = run(scale)
-                .denoise(&mut Fixed(shape.clone()), latents.clone(), LoopOptions::default(), &mut |_, _| {})
+                .denoise(
+                    &mut Fixed(shape.clone()),
+                    latents.clone(),
+                    LoopOptions::default(),
+                    &mut generator(),
+                    &mut |_, _| {},
+                )
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with("model.onnx: the model returned a noise prediction of shape"), "{shape:?}: {err}");
         }
-        let ok = run(7.5).denoise(&mut Fixed(vec![2, 4, 3, 3]), latents, LoopOptions::default(), &mut |_, _| {});
+        let ok = run(7.5).denoise(
+            &mut Fixed(vec![2, 4, 3, 3]),
+            latents,
+            LoopOptions::default(),
+            &mut generator(),
+            &mut |_, _| {},
+        );
         assert_eq!(ok.unwrap().shape(), &[1, 4, 3, 3]);
     }
 
@@ -312,7 +330,8 @@ mod tests {
         let latents = ArrayD::zeros(ndarray::IxDyn(&[1, 4, 2, 2]));
         let options = LoopOptions { begin: 1, ..Default::default() };
         let mut r = run(1.0);
-        r.denoise(&mut Fixed(vec![1, 4, 2, 2]), latents, options, &mut |i, n| steps.push((i, n))).unwrap();
+        r.denoise(&mut Fixed(vec![1, 4, 2, 2]), latents, options, &mut generator(), &mut |i, n| steps.push((i, n)))
+            .unwrap();
         assert_eq!(steps, [(1, 2), (2, 2)]);
         assert_eq!(r.timings.unet_steps.len(), 2);
     }

@@ -154,13 +154,14 @@ impl ImageTask {
         }
     }
 
-    /// The latents the loop starts from, drawn from `seed` in diffusers' order (see the module docs), for
-    /// `batch` images of `size` (height, width) and a UNet of `unet_channels` input channels, `rows` model
-    /// inputs per step (twice the batch under guidance). Returns the seconds spent in the VAE encoder too.
+    /// The latents the loop starts from, drawn from the seed's `generator` in diffusers' order (see the module
+    /// docs; the loop's scheduler draws from it next), for `batch` images of `size` (height, width) and a UNet
+    /// of `unet_channels` input channels, `rows` model inputs per step (twice the batch under guidance).
+    /// Returns the seconds spent in the VAE encoder too.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         &self,
-        seed: u64,
+        generator: &mut TorchGenerator,
         vae: &mut Vae,
         scheduler: &dyn Scheduler,
         begin: usize,
@@ -172,7 +173,6 @@ impl ImageTask {
         let (height, width) = size;
         let f = vae.scale_factor;
         let shape = [batch, vae.latent_channels, height / f, width / f];
-        let mut generator = TorchGenerator::manual_seed(seed);
         let image = image_processor::preprocess(&self.image, size);
         let t0 = std::time::Instant::now();
         let encode = |vae: &mut Vae, image: ArrayD<f32>, generator: &mut TorchGenerator| -> Result<ArrayD<f32>> {
@@ -181,8 +181,8 @@ impl ImageTask {
             repeat_rows(&one, batch)
         };
         let Some(mask) = &self.mask else {
-            let image_latents = encode(vae, image, &mut generator)?;
-            let noise = latents::randn(&mut generator, &shape);
+            let image_latents = encode(vae, image, generator)?;
+            let noise = latents::randn(generator, &shape);
             let latents = scheduler.add_noise(&image_latents, &noise, begin);
             return Ok((Start { latents, inpainting: None }, t0.elapsed().as_secs_f64()));
         };
@@ -190,8 +190,8 @@ impl ImageTask {
         let strength_max = self.strength == 1.0;
         let mask = image_processor::preprocess_mask(mask, size);
         let image_latents =
-            if !nine_channels || !strength_max { Some(encode(vae, image.clone(), &mut generator)?) } else { None };
-        let noise = latents::randn(&mut generator, &shape);
+            if !nine_channels || !strength_max { Some(encode(vae, image.clone(), generator)?) } else { None };
+        let noise = latents::randn(generator, &shape);
         let latents = match (&image_latents, strength_max) {
             (Some(image_latents), false) => scheduler.add_noise(image_latents, &noise, begin),
             _ => noise.mapv(|n| n * scheduler.init_noise_sigma() as f32),
@@ -199,7 +199,7 @@ impl ImageTask {
         let mask_latents = repeat_rows(&nearest_downsample(&mask, f), batch)?;
         let inpainting = if nine_channels {
             let masked_image = &image * &mask.mapv(|m| if m < 0.5 { 1.0 } else { 0.0 });
-            let masked_latents = encode(vae, masked_image, &mut generator)?;
+            let masked_latents = encode(vae, masked_image, generator)?;
             let extra = concatenate(Axis(1), &[mask_latents.view(), masked_latents.view()])
                 .map_err(|e| Error::internal(format!("inpainting channels: {e}")))?;
             Inpainting::Channels(if guidance { stack2(&extra)? } else { extra })

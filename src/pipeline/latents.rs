@@ -7,6 +7,7 @@ use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 use super::torch_rng::TorchGenerator;
+use crate::scheduler::NoiseSource;
 use crate::{Error, Result};
 
 /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`, as diffusers draws latents.
@@ -19,6 +20,13 @@ pub fn seeded(seed: u64, shape: &[usize]) -> ArrayD<f32> {
 pub fn randn(generator: &mut TorchGenerator, shape: &[usize]) -> ArrayD<f32> {
     let data = generator.randn(shape.iter().product());
     ArrayD::from_shape_vec(IxDyn(shape), data).expect("randn gives one value per element")
+}
+
+/// A stochastic scheduler step draws from the run's generator, as diffusers' `scheduler.step(..., generator)`.
+impl NoiseSource for TorchGenerator {
+    fn randn(&mut self, shape: &[usize]) -> ArrayD<f32> {
+        randn(self, shape)
+    }
 }
 
 /// Reads a float32 .npy of exactly `shape`.

@@ -37,6 +37,7 @@ pub use generate::{GenerateOptions, Generated, HostShare, Timings, UnetRecorder}
 use img2img::{ImageTask, Start};
 pub use model_dir::{DenoiserConfig, HubLocation, PipelineDir, PipelineKind, VaeConfig};
 use tokenizer::ClipTokenizer;
+use torch_rng::TorchGenerator;
 use vae::Vae;
 
 /// A loaded pipeline, reusable for many images: a UNet pipeline (SD, SDXL) or PixArt-α.
@@ -290,14 +291,16 @@ impl UnetPipeline {
         warnings.extend(self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)));
         warnings.dedup();
 
+        // The seed's one generator: the initial noise (unless given) or img2img's draws, then the scheduler's.
+        let mut generator = TorchGenerator::manual_seed(opts.seed);
         let start = match &task {
             None => {
-                let noise = given.unwrap_or_else(|| latents::seeded(opts.seed, &shape));
+                let noise = given.unwrap_or_else(|| latents::randn(&mut generator, &shape));
                 Start { latents: noise * run.scheduler.init_noise_sigma() as f32, inpainting: None }
             }
             Some(task) => {
                 let (start, seconds) = task.prepare(
-                    opts.seed,
+                    &mut generator,
                     &mut self.vae,
                     run.scheduler.as_ref(),
                     begin,
@@ -322,7 +325,7 @@ impl UnetPipeline {
             out_channels: self.vae.latent_channels,
         };
         let options = LoopOptions { begin, inpainting: start.inpainting, ..Default::default() };
-        let latents = run.denoise(&mut unet, start.latents, options, on_step)?;
+        let latents = run.denoise(&mut unet, start.latents, options, &mut generator, on_step)?;
 
         let t_vae = Instant::now();
         let images = image::to_rgb(&self.vae.decode(&latents)?)?;

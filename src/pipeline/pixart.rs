@@ -28,6 +28,7 @@ use super::generate::{GenerateOptions, Generated, UnetRecorder, take_output};
 use super::img2img::ImageTask;
 use super::model_dir::read_json;
 use super::model_dir::{DenoiserConfig, PipelineDir};
+use super::torch_rng::TorchGenerator;
 use super::vae::Vae;
 use super::{image, latents};
 use crate::runtime::{HostTensor, Model, Runtime, SessionRole};
@@ -259,18 +260,25 @@ impl PixArtPipeline {
     pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
         let ((orig_height, orig_width), (height, width)) = self.sizes(opts)?;
         let mut run = Run::new(&self.dir, opts)?;
-        if run.steps == 1 && !matches!(run.scheduler_kind, SchedulerKind::Euler | SchedulerKind::Ddim) {
+        if run.steps == 1
+            && !matches!(
+                run.scheduler_kind,
+                SchedulerKind::Euler | SchedulerKind::Ddim | SchedulerKind::EulerAncestral | SchedulerKind::Lcm
+            )
+        {
             return Err(Error::bad_input(format!(
                 "--steps 1: PixArt's pipeline then takes the scheduler's pred_original_sample, which {} does not \
-                 give (diffusers fails there too); use --scheduler euler or ddim, or more steps",
+                 give (diffusers fails there too); use --scheduler euler, ddim, euler-a or lcm, or more steps",
                 run.scheduler_name
             )));
         }
         let guidance = run.guidance();
         let shape = self.latents_shape(run.batch, height, width);
+        // One generator for the initial noise (unless given) and then the scheduler's, as diffusers.
+        let mut generator = TorchGenerator::manual_seed(opts.seed);
         let initial = match &opts.latents {
             Some(path) => latents::read(path, &shape)?,
-            None => latents::seeded(opts.seed, &shape),
+            None => latents::randn(&mut generator, &shape),
         };
 
         // T5 first, alone: the transformer's session is dropped before T5's is created, and T5's after encoding.
@@ -303,7 +311,7 @@ impl PixArtPipeline {
             keep_channels: (self.out_channels / 2 == self.in_channels).then_some(self.in_channels),
         };
         let options = LoopOptions { one_step_takes_pred_original: true, ..Default::default() };
-        let latents = run.denoise(&mut denoiser, latents, options, on_step)?;
+        let latents = run.denoise(&mut denoiser, latents, options, &mut generator, on_step)?;
 
         let t_vae = Instant::now();
         let mut sample = self.vae.decode(&latents)?;

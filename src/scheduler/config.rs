@@ -69,6 +69,10 @@ pub struct SchedulerConfig {
     pub rescale_betas_zero_snr: Option<bool>,
     /// Euler: "discrete" or "continuous".
     pub timestep_type: Option<String>,
+    /// LCM: the distillation schedule's step count, whose timesteps the inference ones are taken from.
+    pub original_inference_steps: Option<usize>,
+    /// LCM: the timestep's scale in the consistency boundary condition (`c_skip`, `c_out`).
+    pub timestep_scaling: Option<f64>,
 }
 
 /// How the training betas are laid out over the training timesteps.
@@ -121,11 +125,12 @@ impl SchedulerConfig {
             Some(class) if let Some(kind) = SchedulerKind::ALL.iter().find(|k| k.class_name() == class) => Ok(*kind),
             Some(other) => Err(Error::bad_input(format!(
                 "The scheduler class `{other}` is not supported; dfast implements EulerDiscreteScheduler, \
-                 DDIMScheduler, PNDMScheduler and DPMSolverMultistepScheduler (or pick one of euler, ddim, pndm, dpm++)."
+                 DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler and \
+                 LCMScheduler (or pick one of euler, ddim, pndm, dpm++, euler-a, lcm)."
             ))),
             None => Err(Error::bad_input(
                 "The scheduler config has no `_class_name`, so the scheduler class is unknown; choose one of \
-                 euler, ddim, pndm or dpm++ explicitly.",
+                 euler, ddim, pndm, dpm++, euler-a or lcm explicitly.",
             )),
         }
     }

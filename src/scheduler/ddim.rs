@@ -2,11 +2,11 @@
 
 use ndarray::ArrayD;
 
-use super::Scheduler;
 use super::common::{
     alphas_cumprod, alphas_cumprod_add_noise, check_steps, check_timesteps_in_range, integer_timesteps, zip_map,
 };
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::{NoiseSource, Scheduler};
 use crate::{Error, Result};
 
 const CLASS: &str = "DDIMScheduler";
@@ -92,7 +92,13 @@ impl Scheduler for DdimScheduler {
         alphas_cumprod_add_noise(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+        _noise: &mut dyn NoiseSource,
+    ) -> ArrayD<f32> {
         let timestep = self.timesteps[step_index];
         // diffusers steps back by the nominal ratio even when the spacing is not uniform (trailing/linspace).
         let prev_timestep = timestep - (self.num_train_timesteps / self.num_inference_steps.max(1)) as i64;

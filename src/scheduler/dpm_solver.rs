@@ -2,12 +2,12 @@
 
 use ndarray::ArrayD;
 
-use super::Scheduler;
 use super::common::{
     alphas_cumprod, check_steps, exponential_sigmas, karras_sigmas, np_arange, np_interp_unit_grid, np_linspace,
     round_to_i64, sigma_to_t, train_sigmas, zip_map, zip_map3,
 };
 use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+use super::{NoiseSource, Scheduler};
 use crate::{Error, Result};
 
 const CLASS: &str = "DPMSolverMultistepScheduler";
@@ -372,7 +372,13 @@ impl Scheduler for DpmSolverMultistepScheduler {
         sample
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+        _noise: &mut dyn NoiseSource,
+    ) -> ArrayD<f32> {
         let num_timesteps = self.timesteps.len();
         let short_schedule = self.lower_order_final && num_timesteps < 15;
         // Low-order final steps stabilise short schedules, and a zero final sigma needs a first-order last step.

@@ -2,12 +2,12 @@
 
 use ndarray::ArrayD;
 
-use super::Scheduler;
 use super::common::{
     alphas_cumprod, check_steps, exponential_sigmas, karras_sigmas, np_arange, np_interp_unit_grid, np_linspace,
     sigma_to_t, torch_linspace_f32, train_sigmas, zip_map,
 };
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::{NoiseSource, Scheduler};
 use crate::{Error, Result};
 
 const CLASS: &str = "EulerDiscreteScheduler";
@@ -237,7 +237,13 @@ impl Scheduler for EulerDiscreteScheduler {
         sample.mapv_into(|x| x / denom)
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+        _noise: &mut dyn NoiseSource,
+    ) -> ArrayD<f32> {
         let sigma = self.sigmas[step_index];
         // s_churn = 0 makes gamma 0, so sigma_hat is sigma.
         let sigma_hat = sigma;

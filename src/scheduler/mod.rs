@@ -8,6 +8,8 @@ mod config;
 mod ddim;
 mod dpm_solver;
 mod euler;
+mod euler_ancestral;
+mod lcm;
 mod pndm;
 mod select;
 #[cfg(test)]
@@ -17,6 +19,8 @@ pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing}
 pub use ddim::DdimScheduler;
 pub use dpm_solver::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;
+pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+pub use lcm::LcmScheduler;
 pub use pndm::PndmScheduler;
 pub use select::from_config;
 
@@ -33,11 +37,14 @@ named_enum! {
         Ddim = "ddim",
         Pndm = "pndm",
         DpmSolverPP = "dpm++" | "dpmsolver++",
+        EulerAncestral = "euler-a" | "euler_a",
+        Lcm = "lcm",
     }
 }
 
 impl SchedulerKind {
-    /// Parses a user-facing scheduler name: "euler", "ddim", "pndm" or "dpm++" (also "dpmsolver++").
+    /// Parses a user-facing scheduler name: "euler", "ddim", "pndm", "dpm++" (also "dpmsolver++"), "euler-a"
+    /// (also "euler_a") or "lcm".
     pub fn from_name(name: &str) -> Result<Self> {
         Self::parse(name).ok_or_else(|| {
             let aliases: Vec<&str> = Self::ALL.iter().flat_map(|k| k.aliases()).copied().collect();
@@ -56,14 +63,24 @@ impl SchedulerKind {
             SchedulerKind::Ddim => "DDIMScheduler",
             SchedulerKind::Pndm => "PNDMScheduler",
             SchedulerKind::DpmSolverPP => "DPMSolverMultistepScheduler",
+            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SchedulerKind::Lcm => "LCMScheduler",
         }
     }
+}
+
+/// Where a stochastic step (Euler ancestral, LCM) draws its noise: `torch.randn(shape, generator=...)` from
+/// the run's one generator, which diffusers' pipelines pass to `scheduler.step` after drawing the initial
+/// latents (and img2img's draws) from it, so that a seed gives diffusers' image.
+pub trait NoiseSource {
+    /// The next `shape`-sized standard normal draw.
+    fn randn(&mut self, shape: &[usize]) -> ArrayD<f32>;
 }
 
 /// What every scheduler offers the denoising loop.
 ///
 /// The loop is: `set_timesteps(n)`; latents *= `init_noise_sigma()`; for each `t` in `timesteps()`:
-/// `x = scale_model_input(latents, i)`, run the UNet at `t` on `x`, `latents = step(out, i, latents)`.
+/// `x = scale_model_input(latents, i)`, run the UNet at `t` on `x`, `latents = step(out, i, latents, noise)`.
 ///
 /// img2img and inpainting begin part-way, at `begin_index(strength)` (diffusers' `get_timesteps` and
 /// `set_begin_index`), from `add_noise(image latents, noise, begin)`. Every method takes the index into
@@ -74,8 +91,8 @@ pub trait Scheduler {
     /// The `num_inference_steps` of the last `set_timesteps` (PNDM's warm-up makes one more timestep).
     fn num_inference_steps(&self) -> usize;
     /// Where a run of `strength` (in (0, 1]) begins in `timesteps()`, as diffusers' img2img and inpainting
-    /// pipelines compute it (`get_timesteps`): `n - min(int(n * strength), n)` for `n` inference steps (all
-    /// four schedulers have order 1). None when that leaves no step (`int(n * strength)` is 0).
+    /// pipelines compute it (`get_timesteps`): `n - min(int(n * strength), n)` for `n` inference steps (every
+    /// scheduler here has order 1). None when that leaves no step (`int(n * strength)` is 0).
     fn begin_index(&self, strength: f64) -> Option<usize> {
         let n = self.num_inference_steps();
         // Python's `int(num_inference_steps * strength)`: a float64 product, truncated.
@@ -91,10 +108,18 @@ pub trait Scheduler {
     fn init_noise_sigma(&self) -> f64;
     /// Scales the UNet input at step `step_index` (Euler divides by sqrt(sigma^2 + 1)).
     fn scale_model_input(&self, sample: ArrayD<f32>, step_index: usize) -> ArrayD<f32>;
-    /// One denoising step: the previous sample from the model output at step `step_index`.
-    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32>;
+    /// One denoising step: the previous sample from the model output at step `step_index`. A stochastic
+    /// step draws its noise from `noise` where diffusers' draws it from the step's `generator`.
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+        noise: &mut dyn NoiseSource,
+    ) -> ArrayD<f32>;
     /// The denoised estimate (x0) that `step` at `step_index` computes on the way, which diffusers' step
-    /// returns as `pred_original_sample` (Euler, DDIM); None where diffusers' step does not return it.
+    /// returns second (`pred_original_sample`: Euler, Euler ancestral, DDIM; `denoised`: LCM); None where
+    /// diffusers' step does not return it.
     /// PixArt's pipeline takes it as the result of a one-step generation.
     fn pred_original_sample(
         &self,

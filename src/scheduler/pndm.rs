@@ -2,9 +2,9 @@
 
 use ndarray::ArrayD;
 
-use super::Scheduler;
 use super::common::{alphas_cumprod_add_noise, check_steps, check_timesteps_in_range, integer_timesteps, zip_map};
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::{NoiseSource, Scheduler};
 use crate::{Error, Result};
 
 const CLASS: &str = "PNDMScheduler";
@@ -259,7 +259,13 @@ impl Scheduler for PndmScheduler {
         alphas_cumprod_add_noise(&self.alphas_cumprod, self.timesteps[step_index], original, noise)
     }
 
-    fn step(&mut self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
+    fn step(
+        &mut self,
+        model_output: &ArrayD<f32>,
+        step_index: usize,
+        sample: &ArrayD<f32>,
+        _noise: &mut dyn NoiseSource,
+    ) -> ArrayD<f32> {
         if self.counter < self.num_prk_timesteps && !self.skip_prk_steps {
             self.step_prk(model_output, step_index, sample)
         } else {

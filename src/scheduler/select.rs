@@ -4,6 +4,8 @@ use super::config::SchedulerConfig;
 use super::ddim::DdimScheduler;
 use super::dpm_solver::DpmSolverMultistepScheduler;
 use super::euler::EulerDiscreteScheduler;
+use super::euler_ancestral::EulerAncestralDiscreteScheduler;
+use super::lcm::LcmScheduler;
 use super::pndm::PndmScheduler;
 use super::{Scheduler, SchedulerKind};
 
@@ -18,5 +20,7 @@ pub fn from_config(config: &SchedulerConfig, kind: Option<SchedulerKind>) -> Res
         SchedulerKind::Ddim => Box::new(DdimScheduler::new(config)?),
         SchedulerKind::Pndm => Box::new(PndmScheduler::new(config)?),
         SchedulerKind::DpmSolverPP => Box::new(DpmSolverMultistepScheduler::new(config)?),
+        SchedulerKind::EulerAncestral => Box::new(EulerAncestralDiscreteScheduler::new(config)?),
+        SchedulerKind::Lcm => Box::new(LcmScheduler::new(config)?),
     })
 }

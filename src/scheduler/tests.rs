@@ -6,7 +6,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Scheduler, SchedulerConfig, SchedulerKind, from_config};
+use super::{NoiseSource, Scheduler, SchedulerConfig, SchedulerKind, from_config};
 use crate::Error;
 
 const REFERENCE: &str = include_str!("../../tests/data/scheduler_reference.json");
@@ -76,6 +76,15 @@ fn exceeds(err: f64) -> bool {
 
 fn relative(actual: f64, expected: f64) -> f64 {
     (actual - expected).abs() / expected.abs().max(1e-30)
+}
+
+/// The noise source of the deterministic schedulers these references cover: they draw none.
+struct Deterministic;
+
+impl NoiseSource for Deterministic {
+    fn randn(&mut self, shape: &[usize]) -> ArrayD<f32> {
+        panic!("a deterministic scheduler drew noise of shape {shape:?}")
+    }
 }
 
 /// Must match `initial_noise` in the Python generator.
@@ -151,7 +160,7 @@ fn replay(case: &RolloutCase) -> (Vec<String>, f64) {
     for i in 0..timesteps.len() {
         let x = scheduler.scale_model_input(latents.clone(), i);
         let model_output = synthetic_model_output(&x, i);
-        latents = scheduler.step(&model_output, i, &latents);
+        latents = scheduler.step(&model_output, i, &latents, &mut Deterministic);
 
         let input_norm = l2(x.iter().map(|&v| f64::from(v)));
         let err = relative(input_norm, case.model_input_norms[i]);
@@ -266,7 +275,7 @@ fn runs_from_a_strength_match_diffusers() {
         for (i, step_index) in (begin..end).enumerate() {
             let x = scheduler.scale_model_input(latents.clone(), step_index);
             let model_output = synthetic_model_output(&x, i);
-            latents = scheduler.step(&model_output, step_index, &latents);
+            latents = scheduler.step(&model_output, step_index, &latents, &mut Deterministic);
             let proper = if step_index + 1 < end {
                 scheduler.add_noise(&original, &noise, step_index + 1)
             } else {
@@ -393,7 +402,14 @@ fn unknown_class_names_the_class_and_the_supported_ones() {
     let config = config_from(r#"{"_class_name": "LMSDiscreteScheduler"}"#);
     let message = bad_input_message(config.class_kind());
     assert!(message.contains("LMSDiscreteScheduler"), "{message}");
-    for supported in ["EulerDiscreteScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler"] {
+    for supported in [
+        "EulerDiscreteScheduler",
+        "DDIMScheduler",
+        "PNDMScheduler",
+        "DPMSolverMultistepScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "LCMScheduler",
+    ] {
         assert!(message.contains(supported), "{message}");
     }
     let message = bad_input_message(from_config(&config, None));
@@ -407,8 +423,11 @@ fn scheduler_names_parse_and_unknown_names_list_the_valid_ones() {
     assert_eq!(SchedulerKind::from_name("pndm").ok(), Some(SchedulerKind::Pndm));
     assert_eq!(SchedulerKind::from_name("dpm++").ok(), Some(SchedulerKind::DpmSolverPP));
     assert_eq!(SchedulerKind::from_name("dpmsolver++").ok(), Some(SchedulerKind::DpmSolverPP));
+    assert_eq!(SchedulerKind::from_name("euler-a").ok(), Some(SchedulerKind::EulerAncestral));
+    assert_eq!(SchedulerKind::from_name("euler_a").ok(), Some(SchedulerKind::EulerAncestral));
+    assert_eq!(SchedulerKind::from_name("lcm").ok(), Some(SchedulerKind::Lcm));
     let message = bad_input_message(SchedulerKind::from_name("heun"));
-    assert!(message.contains("heun") && message.contains("euler, ddim, pndm and dpm++"), "{message}");
+    assert!(message.contains("heun") && message.contains("euler, ddim, pndm, dpm++, euler-a and lcm"), "{message}");
 }
 
 #[test]
@@ -475,4 +494,46 @@ fn from_file_reports_missing_and_malformed_files() {
     let config = SchedulerConfig::from_file(&good).expect("valid config");
     assert_eq!(config.class_kind().ok(), Some(SchedulerKind::Pndm));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// LCM's timesteps, taken from the `original_inference_steps`-step distillation schedule, as diffusers 0.42.1's
+/// `LCMScheduler(original_inference_steps=o).set_timesteps(n)` gives them; more steps than that schedule has
+/// are refused, as diffusers refuses them.
+#[test]
+fn lcm_timesteps_match_diffusers() {
+    let cases: [(usize, usize, &[f64]); 5] = [
+        (1, 50, &[999.0]),
+        (4, 50, &[999.0, 759.0, 499.0, 259.0]),
+        (6, 50, &[999.0, 839.0, 679.0, 499.0, 339.0, 179.0]),
+        (8, 25, &[999.0, 879.0, 759.0, 639.0, 519.0, 399.0, 279.0, 159.0]),
+        (3, 7, &[993.0, 709.0, 425.0]),
+    ];
+    for (steps, original, expected) in cases {
+        let config = config_from(&format!(r#"{{"original_inference_steps": {original}}}"#));
+        let mut lcm = from_config(&config, Some(SchedulerKind::Lcm)).expect("lcm");
+        lcm.set_timesteps(steps).expect("timesteps");
+        assert_eq!(lcm.timesteps(), expected, "{steps} steps of {original}");
+    }
+    let mut lcm = from_config(&SchedulerConfig::default(), Some(SchedulerKind::Lcm)).expect("lcm");
+    let message = bad_input_message(lcm.set_timesteps(51));
+    assert!(message.contains("original_inference_steps"), "{message}");
+}
+
+/// Euler ancestral with trailing spacing (SDXL-Turbo's): diffusers 0.42.1's timesteps, sigmas and
+/// `init_noise_sigma` at 4 steps on the SD/SDXL beta schedule.
+#[test]
+fn euler_ancestral_trailing_schedule_matches_diffusers() {
+    let config = config_from(
+        r#"{"timestep_spacing": "trailing", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "beta_end": 0.012, "use_karras_sigmas": true}"#,
+    );
+    // use_karras_sigmas is Euler's key: the ancestral class ignores it, as diffusers' from_config does.
+    let mut s = super::EulerAncestralDiscreteScheduler::new(&config).expect("euler-a");
+    s.set_timesteps(4).expect("timesteps");
+    assert_eq!(s.timesteps(), &[999.0, 749.0, 499.0, 249.0]);
+    let expected = [14.614646911621094, 4.081730842590332, 1.6128870248794556, 0.6932054162025452, 0.0];
+    for (a, e) in s.sigmas().iter().zip(expected) {
+        assert!((f64::from(*a) - e).abs() <= 1e-6 * e.max(1e-3), "sigmas {:?} != {expected:?}", s.sigmas());
+    }
+    assert!(close(s.init_noise_sigma(), 14.614646911621094, 1e-6));
 }
