@@ -135,6 +135,8 @@ pub struct GenerateArgs {
     pub prompt: Option<String>,
     /// Prompts, one per line, or JSON objects per line with their own seed, width, height, steps and
     /// negative_prompt; one run each, written as OUT-0.png, OUT-1.png, ... (one pipeline load for all).
+    /// Prompt i (from 0) is seeded --seed + i unless its line sets a seed; empty lines and lines starting
+    /// with `#` (comments) are skipped.
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
     /// What to steer away from (classifier-free guidance's unconditional prompt; default empty).
@@ -905,13 +907,16 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let several = jobs.len() > 1;
+    // Prompt j starts from seed + j unless its line sets one, so that no two prompts share their noise.
+    let seed = args.seed.unwrap_or_else(random_seed);
     for (j, job) in jobs.into_iter().enumerate() {
+        let line = job.line;
         let opts = GenerateOptions {
             prompt: job.prompt,
             negative_prompt: job.negative_prompt.or_else(|| args.negative_prompt.clone()),
             steps: job.steps.or(args.steps),
             guidance: args.guidance,
-            seed: job.seed.or(args.seed).unwrap_or_else(random_seed),
+            seed: job.seed.unwrap_or(seed.wrapping_add(j as u64)),
             width: job.width.or(args.size.width),
             height: job.height.or(args.size.height),
             scheduler: args.size.scheduler,
@@ -926,8 +931,10 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         let out = if several { pipeline::output::indexed(&args.out, j) } else { args.out.clone() };
         let latents =
             args.save_latents.as_ref().map(|p| if several { pipeline::output::indexed(p, j) } else { p.clone() });
-        generate_one(&mut pipe, &opts, &args, &out, latents.as_deref())
-            .map_err(|e| if several { e.in_context(format!("prompt {} of the prompt file", j + 1)) } else { e })?;
+        generate_one(&mut pipe, &opts, &args, &out, latents.as_deref()).map_err(|e| match &args.prompt_file {
+            Some(file) => e.in_context(format!("{} line {line}", file.display())),
+            None => e,
+        })?;
     }
     Ok(())
 }

@@ -632,3 +632,42 @@ fn first_progress_frame_counts_what_is_to_come() {
         frames.iter().find(|f| f.contains(" components")).unwrap_or_else(|| panic!("no progress frame: {frames:?}"));
     assert!(!first.contains("/0 components"), "first frame: {first:?}");
 }
+
+/// Prompt i of a file (counting prompts, not lines) starts from seed + i unless its line sets a seed, and
+/// each image records the seed it was drawn from; a BOM before the first JSON line changes nothing.
+#[test]
+fn prompt_file_seeds_each_prompt_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prompts.txt");
+    std::fs::write(&file, "\u{feff}{\"prompt\": \"a cat\", \"width\": 80}\n# a comment\n\na fox\n{\"prompt\": \"a dog\", \"seed\": 100}\na hen\n")
+        .unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&[
+        "generate",
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--seed",
+        "9",
+        "--num-images",
+        "2",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [9, 10, 100, 12], "{stdout}");
+    assert_eq!(runs[0]["width"], 80, "{stdout}");
+    for (j, seed) in seeds.iter().enumerate() {
+        for i in 0..2 {
+            let image = tmp.path().join(format!("x-{j}-{i}.png"));
+            let inspect = dfast(&["inspect", image.to_str().unwrap(), "--json"]);
+            let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+            assert_eq!(meta["seed"].to_string().trim_matches('"'), seed.to_string(), "{}: {meta}", image.display());
+        }
+    }
+}
