@@ -111,10 +111,12 @@ pub enum Command {
 /// The image size and scheduler, shared by generate and bench.
 #[derive(Args, Debug)]
 pub struct SizeArgs {
-    /// Image width in pixels, a multiple of the VAE's scale factor (8); default: the model's own size.
+    /// Image width in pixels, a multiple of the model's size step (the VAE's scale factor x 2^(the UNet's
+    /// downsamplings): 64 for SD, 32 for SDXL; PixArt: any, or 16 without resolution binning); default: the
+    /// model's own size.
     #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub width: Option<usize>,
-    /// Image height in pixels, a multiple of the VAE's scale factor (8); default: the model's own size.
+    /// Image height in pixels, a multiple of the model's size step, as --width; default: the model's own size.
     #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub height: Option<usize>,
     /// Scheduler class (configured from the pipeline's scheduler config); default: the pipeline's own.
@@ -904,6 +906,15 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         ..Default::default()
     };
     pipeline::img2img::ImageTask::read(&images, dir.kind)?;
+    // Every size asked for, on the command line and on each line of a prompt file, fits the model.
+    let step = dir.size_step(!args.no_resolution_binning)?;
+    step.check([("--width", args.size.width), ("--height", args.size.height)])?;
+    if let Some(file) = &args.prompt_file {
+        for job in &jobs {
+            step.check([("width", job.width), ("height", job.height)])
+                .map_err(|e| Error::bad_file(file, format!("line {}: {e}", job.line)))?;
+        }
+    }
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let several = jobs.len() > 1;

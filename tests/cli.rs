@@ -671,3 +671,29 @@ fn prompt_file_seeds_each_prompt_apart() {
         }
     }
 }
+
+/// A size the UNet cannot take (tiny-sd: the VAE's factor 8 x 2 for its one downsampling) is one sentence
+/// before any work, on the command line and on a prompt file's line, where it names the file and line;
+/// ONNX Runtime used to fail in a Concat of 9 and 10 latent rows.
+#[test]
+fn sizes_the_unet_cannot_take_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--width", "72", "--height", "72"]));
+    assert_clear_error(&run, "--width 72 is not a positive multiple of 8 x 2 = 16 (the VAE's scale factor x 2^1");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--height", "88"]));
+    assert_clear_error(&run, "--height 88 is not a positive multiple of 8 x 2 = 16");
+    let file = tmp.path().join("prompts.txt");
+    std::fs::write(&file, "a fox\n# then a cat\n{\"prompt\": \"a cat\", \"width\": 72}\n").unwrap();
+    let run =
+        dfast(&["generate", "--prompt-file", file.to_str().unwrap(), "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "prompts.txt: line 3: width 72 is not a positive multiple of 8 x 2 = 16");
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("--width"));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "only the prompt file");
+    // img2img takes the image's size: named as the image's, not as a flag.
+    let input = tmp.path().join("in.png");
+    image::RgbImage::new(72, 72).save(&input).unwrap();
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--image", input.to_str().unwrap()]));
+    assert_clear_error(&run, "the width of --image 72 is not a positive multiple of 8 x 2 = 16");
+    assert!(!out.exists());
+}
