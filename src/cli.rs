@@ -68,6 +68,22 @@ fn positive(text: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A finite number (`inf` and `nan` parse as floats, but no scale means them).
+fn finite(text: &str) -> std::result::Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err("expected a finite number".into()),
+    }
+}
+
+/// A percentile: a number in (0, 100].
+fn percentile(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err("expected a number in (0, 100]".into()),
+    }
+}
+
 /// A strength: a number in (0, 1].
 fn strength(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
@@ -149,7 +165,7 @@ pub struct GenerateArgs {
     pub steps: Option<usize>,
     /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL, 4.5 for PixArt; 1 or less turns
     /// guidance off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = finite)]
     pub guidance: Option<f32>,
     /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(N) does (default: random).
     #[arg(long, allow_negative_numbers = true, value_parser = seed)]
@@ -236,7 +252,7 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "DIR|FILE")]
     pub calibration_from: Option<PathBuf>,
     /// int8-static: the percentile of each activation's range (100: min and max).
-    #[arg(long, value_name = "P", default_value_t = 99.99)]
+    #[arg(long, value_name = "P", default_value_t = 99.99, value_parser = percentile)]
     pub calibration_percentile: f64,
     /// int8-static: the ONNX Runtime library (CPU build) calibration runs with (else the usual lookup).
     #[arg(long, value_name = "PATH")]

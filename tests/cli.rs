@@ -697,3 +697,49 @@ fn sizes_the_unet_cannot_take_are_refused_up_front() {
     assert_clear_error(&run, "the width of --image 72 is not a positive multiple of 8 x 2 = 16");
     assert!(!out.exists());
 }
+
+/// Non-finite numbers: refused as flags (`--guidance inf` wrote a black image, `nan` turned guidance off) and
+/// in `--latents`; NaN latents from the loop (zero-SNR betas with epsilon prediction under DDIM, as in
+/// diffusers) are one sentence and no image; negative betas are refused in the scheduler config.
+#[test]
+fn non_finite_numbers_are_refused_and_nan_latents_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let out_str = out.to_str().unwrap();
+    for value in ["inf", "nan", "1e39"] {
+        let run = dfast(&generate_args(out_str, &["--guidance", value]));
+        assert_clear_error(&run, &format!("invalid value `{value}` for --guidance: expected a finite number"));
+        assert_eq!(run.status.code(), Some(2));
+    }
+    let run = dfast(&generate_args(out_str, &["--guidance=-inf"]));
+    assert_clear_error(&run, "invalid value `-inf` for --guidance: expected a finite number");
+    let convert = ["convert", "--model", "tiny-sd", "--profile", "cpu-default", "--out", out_str];
+    let run = dfast(&[&convert[..], &["--calibration-percentile", "nan"]].concat());
+    assert_clear_error(&run, "invalid value `nan` for --calibration-percentile: expected a number in (0, 100]");
+
+    let latents = tmp.path().join("nan.npy");
+    let mut noise = ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 4, 8, 8]));
+    noise[[0, 1, 2, 3]] = f32::NAN;
+    noise.write_npy(std::fs::File::create(&latents).unwrap()).unwrap();
+    let run = dfast(&generate_args(out_str, &["--latents", latents.to_str().unwrap()]));
+    assert_clear_error(&run, "nan.npy: the latents hold NaN or Inf; expected finite noise");
+
+    let config: serde_json::Value =
+        common::read_json(&common::model("tiny-sd").join("scheduler").join("scheduler_config.json"));
+    let with = |changes: serde_json::Value| {
+        let mut c = config.clone();
+        c.as_object_mut().unwrap().extend(changes.as_object().unwrap().clone());
+        let path = tmp.path().join("scheduler_config.json");
+        std::fs::write(&path, c.to_string()).unwrap();
+        path
+    };
+    let zero_snr = with(serde_json::json!({"rescale_betas_zero_snr": true, "timestep_spacing": "trailing"}));
+    let run =
+        dfast(&generate_args(out_str, &["--scheduler", "ddim", "--scheduler-config", zero_snr.to_str().unwrap()]));
+    assert_clear_error(&run, "the latents hold NaN or Inf after step 1 of 10 (DDIMScheduler, timestep 999)");
+    assert!(!out.exists());
+    let negative = with(serde_json::json!({"beta_schedule": "linear", "beta_start": -0.01}));
+    let run = dfast(&generate_args(out_str, &["--scheduler-config", negative.to_str().unwrap()]));
+    assert_clear_error(&run, "the scheduler config gives a beta of -0.01");
+    assert!(!out.exists());
+}
