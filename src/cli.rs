@@ -68,6 +68,22 @@ fn positive(text: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// A finite number (`inf` and `nan` parse as floats, but no scale means them).
+fn finite(text: &str) -> std::result::Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err("expected a finite number".into()),
+    }
+}
+
+/// A percentile: a number in (0, 100].
+fn percentile(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err("expected a number in (0, 100]".into()),
+    }
+}
+
 /// A strength: a number in (0, 1].
 fn strength(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
@@ -111,10 +127,12 @@ pub enum Command {
 /// The image size and scheduler, shared by generate and bench.
 #[derive(Args, Debug)]
 pub struct SizeArgs {
-    /// Image width in pixels, a multiple of the VAE's scale factor (8); default: the model's own size.
+    /// Image width in pixels, a multiple of the model's size step (the VAE's scale factor x 2^(the UNet's
+    /// downsamplings): 64 for SD, 32 for SDXL; PixArt: any, or 16 without resolution binning); default: the
+    /// model's own size.
     #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub width: Option<usize>,
-    /// Image height in pixels, a multiple of the VAE's scale factor (8); default: the model's own size.
+    /// Image height in pixels, a multiple of the model's size step, as --width; default: the model's own size.
     #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     pub height: Option<usize>,
     /// Scheduler class (configured from the pipeline's scheduler config); default: the pipeline's own.
@@ -135,6 +153,8 @@ pub struct GenerateArgs {
     pub prompt: Option<String>,
     /// Prompts, one per line, or JSON objects per line with their own seed, width, height, steps and
     /// negative_prompt; one run each, written as OUT-0.png, OUT-1.png, ... (one pipeline load for all).
+    /// Prompt i (from 0) is seeded --seed + i unless its line sets a seed; empty lines and lines starting
+    /// with `#` (comments) are skipped.
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
     /// What to steer away from (classifier-free guidance's unconditional prompt; default empty).
@@ -145,7 +165,7 @@ pub struct GenerateArgs {
     pub steps: Option<usize>,
     /// Classifier-free guidance scale (default 7.5 for SD, 5.0 for SDXL, 4.5 for PixArt; 1 or less turns
     /// guidance off).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = finite)]
     pub guidance: Option<f32>,
     /// Seed of the initial noise, drawn as torch.Generator("cpu").manual_seed(N) does (default: random).
     #[arg(long, allow_negative_numbers = true, value_parser = seed)]
@@ -232,7 +252,7 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "DIR|FILE")]
     pub calibration_from: Option<PathBuf>,
     /// int8-static: the percentile of each activation's range (100: min and max).
-    #[arg(long, value_name = "P", default_value_t = 99.99)]
+    #[arg(long, value_name = "P", default_value_t = 99.99, value_parser = percentile)]
     pub calibration_percentile: f64,
     /// int8-static: the ONNX Runtime library (CPU build) calibration runs with (else the usual lookup).
     #[arg(long, value_name = "PATH")]
@@ -902,16 +922,28 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         ..Default::default()
     };
     pipeline::img2img::ImageTask::read(&images, dir.kind)?;
+    // Every size asked for, on the command line and on each line of a prompt file, fits the model.
+    let step = dir.size_step(!args.no_resolution_binning)?;
+    step.check([("--width", args.size.width), ("--height", args.size.height)])?;
+    if let Some(file) = &args.prompt_file {
+        for job in &jobs {
+            step.check([("width", job.width), ("height", job.height)])
+                .map_err(|e| Error::bad_file(file, format!("line {}: {e}", job.line)))?;
+        }
+    }
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
     let several = jobs.len() > 1;
+    // Prompt j starts from seed + j unless its line sets one, so that no two prompts share their noise.
+    let seed = args.seed.unwrap_or_else(random_seed);
     for (j, job) in jobs.into_iter().enumerate() {
+        let line = job.line;
         let opts = GenerateOptions {
             prompt: job.prompt,
             negative_prompt: job.negative_prompt.or_else(|| args.negative_prompt.clone()),
             steps: job.steps.or(args.steps),
             guidance: args.guidance,
-            seed: job.seed.or(args.seed).unwrap_or_else(random_seed),
+            seed: job.seed.unwrap_or(seed.wrapping_add(j as u64)),
             width: job.width.or(args.size.width),
             height: job.height.or(args.size.height),
             scheduler: args.size.scheduler,
@@ -926,8 +958,10 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
         let out = if several { pipeline::output::indexed(&args.out, j) } else { args.out.clone() };
         let latents =
             args.save_latents.as_ref().map(|p| if several { pipeline::output::indexed(p, j) } else { p.clone() });
-        generate_one(&mut pipe, &opts, &args, &out, latents.as_deref())
-            .map_err(|e| if several { e.in_context(format!("prompt {} of the prompt file", j + 1)) } else { e })?;
+        generate_one(&mut pipe, &opts, &args, &out, latents.as_deref()).map_err(|e| match &args.prompt_file {
+            Some(file) => e.in_context(format!("{} line {line}", file.display())),
+            None => e,
+        })?;
     }
     Ok(())
 }

@@ -679,3 +679,114 @@ fn first_progress_frame_counts_what_is_to_come() {
         frames.iter().find(|f| f.contains(" components")).unwrap_or_else(|| panic!("no progress frame: {frames:?}"));
     assert!(!first.contains("/0 components"), "first frame: {first:?}");
 }
+
+/// Prompt i of a file (counting prompts, not lines) starts from seed + i unless its line sets a seed, and
+/// each image records the seed it was drawn from; a BOM before the first JSON line changes nothing.
+#[test]
+fn prompt_file_seeds_each_prompt_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prompts.txt");
+    std::fs::write(&file, "\u{feff}{\"prompt\": \"a cat\", \"width\": 80}\n# a comment\n\na fox\n{\"prompt\": \"a dog\", \"seed\": 100}\na hen\n")
+        .unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&[
+        "generate",
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--seed",
+        "9",
+        "--num-images",
+        "2",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [9, 10, 100, 12], "{stdout}");
+    assert_eq!(runs[0]["width"], 80, "{stdout}");
+    for (j, seed) in seeds.iter().enumerate() {
+        for i in 0..2 {
+            let image = tmp.path().join(format!("x-{j}-{i}.png"));
+            let inspect = dfast(&["inspect", image.to_str().unwrap(), "--json"]);
+            let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+            assert_eq!(meta["seed"].to_string().trim_matches('"'), seed.to_string(), "{}: {meta}", image.display());
+        }
+    }
+}
+
+/// A size the UNet cannot take (tiny-sd: the VAE's factor 8 x 2 for its one downsampling) is one sentence
+/// before any work, on the command line and on a prompt file's line, where it names the file and line;
+/// ONNX Runtime used to fail in a Concat of 9 and 10 latent rows.
+#[test]
+fn sizes_the_unet_cannot_take_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--width", "72", "--height", "72"]));
+    assert_clear_error(&run, "--width 72 is not a positive multiple of 8 x 2 = 16 (the VAE's scale factor x 2^1");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--height", "88"]));
+    assert_clear_error(&run, "--height 88 is not a positive multiple of 8 x 2 = 16");
+    let file = tmp.path().join("prompts.txt");
+    std::fs::write(&file, "a fox\n# then a cat\n{\"prompt\": \"a cat\", \"width\": 72}\n").unwrap();
+    let run =
+        dfast(&["generate", "--prompt-file", file.to_str().unwrap(), "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert_clear_error(&run, "prompts.txt: line 3: width 72 is not a positive multiple of 8 x 2 = 16");
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("--width"));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "only the prompt file");
+    // img2img takes the image's size: named as the image's, not as a flag.
+    let input = tmp.path().join("in.png");
+    image::RgbImage::new(72, 72).save(&input).unwrap();
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--image", input.to_str().unwrap()]));
+    assert_clear_error(&run, "the width of --image 72 is not a positive multiple of 8 x 2 = 16");
+    assert!(!out.exists());
+}
+
+/// Non-finite numbers: refused as flags (`--guidance inf` wrote a black image, `nan` turned guidance off) and
+/// in `--latents`; NaN latents from the loop (zero-SNR betas with epsilon prediction under DDIM, as in
+/// diffusers) are one sentence and no image; negative betas are refused in the scheduler config.
+#[test]
+fn non_finite_numbers_are_refused_and_nan_latents_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let out_str = out.to_str().unwrap();
+    for value in ["inf", "nan", "1e39"] {
+        let run = dfast(&generate_args(out_str, &["--guidance", value]));
+        assert_clear_error(&run, &format!("invalid value `{value}` for --guidance: expected a finite number"));
+        assert_eq!(run.status.code(), Some(2));
+    }
+    let run = dfast(&generate_args(out_str, &["--guidance=-inf"]));
+    assert_clear_error(&run, "invalid value `-inf` for --guidance: expected a finite number");
+    let convert = ["convert", "--model", "tiny-sd", "--profile", "cpu-default", "--out", out_str];
+    let run = dfast(&[&convert[..], &["--calibration-percentile", "nan"]].concat());
+    assert_clear_error(&run, "invalid value `nan` for --calibration-percentile: expected a number in (0, 100]");
+
+    let latents = tmp.path().join("nan.npy");
+    let mut noise = ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 4, 8, 8]));
+    noise[[0, 1, 2, 3]] = f32::NAN;
+    noise.write_npy(std::fs::File::create(&latents).unwrap()).unwrap();
+    let run = dfast(&generate_args(out_str, &["--latents", latents.to_str().unwrap()]));
+    assert_clear_error(&run, "nan.npy: the latents hold NaN or Inf; expected finite noise");
+
+    let config: serde_json::Value =
+        common::read_json(&common::model("tiny-sd").join("scheduler").join("scheduler_config.json"));
+    let with = |changes: serde_json::Value| {
+        let mut c = config.clone();
+        c.as_object_mut().unwrap().extend(changes.as_object().unwrap().clone());
+        let path = tmp.path().join("scheduler_config.json");
+        std::fs::write(&path, c.to_string()).unwrap();
+        path
+    };
+    let zero_snr = with(serde_json::json!({"rescale_betas_zero_snr": true, "timestep_spacing": "trailing"}));
+    let run =
+        dfast(&generate_args(out_str, &["--scheduler", "ddim", "--scheduler-config", zero_snr.to_str().unwrap()]));
+    assert_clear_error(&run, "the latents hold NaN or Inf after step 1 of 10 (DDIMScheduler, timestep 999)");
+    assert!(!out.exists());
+    let negative = with(serde_json::json!({"beta_schedule": "linear", "beta_start": -0.01}));
+    let run = dfast(&generate_args(out_str, &["--scheduler-config", negative.to_str().unwrap()]));
+    assert_clear_error(&run, "the scheduler config gives a beta of -0.01");
+    assert!(!out.exists());
+}

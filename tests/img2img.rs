@@ -281,7 +281,7 @@ fn pixart_size_the_patches_do_not_tile_is_one_sentence() {
             "--out",
             out.to_str().unwrap(),
         ]);
-        assert_clear_error(&run, "--width 200 is not a multiple of 16");
+        assert_clear_error(&run, "--width 200 is not a positive multiple of 8 x 2 = 16");
         assert!(!out.exists());
     }
 }

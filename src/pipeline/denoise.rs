@@ -94,6 +94,11 @@ impl Run {
             return Err(Error::bad_input("--steps must be at least 1"));
         }
         let ChosenScheduler { scheduler, name, config } = ChosenScheduler::new(dir, opts, steps)?;
+        if let Some(g) = opts.guidance
+            && !g.is_finite()
+        {
+            return Err(Error::bad_input(format!("--guidance {g} is not a finite number")));
+        }
         let scheduler_kind = match opts.scheduler {
             Some(kind) => kind,
             None => config.class_kind()?,
@@ -187,6 +192,17 @@ impl Run {
                 .host_steps
                 .push(HostShare { scheduler: step - in_model, copies: denoiser.take_transfer_seconds() });
             on_step(i + 1, end - begin);
+            // NaN or Inf never leaves the latents again: stop here rather than decode a black image.
+            if latents.iter().any(|v| !v.is_finite()) {
+                return Err(Error::runtime(format!(
+                    "the latents hold NaN or Inf after step {} of {} ({}, timestep {}); the image would be black \
+                     (check --guidance, the scheduler config, and the denoiser's precision)",
+                    i + 1,
+                    end - begin,
+                    self.scheduler_name,
+                    timesteps[step_index]
+                )));
+            }
         }
         Ok(latents)
     }
@@ -321,6 +337,37 @@ mod tests {
             &mut |_, _| {},
         );
         assert_eq!(ok.unwrap().shape(), &[1, 4, 3, 3]);
+    }
+
+    /// Predicts `value` everywhere, at the latents' shape.
+    struct Filled(f32);
+
+    impl Denoiser for Filled {
+        fn predict(&mut self, x: ArrayD<f32>, _: f64) -> Result<ArrayD<f32>> {
+            Ok(ArrayD::from_elem(x.raw_dim(), self.0))
+        }
+        fn take_transfer_seconds(&mut self) -> f64 {
+            0.0
+        }
+        fn path(&self) -> &Path {
+            Path::new("model.onnx")
+        }
+    }
+
+    /// A step that leaves NaN or Inf in the latents ends the loop there, with the step named.
+    #[test]
+    fn non_finite_latents_end_the_loop() {
+        let latents = ArrayD::zeros(ndarray::IxDyn(&[1, 4, 2, 2]));
+        for value in [f32::NAN, f32::INFINITY] {
+            let mut steps = 0;
+            let err = run(1.0)
+                .denoise(&mut Filled(value), latents.clone(), LoopOptions::default(), &mut |i, _| steps = i)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("the latents hold NaN or Inf after step 1 of 3"), "{err}");
+            assert_eq!(steps, 1);
+        }
+        assert!(run(1.0).denoise(&mut Filled(0.5), latents, LoopOptions::default(), &mut |_, _| {}).is_ok());
     }
 
     /// From a begin index the loop runs the rest of the schedule, counting its own steps.

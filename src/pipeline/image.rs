@@ -23,6 +23,12 @@ pub fn to_rgb(sample: &ArrayD<f32>) -> Result<Vec<RgbImage>> {
     if shape.len() != 4 || shape[1] != 3 {
         return Err(Error::runtime(format!("the VAE decoder returned shape {shape:?}, expected [batch, 3, H, W]")));
     }
+    if let Some(bad) = sample.iter().find(|v| !v.is_finite()) {
+        return Err(Error::runtime(format!(
+            "the VAE decoder's image holds {bad} values, which would be written as a black image; \
+             an fp16 VAE overflows this way (decode in fp32)"
+        )));
+    }
     let (h, w) = (shape[2], shape[3]);
     let one = |b: usize| {
         let mut img = RgbImage::new(w as u32, h as u32);
@@ -226,6 +232,18 @@ fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decoded image holding NaN or Inf (the fp16 VAE's overflow) is an error, not a black image.
+    #[test]
+    fn a_non_finite_decoded_image_is_an_error() {
+        let mut sample = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 3, 2, 2]));
+        assert_eq!(to_rgb(&sample).unwrap()[0].get_pixel(1, 1).0, [128, 128, 128]);
+        for bad in [f32::NAN, f32::INFINITY] {
+            sample[[0, 2, 1, 0]] = bad;
+            let err = to_rgb(&sample).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("the VAE decoder's image holds {bad} values")), "{err}");
+        }
+    }
 
     fn settings() -> Vec<(String, String)> {
         [

@@ -40,6 +40,9 @@ pub fn read(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
             format!("latents have shape {:?}, expected {shape:?} for this size and model", array.shape()),
         ));
     }
+    if array.iter().any(|v| !v.is_finite()) {
+        return Err(Error::bad_file(path, "the latents hold NaN or Inf; expected finite noise"));
+    }
     Ok(array)
 }
 

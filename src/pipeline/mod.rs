@@ -201,13 +201,25 @@ impl UnetPipeline {
     }
 
     /// (height, width): the image's for img2img and inpainting (see [`ImageTask::size`]), else the options'
-    /// or the UNet's default; a multiple of the VAE's scale factor.
+    /// or the UNet's default; a multiple of the pipeline's size step ([`PipelineDir::size_step`]).
     fn size_for(&self, opts: &GenerateOptions, task: Option<&ImageTask>) -> Result<(usize, usize)> {
         let (height, width) = match task {
             Some(task) => task.size(opts, self.vae.scale_factor)?,
             None => (opts.height.unwrap_or(self.default_size), opts.width.unwrap_or(self.default_size)),
         };
-        self.dir.check_size(Some(width), Some(height))?;
+        // A size taken from --image is named as such, not as a flag the user did not give.
+        let name = |flag: &'static str, given: Option<usize>| match (task, given) {
+            (Some(_), None) => {
+                if flag == "--width" {
+                    "the width of --image"
+                } else {
+                    "the height of --image"
+                }
+            }
+            _ => flag,
+        };
+        let sides = [(name("--width", opts.width), Some(width)), (name("--height", opts.height), Some(height))];
+        self.dir.size_step(true)?.check(sides)?;
         Ok((height, width))
     }
 
@@ -255,7 +267,8 @@ impl UnetPipeline {
             if !crate::runtime::is_out_of_memory(&e) {
                 return e;
             }
-            let f = self.vae.scale_factor;
+            // The suggestion must itself be a size the model takes.
+            let f = self.dir.size_step(true).map_or(self.vae.scale_factor, |s| s.multiple());
             let half = |v: usize| (v / 2 / f).max(1) * f;
             let message = format!(
                 "{e} at {width}x{height} with {} image(s) per prompt; try a smaller size, e.g. --width {} --height {}",

@@ -240,24 +240,90 @@ impl PipelineDir {
         Ok(1usize << blocks.saturating_sub(1))
     }
 
-    /// Checks `--width` / `--height` against the VAE's scale factor before any work.
-    pub fn check_size(&self, width: Option<usize>, height: Option<usize>) -> Result<()> {
+    /// The multiple every image side must be, with why in words: the VAE's scale factor x 2^(the UNet's
+    /// downsamplings) (an exported UNet's upsamplers double the size, so its skip connections must meet), or
+    /// the VAE's factor x the transformer's patch size (PixArt without resolution binning; with it, any size
+    /// is generated at its bin and resized back).
+    pub fn size_step(&self, resolution_binning: bool) -> Result<SizeStep> {
         let f = self.vae_scale_factor()?;
-        for (name, v) in [("width", width), ("height", height)] {
-            if let Some(v) = v
-                && (v == 0 || v % f != 0)
-            {
-                return Err(Error::bad_input(format!(
-                    "--{name} {v} is not a positive multiple of {f} (the VAE's scale factor)"
-                )));
+        let step = |latent: usize, why: String| SizeStep { vae_factor: f, latent, why };
+        Ok(match self.kind {
+            PipelineKind::PixArtAlpha if resolution_binning => {
+                SizeStep { vae_factor: 1, latent: 1, why: String::new() }
             }
-        }
-        Ok(())
+            PipelineKind::PixArtAlpha => {
+                let config: DenoiserConfig = self.config("transformer").unwrap_or_default();
+                // diffusers' PixArtTransformer2DModel default.
+                let patch = config.patch_size.unwrap_or(2);
+                step(
+                    patch,
+                    "the VAE's scale factor x the transformer's patch_size, which PixArt needs without resolution \
+                     binning"
+                        .into(),
+                )
+            }
+            PipelineKind::StableDiffusion | PipelineKind::StableDiffusionXl => {
+                let config: DenoiserConfig = self.config("unet").unwrap_or_default();
+                // diffusers' UNet2DConditionModel: every down block but the last halves the size.
+                let blocks = config.down_block_types.map(|b| b.len()).or(config.block_out_channels.map(|b| b.len()));
+                let downsamplings = blocks.unwrap_or(1).saturating_sub(1) as u32;
+                let s = if downsamplings == 1 { "" } else { "s" };
+                step(
+                    1 << downsamplings,
+                    format!(
+                        "the VAE's scale factor x 2^{downsamplings} for the UNet's {downsamplings} downsampling{s}"
+                    ),
+                )
+            }
+        })
+    }
+
+    /// Checks `--width` / `--height` against [`Self::size_step`] (PixArt: with resolution binning) before any
+    /// work.
+    pub fn check_size(&self, width: Option<usize>, height: Option<usize>) -> Result<()> {
+        self.size_step(true)?.check([("--width", width), ("--height", height)])
     }
 
     /// SDXL's `force_zeros_for_empty_prompt` (true unless the pipeline says otherwise).
     pub fn force_zeros_for_empty_prompt(&self) -> bool {
         self.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true)
+    }
+}
+
+/// The multiple an image side must be for one pipeline ([`PipelineDir::size_step`]): the VAE's scale factor
+/// times the latent pixels the denoiser needs a side to be a multiple of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SizeStep {
+    pub vae_factor: usize,
+    pub latent: usize,
+    /// Where the multiple comes from, in words.
+    pub why: String,
+}
+
+impl SizeStep {
+    pub fn multiple(&self) -> usize {
+        self.vae_factor * self.latent
+    }
+
+    /// Each side given, named as the user gave it (`--width`, or a prompt file's `width`), is a positive
+    /// multiple of the step: one sentence naming the first that is not.
+    pub fn check(&self, sides: [(&str, Option<usize>); 2]) -> Result<()> {
+        let (f, latent) = (self.vae_factor, self.latent);
+        for (name, v) in sides {
+            let Some(v) = v else { continue };
+            if v == 0 {
+                return Err(Error::bad_input(format!("{name} {v} is not positive")));
+            }
+            if v % self.multiple() != 0 {
+                let multiple = if latent == 1 {
+                    format!("{f} (the VAE's scale factor)")
+                } else {
+                    format!("{f} x {latent} = {} ({})", self.multiple(), self.why)
+                };
+                return Err(Error::bad_input(format!("{name} {v} is not a positive multiple of {multiple}")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +341,9 @@ pub struct DenoiserConfig {
     pub sample_size: Option<usize>,
     /// PixArt's transformer: latent pixels per patch side (diffusers' default 2).
     pub patch_size: Option<usize>,
+    /// A UNet's down blocks; each but the last halves the latents' size.
+    pub down_block_types: Option<Vec<String>>,
+    pub block_out_channels: Option<Vec<usize>>,
 }
 
 /// What dfast reads of the VAE decoder's `config.json`.
@@ -286,4 +355,43 @@ pub struct VaeConfig {
     pub block_out_channels: Option<Vec<usize>>,
     /// Channels of the latents (4 for SD, SDXL and PixArt-α).
     pub latent_channels: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder with the configs `size_step` reads: a VAE of 4 blocks (factor 8) and the denoiser's config.
+    fn dir_with(kind: PipelineKind, component: &str, config: Value) -> (tempfile::TempDir, PipelineDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, json) in
+            [("vae_decoder", serde_json::json!({"block_out_channels": [128, 256, 512, 512]})), (component, config)]
+        {
+            std::fs::create_dir_all(tmp.path().join(name)).unwrap();
+            std::fs::write(tmp.path().join(name).join("config.json"), json.to_string()).unwrap();
+        }
+        let dir = PipelineDir { root: tmp.path().to_path_buf(), kind, model_index: Value::Null };
+        (tmp, dir)
+    }
+
+    /// diffusers' UNet2DConditionModel: `default_overall_up_factor = 2**num_upsamplers`, one upsampler per up
+    /// block but the last; SD 1.5 (4 blocks) takes multiples of 64, SDXL (3 blocks) of 32.
+    #[test]
+    fn size_step_follows_the_unet_and_the_transformer() {
+        let blocks = |n: usize| serde_json::json!({"down_block_types": vec!["DownBlock2D"; n]});
+        let (_t, sd15) = dir_with(PipelineKind::StableDiffusion, "unet", blocks(4));
+        assert_eq!(sd15.size_step(true).unwrap().multiple(), 64);
+        let (_t, sdxl) = dir_with(PipelineKind::StableDiffusionXl, "unet", blocks(3));
+        let step = sdxl.size_step(true).unwrap();
+        assert_eq!(step.multiple(), 32);
+        let err = step.check([("--width", Some(1024)), ("--height", Some(1000))]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--height 1000 is not a positive multiple of 8 x 4 = 32 (the VAE's scale factor x 2^2 for the UNet's 2 \
+             downsamplings)"
+        );
+        let (_t, pixart) = dir_with(PipelineKind::PixArtAlpha, "transformer", serde_json::json!({"patch_size": 2}));
+        assert_eq!(pixart.size_step(false).unwrap().multiple(), 16);
+        assert_eq!(pixart.size_step(true).unwrap().multiple(), 1);
+    }
 }

@@ -38,8 +38,6 @@ use crate::{Error, Result};
 
 /// diffusers' `max_sequence_length` default (section 3.1 of the PixArt-α paper).
 pub const MAX_SEQUENCE_LENGTH: usize = 120;
-/// diffusers' `PixArtTransformer2DModel` default `patch_size`.
-const DEFAULT_PATCH_SIZE: usize = 2;
 
 /// Token ids and attention mask for one prompt, `max_length` long.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,8 +159,6 @@ pub struct PixArtPipeline {
     sample_size: usize,
     in_channels: usize,
     out_channels: usize,
-    /// Latent pixels per patch side: without binning, sizes are multiples of it times the VAE's factor.
-    patch_size: usize,
     recorder: Option<UnetRecorder>,
     warnings: Vec<String>,
 }
@@ -192,7 +188,6 @@ impl PixArtPipeline {
             sample_size,
             in_channels,
             out_channels,
-            patch_size: config.patch_size.unwrap_or(DEFAULT_PATCH_SIZE),
             recorder: None,
             warnings,
         })
@@ -234,17 +229,7 @@ impl PixArtPipeline {
         let default = self.sample_size * f;
         let (width, height) = (opts.width.unwrap_or(default), opts.height.unwrap_or(default));
         if opts.no_resolution_binning {
-            self.dir.check_size(Some(width), Some(height))?;
-            let multiple = f * self.patch_size;
-            for (name, v) in [("width", width), ("height", height)] {
-                if v % multiple != 0 {
-                    return Err(Error::bad_input(format!(
-                        "--{name} {v} is not a multiple of {multiple} (the VAE's scale factor {f} x the transformer's \
-                         patch_size {}), which PixArt needs without resolution binning",
-                        self.patch_size
-                    )));
-                }
-            }
+            self.dir.size_step(false)?.check([("--width", Some(width)), ("--height", Some(height))])?;
             return Ok(((height, width), (height, width)));
         }
         for (name, v) in [("width", width), ("height", height)] {
@@ -253,7 +238,6 @@ impl PixArtPipeline {
             }
         }
         let (bh, bw) = binning::classify_height_width_bin(height, width, binning::table_for(self.sample_size)?);
-        self.dir.check_size(Some(bw), Some(bh))?;
         Ok(((height, width), (bh, bw)))
     }
 

@@ -50,6 +50,13 @@ pub(crate) fn alphas_cumprod(
             }
         }
     };
+    // A beta outside [0, 1) makes alphas_cumprod negative, above 1 or NaN: noise levels that end in NaN latents.
+    if let Some(bad) = betas.iter().find(|b| !(0.0..1.0).contains(*b)) {
+        return Err(Error::bad_input(format!(
+            "the scheduler config gives a beta of {bad} (from beta_start, beta_end or trained_betas); betas must lie \
+             in [0, 1)"
+        )));
+    }
     if rescale_betas_zero_snr {
         betas = rescale_zero_terminal_snr(&betas);
     }
