@@ -738,6 +738,9 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
 fn report(args: ReportArgs) -> Result<()> {
     check_out_dir(&args.out)?;
     let summary = dfast::bench::report::report(&args.dirs, &args.title, &args.out)?;
+    for warning in &summary.warnings {
+        eprintln!("warning: {warning}");
+    }
     let files: Vec<String> = summary.files.iter().map(|f| f.display().to_string()).collect();
     println!(
         "{} rows from {} folders, models {}: wrote {}",

@@ -25,7 +25,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::canvas::{self, Canvas};
-use super::rows::{execution_providers, format_number, models, setting};
+use super::rows::{execution_providers, format_number, models, same_work, setting, setting_in, work};
 use crate::bench::schema::Row;
 use crate::{Error, Result};
 
@@ -122,7 +122,7 @@ fn panel(rows: &[Row], model: &str, eps: &[String]) -> Panel {
             x += GROUP_GAP;
         }
         for row in group {
-            bars.push(Bar { x, seconds: row.total_s, ep: ep_index, label: label_parts(row) });
+            bars.push(Bar { x, seconds: row.total_s, ep: ep_index, label: label_parts(rows, row) });
             x += 1.0;
         }
     }
@@ -130,8 +130,11 @@ fn panel(rows: &[Row], model: &str, eps: &[String]) -> Panel {
 }
 
 /// `dfast/sdpa/fp16/cuda` gives `dfast`, `sdpa`, `fp16`; `pytorch bf16+sdpa` gives `pytorch`, `bf16+sdpa`.
-fn label_parts(row: &Row) -> Vec<String> {
+/// A tag that tells two runs of one setting apart follows, and the work (steps, size, batch) where the
+/// model's rows do not all do the same.
+fn label_parts(rows: &[Row], row: &Row) -> Vec<String> {
     let text = setting(row);
+    let tagged = setting_in(rows, row).split(" @ ").next().unwrap_or_default().len() > text.len();
     let (text, options) = match text.split_once(" (") {
         Some((main, rest)) => (main.to_string(), Some(rest.trim_end_matches(')').to_string())),
         None => (text, None),
@@ -140,6 +143,12 @@ fn label_parts(row: &Row) -> Vec<String> {
     let text = text.strip_suffix(&ep_suffix).unwrap_or(&text);
     let mut parts: Vec<String> = text.split(['/', ' ']).filter(|p| !p.is_empty()).map(str::to_string).collect();
     parts.extend(options);
+    if tagged {
+        parts.push(format!("[{}]", row.tag));
+    }
+    if rows.iter().any(|r| r.model == row.model && !same_work(r, row)) {
+        parts.extend(work(row).split(", ").map(str::to_string));
+    }
     parts
 }
 
