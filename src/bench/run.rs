@@ -430,8 +430,11 @@ fn reproduce_command(opts: &BenchOptions, c: &Combination) -> String {
         parts.push(format!("--steps {s}"));
     }
     parts.push(format!("--batch-size {}", opts.batch_size));
-    if let (Some(w), Some(h)) = (opts.width, opts.height) {
-        parts.push(format!("--width {w} --height {h}"));
+    if let Some(w) = opts.width {
+        parts.push(format!("--width {w}"));
+    }
+    if let Some(h) = opts.height {
+        parts.push(format!("--height {h}"));
     }
     parts.push(format!("--warmup {} --runs {}", opts.warmup, opts.runs));
     parts.push(format!("--prompt {}", shell_quote(&opts.prompt)));
@@ -725,6 +728,18 @@ mod tests {
         assert_eq!(c("fused").label(), "fused-fp16-cpu");
         assert_eq!(c("profiles/vae-islands.toml").label(), "vae-islands-fp16-cpu");
         assert_eq!(c("/abs/dir/mine.toml").label(), "mine-fp16-cpu");
+    }
+
+    #[test]
+    fn the_reproduce_command_keeps_a_lone_size_flag() {
+        let opts = |width, height| BenchOptions { width, height, ..options() };
+        let c = Combination { profile: "sdpa".into(), precision: Precision::Fp32, ep: ExecutionProvider::Cpu };
+        let command = reproduce_command(&opts(Some(256), None), &c);
+        assert!(command.contains(" --width 256 ") && !command.contains("--height"), "{command}");
+        let command = reproduce_command(&opts(None, Some(128)), &c);
+        assert!(command.contains(" --height 128 ") && !command.contains("--width"), "{command}");
+        let command = reproduce_command(&opts(Some(256), Some(128)), &c);
+        assert!(command.contains(" --width 256 --height 128 "), "{command}");
     }
 
     #[test]
