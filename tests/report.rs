@@ -404,3 +404,31 @@ fn rows_of_other_steps_size_or_batch_are_never_compared() {
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("sd15: 2 rows of dfast/sdpa/fp32/cpu (30 steps, 512x512, batch 1"), "{stderr}");
 }
+
+/// The chart marks each bar's fastest and slowest timed run (`total_min_s`, `total_max_s`): the same rows
+/// with their runs spread draw another picture than with every run equal.
+#[test]
+fn the_chart_marks_the_fastest_and_slowest_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chart = |spread: f64| {
+        let dir = tmp.path().join(format!("spread-{spread}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: Vec<Row> = [("baseline", 10.0), ("sdpa", 8.0)]
+            .iter()
+            .map(|&(profile, total)| Row {
+                total_min_s: total * (1.0 - spread),
+                total_max_s: total * (1.0 + spread),
+                ..row("sd15", "dfast", profile, "fp32", "cpu", total)
+            })
+            .collect();
+        write_rows(&dir.join("results.csv"), &rows);
+        let out = tmp.path().join(format!("out-{spread}"));
+        report(&[dir], "t", &out).unwrap();
+        image::open(out.join("report.png")).unwrap().to_rgb8()
+    };
+    let (flat, spread) = (chart(0.0), chart(0.1));
+    // Dark pixels (whisker lines) where the flat chart has none.
+    let dark = |p: &image::Rgb<u8>| p.0.iter().all(|&c| c < 40);
+    let added = flat.pixels().zip(spread.pixels()).filter(|(a, b)| !dark(a) && dark(b)).count();
+    assert!(added > 100, "only {added} new dark pixels: no min/max marks");
+}
