@@ -635,6 +635,16 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
         append: args.append,
         log_verbosity: args.runtime.verbose,
     };
+    // Ctrl-C: stop the worker, remove the files in flight (job files, an image without its row) and the
+    // folder's lock, then end as a shell expects of an interrupted command.
+    let _ = ctrlc::set_handler(|| {
+        dfast::bench::lock::interrupt(&|pid| {
+            // SAFETY: kill(2) with a process id and a signal number; it touches no memory of ours.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        });
+        eprintln!("\nerror: interrupted; the rows measured so far are in results.csv");
+        std::process::exit(130);
+    });
     let bar = progress("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}");
     bar.set_length(bench_run::combinations(&opts)?.len() as u64);
     let exe = std::env::current_exe().map_err(|e| Error::io("dfast", "cannot find the dfast binary", e))?;
@@ -748,6 +758,9 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
 fn report(args: ReportArgs) -> Result<()> {
     check_out_dir(&args.out)?;
     let summary = dfast::bench::report::report(&args.dirs, &args.title, &args.out)?;
+    for warning in &summary.warnings {
+        eprintln!("warning: {warning}");
+    }
     let files: Vec<String> = summary.files.iter().map(|f| f.display().to_string()).collect();
     println!(
         "{} rows from {} folders, models {}: wrote {}",

@@ -193,3 +193,118 @@ fn bench_json_prints_the_rows() {
     assert_eq!(report["skipped"][0]["combination"], "baseline-fp16-cuda");
     assert!(String::from_utf8_lossy(&run.stderr).contains("skipped baseline-fp16-cuda"));
 }
+
+/// `dfast bench` of the baseline into `out`, one step and one run unless `extra` says otherwise.
+fn tiny_bench(out: &std::path::Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dfast"));
+    command.args(["bench", "--profile", "baseline", "--warmup", "0", "--out", out.to_str().unwrap()]).args(extra);
+    for (flag, default) in [("--steps", "1"), ("--runs", "1")] {
+        if !extra.contains(&flag) {
+            command.args([flag, default]);
+        }
+    }
+    command
+}
+
+/// Waits until `done` holds (polling every 20 ms), for at most two minutes.
+fn wait_for(what: &str, done: &mut dyn FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed().as_secs() < 120, "waited two minutes for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Hidden files in `out` (job and answer files, partial images, the lock).
+fn hidden(out: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+/// Three benches into one folder: the first runs and writes its rows; the others, started while it runs,
+/// are refused in one sentence that names it (they used to read each other's job files and all fail).
+#[test]
+fn benches_into_one_folder_do_not_collide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cb");
+    let mut first = tiny_bench(&out, &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let lock = out.join(dfast::bench::lock::LOCK_FILE);
+    wait_for("the first bench's lock", &mut || lock.exists() || first.try_wait().unwrap().is_some());
+    let piped = std::process::Stdio::piped;
+    let others: Vec<_> =
+        (0..2).map(|_| tiny_bench(&out, &[]).stdout(piped()).stderr(piped()).spawn().unwrap()).collect();
+    let others: Vec<_> = others.into_iter().map(|o| o.wait_with_output().unwrap()).collect();
+    let status = first.wait().unwrap();
+    assert!(status.success(), "the first bench failed");
+    for other in others {
+        let stderr = String::from_utf8_lossy(&other.stderr);
+        assert!(!other.status.success(), "a second bench into the folder ran: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("another dfast bench (pid {}: ", first.id())), "{stderr}");
+        assert!(stderr.contains("choose another --out"), "{stderr}");
+    }
+    assert_eq!(csv::Reader::from_path(out.join("results.csv")).unwrap().records().count(), 1);
+    assert_eq!(hidden(&out), Vec::<String>::new(), "left behind");
+
+    // A lock left by a bench that no longer runs is taken over.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&lock, format!("{}\ndfast bench --out cb\n", gone.id())).unwrap();
+    let run = tiny_bench(&out, &[]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+/// Rows of one setting with different tags keep their own images.
+#[test]
+fn rows_with_other_tags_keep_their_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tags");
+    for tag in ["threads 1", "threads/1", "plain"] {
+        let run = tiny_bench(&out, &["--tag", tag]).output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let mut reader = csv::Reader::from_path(out.join("results.csv")).unwrap();
+    let col = reader.headers().unwrap().iter().position(|c| c == "image").unwrap();
+    let images: Vec<String> = reader.records().map(|r| r.unwrap()[col].to_string()).collect();
+    assert_eq!(images.len(), 3, "{images:?}");
+    let distinct: std::collections::BTreeSet<&String> = images.iter().collect();
+    assert_eq!(distinct.len(), 3, "one image for rows of different tags: {images:?}");
+    for image in &images {
+        assert!(out.join(image).is_file(), "{image} missing");
+    }
+}
+
+/// Ctrl-C while a combination is measured: the bench ends (130), and leaves neither its job files nor its
+/// lock nor an image without a row.
+#[test]
+fn an_interrupted_bench_leaves_no_job_file_and_no_image_without_a_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ctrl-c");
+    // Enough runs that the worker is still measuring when the signal comes.
+    let mut bench = tiny_bench(&out, &["--runs", "200", "--steps", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let measuring = || hidden(&out).iter().any(|n| n.ends_with(".job.json") && !n.starts_with(".probe"));
+    wait_for("a measuring job", &mut || out.is_dir() && measuring());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(bench.try_wait().unwrap().is_none(), "the bench ended before it was interrupted");
+    let status = Command::new("kill").args(["-INT", &bench.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = bench.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(hidden(&out), Vec::<String>::new(), "left behind after Ctrl-C");
+    let images: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jpg"))
+        .collect();
+    assert_eq!(images, Vec::<String>::new(), "an image without a row");
+    assert!(!out.join("results.csv").exists());
+}

@@ -370,3 +370,65 @@ fn output_folder_that_is_an_input_is_refused() {
     let run = dfast(&["report", a.to_str().unwrap(), "--out", a.to_str().unwrap()]);
     assert_clear_error(&run, &["also an input"]);
 }
+
+/// A 30-step and a 3-step run of one model are not one setting: they read apart, no speed-up is computed
+/// across them (it used to say 43.01x), and a setting measured twice is warned about.
+#[test]
+fn rows_of_other_steps_size_or_batch_are_never_compared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    std::fs::create_dir_all(&dir).unwrap();
+    let baseline = row("sd15", "dfast", "baseline", "fp32", "cpu", 43.01);
+    let short = Row { steps: 3, ..row("sd15", "dfast", "sdpa", "fp32", "cpu", 1.0) };
+    let wide = Row { width: 768, ..row("sd15", "dfast", "sdpa", "fp32", "cpu", 2.0) };
+    let batch = Row { batch_size: 2, ..row("sd15", "dfast", "sdpa", "fp32", "cpu", 4.0) };
+    let same = row("sd15", "dfast", "sdpa", "fp32", "cpu", 21.5);
+    write_rows(&dir.join("results.csv"), &[baseline.clone(), short, wide, batch, same.clone(), same]);
+    let out = tmp.path().join("out");
+    let run = dfast(&["report", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let line = |setting: &str| -> String {
+        let prefix = format!("| {setting} |");
+        md.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{setting}: {md}")).into()
+    };
+    assert!(!md.contains("43.01x"), "{md}");
+    for label in ["3 steps, 512x512, batch 1", "30 steps, 768x512, batch 1", "30 steps, 512x512, batch 2"] {
+        assert!(line(&format!("dfast/sdpa/fp32/cpu @ {label}")).contains("| – |"), "{label}: {md}");
+    }
+    assert!(line("dfast/sdpa/fp32/cpu @ 30 steps, 512x512, batch 1").contains("| 2.00x |"), "{md}");
+    assert!(line("dfast/baseline/fp32/cpu @ 30 steps, 512x512, batch 1").contains("| 1.00x |"), "{md}");
+    // The twice-measured setting: one warning on stderr, naming it.
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("sd15: 2 rows of dfast/sdpa/fp32/cpu (30 steps, 512x512, batch 1"), "{stderr}");
+}
+
+/// The chart marks each bar's fastest and slowest timed run (`total_min_s`, `total_max_s`): the same rows
+/// with their runs spread draw another picture than with every run equal.
+#[test]
+fn the_chart_marks_the_fastest_and_slowest_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chart = |spread: f64| {
+        let dir = tmp.path().join(format!("spread-{spread}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: Vec<Row> = [("baseline", 10.0), ("sdpa", 8.0)]
+            .iter()
+            .map(|&(profile, total)| Row {
+                total_min_s: total * (1.0 - spread),
+                total_max_s: total * (1.0 + spread),
+                ..row("sd15", "dfast", profile, "fp32", "cpu", total)
+            })
+            .collect();
+        write_rows(&dir.join("results.csv"), &rows);
+        let out = tmp.path().join(format!("out-{spread}"));
+        report(&[dir], "t", &out).unwrap();
+        image::open(out.join("report.png")).unwrap().to_rgb8()
+    };
+    let (flat, spread) = (chart(0.0), chart(0.1));
+    // Dark pixels (whisker lines) where the flat chart has none.
+    let dark = |p: &image::Rgb<u8>| p.0.iter().all(|&c| c < 40);
+    let added = flat.pixels().zip(spread.pixels()).filter(|(a, b)| !dark(a) && dark(b)).count();
+    assert!(added > 100, "only {added} new dark pixels: no min/max marks");
+}

@@ -1,5 +1,6 @@
 //! `dfast bench` and `dfast report`: the seed's benchmark, per profile, precision and execution provider.
 
+pub mod lock;
 pub mod report;
 pub mod run;
 pub mod schema;

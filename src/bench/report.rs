@@ -18,7 +18,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub use chart::{CHART_HEIGHT, CHART_WIDTH};
-pub use rows::{baseline_of, execution_providers, format_number, models, setting, setting_in};
+pub use rows::{
+    baseline_of, duplicates, execution_providers, format_number, models, same_work, setting, setting_in, work,
+};
 use rows::{by_runtime, is_pytorch};
 
 use super::schema::{COLUMNS, OPTIONAL_COLUMNS, RESULTS_CSV, Row};
@@ -38,6 +40,8 @@ pub struct ReportSummary {
     pub models: Vec<String>,
     /// The files written: results.csv, report.md, report.png.
     pub files: Vec<PathBuf>,
+    /// What the reader should know: settings measured more than once ([`duplicates`]).
+    pub warnings: Vec<String>,
 }
 
 /// Collates the benchmark CSVs of `dirs` into `out` (created if missing): `results.csv`, `report.md` and
@@ -67,7 +71,12 @@ pub fn report(dirs: &[PathBuf], title: &str, out: &Path) -> Result<ReportSummary
     let png_path = out.join(REPORT_PNG);
     chart::draw(&rows, title, &png_path)?;
 
-    Ok(ReportSummary { rows: rows.len(), models: models(&rows), files: vec![csv_path, md_path, png_path] })
+    Ok(ReportSummary {
+        rows: rows.len(),
+        models: models(&rows),
+        files: vec![csv_path, md_path, png_path],
+        warnings: duplicates(&rows),
+    })
 }
 
 /// Reads every `*.csv` directly inside `dir` (not its subfolders), in file-name order; `dir` may also be one
@@ -336,7 +345,8 @@ pub fn render_markdown(rows: &[Row], title: &str) -> String {
     }
     md.push_str(
         "\nSpeed-up: the model's baseline `total_s` (profile `baseline`, fp32, on the same execution provider \
-         and device where measured, else on the same device) divided by the row's `total_s`; `–` where the model has no baseline row.",
+         and device where measured, else on the same device; always with the same steps, size and batch) divided \
+         by the row's `total_s`; `–` where the model has no baseline row doing the same work.",
     );
     if other_ep_baseline {
         md.push_str(" \\* compared with a baseline measured on another execution provider.");

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::lock::{self, BenchLock};
 use super::schema::{RESULTS_CSV, Row};
 use crate::convert::{self, ConvertOptions, ModelCard, Profile};
 use crate::host::{cpu_name, gpu_memory_of_this_process_mb, gpu_name, median, peak_rss_mb};
@@ -143,6 +144,8 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
     };
     let steps = opts.steps.or(card.as_ref().and_then(|c| c.steps)).unwrap_or(30);
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, "cannot create the results folder", e))?;
+    // Two benches into one folder would write over each other's files and rows.
+    let _lock = BenchLock::acquire(&opts.out)?;
     let source = opts.model.canonicalize().map_err(|e| Error::io(&opts.model, "cannot read", e))?;
     let model_name = model_name(opts, &source);
 
@@ -166,8 +169,12 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
             probe: true,
             log_verbosity: opts.log_verbosity,
         };
-        if let Err(reason) = run_worker(worker_exe, &job, &opts.out.join(format!(".probe-{}", ep.name()))) {
-            unusable.insert(ep, reason);
+        match run_worker(worker_exe, &job, &opts.out, &format!("probe-{}", ep.name())) {
+            Ok(Ok(_)) => {}
+            Ok(Err(reason)) => {
+                unusable.insert(ep, reason);
+            }
+            Err(e) => return Err(e),
         }
     }
 
@@ -182,12 +189,20 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
         let profile =
             &profiles.iter().find(|(spec, _)| *spec == combination.profile).expect("every profile was loaded").1;
         let outcome =
-            match measure(opts, &combination, profile, &source, &dir, card.as_ref(), steps, worker_exe, on_event) {
+            match measure(opts, &combination, profile, &source, &dir, card.as_ref(), steps, worker_exe, on_event)? {
                 Ok(mut row) => {
                     row.model = model_name.clone();
                     row.model_card = card.as_ref().map(|c| c.name.clone()).unwrap_or_default();
                     row.scheduler = scheduler_name.clone();
-                    record_row(&opts.out.join(RESULTS_CSV), &row, opts.append)?;
+                    // The image comes into place with its row, never one without the other.
+                    let partial = partial_image(&opts.out, &row.image);
+                    lock::uninterrupted(|| {
+                        let image = opts.out.join(&row.image);
+                        std::fs::rename(&partial, &image)
+                            .map_err(|e| Error::io(&image, "cannot write the image", e))?;
+                        record_row(&opts.out.join(RESULTS_CSV), &row, opts.append)
+                    })?;
+                    lock::untrack(&partial);
                     Outcome::Measured(Box::new(row))
                 }
                 Err(reason) => Outcome::Skipped { combination: combination.clone(), reason },
@@ -208,7 +223,31 @@ fn model_name(opts: &BenchOptions, source: &Path) -> String {
         .unwrap_or_else(|| source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
-/// Converts (or reuses) and measures one combination; `Err` is the reason it is skipped.
+/// The hidden file a worker writes the image of row image `image` to, renamed into place with the row.
+fn partial_image(out: &Path, image: &str) -> PathBuf {
+    out.join(format!(".{image}.{}.partial.jpg", std::process::id()))
+}
+
+/// The row's image name: model, setting and, where there is one, the tag, so that rows of one setting with
+/// different tags keep their own images.
+fn image_name(model: &str, label: &str, tag: &str) -> String {
+    let tag = tag.trim();
+    if tag.is_empty() {
+        return format!("{model}-{label}.jpg");
+    }
+    let safe: String =
+        tag.chars().take(48).map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    if safe == tag {
+        format!("{model}-{label}-{safe}.jpg")
+    } else {
+        // Tags that differ only in the characters replaced still get names of their own.
+        let hash = tag.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("{model}-{label}-{safe}-{:08x}.jpg", hash as u32)
+    }
+}
+
+/// Converts (or reuses) and measures one combination: `Ok(Err(reason))` is the reason it is skipped, `Err`
+/// what stops the whole bench (an interrupt).
 #[allow(clippy::too_many_arguments)]
 fn measure(
     opts: &BenchOptions,
@@ -220,21 +259,25 @@ fn measure(
     steps: usize,
     worker_exe: &Path,
     on_event: &mut dyn FnMut(Event),
-) -> std::result::Result<Row, String> {
+) -> Result<std::result::Result<Row, String>> {
     let ep = combination.ep;
     if let Err(e) = convert::check_profile_ep(profile, ep, false) {
-        return Err(e.to_string());
+        return Ok(Err(e.to_string()));
     }
     let folder = if profile.passes.is_empty() && combination.precision == Precision::Fp32 {
         // The export as is: nothing to convert.
         source.to_path_buf()
     } else {
         on_event(Event::Converting(combination));
-        converted(opts, combination, profile, source, card).map_err(|e| e.to_string())?
+        match converted(opts, combination, profile, source, card) {
+            Ok(folder) => folder,
+            Err(e) => return Ok(Err(e.to_string())),
+        }
     };
     on_event(Event::Measuring(combination));
     let label = combination.label();
-    let image = format!("{}-{label}.jpg", model_name(opts, source));
+    let image = image_name(&model_name(opts, source), &label, &opts.tag);
+    let partial = partial_image(&opts.out, &image);
     let job = WorkerJob {
         model: folder,
         ep,
@@ -246,20 +289,27 @@ fn measure(
         scheduler: opts.scheduler,
         warmup: opts.warmup,
         runs: opts.runs,
-        image: opts.out.join(&image),
+        image: partial.clone(),
         ort_lib: opts.ort_lib.clone(),
         ep_options: opts.ep_options.0.clone(),
         probe: false,
         log_verbosity: opts.log_verbosity,
     };
-    let m = run_worker(worker_exe, &job, &opts.out.join(format!(".{label}")))?
-        .ok_or_else(|| "the measuring process measured nothing".to_string())?;
+    lock::track(&partial)?;
+    let m = match run_worker(worker_exe, &job, &opts.out, &label)? {
+        Ok(Some(m)) => m,
+        failed => {
+            let _ = std::fs::remove_file(&partial);
+            lock::untrack(&partial);
+            return Ok(Err(failed.err().unwrap_or_else(|| "the measuring process measured nothing".to_string())));
+        }
+    };
     let pipeline = match dir.kind {
         PipelineKind::StableDiffusion => "StableDiffusionPipeline",
         PipelineKind::StableDiffusionXl => "StableDiffusionXLPipeline",
         PipelineKind::PixArtAlpha => "PixArtAlphaPipeline",
     };
-    Ok(Row {
+    Ok(Ok(Row {
         timestamp: rfc3339_now(),
         tag: opts.tag.clone(),
         pipeline: pipeline.into(),
@@ -299,7 +349,7 @@ fn measure(
         image,
         command: reproduce_command(opts, combination),
         ..Default::default()
-    })
+    }))
 }
 
 /// The row's `ep_options`: the `--ep-option` pairs, and what `precision = "auto"` became on this CPU when
@@ -380,8 +430,11 @@ fn reproduce_command(opts: &BenchOptions, c: &Combination) -> String {
         parts.push(format!("--steps {s}"));
     }
     parts.push(format!("--batch-size {}", opts.batch_size));
-    if let (Some(w), Some(h)) = (opts.width, opts.height) {
-        parts.push(format!("--width {w} --height {h}"));
+    if let Some(w) = opts.width {
+        parts.push(format!("--width {w}"));
+    }
+    if let Some(h) = opts.height {
+        parts.push(format!("--height {h}"));
     }
     parts.push(format!("--warmup {} --runs {}", opts.warmup, opts.runs));
     parts.push(format!("--prompt {}", shell_quote(&opts.prompt)));
@@ -486,34 +539,63 @@ pub enum WorkerAnswer {
     Failed { error: String },
 }
 
-/// Runs one job in a worker process (`<stem>.job.json` in, `<stem>.answer.json` out): the measurement
-/// (`None` for a probe that succeeded); `Err` is why none came back.
-fn run_worker(worker_exe: &Path, job: &WorkerJob, stem: &Path) -> std::result::Result<Option<Measurement>, String> {
-    let (job_path, answer_path) = (stem.with_extension("job.json"), stem.with_extension("answer.json"));
-    let text = serde_json::to_string_pretty(job).map_err(|e| format!("cannot write the job: {e}"))?;
-    std::fs::write(&job_path, text).map_err(|e| format!("{}: cannot write the job: {e}", job_path.display()))?;
+/// Runs one job in a worker process (`OUT/.<name>.<pid>.job.json` in, `.answer.json` out, named by this
+/// process so that benches never read each other's): `Ok(Ok(None))` for a probe that succeeded,
+/// `Ok(Err(reason))` where no measurement came back, `Err` on an interrupt.
+fn run_worker(
+    worker_exe: &Path,
+    job: &WorkerJob,
+    out: &Path,
+    name: &str,
+) -> Result<std::result::Result<Option<Measurement>, String>> {
+    let stem = format!(".{name}.{}", std::process::id());
+    let (job_path, answer_path) = (out.join(format!("{stem}.job.json")), out.join(format!("{stem}.answer.json")));
+    let text = serde_json::to_string_pretty(job).map_err(|e| Error::internal(format!("cannot write the job: {e}")))?;
+    lock::track(&job_path)?;
+    lock::track(&answer_path)?;
+    let done = |result| {
+        let _ = std::fs::remove_file(&job_path);
+        let _ = std::fs::remove_file(&answer_path);
+        lock::untrack(&job_path);
+        lock::untrack(&answer_path);
+        result
+    };
+    if let Err(e) = std::fs::write(&job_path, text) {
+        return done(Ok(Err(format!("{}: cannot write the job: {e}", job_path.display()))));
+    }
     let _ = std::fs::remove_file(&answer_path);
-    let output = Command::new(worker_exe)
+    let child = Command::new(worker_exe)
         .arg("bench-worker")
         .arg("--job")
         .arg(&job_path)
         .arg("--answer")
         .arg(&answer_path)
-        .output()
-        .map_err(|e| format!("cannot start the measuring process: {e}"))?;
-    let _ = std::fs::remove_file(&job_path);
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => return done(Ok(Err(format!("cannot start the measuring process: {e}")))),
+    };
+    lock::set_worker(Some(child.id()));
+    let output = child.wait_with_output();
+    lock::set_worker(None);
     let answer = std::fs::read_to_string(&answer_path);
-    let _ = std::fs::remove_file(&answer_path);
-    match answer.ok().and_then(|t| serde_json::from_str::<WorkerAnswer>(&t).ok()) {
+    let result = match answer.ok().and_then(|t| serde_json::from_str::<WorkerAnswer>(&t).ok()) {
         Some(WorkerAnswer::Measured(m)) => Ok(Some(m)),
         Some(WorkerAnswer::Usable) => Ok(None),
         Some(WorkerAnswer::Failed { error }) => Err(error),
-        None => Err(format!(
-            "the measuring process ended ({}) without an answer: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
-        )),
-    }
+        None => Err(match output {
+            Ok(output) => format!(
+                "the measuring process ended ({}) without an answer: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+            ),
+            Err(e) => format!("the measuring process could not be waited for: {e}"),
+        }),
+    };
+    done(Ok(result))
 }
 
 /// Reads a job, measures it and writes the answer (success or the error); the worker process's whole work.
@@ -649,8 +731,27 @@ mod tests {
     }
 
     #[test]
-    fn combinations_use_each_eps_default_precision() {
-        let opts = BenchOptions {
+    fn the_reproduce_command_keeps_a_lone_size_flag() {
+        let opts = |width, height| BenchOptions { width, height, ..options() };
+        let c = Combination { profile: "sdpa".into(), precision: Precision::Fp32, ep: ExecutionProvider::Cpu };
+        let command = reproduce_command(&opts(Some(256), None), &c);
+        assert!(command.contains(" --width 256 ") && !command.contains("--height"), "{command}");
+        let command = reproduce_command(&opts(None, Some(128)), &c);
+        assert!(command.contains(" --height 128 ") && !command.contains("--width"), "{command}");
+        let command = reproduce_command(&opts(Some(256), Some(128)), &c);
+        assert!(command.contains(" --width 256 --height 128 "), "{command}");
+    }
+
+    #[test]
+    fn image_names_hold_the_tag() {
+        assert_eq!(image_name("tiny-sd", "sdpa-fp32-cpu", ""), "tiny-sd-sdpa-fp32-cpu.jpg");
+        assert_eq!(image_name("tiny-sd", "sdpa-fp32-cpu", "run-2"), "tiny-sd-sdpa-fp32-cpu-run-2.jpg");
+        let (a, b) = (image_name("m", "l", "a b"), image_name("m", "l", "a/b"));
+        assert!(a.starts_with("m-l-a_b-") && b.starts_with("m-l-a_b-") && a != b, "{a} {b}");
+    }
+
+    fn options() -> BenchOptions {
+        BenchOptions {
             model: PathBuf::new(),
             model_name: None,
             profiles: vec!["baseline".into(), "sdpa".into()],
@@ -670,7 +771,12 @@ mod tests {
             ep_options: EpOptions::default(),
             append: false,
             log_verbosity: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn combinations_use_each_eps_default_precision() {
+        let opts = options();
         let labels: Vec<String> = combinations(&opts).unwrap().iter().map(Combination::label).collect();
         assert_eq!(labels, ["baseline-fp32-cpu", "sdpa-fp32-cpu", "baseline-fp16-cuda", "sdpa-fp16-cuda"]);
         // Without --profile: each EP's default progression, from the profiles' own metadata.

@@ -25,7 +25,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::canvas::{self, Canvas};
-use super::rows::{execution_providers, format_number, models, setting};
+use super::rows::{execution_providers, format_number, models, same_work, setting, setting_in, work};
 use crate::bench::schema::Row;
 use crate::{Error, Result};
 
@@ -47,7 +47,7 @@ const GROUP_GAP: f64 = 0.5;
 const LABEL_PX: u32 = 14;
 const LINE_PX: i32 = 16;
 /// Most lines under one bar; the last one is cut with an ellipsis.
-const MAX_LABEL_LINES: usize = 4;
+const MAX_LABEL_LINES: usize = 6;
 
 /// Tableau 10: distinguishable, and readable with black text nearby.
 const PALETTE: [RGBColor; 10] = [
@@ -80,6 +80,8 @@ struct Bar {
     /// Centre on the x axis, in bar slots.
     x: f64,
     seconds: f64,
+    /// The fastest and slowest timed runs, where the row has them apart (older rows may lack them).
+    range: Option<(f64, f64)>,
     /// Index into the execution providers, which is also the colour.
     ep: usize,
     /// The setting without its EP (the colour tells it), split where it may wrap.
@@ -122,7 +124,9 @@ fn panel(rows: &[Row], model: &str, eps: &[String]) -> Panel {
             x += GROUP_GAP;
         }
         for row in group {
-            bars.push(Bar { x, seconds: row.total_s, ep: ep_index, label: label_parts(row) });
+            let (low, high) = (row.total_min_s, row.total_max_s);
+            let range = (low.is_finite() && high.is_finite() && 0.0 < low && low < high).then_some((low, high));
+            bars.push(Bar { x, seconds: row.total_s, range, ep: ep_index, label: label_parts(rows, row) });
             x += 1.0;
         }
     }
@@ -130,8 +134,11 @@ fn panel(rows: &[Row], model: &str, eps: &[String]) -> Panel {
 }
 
 /// `dfast/sdpa/fp16/cuda` gives `dfast`, `sdpa`, `fp16`; `pytorch bf16+sdpa` gives `pytorch`, `bf16+sdpa`.
-fn label_parts(row: &Row) -> Vec<String> {
+/// A tag that tells two runs of one setting apart follows, and the work (steps, size, batch) where the
+/// model's rows do not all do the same.
+fn label_parts(rows: &[Row], row: &Row) -> Vec<String> {
     let text = setting(row);
+    let tagged = setting_in(rows, row).split(" @ ").next().unwrap_or_default().len() > text.len();
     let (text, options) = match text.split_once(" (") {
         Some((main, rest)) => (main.to_string(), Some(rest.trim_end_matches(')').to_string())),
         None => (text, None),
@@ -140,7 +147,20 @@ fn label_parts(row: &Row) -> Vec<String> {
     let text = text.strip_suffix(&ep_suffix).unwrap_or(&text);
     let mut parts: Vec<String> = text.split(['/', ' ']).filter(|p| !p.is_empty()).map(str::to_string).collect();
     parts.extend(options);
+    if tagged {
+        parts.push(format!("[{}]", row.tag));
+    }
+    if rows.iter().any(|r| r.model == row.model && !same_work(r, row)) {
+        parts.extend(work(row).split(", ").map(str::to_string));
+    }
     parts
+}
+
+impl Bar {
+    /// The highest point drawn: the bar or its slowest run.
+    fn top(&self) -> f64 {
+        self.range.map_or(self.seconds, |(_, high)| high.max(self.seconds))
+    }
 }
 
 fn font(size: u32) -> TextStyle<'static> {
@@ -232,7 +252,7 @@ fn draw_panel(
     let min_slots = slot_px * panel.slots / MAX_SLOT_PX;
     let pad = ((min_slots - panel.slots) / 2.0).max(0.0);
     let x_range = (-0.5 - pad)..(panel.slots - 0.5 + pad);
-    let y_max = panel.bars.iter().map(|b| b.seconds).fold(0.0, f64::max) * 1.15;
+    let y_max = panel.bars.iter().map(Bar::top).fold(0.0, f64::max) * 1.15;
 
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.model, font(18))
@@ -259,9 +279,18 @@ fn draw_panel(
             Rectangle::new([(b.x - 0.4, 0.0), (b.x + 0.4, b.seconds)], PALETTE[b.ep % PALETTE.len()].filled())
         }),
     )?;
+    // The fastest and slowest timed runs: a whisker with caps over the median's bar.
+    for (x, (low, high)) in panel.bars.iter().filter_map(|b| Some((b.x, b.range?))) {
+        let style = BLACK.stroke_width(2);
+        chart.draw_series([
+            PathElement::new([(x, low), (x, high)], style),
+            PathElement::new([(x - 0.12, low), (x + 0.12, low)], style),
+            PathElement::new([(x - 0.12, high), (x + 0.12, high)], style),
+        ])?;
+    }
     let value_style = font(LABEL_PX).pos(Pos::new(HPos::Center, VPos::Bottom));
     chart.draw_series(panel.bars.iter().map(|b| {
-        EmptyElement::at((b.x, b.seconds)) + Text::new(format!("{} s", format_number(b.seconds)), (0, -4), &value_style)
+        EmptyElement::at((b.x, b.top())) + Text::new(format!("{} s", format_number(b.seconds)), (0, -4), &value_style)
     }))?;
 
     // Drawn on the root in pixels: the labels sit below the plot, outside the chart's coordinates.
@@ -274,14 +303,15 @@ fn draw_panel(
     Ok(())
 }
 
-/// Packs label parts into lines of at most `max_px`, breaking long parts after `+` or `-`, and cutting
-/// what does not fit in [`MAX_LABEL_LINES`] lines with an ellipsis.
+/// Packs label parts into lines of at most `max_px`, breaking long parts after `+`, `-`, `=`, `:`, `;` or
+/// `,` (and a piece wider than a line anywhere), and cutting what does not fit in [`MAX_LABEL_LINES`] lines
+/// with an ellipsis.
 fn wrap(area: &Area, parts: &[String], style: &TextStyle, max_px: i32) -> DrawResult<Vec<String>> {
     let width = |s: &str| -> DrawResult<i32> { Ok(area.estimate_text_size(s, style)?.0 as i32) };
     let mut lines: Vec<String> = Vec::new();
     for part in parts {
         let mut line = String::new();
-        for piece in part.split_inclusive(['+', '-']) {
+        for piece in part.split_inclusive(['+', '-', '=', ':', ';', ',']).flat_map(|p| split_wide(p, &width, max_px)) {
             let joined = format!("{line}{piece}");
             if !line.is_empty() && width(&joined)? > max_px {
                 lines.push(std::mem::take(&mut line));
@@ -297,6 +327,21 @@ fn wrap(area: &Area, parts: &[String], style: &TextStyle, max_px: i32) -> DrawRe
         lines.push(rest);
     }
     lines.iter().map(|l| fit(area, l, style, max_px)).collect()
+}
+
+/// `piece` in runs of characters each at most `max_px` wide (one run where it fits).
+fn split_wide(piece: &str, width: &dyn Fn(&str) -> DrawResult<i32>, max_px: i32) -> Vec<String> {
+    let mut runs = vec![String::new()];
+    for c in piece.chars() {
+        let last = runs.last_mut().expect("runs is never empty");
+        let longer = format!("{last}{c}");
+        if !last.is_empty() && width(&longer).unwrap_or(i32::MAX) > max_px {
+            runs.push(c.to_string());
+        } else {
+            *last = longer;
+        }
+    }
+    runs
 }
 
 /// A y-axis tick: `2.5`, `10`, `0.05`, without the trailing zeros that the table's numbers keep.
@@ -319,4 +364,30 @@ fn fit(area: &Area, text: &str, style: &TextStyle, max_px: i32) -> DrawResult<St
         }
     }
     Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wrapped lines of a label under a bar `max_px` wide.
+    fn wrapped(parts: &[&str], max_px: i32) -> Vec<String> {
+        let mut buffer = vec![0u8; 400 * 100 * 3];
+        let root = Canvas::new(BitMapBackend::with_buffer(&mut buffer, (400, 100)), canvas::font().unwrap())
+            .into_drawing_area();
+        let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        wrap(&root, &parts, &font(LABEL_PX), max_px).unwrap()
+    }
+
+    #[test]
+    fn long_labels_wrap_instead_of_being_cut() {
+        let parts = ["dfast", "sdpa", "fp32", "precision=auto:bf16;threads=8"];
+        let lines = wrapped(&parts, 80);
+        assert!(lines.iter().all(|l| !l.contains('…')), "{lines:?}");
+        assert_eq!(lines.concat(), parts.concat(), "{lines:?}");
+        // A part with nowhere to break is broken anyway.
+        let lines = wrapped(&["averyveryverylongprofilename"], 60);
+        assert!(lines.len() > 1 && lines.iter().all(|l| !l.contains('…')), "{lines:?}");
+        assert_eq!(lines.concat(), "averyveryverylongprofilename");
+    }
 }

@@ -44,19 +44,35 @@ pub fn setting(row: &Row) -> String {
     }
 }
 
-/// The row's setting in a table of `rows`: [`setting`], plus the tag when another row of the same model has
-/// the same setting and another tag (so that two runs of one setting read apart).
+/// Steps, size and batch: rows that differ in them time different work, so they are never compared.
+pub fn same_work(a: &Row, b: &Row) -> bool {
+    (a.steps, a.width, a.height, a.batch_size) == (b.steps, b.width, b.height, b.batch_size)
+}
+
+/// `30 steps, 512x512, batch 1`.
+pub fn work(row: &Row) -> String {
+    format!("{} steps, {}x{}, batch {}", row.steps, row.width, row.height, row.batch_size)
+}
+
+/// The row's setting in a table of `rows`: [`setting`], plus the tag when another row of the same model and
+/// work has the same setting and another tag (so that two runs of one setting read apart), plus the work
+/// (`@ 30 steps, 512x512, batch 1`) when the model's rows do not all do the same work.
 pub fn setting_in(rows: &[Row], row: &Row) -> String {
     let base = setting(row);
-    let twin = rows.iter().any(|r| r.model == row.model && r.tag != row.tag && setting(r) == base);
-    if twin && !row.tag.is_empty() { format!("{base} [{}]", row.tag) } else { base }
+    let twin = rows.iter().any(|r| r.model == row.model && r.tag != row.tag && same_work(r, row) && setting(r) == base);
+    let mut label = if twin && !row.tag.is_empty() { format!("{base} [{}]", row.tag) } else { base };
+    if rows.iter().any(|r| r.model == row.model && !same_work(r, row)) {
+        label.push_str(&format!(" @ {}", work(row)));
+    }
+    label
 }
 
 /// The index in `rows` of the baseline `row` is compared with: the same model's `profile = baseline`,
-/// `precision = fp32` row, preferring the same EP and device, then the same EP, then the same device, else
-/// the model's first such row, else the model's first baseline row of any precision.
+/// `precision = fp32` row doing the same work (steps, size, batch), preferring the same EP and device, then
+/// the same EP, then the same device, else the model's first such row, else the model's first baseline row
+/// of any precision that does the same work. `None` where no baseline did the same work.
 pub fn baseline_of(rows: &[Row], row: &Row) -> Option<usize> {
-    let is_baseline = |r: &Row| r.model == row.model && r.profile.eq_ignore_ascii_case("baseline");
+    let is_baseline = |r: &Row| r.model == row.model && same_work(r, row) && r.profile.eq_ignore_ascii_case("baseline");
     let fp32 = |r: &Row| r.precision.eq_ignore_ascii_case("fp32");
     let candidates: Vec<usize> = (0..rows.len()).filter(|&i| is_baseline(&rows[i]) && fp32(&rows[i])).collect();
     let pick = |same: &dyn Fn(&Row) -> bool| candidates.iter().copied().find(|&i| same(&rows[i]));
@@ -66,6 +82,31 @@ pub fn baseline_of(rows: &[Row], row: &Row) -> Option<usize> {
         .or_else(|| pick(&|r| r.device == row.device))
         .or_else(|| candidates.first().copied())
         .or_else(|| rows.iter().position(is_baseline))
+}
+
+/// One sentence per setting measured more than once (same model, setting, tag, device and work): the
+/// table lists each such row and the speed-ups use the first baseline among them.
+pub fn duplicates(rows: &[Row]) -> Vec<String> {
+    let same = |a: &Row, b: &Row| {
+        a.model == b.model && setting(a) == setting(b) && a.tag == b.tag && a.device == b.device && same_work(a, b)
+    };
+    rows.iter()
+        .enumerate()
+        .filter(|&(i, row)| !rows[..i].iter().any(|earlier| same(earlier, row)))
+        .filter_map(|(_, row)| {
+            let n = rows.iter().filter(|other| same(other, row)).count();
+            let tag = if row.tag.is_empty() { String::new() } else { format!(", tag {:?}", row.tag) };
+            (n > 1).then(|| {
+                format!(
+                    "{}: {n} rows of {} ({}{tag}) measure the same setting; each is listed, and a baseline among \
+                     them counts once (the first)",
+                    row.model,
+                    setting(row),
+                    work(row)
+                )
+            })
+        })
+        .collect()
 }
 
 /// Seconds, milliseconds or megabytes with three or four significant digits, so that a tiny model's
