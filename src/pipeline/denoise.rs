@@ -361,13 +361,16 @@ mod tests {
         for value in [f32::NAN, f32::INFINITY] {
             let mut steps = 0;
             let err = run(1.0)
-                .denoise(&mut Filled(value), latents.clone(), LoopOptions::default(), &mut |i, _| steps = i)
+                .denoise(&mut Filled(value), latents.clone(), LoopOptions::default(), &mut generator(), &mut |i, _| {
+                    steps = i
+                })
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with("the latents hold NaN or Inf after step 1 of 3"), "{err}");
             assert_eq!(steps, 1);
         }
-        assert!(run(1.0).denoise(&mut Filled(0.5), latents, LoopOptions::default(), &mut |_, _| {}).is_ok());
+        let ok = run(1.0).denoise(&mut Filled(0.5), latents, LoopOptions::default(), &mut generator(), &mut |_, _| {});
+        assert!(ok.is_ok());
     }
 
     /// From a begin index the loop runs the rest of the schedule, counting its own steps.
