@@ -6,7 +6,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use super::config::{BetaSchedule, SchedulerConfig, TimestepSpacing};
+use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::{Error, Result};
 
 /// diffusers' defaults for the beta schedule, identical across the implemented classes.
@@ -291,6 +291,30 @@ pub(crate) fn alphas_cumprod_add_noise(
     let alpha_prod = alphas_cumprod[timestep as usize];
     let (sqrt_alpha_prod, sqrt_one_minus_alpha_prod) = (alpha_prod.sqrt(), (1.0 - alpha_prod).sqrt());
     zip_map(original, noise, |x, n| sqrt_alpha_prod * x + sqrt_one_minus_alpha_prod * n)
+}
+
+/// diffusers' DDIM and LCM estimates from one sample value `s` and model output `m` at a timestep whose
+/// alpha_cumprod is `alpha_prod_t`: (pred_original_sample, clamped to [-clip, clip] where `clip` is set and it
+/// is not NaN; pred_epsilon), for each prediction type.
+pub(crate) fn predict_original(
+    alpha_prod_t: f32,
+    prediction_type: PredictionType,
+    clip: Option<f32>,
+) -> impl Fn(f32, f32) -> (f32, f32) {
+    let sqrt_alpha_t = alpha_prod_t.sqrt();
+    let sqrt_beta_t = (1.0 - alpha_prod_t).sqrt();
+    let clamp = move |x: f32| match clip {
+        Some(range) if !x.is_nan() => x.max(-range).min(range),
+        _ => x,
+    };
+    move |s, m| {
+        let (pred_original_sample, pred_epsilon) = match prediction_type {
+            PredictionType::Epsilon => ((s - sqrt_beta_t * m) / sqrt_alpha_t, m),
+            PredictionType::Sample => (m, (s - sqrt_alpha_t * m) / sqrt_beta_t),
+            PredictionType::VPrediction => (sqrt_alpha_t * s - sqrt_beta_t * m, sqrt_alpha_t * m + sqrt_beta_t * s),
+        };
+        (clamp(pred_original_sample), pred_epsilon)
+    }
 }
 
 /// Element-wise `f(a, b)` of two same-shaped tensors.

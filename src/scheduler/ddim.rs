@@ -3,7 +3,8 @@
 use ndarray::ArrayD;
 
 use super::common::{
-    alphas_cumprod, alphas_cumprod_add_noise, check_steps, check_timesteps_in_range, integer_timesteps, zip_map,
+    alphas_cumprod, alphas_cumprod_add_noise, check_steps, check_timesteps_in_range, integer_timesteps,
+    predict_original, zip_map,
 };
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::{NoiseSource, Scheduler};
@@ -137,19 +138,7 @@ impl DdimScheduler {
     /// (pred_original_sample, clipped as configured; pred_epsilon) from one sample value and model output at
     /// `timestep`.
     fn predict(&self, timestep: i64) -> impl Fn(f32, f32) -> (f32, f32) + use<> {
-        let alpha_prod_t = self.alphas_cumprod[timestep as usize];
-        let sqrt_alpha_t = alpha_prod_t.sqrt();
-        let sqrt_beta_t = (1.0 - alpha_prod_t).sqrt();
-        let (clip, range) = (self.clip_sample, self.clip_sample_range);
-        let clamp = move |x: f32| if clip && !x.is_nan() { x.max(-range).min(range) } else { x };
-        let prediction_type = self.prediction_type;
-        move |s, m| {
-            let (pred_original_sample, pred_epsilon) = match prediction_type {
-                PredictionType::Epsilon => ((s - sqrt_beta_t * m) / sqrt_alpha_t, m),
-                PredictionType::Sample => (m, (s - sqrt_alpha_t * m) / sqrt_beta_t),
-                PredictionType::VPrediction => (sqrt_alpha_t * s - sqrt_beta_t * m, sqrt_alpha_t * m + sqrt_beta_t * s),
-            };
-            (clamp(pred_original_sample), pred_epsilon)
-        }
+        let clip = self.clip_sample.then_some(self.clip_sample_range);
+        predict_original(self.alphas_cumprod[timestep as usize], self.prediction_type, clip)
     }
 }

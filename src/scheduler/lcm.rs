@@ -4,7 +4,7 @@
 
 use ndarray::ArrayD;
 
-use super::common::{alphas_cumprod, alphas_cumprod_add_noise, check_steps, zip_map};
+use super::common::{alphas_cumprod, alphas_cumprod_add_noise, check_steps, predict_original, zip_map};
 use super::config::{PredictionType, SchedulerConfig};
 use super::{NoiseSource, Scheduler};
 use crate::{Error, Result};
@@ -82,24 +82,10 @@ impl LcmScheduler {
     /// `denoised = c_out * predicted_original_sample + c_skip * sample` at step `step_index`.
     fn denoised(&self, model_output: &ArrayD<f32>, step_index: usize, sample: &ArrayD<f32>) -> ArrayD<f32> {
         let timestep = self.timesteps[step_index];
-        let alpha_prod_t = self.alphas_cumprod[timestep as usize];
-        let beta_prod_t = 1.0 - alpha_prod_t;
-        let (sqrt_alpha_t, sqrt_beta_t) = (alpha_prod_t.sqrt(), beta_prod_t.sqrt());
         let (c_skip, c_out) = self.scalings(timestep);
-        let (clip, range, prediction_type) = (self.clip_sample, self.clip_sample_range, self.prediction_type);
-        zip_map(sample, model_output, |s, m| {
-            let predicted_original_sample = match prediction_type {
-                PredictionType::Epsilon => (s - sqrt_beta_t * m) / sqrt_alpha_t,
-                PredictionType::Sample => m,
-                PredictionType::VPrediction => sqrt_alpha_t * s - sqrt_beta_t * m,
-            };
-            let predicted_original_sample = if clip && !predicted_original_sample.is_nan() {
-                predicted_original_sample.max(-range).min(range)
-            } else {
-                predicted_original_sample
-            };
-            c_out * predicted_original_sample + c_skip * s
-        })
+        let clip = self.clip_sample.then_some(self.clip_sample_range);
+        let predict = predict_original(self.alphas_cumprod[timestep as usize], self.prediction_type, clip);
+        zip_map(sample, model_output, |s, m| c_out * predict(s, m).0 + c_skip * s)
     }
 }
 
