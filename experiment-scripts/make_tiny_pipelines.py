@@ -1382,6 +1382,18 @@ def build_sd_inpaint_unet() -> UNet2DConditionModel:
     )
 
 
+def rebuilt_committed(models: Path):
+    """tiny-sd and tiny-sdxl rebuilt from their seeds, each checked against its committed ONNX components."""
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_dir = Path(tmp)
+        write_clip_vocab(vocab_dir)
+        sd = build_sd(vocab_dir)
+        sdxl = build_sdxl(vocab_dir)
+    check_committed(sd, models / "tiny-sd", sdxl=False)
+    check_committed(sdxl, models / "tiny-sdxl", sdxl=True)
+    return sd, sdxl
+
+
 def check_committed(pipe, folder: Path, sdxl: bool):
     """The rebuilt pipeline's VAE encoder and UNet compute what the committed ONNX components of `folder` do, so
     that diffusers' references made here apply to them."""
@@ -1505,13 +1517,7 @@ def save_image_references(pipes: dict, refs: Path):
 
 def save_image_fixtures(models: Path, refs: Path):
     """--img2img: models/tiny-sd-inpaint and the img2img and inpainting references; nothing else is written."""
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_dir = Path(tmp)
-        write_clip_vocab(vocab_dir)
-        sd = build_sd(vocab_dir)
-        sdxl = build_sdxl(vocab_dir)
-    check_committed(sd, models / "tiny-sd", sdxl=False)
-    check_committed(sdxl, models / "tiny-sdxl", sdxl=True)
+    sd, sdxl = rebuilt_committed(models)
     print("exporting tiny-sd-inpaint (9-channel UNet) ...")
     sd_inpaint = save_sd_inpaint(sd, build_sd_inpaint_unet().to(torch.float32), models / "tiny-sd-inpaint")
     # As the other references: tokenizers and schedulers loaded from the committed folders.
@@ -1574,13 +1580,7 @@ def save_few_step_references(pipes: dict, refs: Path):
 
 def save_few_step_fixtures(models: Path, refs: Path):
     """--few-step: the few-step schedulers' references on tiny-sd and tiny-sdxl; nothing else is written."""
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_dir = Path(tmp)
-        write_clip_vocab(vocab_dir)
-        sd = build_sd(vocab_dir)
-        sdxl = build_sdxl(vocab_dir)
-    check_committed(sd, models / "tiny-sd", sdxl=False)
-    check_committed(sdxl, models / "tiny-sdxl", sdxl=True)
+    sd, sdxl = rebuilt_committed(models)
     # As the other references: tokenizers and schedulers loaded from the committed folders.
     sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
     sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
