@@ -194,15 +194,13 @@ fn bad_ep_options_are_clear_errors() {
 fn calibrated_int8_through_openvino_stays_close_to_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("tiny-sd-int8");
+    let model = common::model("tiny-sd");
+    let run_convert = |out: &Path, extra: &[&str]| {
+        let base = ["convert", "--model", model.to_str().unwrap(), "--profile", "int8-static", "--ep", "openvino"];
+        common::dfast(&[&base[..], &["--out", out.to_str().unwrap()], extra].concat())
+    };
     let convert = |out: &Path, extra: &[&str]| {
-        let run = common::dfast(
-            &[
-                &["convert", "--model", common::model("tiny-sd").to_str().unwrap(), "--profile", "int8-static"],
-                &["--ep", "openvino", "--calibrate", "2", "--calibrate-steps", "3", "--out", out.to_str().unwrap()][..],
-                extra,
-            ]
-            .concat(),
-        );
+        let run = run_convert(out, &[&["--calibrate", "2", "--calibrate-steps", "3"][..], extra].concat());
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     };
     let samples = tmp.path().join("samples");
@@ -242,38 +240,15 @@ fn calibrated_int8_through_openvino_stays_close_to_diffusers() {
     assert_eq!(std::fs::read_to_string(again.join("unet/int8-calibration.json")).unwrap(), ranges);
     // Nothing is recorded then, so asking for the inputs is refused before anything is written.
     let never = tmp.path().join("never-saved");
-    let run = common::dfast(&[
-        "convert",
-        "--model",
-        common::model("tiny-sd").to_str().unwrap(),
-        "--profile",
-        "int8-static",
-        "--ep",
-        "openvino",
-        "--calibration-from",
-        out.to_str().unwrap(),
-        "--save-calibration-inputs",
-        never.to_str().unwrap(),
-        "--out",
-        tmp.path().join("never").to_str().unwrap(),
-    ]);
+    let run = run_convert(
+        &tmp.path().join("never"),
+        &["--calibration-from", out.to_str().unwrap(), "--save-calibration-inputs", never.to_str().unwrap()],
+    );
     assert_clear_error(&run, "nothing is recorded");
     assert!(!never.exists() && !tmp.path().join("never").exists());
     // Ranges of another graph are refused with what is missing.
     let wrong = tmp.path().join("wrong.json");
     std::fs::write(&wrong, "{\"x\": [0, 1]}").unwrap();
-    let run = common::dfast(&[
-        "convert",
-        "--model",
-        common::model("tiny-sd").to_str().unwrap(),
-        "--profile",
-        "int8-static",
-        "--ep",
-        "openvino",
-        "--calibration-from",
-        wrong.to_str().unwrap(),
-        "--out",
-        tmp.path().join("never").to_str().unwrap(),
-    ]);
+    let run = run_convert(&tmp.path().join("never"), &["--calibration-from", wrong.to_str().unwrap()]);
     assert_clear_error(&run, "lacks the ranges of 20 of the 20 activations");
 }
