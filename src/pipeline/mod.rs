@@ -139,8 +139,7 @@ impl Pipeline {
 impl UnetPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
         // A converted folder carries the session options its profile chose for its EP.
-        let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
-        let warnings = dir.load_warnings(runtime, &defaults, ep_warning)?;
+        let (defaults, warnings) = dir.session_setup(runtime)?;
         let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
         let mut text_encoders = vec![TextEncoder {
             tokenizer: ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?,

@@ -202,9 +202,13 @@ impl PipelineDir {
     /// The session options the manifest records for execution provider `ep`, and a warning when the folder
     /// was converted for another EP (its graphs and session options were chosen for that one).
     pub fn session_options(&self, ep: ExecutionProvider) -> Result<(EpOptions, Option<String>)> {
-        let Some(manifest) = self.manifest()? else { return Ok(Default::default()) };
+        Ok(self.options_from(self.manifest()?.as_ref(), ep))
+    }
+
+    fn options_from(&self, manifest: Option<&Manifest>, ep: ExecutionProvider) -> (EpOptions, Option<String>) {
+        let Some(manifest) = manifest else { return Default::default() };
         if manifest.execution_provider == ep {
-            return Ok((manifest.ep_options(), None));
+            return (manifest.ep_options(), None);
         }
         let warning = format!(
             "{} was converted for the {} EP (profile {}); running it on {} without its session options",
@@ -213,23 +217,20 @@ impl PipelineDir {
             manifest.profile,
             ep
         );
-        Ok((EpOptions::default(), Some(warning)))
+        (EpOptions::default(), Some(warning))
     }
 
-    /// What to tell the user when this folder runs on `runtime` with `defaults` (its manifest's session
-    /// options) besides `ep_warning` (from [`Self::session_options`]): a precision the CPU cannot compute in,
-    /// int8 weights this CPU's int8 kernels saturate.
-    pub fn load_warnings(
-        &self,
-        runtime: &Runtime,
-        defaults: &EpOptions,
-        ep_warning: Option<String>,
-    ) -> Result<Vec<String>> {
+    /// The session options this folder runs with on `runtime` ([`Self::session_options`]) and what to tell the
+    /// user before it runs: a folder converted for another EP, a precision the CPU cannot compute in, int8
+    /// weights this CPU's int8 kernels saturate.
+    pub fn session_setup(&self, runtime: &Runtime) -> Result<(EpOptions, Vec<String>)> {
+        let manifest = self.manifest()?;
+        let (defaults, ep_warning) = self.options_from(manifest.as_ref(), runtime.ep());
         let options = defaults.merged(runtime.options());
-        let int8 = self
-            .manifest()?
-            .and_then(|m| m.int8_saturation_warning(runtime.ep(), &options, &crate::host::CpuFeatures::host()));
-        Ok(ep_warning.into_iter().chain(runtime.precision_warning(defaults)).chain(int8).collect())
+        let cpu = crate::host::CpuFeatures::host();
+        let int8 = manifest.and_then(|m| m.int8_saturation_warning(runtime.ep(), &options, &cpu));
+        let warnings = ep_warning.into_iter().chain(runtime.precision_warning(&defaults)).chain(int8).collect();
+        Ok((defaults, warnings))
     }
 
     /// Image pixels per latent pixel: 2^(VAE blocks - 1), from the VAE decoder's config (8 for every real

@@ -165,7 +165,7 @@ pub struct PixArtPipeline {
 
 impl PixArtPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
-        let (defaults, ep_warning) = dir.session_options(runtime.ep())?;
+        let (defaults, warnings) = dir.session_setup(runtime)?;
         let tokenizer = T5Tokenizer::from_dir(&dir.root.join("tokenizer"), MAX_SEQUENCE_LENGTH)?;
         let vae = Vae::load(runtime, &dir, &defaults)?;
         let config_path = dir.root.join("transformer").join("config.json");
@@ -176,7 +176,6 @@ impl PixArtPipeline {
         let in_channels = config.in_channels.ok_or_else(|| missing("in_channels"))?;
         // diffusers' PixArtTransformer2DModel: out_channels defaults to in_channels (2x with learned sigma).
         let out_channels = config.out_channels.unwrap_or(in_channels);
-        let warnings = dir.load_warnings(runtime, &defaults, ep_warning)?;
         Ok(PixArtPipeline {
             dir,
             runtime: runtime.clone(),
