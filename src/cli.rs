@@ -210,6 +210,10 @@ pub struct GenerateArgs {
     /// table (resized and cropped back afterwards), which diffusers' pipeline does by default.
     #[arg(long)]
     pub no_resolution_binning: bool,
+    /// Run a size even where the memory estimate says it does not fit (the estimate is on the high side:
+    /// fused attention and fp16 need less than it counts).
+    #[arg(long)]
+    pub no_memory_check: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -367,7 +371,7 @@ pub struct TuneArgs {
     /// bf16, f16; cpu fp32; cuda fp16 (default), bf16, fp32.
     #[arg(long)]
     pub precision: Option<String>,
-    /// The profile to write (default profiles/local-<ep>.toml).
+    /// The profile to write (default: profiles/local-<ep>.toml of the checkout dfast was built from).
     #[arg(long, value_name = "FILE.toml")]
     pub out: Option<PathBuf>,
     /// The measurements (default: next to --out, .timings.json).
@@ -541,7 +545,7 @@ pub fn run(cli: Cli) -> Result<()> {
             result
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "dfast", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut completion_command(), "dfast", &mut std::io::stdout());
             Ok(())
         }
         Command::UnetStep(args) => {
@@ -553,6 +557,17 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// A progress bar with `template` (drawn on stderr only when it is a terminal).
+/// The command line as completions offer it: without hidden subcommands (`bench-worker`), which clap's
+/// completion scripts list otherwise.
+fn completion_command() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new(full.get_name().to_string());
+    for arg in full.get_arguments() {
+        cmd = cmd.arg(arg.clone());
+    }
+    cmd.subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
+
 fn progress(template: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
@@ -815,13 +830,16 @@ fn inspect(args: InspectArgs) -> Result<()> {
 
 fn tune(args: TuneArgs) -> Result<()> {
     use dfast::tune::{TuneOptions, profile_text, tune};
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("profiles/local-{}.toml", args.ep.name())));
+    // By default into the profiles/ folder of the checkout this binary was built from, wherever it runs.
+    let out = args.out.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles").join(format!("local-{}.toml", args.ep.name()))
+    });
     if out.extension().and_then(|e| e.to_str()) != Some("toml") {
         return Err(Error::bad_file(&out, "--out must name a .toml profile file"));
     }
-    check_writable(&out)?;
+    dfast::files::check_writable(&out)?;
     let timings = args.timings.clone().unwrap_or_else(|| out.with_extension("timings.json"));
-    check_writable(&timings)?;
+    dfast::files::check_writable(&timings)?;
     let name = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into());
     let ep_options = EpOptions::parse(&args.runtime.ep_option)?;
     let precision = args
@@ -852,9 +870,9 @@ fn tune(args: TuneArgs) -> Result<()> {
     let report = tune(&opts, &mut |line| eprintln!("tune: {line}"))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let text = profile_text(&report, &name, &command);
-    std::fs::write(&out, &text).map_err(|e| Error::io(&out, "cannot write", e))?;
+    dfast::files::write_bytes(&out, "the profile", text.as_bytes())?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::internal(format!("json: {e}")))?;
-    std::fs::write(&timings, json + "\n").map_err(|e| Error::io(&timings, "cannot write", e))?;
+    dfast::files::write_bytes(&timings, "the timings", (json + "\n").as_bytes())?;
     let alt = &report.precision;
     println!(
         "{} shapes timed ({} nodes); int8 slower on {} of {} [in, out] pairs: exclude = {:?}",
@@ -882,7 +900,7 @@ fn tune(args: TuneArgs) -> Result<()> {
 fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
     use dfast::bench::unet_step::{StepOptions, unet_step};
     if let Some(path) = &args.output {
-        check_writable(path)?;
+        dfast::files::check_writable(path)?;
     }
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let opts = StepOptions {
@@ -914,15 +932,29 @@ fn unet_step(args: UnetStepArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions
 fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Result<()> {
     // Cheap checks first, so that bad input fails before any model is loaded.
     pipeline::image::format_for(&args.out)?;
-    check_writable(&args.out)?;
-    if let Some(path) = &args.save_latents {
-        check_writable(path)?;
-    }
     let jobs = match (&args.prompt_file, &args.prompt) {
         (Some(file), _) => pipeline::prompt_file::read(file)?,
         (None, Some(prompt)) => vec![pipeline::prompt_file::PromptJob { prompt: prompt.clone(), ..Default::default() }],
         (None, None) => return Err(Error::bad_input("give --prompt or --prompt-file")),
     };
+    // Prompt j starts from seed + j unless its line sets one, so that no two prompts share their noise.
+    let seed = args.seed.unwrap_or_else(random_seed);
+    if seed.checked_add(jobs.len() as u64 - 1).is_none() {
+        return Err(Error::bad_input(format!(
+            "--seed {seed} with {} prompts (seeded --seed + 0 to {}) passes the largest seed, {}; give a smaller \
+             --seed",
+            jobs.len(),
+            jobs.len() - 1,
+            u64::MAX
+        )));
+    }
+    // Every file the run will write can be written (folder, permissions, name length), before the work.
+    let outputs = output_paths(&args, jobs.len());
+    for (image, latents) in &outputs {
+        for path in image_paths(image, args.num_images).iter().chain(latents) {
+            dfast::files::check_writable(path)?;
+        }
+    }
     // img2img and inpainting also read the VAE encoder.
     let components = if args.image.is_some() { Components::WithVaeEncoder } else { Components::Pipeline };
     let dir = pipeline_dir(args.model.as_deref(), &args.hub, components)?;
@@ -944,39 +976,71 @@ fn generate(args: GenerateArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions)
                 .map_err(|e| Error::bad_file(file, format!("line {}: {e}", job.line)))?;
         }
     }
+    let info = pipeline::output::RunInfo {
+        model: dir.root.display().to_string(),
+        profile: dir.manifest().ok().flatten().map_or_else(|| "export".into(), |m| m.profile),
+        ep: args.ep.to_string(),
+    };
+    let lines: Vec<usize> = jobs.iter().map(|job| job.line).collect();
+    let options: Vec<GenerateOptions> =
+        jobs.into_iter().enumerate().map(|(j, job)| job_options(&args, job, seed + j as u64)).collect();
+    // A JPEG keeps how it was made in EXIF, which holds at most 64 KB: a long prompt is found now. A size
+    // that cannot fit in memory is refused now, not after the machine runs out.
+    for ((opts, line), (out, _)) in options.iter().zip(&lines).zip(&outputs) {
+        pipeline::output::check_provenance(opts, &info, out)
+            .and_then(|()| match args.no_memory_check {
+                true => Ok(()),
+                false => pipeline::memory::check_options(&dir, args.ep, opts),
+            })
+            .map_err(|e| in_prompt_file(e, &args, *line))?;
+    }
     let runtime = Runtime::with_options(args.ep, ep_options, ort_lib.as_deref())?;
     let mut pipe = Pipeline::load(&runtime, dir)?;
-    let several = jobs.len() > 1;
-    // Prompt j starts from seed + j unless its line sets one, so that no two prompts share their noise.
-    let seed = args.seed.unwrap_or_else(random_seed);
-    for (j, job) in jobs.into_iter().enumerate() {
-        let line = job.line;
-        let opts = GenerateOptions {
-            prompt: job.prompt,
-            negative_prompt: job.negative_prompt.or_else(|| args.negative_prompt.clone()),
-            steps: job.steps.or(args.steps),
-            guidance: args.guidance,
-            seed: job.seed.unwrap_or(seed.wrapping_add(j as u64)),
-            width: job.width.or(args.size.width),
-            height: job.height.or(args.size.height),
-            scheduler: args.size.scheduler,
-            scheduler_config: args.scheduler_config.clone(),
-            latents: args.latents.clone(),
-            batch_size: args.num_images,
-            no_resolution_binning: args.no_resolution_binning,
-            image: args.image.clone(),
-            mask: args.mask.clone(),
-            strength: args.strength,
-        };
-        let out = if several { pipeline::output::indexed(&args.out, j) } else { args.out.clone() };
-        let latents =
-            args.save_latents.as_ref().map(|p| if several { pipeline::output::indexed(p, j) } else { p.clone() });
-        generate_one(&mut pipe, &opts, &args, &out, latents.as_deref()).map_err(|e| match &args.prompt_file {
-            Some(file) => e.in_context(format!("{} line {line}", file.display())),
-            None => e,
-        })?;
+    for ((opts, line), (out, latents)) in options.iter().zip(lines).zip(outputs) {
+        generate_one(&mut pipe, opts, &args, &info, &out, latents.as_deref())
+            .map_err(|e| in_prompt_file(e, &args, line))?;
     }
     Ok(())
+}
+
+/// The options of one prompt: its line's own values, else the command line's; `seed` unless the line sets one.
+fn job_options(args: &GenerateArgs, job: pipeline::prompt_file::PromptJob, seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        prompt: job.prompt,
+        negative_prompt: job.negative_prompt.or_else(|| args.negative_prompt.clone()),
+        steps: job.steps.or(args.steps),
+        guidance: args.guidance,
+        seed: job.seed.unwrap_or(seed),
+        width: job.width.or(args.size.width),
+        height: job.height.or(args.size.height),
+        scheduler: args.size.scheduler,
+        scheduler_config: args.scheduler_config.clone(),
+        latents: args.latents.clone(),
+        batch_size: args.num_images,
+        no_resolution_binning: args.no_resolution_binning,
+        image: args.image.clone(),
+        mask: args.mask.clone(),
+        strength: args.strength,
+    }
+}
+
+/// An error of the prompt on `line` of the prompt file, named so; as it is without a prompt file.
+fn in_prompt_file(e: Error, args: &GenerateArgs, line: usize) -> Error {
+    match &args.prompt_file {
+        Some(file) => e.in_context(format!("{} line {line}", file.display())),
+        None => e,
+    }
+}
+
+/// Per prompt, the image name (`--out`, or OUT-j.png with several prompts) and the latents file.
+fn output_paths(args: &GenerateArgs, prompts: usize) -> Vec<(PathBuf, Option<PathBuf>)> {
+    let name = |p: &Path, j: usize| if prompts > 1 { pipeline::output::indexed(p, j) } else { p.to_path_buf() };
+    (0..prompts).map(|j| (name(&args.out, j), args.save_latents.as_ref().map(|p| name(p, j)))).collect()
+}
+
+/// The files one prompt's images go to (`out`, or OUT-0.png, OUT-1.png, ... with several images).
+fn image_paths(out: &Path, images: usize) -> Vec<PathBuf> {
+    if images > 1 { (0..images).map(|i| pipeline::output::indexed(out, i)).collect() } else { vec![out.to_path_buf()] }
 }
 
 /// One prompt: generate, write the images (with how they were made) and latents, report.
@@ -984,6 +1048,7 @@ fn generate_one(
     pipe: &mut Pipeline,
     opts: &GenerateOptions,
     args: &GenerateArgs,
+    info: &pipeline::output::RunInfo,
     out_path: &Path,
     save_latents: Option<&Path>,
 ) -> Result<()> {
@@ -1005,12 +1070,7 @@ fn generate_one(
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
-    let info = pipeline::output::RunInfo {
-        model: pipe.dir().root.display().to_string(),
-        profile: pipe.dir().manifest().ok().flatten().map_or_else(|| "export".into(), |m| m.profile),
-        ep: args.ep.to_string(),
-    };
-    let written = pipeline::output::save(&out, opts, &info, out_path, save_latents)?;
+    let written = pipeline::output::save(&out, opts, info, out_path, save_latents)?;
     if args.json {
         println!("{}", pipeline::output::summary_json(&out, opts, &written, save_latents));
     } else {
@@ -1035,21 +1095,6 @@ fn check_out_dir(out: &Path) -> Result<()> {
         )),
         _ => Ok(()),
     }
-}
-
-/// Fails early when a file cannot be created there (missing folder, read-only place).
-fn check_writable(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::bad_file(path, format!("cannot write here: folder {} does not exist", parent.display())));
-    }
-    if path.is_dir() {
-        return Err(Error::bad_file(path, "cannot write here: it is a folder; expected a file name"));
-    }
-    Ok(())
 }
 
 fn random_seed() -> u64 {

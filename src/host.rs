@@ -148,6 +148,42 @@ pub fn gpu_memory_of_this_process_mb() -> Option<f64> {
     })
 }
 
+/// The first GPU's memory, from nvidia-smi (bytes).
+pub fn gpu_memory_total() -> Option<u64> {
+    let out =
+        Command::new("nvidia-smi").args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"]).output().ok()?;
+    let mib: u64 = String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()?;
+    Some(mib << 20)
+}
+
+/// Host memory this process can still take (bytes), and what bounds it: the machine's available memory
+/// (`MemAvailable`), the control group's limit less its use, or the address-space limit (`RLIMIT_AS`) less
+/// what the process maps already, whichever is least. `None` where none can be read (not Linux).
+pub fn memory_available() -> Option<(u64, &'static str)> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let kb_field = |text: &str, key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        Some(line[key.len()..].split_whitespace().next()?.parse::<u64>().ok()? * 1024)
+    };
+    let mut bounds: Vec<(u64, &'static str)> = Vec::new();
+    if let Some(free) = read("/proc/meminfo").and_then(|t| kb_field(&t, "MemAvailable:")) {
+        bounds.push((free, "the memory available on this machine"));
+    }
+    let cgroup = |name: &str| read(&format!("/sys/fs/cgroup/{name}")).and_then(|t| t.trim().parse::<u64>().ok());
+    if let (Some(max), Some(used)) = (cgroup("memory.max"), cgroup("memory.current")) {
+        bounds.push((max.saturating_sub(used), "the memory this control group may still use"));
+    }
+    let limit = read("/proc/self/limits").and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("Max address space"))?;
+        line["Max address space".len()..].split_whitespace().next()?.parse::<u64>().ok()
+    });
+    if let Some(limit) = limit {
+        let mapped = read("/proc/self/status").and_then(|t| kb_field(&t, "VmSize:")).unwrap_or(0);
+        bounds.push((limit.saturating_sub(mapped), "the address space left under this process's RLIMIT_AS limit"));
+    }
+    bounds.into_iter().min_by_key(|(bytes, _)| *bytes)
+}
+
 /// Peak resident memory of this process (VmHWM), in MB.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -8,8 +8,8 @@
 //!
 //! 1. `error`
 //! 2. `settings`: the vocabulary (precision, execution provider, session options)
-//! 3. `onnx` (models, graphs, patches), `host` (the machine: CPU, memory), `hub` (the Hugging Face Hub and
-//!    its cache)
+//! 3. `onnx` (models, graphs, patches), `host` (the machine: CPU, memory), `files` (output files written
+//!    safely), `hub` (the Hugging Face Hub and its cache)
 //! 4. `runtime` (ONNX Runtime: library, sessions)
 //! 5. `manifest` (what a converted folder records), `scheduler`
 //! 6. `passes` (graph rewrites), `pipeline` (text to image), side by side
@@ -20,6 +20,7 @@
 pub mod bench;
 pub mod convert;
 mod error;
+pub mod files;
 pub mod host;
 pub mod hub;
 pub mod inspect;

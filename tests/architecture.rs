@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&[&str]; 8] = [
     &["error"],
     &["settings"],
-    &["onnx", "host", "hub"],
+    &["onnx", "host", "files", "hub"],
     &["runtime"],
     &["manifest", "scheduler"],
     &["passes", "pipeline"],

@@ -463,16 +463,20 @@ fn run_missing(out: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// `--version` names the commit and the ONNX Runtime libraries found; `completions` prints a script;
+/// `--version` names the commit and the ONNX Runtime libraries found; `completions` prints a script (without
+/// the hidden `bench-worker`);
 /// `generate --json` prints one JSON object that matches what was written.
 #[test]
 fn version_completions_and_json() {
     let version = String::from_utf8_lossy(&dfast(&["--version"]).stdout).to_string();
     assert!(version.starts_with(&format!("dfast {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
     assert!(version.contains(&format!("ONNX Runtime {} (cpu): ", dfast::runtime::ORT_VERSION)), "{version}");
-    for shell in ["bash", "zsh", "fish"] {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let run = dfast(&["completions", shell]);
-        assert!(run.status.success() && String::from_utf8_lossy(&run.stdout).contains("generate"), "{shell}");
+        let script = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success() && script.contains("generate") && script.contains("ep-option"), "{shell}");
+        // The hidden worker subcommand is not offered.
+        assert!(!script.contains("bench-worker"), "{shell}");
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png");
@@ -577,7 +581,9 @@ fn out_of_memory_names_the_size_and_onnx_runtime_logs_only_with_v() {
     let out = tmp.path().join("x.png");
     let run = |verbose: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfast"));
+        // Past the memory estimate, which would refuse this size up front.
         cmd.args(["generate", "--prompt", "x", "--steps", "1", "--width", "2048", "--height", "2048"]);
+        cmd.arg("--no-memory-check");
         cmd.args(["--out", out.to_str().unwrap()]);
         if verbose {
             cmd.arg("-v");
@@ -596,10 +602,11 @@ fn out_of_memory_names_the_size_and_onnx_runtime_logs_only_with_v() {
     };
     let quiet = run(false);
     assert_clear_error(&quiet, "ran out of memory in");
-    assert_clear_error(
-        &quiet,
-        "at 2048x2048 with 1 image(s) per prompt; try a smaller size, e.g. --width 1024 --height 1024",
-    );
+    assert_clear_error(&quiet, "at 2048x2048 with 1 image(s) per prompt; try a smaller size, e.g. --width ");
+    // The size suggested fits the memory estimate (half of each side, 1024x1024, did not fit either).
+    let stderr = String::from_utf8_lossy(&quiet.stderr).to_string();
+    let side: usize = stderr.split("--width ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(side < 1024 && side.is_multiple_of(16) && stderr.trim().ends_with(&format!("--height {side}")), "{stderr}");
     let verbose = run(true);
     let stderr = String::from_utf8_lossy(&verbose.stderr);
     assert!(stderr.contains("onnxruntime Error"), "{stderr}");
@@ -789,4 +796,182 @@ fn non_finite_numbers_are_refused_and_nan_latents_write_nothing() {
     let run = dfast(&generate_args(out_str, &["--scheduler-config", negative.to_str().unwrap()]));
     assert_clear_error(&run, "the scheduler config gives a beta of -0.01");
     assert!(!out.exists());
+}
+
+/// `dfast generate` with `args` under a resource limit (`resource`, `bytes`) set in the child.
+fn dfast_limited(args: &[&str], resource: libc::__rlimit_resource_t, bytes: u64) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dfast"));
+    command.args(args);
+    // SAFETY: setrlimit(2) only, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().expect("dfast runs")
+}
+
+/// Sizes that cannot fit in memory are refused before anything loads, in one sentence with a size that fits;
+/// under an address-space limit, the suggested size runs (it used to grow until the kernel killed it, or
+/// failed inside ONNX Runtime after loading).
+#[test]
+fn sizes_that_cannot_fit_in_memory_are_refused_with_one_that_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let out_str = out.to_str().unwrap();
+    for (w, h) in [("65536", "65536"), ("4294967296", "16")] {
+        let started = std::time::Instant::now();
+        let run =
+            dfast(&["generate", "--prompt", "a fox", "--steps", "1", "--width", w, "--height", h, "--out", out_str]);
+        assert_clear_error(&run, &format!("{w}x{h} needs about"));
+        assert_clear_error(&run, "the largest size of this shape that fits is --width");
+        assert!(started.elapsed().as_secs() < 20, "refused late: {:?}", started.elapsed());
+    }
+    // An ONNX Runtime library that does not exist: the refusal comes before anything loads.
+    let limit = 1536u64 << 20;
+    let args = |w: &'static str, h: &'static str| -> Vec<String> {
+        ["generate", "--prompt", "a fox", "--seed", "1", "--steps", "1", "--width", w, "--height", h, "--out", out_str]
+            .map(String::from)
+            .to_vec()
+    };
+    let big: Vec<String> =
+        [args("1024", "1024"), vec!["--ort-lib".into(), "/nonexistent/libonnxruntime.so".into()]].concat();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    let run = dfast_limited(&big, libc::RLIMIT_AS, limit);
+    assert_clear_error(&run, "1024x1024 needs about 8.");
+    assert_clear_error(&run, "RLIMIT_AS");
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+    let tail = stderr.split("--width ").nth(1).unwrap();
+    let (w, h) = (tail.split(' ').next().unwrap(), tail.split("--height ").nth(1).unwrap().trim());
+    assert!(w == h && w.parse::<usize>().unwrap() < 1024 && w.parse::<usize>().unwrap().is_multiple_of(16), "{stderr}");
+    // The suggested size itself runs under the same limit.
+    let fits: Vec<String> =
+        args("1024", "1024").into_iter().map(|a| if a == "1024" { w.to_string() } else { a }).collect();
+    let fits: Vec<&str> = fits.iter().map(String::as_str).collect();
+    let run = dfast_limited(&fits, libc::RLIMIT_AS, limit);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (w.parse().unwrap(), h.parse().unwrap()));
+}
+
+/// Every output is checked before the work (a read-only mount, a name too long, EXIF too large for a JPEG),
+/// shown with an ONNX Runtime library that does not exist, which loading would name first; a write that
+/// fails (a full disk: a file-size limit) leaves no file at the name asked for and no temporary file.
+#[test]
+fn outputs_are_checked_before_the_work_and_never_left_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_ort = ["--ort-lib", "/nonexistent/libonnxruntime.so"];
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let ro_out = ro.join("x.png");
+    let script = format!(
+        "mount --bind -o ro {0} {0} && exec {1} generate --prompt 'a fox' --steps 1 --out {2} --ort-lib /nonexistent/x.so",
+        ro.display(),
+        env!("CARGO_BIN_EXE_dfast"),
+        ro_out.display()
+    );
+    let run = Command::new("unshare").args(["-rm", "sh", "-c", &script]).output().expect("unshare runs");
+    assert_clear_error(&run, "cannot write in folder");
+    assert_clear_error(&run, "Read-only file system");
+    let long = tmp.path().join(format!("{}.png", "a".repeat(300)));
+    let run = dfast(
+        &[&["generate", "--prompt", "a fox", "--steps", "1", "--out", long.to_str().unwrap()], &no_ort[..]].concat(),
+    );
+    assert_clear_error(&run, "File name too long");
+    let jpg = tmp.path().join("x.jpg");
+    let prompt = "long ".repeat(10_000);
+    let run = dfast(
+        &[&["generate", "--prompt", &prompt, "--steps", "1", "--out", jpg.to_str().unwrap()], &no_ort[..]].concat(),
+    );
+    assert_clear_error(&run, "more than a JPEG holds");
+    // The eleventh prompt's image name (OUT-10.png) is one character too long: found before the first runs.
+    let file = tmp.path().join("p.txt");
+    std::fs::write(&file, "a fox\n".repeat(11)).unwrap();
+    let stem = tmp.path().join("b".repeat(249));
+    let out = format!("{}.png", stem.display());
+    let run = dfast(&["generate", "--prompt-file", file.to_str().unwrap(), "--steps", "1", "--out", &out]);
+    assert_clear_error(&run, "-10.png: cannot write here: File name too long");
+    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('b')));
+    let seed = ["--seed", "18446744073709551615", "--steps", "1", "--out", &out];
+    let run = dfast(&[&["generate", "--prompt-file", file.to_str().unwrap()], &seed[..]].concat());
+    assert_clear_error(&run, "passes the largest seed");
+
+    // A full disk: the image does not fit under a 4 KiB file-size limit; the old file stays whole.
+    let out = tmp.path().join("full.png");
+    std::fs::write(&out, "old").unwrap();
+    let latents = tmp.path().join("full.npy");
+    let args = [
+        "generate",
+        "--prompt",
+        "a fox",
+        "--seed",
+        "1",
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-latents",
+        latents.to_str().unwrap(),
+    ];
+    let run = dfast_limited(&args, libc::RLIMIT_FSIZE, 4096);
+    assert_clear_error(&run, "cannot write the image: File too large");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "old");
+    assert!(!latents.exists());
+    assert_eq!(dfast::files::leftovers(tmp.path()), Vec::<std::path::PathBuf>::new());
+}
+
+/// What played no part is not recorded, and is said: a negative prompt without guidance (it was dropped
+/// silently but recorded), a seed with given latents under a deterministic scheduler (recorded though unused;
+/// an ancestral scheduler still draws from it, so there it is kept); a long negative prompt is named as such.
+#[test]
+fn settings_that_played_no_part_are_neither_recorded_nor_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = |image: &Path| -> serde_json::Value {
+        let run = dfast(&["inspect", image.to_str().unwrap(), "--json"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        serde_json::from_slice(&run.stdout).unwrap()
+    };
+    let out = tmp.path().join("g1.png");
+    let run = dfast(&generate_args(out.to_str().unwrap(), &["--guidance", "1", "--seed", "3"]));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("warning: the negative prompt has no effect at guidance 1"), "{stderr}");
+    assert_eq!(settings(&out)["negative_prompt"], "");
+    assert_eq!(settings(&out)["seed"], "3");
+
+    let latents = tmp.path().join("start.npy");
+    ArrayD::<f32>::from_elem(ndarray::IxDyn(&[1, 4, 8, 8]), 0.5)
+        .write_npy(std::fs::File::create(&latents).unwrap())
+        .unwrap();
+    let given = ["--seed", "3", "--latents", latents.to_str().unwrap()];
+    let run = dfast(&generate_args(out.to_str().unwrap(), &given));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("latents from") && !stdout.contains("seed 3"), "{stdout}");
+    assert_eq!(settings(&out).get("seed"), None);
+    let run = dfast(&generate_args(out.to_str().unwrap(), &[&given[..], &["--scheduler", "euler-a"]].concat()));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(settings(&out)["seed"], "3");
+
+    let long = "blurry ".repeat(100);
+    let run = dfast(&[
+        "generate",
+        "--prompt",
+        "a fox",
+        "--negative-prompt",
+        &long,
+        "--steps",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("warning: the negative prompt is longer than"), "{stderr}");
+    assert!(!stderr.contains("warning: the prompt is longer"), "{stderr}");
 }

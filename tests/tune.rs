@@ -226,3 +226,18 @@ fn tune_refuses_what_it_cannot_do_in_one_sentence() {
         "--out must name a .toml profile file",
     );
 }
+
+/// The default profile path is the checkout's profiles/ folder wherever tune runs (it was `profiles/` of the
+/// working folder, missing outside the checkout): run from elsewhere, the first path refused is the
+/// timings', not the profile's.
+#[test]
+fn tune_writes_its_default_profile_into_the_checkout_from_any_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = common::model("tiny-sd");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dfast"))
+        .current_dir(tmp.path())
+        .args(["tune", "--model", tiny.to_str().unwrap(), "--ep", "cpu", "--timings", "/nonexistent/t.json"])
+        .output()
+        .unwrap();
+    common::assert_clear_error(&run, "/nonexistent/t.json: cannot write here: folder /nonexistent does not exist");
+}

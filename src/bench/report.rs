@@ -66,8 +66,7 @@ pub fn report(dirs: &[PathBuf], title: &str, out: &Path) -> Result<ReportSummary
     let csv_path = out.join(RESULTS_CSV);
     write_csv(&rows, &csv_path)?;
     let md_path = out.join(REPORT_MD);
-    std::fs::write(&md_path, render_markdown(&rows, title))
-        .map_err(|e| Error::io(&md_path, "cannot write the report", e))?;
+    crate::files::write_bytes(&md_path, "the report", render_markdown(&rows, title).as_bytes())?;
     let png_path = out.join(REPORT_PNG);
     chart::draw(&rows, title, &png_path)?;
 
@@ -233,14 +232,16 @@ fn check_out_is_not_an_input(dirs: &[PathBuf], out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `rows` as a benchmark CSV (header first).
+/// Writes `rows` as a benchmark CSV (header first), through a temporary file renamed over `path`.
 pub(crate) fn write_csv(rows: &[Row], path: &Path) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot write the CSV: {e}"));
-    let mut writer = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
-    for row in rows {
-        writer.serialize(row).map_err(|e| fail(&e))?;
-    }
-    writer.flush().map_err(|e| fail(&e))
+    crate::files::write_atomically(path, "the CSV", |out| {
+        let mut writer = csv::Writer::from_writer(out);
+        for row in rows {
+            writer.serialize(row).map_err(|e| fail(&e))?;
+        }
+        writer.flush().map_err(|e| fail(&e))
+    })
 }
 
 /// The Markdown report: title, chart, devices and versions, then one table per model.

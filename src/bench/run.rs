@@ -474,9 +474,7 @@ fn record_row(path: &Path, row: &Row, append: bool) -> Result<()> {
         rows.retain(|r| key(r) != key(row));
     }
     rows.push(row.clone());
-    let partial = path.with_extension("csv.partial");
-    super::report::write_csv(&rows, &partial)?;
-    std::fs::rename(&partial, path).map_err(|e| Error::io(path, "cannot write the results", e))
+    super::report::write_csv(&rows, path)
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -50,12 +50,13 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// Runs the encoder on one prompt; notes a warning when the prompt is truncated.
-    fn run(&mut self, prompt: &str) -> Result<std::collections::HashMap<String, ArrayD<f32>>> {
+    /// Runs the encoder on one prompt; notes a warning naming `what` ("the prompt", "the negative prompt")
+    /// when it is truncated.
+    fn run(&mut self, prompt: &str, what: &str) -> Result<std::collections::HashMap<String, ArrayD<f32>>> {
         let encoded = self.tokenizer.encode(prompt)?;
         if encoded.truncated {
             self.warnings.push(format!(
-                "the prompt is longer than {} tokens; the text encoder only sees the first {}",
+                "{what} is longer than {} tokens; the text encoder only sees the first {}",
                 self.tokenizer.max_length() - 2,
                 self.tokenizer.max_length() - 2
             ));
@@ -95,10 +96,10 @@ pub fn encode_sd(
     negative_prompt: Option<&str>,
     guidance: bool,
 ) -> Result<Conditioning> {
-    let mut pos = encoder.run(prompt)?;
+    let mut pos = encoder.run(prompt, "the prompt")?;
     let pos = encoder.output(&mut pos, "last_hidden_state")?;
     let hidden = if guidance {
-        let mut neg = encoder.run(negative_prompt.unwrap_or(""))?;
+        let mut neg = encoder.run(negative_prompt.unwrap_or(""), "the negative prompt")?;
         let neg = encoder.output(&mut neg, "last_hidden_state")?;
         stack(&neg, &pos)?
     } else {
@@ -117,11 +118,11 @@ pub fn encode_sdxl(
     force_zeros_for_empty_prompt: bool,
     (height, width): (usize, usize),
 ) -> Result<Conditioning> {
-    let encode = |encoders: &mut [TextEncoder; 2], text: &str| -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+    let encode = |encoders: &mut [TextEncoder; 2], text: &str, what: &str| -> Result<(ArrayD<f32>, ArrayD<f32>)> {
         let mut hidden = Vec::new();
         let mut pooled = None;
         for encoder in encoders.iter_mut() {
-            let mut out = encoder.run(text)?;
+            let mut out = encoder.run(text, what)?;
             hidden.push(encoder.penultimate(&mut out)?);
             // diffusers keeps the pooled output of the last encoder only.
             let name = if out.contains_key("text_embeds") { "text_embeds" } else { "pooler_output" };
@@ -132,7 +133,7 @@ pub fn encode_sdxl(
             .map_err(|e| Error::bad_input(format!("text encoder outputs do not concatenate: {e}")))?;
         Ok((hidden, pooled.expect("two encoders")))
     };
-    let (pos_hidden, pos_pooled) = encode(encoders, prompt)?;
+    let (pos_hidden, pos_pooled) = encode(encoders, prompt, "the prompt")?;
     let time_ids = [height as f32, width as f32, 0.0, 0.0, height as f32, width as f32];
     let batch = if guidance { 2 } else { 1 };
     let time_ids = Array2::from_shape_fn((batch, 6), |(_, j)| time_ids[j]).into_dyn();
@@ -142,7 +143,7 @@ pub fn encode_sdxl(
     let (neg_hidden, neg_pooled) = if negative_prompt.is_none() && force_zeros_for_empty_prompt {
         (ArrayD::zeros(pos_hidden.raw_dim()), ArrayD::zeros(pos_pooled.raw_dim()))
     } else {
-        encode(encoders, negative_prompt.unwrap_or(""))?
+        encode(encoders, negative_prompt.unwrap_or(""), "the negative prompt")?
     };
     Ok(Conditioning {
         encoder_hidden_states: stack(&neg_hidden, &pos_hidden)?,

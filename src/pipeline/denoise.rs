@@ -81,6 +81,8 @@ pub(crate) struct Run {
     pub scheduler_name: String,
     pub scheduler_kind: SchedulerKind,
     pub timings: Timings,
+    /// Warnings about the options themselves, added to the result's.
+    notes: Vec<String>,
 }
 
 impl Run {
@@ -103,15 +105,24 @@ impl Run {
             Some(kind) => kind,
             None => config.class_kind()?,
         };
+        let guidance_scale = opts.guidance.unwrap_or(defaults.guidance);
+        let mut notes = Vec::new();
+        if guidance_scale <= 1.0 && opts.negative_prompt.as_deref().is_some_and(|n| !n.is_empty()) {
+            notes.push(format!(
+                "the negative prompt has no effect at guidance {guidance_scale} (classifier-free guidance is off at \
+                 1 or less), so it is not used"
+            ));
+        }
         Ok(Run {
             start,
             steps,
-            guidance_scale: opts.guidance.unwrap_or(defaults.guidance),
+            guidance_scale,
             batch: opts.batch_size.max(1),
             scheduler,
             scheduler_name: name,
             scheduler_kind,
             timings: Timings::default(),
+            notes,
         })
     }
 
@@ -212,16 +223,18 @@ impl Run {
         mut self,
         images: Vec<RgbImage>,
         latents: ArrayD<f32>,
-        warnings: Vec<String>,
+        mut warnings: Vec<String>,
         (height, width): (usize, usize),
         strength: Option<f64>,
     ) -> Generated {
         self.timings.total = self.start.elapsed().as_secs_f64();
+        warnings.splice(0..0, self.notes);
         Generated {
             images,
             latents,
             timings: self.timings,
             warnings,
+            seed_used: true,
             width,
             height,
             steps: self.steps,
@@ -308,6 +321,7 @@ mod tests {
             scheduler_name: "EulerDiscreteScheduler".into(),
             scheduler_kind: SchedulerKind::Euler,
             timings: Timings::default(),
+            notes: Vec::new(),
         }
     }
 

@@ -74,6 +74,8 @@ pub struct Generated {
     pub latents: ArrayD<f32>,
     pub timings: Timings,
     pub warnings: Vec<String>,
+    /// Whether the seed played a part: false when the latents were given and nothing else drew noise.
+    pub seed_used: bool,
     pub width: usize,
     pub height: usize,
     pub steps: usize,

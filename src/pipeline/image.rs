@@ -51,39 +51,43 @@ pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
 }
 
 /// Saves `img` with `text` (how it was made): a PNG as text chunks, a JPEG as EXIF (see [`exif_block`]).
+/// Written to a temporary file and renamed into place (`files::write_atomically`).
 pub fn save_with_text(img: &RgbImage, path: &Path, text: &[(String, String)]) -> Result<()> {
     let format = format_for(path)?;
-    if text.is_empty() {
-        return img.save_with_format(path, format).map_err(|e| Error::io(path, "cannot write the image", e));
-    }
     if format == ImageFormat::Jpeg {
         return save_jpeg(img, path, text);
     }
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, "cannot write the image", e))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), img.width(), img.height());
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    for (key, value) in text {
-        encoder.add_itxt_chunk(key.clone(), value.clone()).map_err(|e| Error::io(path, "cannot write the image", e))?;
-    }
-    let mut writer = encoder.write_header().map_err(|e| Error::io(path, "cannot write the image", e))?;
-    writer.write_image_data(img.as_raw()).map_err(|e| Error::io(path, "cannot write the image", e))?;
-    writer.finish().map_err(|e| Error::io(path, "cannot write the image", e))
+    let fail = |e: &dyn std::fmt::Display| Error::bad_file(path, format!("cannot write the image: {e}"));
+    crate::files::write_atomically(path, "the image", |out| {
+        let mut encoder = png::Encoder::new(out, img.width(), img.height());
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for (key, value) in text {
+            encoder.add_itxt_chunk(key.clone(), value.clone()).map_err(|e| fail(&e))?;
+        }
+        let mut writer = encoder.write_header().map_err(|e| fail(&e))?;
+        writer.write_image_data(img.as_raw()).map_err(|e| fail(&e))?;
+        writer.finish().map_err(|e| fail(&e))
+    })
 }
 
-/// A JPEG (quality 75, as `save_with_format` writes one) with `text` in an EXIF APP1 segment.
+/// A JPEG (quality 75, as `save_with_format` writes one) with `text`, if any, in an EXIF APP1 segment.
 fn save_jpeg(img: &RgbImage, path: &Path, text: &[(String, String)]) -> Result<()> {
     use image::ImageEncoder;
-    use std::io::Write;
-    let exif = exif_block(text).map_err(|e| e.in_context(format!("writing {}", path.display())))?;
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, "cannot write the image", e))?;
-    let mut out = std::io::BufWriter::new(file);
-    let mut encoder = image::codecs::jpeg::JpegEncoder::new(&mut out);
-    encoder.set_exif_metadata(exif).map_err(|e| Error::io(path, "cannot write the image", e))?;
-    encoder
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .map_err(|e| Error::io(path, "cannot write the image", e))?;
-    out.flush().map_err(|e| Error::io(path, "cannot write the image", e))
+    let exif = if text.is_empty() {
+        None
+    } else {
+        Some(exif_block(text).map_err(|e| e.in_context(format!("writing {}", path.display())))?)
+    };
+    crate::files::write_atomically(path, "the image", |out| {
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new(out);
+        if let Some(exif) = exif {
+            encoder.set_exif_metadata(exif).map_err(|e| Error::io(path, "cannot write the image", e))?;
+        }
+        encoder
+            .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+            .map_err(|e| Error::io(path, "cannot write the image", e))
+    })
 }
 
 /// The most bytes of TIFF data one APP1 segment holds: 65535, less its length field and `Exif\0\0`.

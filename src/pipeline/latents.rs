@@ -46,10 +46,9 @@ pub fn read(path: &Path, shape: &[usize]) -> Result<ArrayD<f32>> {
     Ok(array)
 }
 
+/// Writes `latents` as a float32 .npy, through a temporary file renamed into place.
 pub fn write(path: &Path, latents: &ArrayD<f32>) -> Result<()> {
-    let file = File::create(path).map_err(|e| Error::io(path, "cannot write the latents", e))?;
-    latents
-        .as_standard_layout()
-        .write_npy(std::io::BufWriter::new(file))
-        .map_err(|e| Error::io(path, "cannot write the latents", e))
+    crate::files::write_atomically(path, "the latents", |out| {
+        latents.as_standard_layout().write_npy(out).map_err(|e| Error::io(path, "cannot write the latents", e))
+    })
 }

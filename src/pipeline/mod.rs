@@ -11,6 +11,7 @@ pub mod image;
 pub mod image_processor;
 pub mod img2img;
 pub mod latents;
+pub mod memory;
 pub mod model_dir;
 pub mod output;
 pub mod pixart;
@@ -62,6 +63,8 @@ pub struct UnetPipeline {
     unet_recorder: Option<UnetRecorder>,
     /// Warnings from loading (a folder converted for another EP), handed out with the first image.
     warnings: Vec<String>,
+    /// The memory there was before loading (`memory::available`), for a size to suggest after running out.
+    memory_budget: Option<f64>,
 }
 
 impl Pipeline {
@@ -138,6 +141,7 @@ impl Pipeline {
 
 impl UnetPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir) -> Result<Self> {
+        let memory_budget = memory::available(runtime.ep()).map(|(bytes, _)| bytes);
         // A converted folder carries the session options its profile chose for its EP.
         let (defaults, warnings) = dir.session_setup(runtime)?;
         let load = |component: &str, role| runtime.load_with(&dir.component_model(component), &defaults, role);
@@ -169,6 +173,7 @@ impl UnetPipeline {
             io_binding,
             unet_recorder: None,
             warnings,
+            memory_budget,
         })
     }
 
@@ -259,24 +264,40 @@ impl UnetPipeline {
     }
 
     /// Generates one image; `on_step(i, n)` is called after each denoising step.
-    /// Running out of memory is said with the size and batch that ran out and a smaller size to try.
+    /// Running out of memory is said with the size and batch that ran out and a smaller size to try: the
+    /// largest of the same shape that the memory estimate fits in the memory there was before loading, and
+    /// below half of this size's estimate (it was too low here).
     pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
         self.generate_once(opts, on_step).map_err(|e| {
             let Ok((height, width)) = self.resolve_size(opts) else { return e };
             if !crate::runtime::is_out_of_memory(&e) {
                 return e;
             }
-            // The suggestion must itself be a size the model takes.
-            let f = self.dir.size_step(true).map_or(self.vae.scale_factor, |s| s.multiple());
-            let half = |v: usize| (v / 2 / f).max(1) * f;
+            let images = opts.batch_size.max(1);
+            let suggestion = self.smaller_size(opts, height, width).unwrap_or_else(|| {
+                // No estimate: half of each side, still a size the model takes.
+                let f = self.dir.size_step(true).map_or(self.vae.scale_factor, |s| s.multiple());
+                ((height / 2 / f).max(1) * f, (width / 2 / f).max(1) * f)
+            });
             let message = format!(
-                "{e} at {width}x{height} with {} image(s) per prompt; try a smaller size, e.g. --width {} --height {}",
-                opts.batch_size.max(1),
-                half(width),
-                half(height)
+                "{e} at {width}x{height} with {images} image(s) per prompt; try a smaller size, e.g. --width {} \
+                 --height {}",
+                suggestion.1, suggestion.0
             );
             Error::Runtime { message, source: Some(Box::new(e)) }
         })
+    }
+
+    /// After running out of memory at `height` x `width`: see [`Self::generate`].
+    fn smaller_size(&self, opts: &GenerateOptions, height: usize, width: usize) -> Option<(usize, usize)> {
+        let images = opts.batch_size.max(1);
+        let guidance = opts.guidance.unwrap_or(self.dir.kind.defaults().guidance) > 1.0;
+        let rows = if guidance { 2 * images } else { images };
+        let run = memory::Run { height, width, rows, images, vae_encoder: opts.image.is_some() };
+        let need = memory::need(&self.dir, run).ok()?.total();
+        let budget = self.memory_budget?.min(need / 2.0);
+        let step = self.dir.size_step(true).ok()?.multiple();
+        memory::largest_fitting(&self.dir, run, step, budget).ok()?
     }
 
     fn generate_once(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
@@ -342,7 +363,9 @@ impl UnetPipeline {
         let t_vae = Instant::now();
         let images = image::to_rgb(&self.vae.decode(&latents)?)?;
         run.timings.vae_decode = t_vae.elapsed().as_secs_f64();
-        Ok(run.finish(images, latents, warnings, size, task.map(|t| t.strength)))
+        let mut out = run.finish(images, latents, warnings, size, task.map(|t| t.strength));
+        out.seed_used = generator != TorchGenerator::manual_seed(opts.seed);
+        Ok(out)
     }
 
     /// Refuses, before any work, an image size or batch that an export with static input shapes cannot

@@ -31,8 +31,13 @@ pub fn indexed(path: &Path, i: usize) -> PathBuf {
 pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index: usize) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = [
         ("prompt", opts.prompt.clone()),
-        ("negative_prompt", opts.negative_prompt.clone().unwrap_or_default()),
-        ("seed", opts.seed.to_string()),
+        // What played no part is not recorded: the negative prompt without guidance, the seed with given latents
+        // that nothing else drew noise for.
+        (
+            "negative_prompt",
+            if run.guidance > 1.0 { opts.negative_prompt.clone().unwrap_or_default() } else { String::new() },
+        ),
+        ("seed", if run.seed_used { opts.seed.to_string() } else { String::new() }),
         ("image_index", index.to_string()),
         ("steps", run.steps.to_string()),
         ("scheduler", run.scheduler.clone()),
@@ -45,6 +50,7 @@ pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index
     ]
     .map(|(k, v)| (k.to_string(), v))
     .into();
+    pairs.retain(|(k, v)| k != "seed" || !v.is_empty());
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let image =
         [("image", path(&opts.image)), ("mask", path(&opts.mask)), ("strength", run.strength.map(|s| s.to_string()))];
@@ -52,6 +58,30 @@ pub fn provenance(run: &Generated, opts: &GenerateOptions, info: &RunInfo, index
     let at = pairs.len() - 1;
     pairs.splice(at..at, image.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
     pairs
+}
+
+/// Fails before the work when a JPEG at `out` could not keep how it was made: its EXIF holds at most 64 KB,
+/// which a long prompt can pass. What the run decides (steps, scheduler, size) is stood in for by values at
+/// least as long as the real ones. A PNG keeps any length.
+pub fn check_provenance(opts: &GenerateOptions, info: &RunInfo, out: &Path) -> Result<()> {
+    if image::format_for(out)? != ::image::ImageFormat::Jpeg {
+        return Ok(());
+    }
+    let stand_in = Generated {
+        images: Vec::new(),
+        latents: ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])),
+        timings: Default::default(),
+        warnings: Vec::new(),
+        seed_used: true,
+        width: usize::MAX,
+        height: usize::MAX,
+        steps: usize::MAX,
+        guidance: -1.2345679e-9,
+        scheduler: "X".repeat(64),
+        strength: Some(-1.2345678901234567e-9),
+    };
+    let text = provenance(&stand_in, opts, info, usize::MAX);
+    image::exif_block(&text).map(drop).map_err(|e| e.in_file(out))
 }
 
 /// Writes the images (one: `out`; several: `out-0`, `out-1`, ...) and, when asked, the final latents;
@@ -91,7 +121,7 @@ pub fn summary_json(
         "height": run.height,
         "steps": run.steps,
         "unet_calls": t.unet_steps.len(),
-        "seed": opts.seed,
+        "seed": run.seed_used.then_some(opts.seed),
         "image": opts.image,
         "mask": opts.mask,
         "strength": run.strength,
@@ -114,12 +144,15 @@ pub fn summary_line(run: &Generated, opts: &GenerateOptions, images: &[PathBuf])
     let steps =
         if calls == run.steps { format!("{calls} steps") } else { format!("{} steps ({calls} UNet calls)", run.steps) };
     let files: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let seed = match (&opts.latents, run.seed_used) {
+        (Some(path), false) => format!("latents from {}", path.display()),
+        _ => format!("seed {}", opts.seed),
+    };
     format!(
-        "{}: {}x{}, {steps}, seed {}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
+        "{}: {}x{}, {steps}, {seed}, {:.1} ms/step, total {:.2} s (text {:.0} ms, vae {:.0} ms)",
         files.join(", "),
         run.width,
         run.height,
-        opts.seed,
         per_step * 1e3,
         t.total,
         t.text_encoding * 1e3,

@@ -304,7 +304,9 @@ impl PixArtPipeline {
         let images = image::to_rgb(&sample)?;
         run.timings.vae_decode = t_vae.elapsed().as_secs_f64();
         let warnings = std::mem::take(&mut self.warnings);
-        Ok(run.finish(images, latents, warnings, (orig_height, orig_width), None))
+        let mut out = run.finish(images, latents, warnings, (orig_height, orig_width), None);
+        out.seed_used = generator != TorchGenerator::manual_seed(opts.seed);
+        Ok(out)
     }
 
     /// `encode_prompt`: T5 on the prompt and on the negative prompt (empty by default), each with its
@@ -316,11 +318,11 @@ impl PixArtPipeline {
         batch: usize,
         (height, width): (usize, usize),
     ) -> Result<PixArtConditioning> {
-        let (pos, pos_mask) = self.encode_one(&opts.prompt)?;
+        let (pos, pos_mask) = self.encode_one(&opts.prompt, "the prompt")?;
         let mut halves = vec![(pos, pos_mask)];
         if guidance {
             let negative = opts.negative_prompt.as_deref().unwrap_or("");
-            halves.insert(0, self.encode_one(negative)?);
+            halves.insert(0, self.encode_one(negative, "the negative prompt")?);
         }
         let repeat_f32 = |parts: Vec<ArrayD<f32>>| -> Result<ArrayD<f32>> {
             let views: Vec<_> = parts.iter().flat_map(|p| std::iter::repeat_n(p.view(), batch)).collect();
@@ -340,11 +342,11 @@ impl PixArtPipeline {
     }
 
     /// T5's `last_hidden_state` `[1, 120, dim]` and the attention mask `[1, 120]` of one prompt.
-    fn encode_one(&mut self, text: &str) -> Result<(ArrayD<f32>, ArrayD<i64>)> {
+    fn encode_one(&mut self, text: &str, what: &str) -> Result<(ArrayD<f32>, ArrayD<i64>)> {
         let encoded = self.tokenizer.encode(&preprocess(text))?;
         if encoded.truncated {
             let n = self.tokenizer.max_length();
-            self.warnings.push(format!("the prompt is longer than {n} tokens; T5 only sees the first {}", n - 1));
+            self.warnings.push(format!("{what} is longer than {n} tokens; T5 only sees the first {}", n - 1));
         }
         let n = encoded.ids.len();
         let ids = ArrayD::from_shape_vec(IxDyn(&[1, n]), encoded.ids).expect("ids are 1 x n");

@@ -11,6 +11,7 @@ const N: usize = 624;
 const M: usize = 397;
 
 /// torch's CPU generator state: mt19937 plus the cached second normal of the scalar path.
+#[derive(Clone, PartialEq)]
 pub struct TorchGenerator {
     state: [u32; N],
     index: usize,

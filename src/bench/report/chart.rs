@@ -108,7 +108,7 @@ pub fn draw(rows: &[Row], title: &str, path: &Path) -> Result<()> {
     }
     let image = image::RgbImage::from_raw(width, CHART_HEIGHT, buffer)
         .ok_or_else(|| Error::internal("the chart's pixel buffer has the wrong size"))?;
-    image.save_with_format(path, image::ImageFormat::Png).map_err(|e| Error::io(path, "cannot write the chart", e))
+    crate::pipeline::image::save(&image, path)
 }
 
 /// Lays out one model's bars: grouped by EP in the order EPs first appear, rows in input order within.
