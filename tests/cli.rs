@@ -576,29 +576,14 @@ fn jpeg_keeps_its_settings_in_exif() {
 /// own coloured log lines, which `-v` shows as plain text.
 #[test]
 fn out_of_memory_names_the_size_and_onnx_runtime_logs_only_with_v() {
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png");
     let run = |verbose: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfast"));
         // Past the memory estimate, which would refuse this size up front.
-        cmd.args(["generate", "--prompt", "x", "--steps", "1", "--width", "2048", "--height", "2048"]);
-        cmd.arg("--no-memory-check");
-        cmd.args(["--out", out.to_str().unwrap()]);
-        if verbose {
-            cmd.arg("-v");
-        }
-        // SAFETY: setrlimit only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.output().unwrap()
+        let args = ["generate", "--prompt", "x", "--steps", "1", "--width", "2048", "--height", "2048"];
+        let tail = ["--no-memory-check", "--out", out.to_str().unwrap(), "-v"];
+        let tail = if verbose { &tail[..] } else { &tail[..3] };
+        dfast_limited(&[&args[..], tail].concat(), libc::RLIMIT_AS, 4 << 30)
     };
     let quiet = run(false);
     assert_clear_error(&quiet, "ran out of memory in");
