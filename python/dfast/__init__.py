@@ -180,11 +180,13 @@ class Pipeline:
         strength: float | None = None,
         *,
         scheduler: str | None = None,
+        use_resolution_binning: bool = True,
     ) -> PipelineOutput:
         """Generates `num_images_per_prompt` images. None takes `dfast generate`'s default (the pipeline's own
         steps, guidance and size; img2img's strength per pipeline class). `latents` (numpy or a .npy path)
         replaces the noise drawn from `seed`; `image` (a path, a PIL image or uint8 HxWx3) starts img2img, and
-        with `mask_image` (white where repainted) inpainting."""
+        with `mask_image` (white where repainted) inpainting. `scheduler` (euler, ddim, pndm, dpm++, euler-a,
+        lcm) replaces the pipeline's own class; PixArt's `use_resolution_binning` as diffusers'."""
         with tempfile.TemporaryDirectory(prefix="dfast-") as folder:
             out = self._pipe.generate(
                 prompt,
@@ -200,6 +202,7 @@ class Pipeline:
                 mask=_write_image(mask_image, folder, "mask_image.png"),
                 strength=strength,
                 scheduler=scheduler,
+                no_resolution_binning=not use_resolution_binning,
             )
         for warning in out["warnings"]:
             warnings.warn(warning, stacklevel=2)

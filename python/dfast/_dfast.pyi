@@ -39,6 +39,7 @@ class Pipeline:
         mask: str | None = None,
         strength: float | None = None,
         scheduler: str | None = None,
+        no_resolution_binning: bool = False,
     ) -> dict[str, Any]: ...
 
 def save_rgb(path: str, data: bytes, width: int, height: int) -> None: ...

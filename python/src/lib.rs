@@ -104,7 +104,8 @@ impl Pipeline {
     /// bytes, little-endian) and `latents_shape`, `timings`, `warnings` and what was used (`width`,
     /// `height`, `steps`, `guidance`, `scheduler`, `strength`).
     #[pyo3(signature = (prompt, negative_prompt=None, steps=None, guidance=None, seed=0, width=None, height=None,
-        batch_size=1, latents=None, image=None, mask=None, strength=None, scheduler=None))]
+        batch_size=1, latents=None, image=None, mask=None, strength=None, scheduler=None,
+        no_resolution_binning=false))]
     #[allow(clippy::too_many_arguments)]
     fn generate<'py>(
         &self,
@@ -122,6 +123,7 @@ impl Pipeline {
         mask: Option<PathBuf>,
         strength: Option<f64>,
         scheduler: Option<&str>,
+        no_resolution_binning: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let scheduler = scheduler.map(SchedulerKind::from_name).transpose().map_err(err)?;
         let opts = GenerateOptions {
@@ -138,6 +140,7 @@ impl Pipeline {
             image,
             mask,
             strength,
+            no_resolution_binning,
             ..Default::default()
         };
         let (out, warning, started_at, finished_at) = py

@@ -1,5 +1,6 @@
 """`dfast.Pipeline` against `dfast generate`: the same arguments give the same pixels and latents."""
 
+import pickle
 import threading
 import time
 
@@ -57,6 +58,44 @@ def test_img2img_matches_the_cli(cli, tiny_sd, tmp_path):
     assert out.config["strength"] == 0.6 and out.timings["vae_encode"] > 0
 
 
+@pytest.mark.parametrize(
+    ("model", "kwargs", "flags"),
+    [
+        ("tiny-sdxl", {"scheduler": "euler-a"}, ["--scheduler", "euler-a"]),
+        ("tiny-pixart", {"width": 96, "height": 64, "use_resolution_binning": False},
+         ["--width", 96, "--height", 64, "--no-resolution-binning"]),
+        ("tiny-pixart", {"width": 96, "height": 64}, ["--width", 96, "--height", 64]),
+    ],
+    ids=["sdxl-euler-a", "pixart-unbinned", "pixart-binned"],
+)
+def test_other_pipelines_match_the_cli(cli, tmp_path, model, kwargs, flags):
+    pipe = dfast.Pipeline(ROOT / "models" / model)
+    out = pipe("a bowl of fruit", seed=4, num_inference_steps=3, **kwargs)
+    png, npy = tmp_path / "out.png", tmp_path / "out.npy"
+    cli("generate", "--model", ROOT / "models" / model, "--ort-lib", pipe.ort_library, "--out", png, "--save-latents",
+        npy, "--prompt", "a bowl of fruit", "--seed", 4, "--steps", 3, *flags)
+    np.testing.assert_array_equal(out.latents, np.load(npy))
+    np.testing.assert_array_equal(np.asarray(out.images[0]), np.asarray(Image.open(png).convert("RGB")))
+
+
+def test_inpainting_matches_the_cli(cli, tmp_path):
+    model = ROOT / "models" / "tiny-sd-inpaint"
+    pipe = dfast.Pipeline(model)
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 8:40] = 255
+    Image.fromarray(image).save(tmp_path / "image.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    png, npy = tmp_path / "out.png", tmp_path / "out.npy"
+    cli("generate", "--model", model, "--ort-lib", pipe.ort_library, "--out", png, "--save-latents", npy, "--prompt",
+        "a cat", "--image", tmp_path / "image.png", "--mask", tmp_path / "mask.png", "--seed", 9, "--steps", 3)
+    # The mask as a PIL image and as a 2-D uint8 array.
+    for mask_image in (Image.open(tmp_path / "mask.png"), mask):
+        out = pipe("a cat", image=image, mask_image=mask_image, seed=9, num_inference_steps=3)
+        np.testing.assert_array_equal(out.latents, np.load(npy))
+        np.testing.assert_array_equal(np.asarray(out.images[0]), np.asarray(Image.open(png).convert("RGB")))
+
+
 def test_latents_replace_the_seeded_noise(cli, tiny_sd, tmp_path):
     noise = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
     np.save(tmp_path / "noise.npy", noise)
@@ -97,6 +136,9 @@ def test_bad_input_raises_the_cli_sentence(cli, tiny_sd, tmp_path, python, cli_a
         python(tiny_sd)
     assert isinstance(caught.value, ValueError)
     assert str(caught.value) == sentence
+    # The error crosses process boundaries (multiprocessing, Ray) as itself.
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is dfast.DfastError and str(again) == sentence
 
 
 def test_two_pipelines_in_two_threads_overlap(tiny_sd):
