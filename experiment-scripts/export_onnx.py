@@ -12,7 +12,9 @@ Options: --exporter torchscript|dynamo (default torchscript, opset 17, what Opti
 opset 23 with native Attention / GroupNormalization nodes), --opset N, --components (default: every one;
 exported in the order given, e.g. `unet,text_encoder,text_encoder_2,vae_decoder` for the UNet first).
 SD and SDXL exports include vae_encoder/ (img2img and inpainting: `latent_parameters`, Optimum's output), and
-a UNet of any input channels (9 for the inpainting checkpoints, e.g. stable-diffusion-inpainting).
+a UNet of any input channels (9 for the inpainting checkpoints, e.g. stable-diffusion-inpainting). An LCM UNet
+(`time_cond_proj_dim` in its config: SimianLuo/LCM_Dreamshaper_v7, latent-consistency/lcm-sdxl) takes the
+guidance scale's embedding as the input `timestep_cond` [batch, time_cond_proj_dim], as Optimum names it.
 Models over 2 GB keep their weights in one `model.onnx_data` next to `model.onnx`, as Optimum does.
 
 Random weights: latency depends on shapes, not on weight values, so benchmarks of these exports time the

@@ -24,6 +24,12 @@ With --few-step, only tests/references/<pipeline>/<FEW_STEP_CASES> (nothing else
                      text-to-image pipelines with the stochastic few-step schedulers (Euler ancestral, LCM), on
                      tiny-sd's and tiny-sdxl's weights rebuilt here and checked against their committed ONNX
                      components, the noise of every step from the seed's one generator.
+With --flags, only tests/references/<pipeline>/<FLAG_CASES>: diffusers given the options that dfast generate's
+                     --eta, --karras, --timestep-spacing, --guidance-rescale and --clip-skip set, on the same
+                     rebuilt weights.
+With --lcm, only models/tiny-lcm (LatentConsistencyModelPipeline: an LCM UNet with `time_cond_proj_dim`, whose
+                     ONNX export takes the guidance embedding as `timestep_cond`; tiny-sd's other components
+                     linked) and tests/references/tiny-lcm/.
 With --img2img, only the img2img and inpainting fixtures (nothing of the above is written):
   models/tiny-sd-inpaint/  StableDiffusionInpaintPipeline: a 9-channel inpainting UNet (build_sd_inpaint_unet),
                      tiny-sd's other components linked;
@@ -42,6 +48,8 @@ Run with the pinned versions of requirements-fixtures.txt (torch 2.11.0, diffuse
   python experiment-scripts/make_tiny_pipelines.py --pixart     # the PixArt-α fixtures only (needs sentencepiece)
   python experiment-scripts/make_tiny_pipelines.py --img2img    # the img2img and inpainting fixtures only
   python experiment-scripts/make_tiny_pipelines.py --few-step   # the few-step schedulers' references only
+  python experiment-scripts/make_tiny_pipelines.py --flags      # the scheduler and prompt flags' references only
+  python experiment-scripts/make_tiny_pipelines.py --lcm        # models/tiny-lcm and its references only
   python experiment-scripts/make_tiny_pipelines.py --pixart-other /tmp/pixart-other   # an untested config, see
                                                                 # save_pixart_other (not committed)
 """
@@ -54,6 +62,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -318,6 +327,17 @@ class UNetWrapper(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
+class GuidanceEmbeddingUNetWrapper(UNetWrapper):
+    """An LCM UNet (`time_cond_proj_dim` set): the guidance scale's embedding (diffusers'
+    `get_guidance_scale_embedding`) is the input `timestep_cond`, after `encoder_hidden_states`, as Optimum
+    names it."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond, text_embeds=None, time_ids=None):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.sdxl else None
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond,
+                         added_cond_kwargs=added, return_dict=False)[0]
+
+
 class OneTimestepUNetWrapper(UNetWrapper):
     """Takes `timestep` as one value of shape [1] and expands it over the batch inside the graph, as legacy
     exports and static-shape exports declare it."""
@@ -437,6 +457,11 @@ def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: 
     }
     if timestep_shape == "batch":
         axes["timestep"] = {0: "batch_size"}
+    guidance_embedding = unet.config.time_cond_proj_dim is not None
+    if guidance_embedding:
+        args.append(torch.randn(b, unet.config.time_cond_proj_dim))
+        names.append("timestep_cond")
+        axes["timestep_cond"] = {0: "batch_size"}
     if sdxl:
         text_embeds_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
         args += [torch.randn(b, text_embeds_dim), torch.tensor([[64.0, 96.0, 0.0, 0.0, 64.0, 96.0]] * b)]
@@ -444,7 +469,10 @@ def export_unet(unet, folder: Path, sdxl: bool, timestep_dtype, timestep_shape: 
         axes.update({"text_embeds": {0: "batch_size"}, "time_ids": {0: "batch_size"}})
     if static_hw:
         axes = {}
-    wrapper = OneTimestepUNetWrapper if timestep_shape == "one" else UNetWrapper
+    if guidance_embedding and timestep_shape == "one":
+        raise ValueError("a UNet with time_cond_proj_dim is exported with a scalar or per-row timestep")
+    wrapper = GuidanceEmbeddingUNetWrapper if guidance_embedding else UNetWrapper
+    wrapper = OneTimestepUNetWrapper if timestep_shape == "one" else wrapper
     export(wrapper(unet, sdxl), args, folder / "model.onnx", names, ["out_sample"], axes, style=style)
     unet.save_config(folder)
 
@@ -1591,6 +1619,156 @@ def save_few_step_fixtures(models: Path, refs: Path):
     save_few_step_references({"tiny-sd": sd, "tiny-sdxl": sdxl}, refs)
 
 
+def build_lcm_unet():
+    """A UNet as LCM distils one (`time_cond_proj_dim`: the guidance scale's embedding joins the timestep's),
+    on tiny-sd's text encoder (cross_attention_dim 8), in build_sd_inpaint_unet's smallest layout: one block
+    of 8 channels each way and the text through the mid block's cross-attention."""
+    torch.manual_seed(23)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=(8,),
+        layers_per_block=1,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        use_linear_projection=False,
+        time_cond_proj_dim=8,
+    ).eval()
+
+
+def save_lcm(sd, unet, dest: Path):
+    """models/tiny-lcm: LatentConsistencyModelPipeline with the LCM UNet and LCMScheduler's defaults; the
+    tokenizer, text encoder and VAE decoder are tiny-sd's (linked: link_duplicates stores them once)."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    components = {k: v for k, v in sd.components.items() if k in ("vae", "text_encoder", "tokenizer")}
+    pipe = LatentConsistencyModelPipeline(**components, unet=unet, scheduler=LCMScheduler(),
+                                          safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.save_config(tmp)
+        shutil.copy(Path(tmp) / "model_index.json", dest / "model_index.json")
+        pipe.scheduler.save_config(dest / "scheduler")
+    source = common.MODELS / "tiny-sd"
+    for folder in ["tokenizer", "text_encoder", "vae_decoder"]:
+        shutil.copytree(source / folder, dest / folder, symlinks=True)
+    export_unet(unet, dest / "unet", False, torch.float32, "scalar")
+    return pipe
+
+
+# LatentConsistencyModelPipeline's own run (4 steps, guidance 8.5, its defaults) and one at guidance 2:
+# (reference folder, steps, guidance). No classifier-free guidance: the scale reaches the UNet as its embedding.
+LCM_CASES = [("tiny-lcm/lcm-4step-guidance8.5", 4, 8.5), ("tiny-lcm/lcm-2step-guidance2", 2, 2.0)]
+
+
+def save_lcm_fixtures(models: Path, refs: Path):
+    """--lcm: models/tiny-lcm and its references; nothing else is written."""
+    sd, _ = rebuilt_committed(models)
+    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
+    pipe = save_lcm(sd, build_lcm_unet(), models / "tiny-lcm")
+    link_duplicates(models, later=(models / "tiny-lcm",))
+    print("LCM reference runs ...")
+    for name, steps, guidance in LCM_CASES:
+        seed = 0
+        with torch.no_grad():
+            latents = pipe(prompt=PROMPT, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
+                           output_type="latent", generator=torch.Generator("cpu").manual_seed(seed)).images
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        out = refs / name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        pipe.scheduler.save_config(out)
+        np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+        pipe.image_processor.postprocess(decoded, output_type="pil")[0].save(out / "image.png")
+        params = {"prompt": PROMPT, "negative_prompt": "", "steps": steps, "guidance": guidance, "height": 64,
+                  "width": 64, "seed": seed, "pipeline": type(pipe).__name__}
+        (out / "params.json").write_text(json.dumps(params, indent=1))
+        print(f"  {name}: {steps} steps, guidance {guidance} |latents| = {latents.norm():.4f}")
+
+
+# The scheduler and prompt flags (dfast generate's --eta, --karras, --timestep-spacing, --guidance-rescale,
+# --clip-skip), each against diffusers given the same option: (reference folder, pipeline, the options as dfast
+# takes them, steps, guidance). `scheduler` is dfast's --scheduler, configured from the pipeline's own scheduler
+# config as diffusers' `Class.from_config(pipe.scheduler.config, **overrides)`; `karras` and `timestep_spacing`
+# are such overrides, `eta`, `guidance_rescale` and `clip_skip` arguments of the pipeline call. tiny-sdxl's rescale
+# runs at guidance 12: at 5 the rescale moved its latents by only 4e-3, too little to show that the test can fail.
+FLAG_CASES = [
+    ("tiny-sd/ddim-eta0.7", "tiny-sd", {"scheduler": "ddim", "eta": 0.7}, 6, 7.5),
+    ("tiny-sd/euler-karras", "tiny-sd", {"scheduler": "euler", "karras": True}, 6, 7.5),
+    ("tiny-sdxl/dpm++-karras", "tiny-sdxl", {"scheduler": "dpm++", "karras": True}, 5, 5.0),
+    ("tiny-sd/euler-leading", "tiny-sd", {"scheduler": "euler", "timestep_spacing": "leading"}, 6, 7.5),
+    ("tiny-sd/ddim-trailing", "tiny-sd", {"scheduler": "ddim", "timestep_spacing": "trailing"}, 6, 7.5),
+    ("tiny-sdxl/euler-linspace", "tiny-sdxl", {"scheduler": "euler", "timestep_spacing": "linspace"}, 5, 5.0),
+    ("tiny-sd/pndm-guidance-rescale0.7", "tiny-sd", {"scheduler": "pndm", "guidance_rescale": 0.7}, 6, 7.5),
+    ("tiny-sdxl/euler-guidance-rescale0.7", "tiny-sdxl", {"scheduler": "euler", "guidance_rescale": 0.7}, 5, 12.0),
+    ("tiny-sd/pndm-clip-skip1", "tiny-sd", {"scheduler": "pndm", "clip_skip": 1}, 6, 7.5),
+    ("tiny-sdxl/euler-clip-skip1", "tiny-sdxl", {"scheduler": "euler", "clip_skip": 1}, 5, 5.0),
+]
+
+
+def save_flag_references(pipes: dict, refs: Path):
+    """diffusers' text-to-image pipelines given each of FLAG_CASES' options, one CPU generator seeded per case;
+    latents are the final latents before decoding."""
+    for name, model, options, steps, guidance in FLAG_CASES:
+        pipe = pipes[model]
+        base = pipe.scheduler
+        height, width, seed = (64, 96, 42) if model == "tiny-sdxl" else (64, 64, 0)
+        overrides = {}
+        if options.get("karras"):
+            overrides["use_karras_sigmas"] = True
+        if "timestep_spacing" in options:
+            overrides["timestep_spacing"] = options["timestep_spacing"]
+        call = {k: options[k] for k in ("eta", "guidance_rescale", "clip_skip") if k in options}
+        pipe.scheduler = common.scheduler_class(options["scheduler"]).from_config(base.config, **overrides)
+        try:
+            with torch.no_grad():
+                latents = pipe(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=steps,
+                               guidance_scale=guidance, height=height, width=width, output_type="latent",
+                               generator=torch.Generator("cpu").manual_seed(seed), **call).images
+                decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            out = refs / name
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            pipe.scheduler.save_config(out)
+            np.save(out / "latents.npy", latents.numpy().astype(np.float32))
+            pipe.image_processor.postprocess(decoded, output_type="pil")[0].save(out / "image.png")
+            params = {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "steps": steps, "guidance": guidance,
+                      "height": height, "width": width, "seed": seed, "options": options,
+                      "scheduler_class": type(pipe.scheduler).__name__, "scheduler_overrides": overrides,
+                      "call": call}
+            (out / "params.json").write_text(json.dumps(params, indent=1))
+            print(f"  {name}: {type(pipe.scheduler).__name__} {overrides} {call} |latents| = {latents.norm():.4f}")
+        finally:
+            pipe.scheduler = base
+
+
+def save_flag_fixtures(models: Path, refs: Path):
+    """--flags: the scheduler and prompt flags' references on tiny-sd and tiny-sdxl; nothing else is written."""
+    sd, sdxl = rebuilt_committed(models)
+    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
+    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
+    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
+    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
+    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+    # diffusers 0.42.1's clip_skip reads `text_encoder.text_model.final_layer_norm`, which transformers 5 moved
+    # to `text_encoder.final_layer_norm`: the same module, reached where diffusers looks for it.
+    if not hasattr(sd.text_encoder, "text_model"):
+        final_layer_norm = SimpleNamespace(final_layer_norm=sd.text_encoder.final_layer_norm)
+        object.__setattr__(sd.text_encoder, "text_model", final_layer_norm)
+    print("flag reference runs ...")
+    save_flag_references({"tiny-sd": sd, "tiny-sdxl": sdxl}, refs)
+
+
 def link_duplicates(models: Path, min_size: int = 4096, later: tuple = ()):
     """Replaces each file under `models` whose bytes equal an earlier one's (in path order) by a relative
     symlink to it: the six CLIP vocabularies and the shared VAEs are stored once, which keeps the tracked tree
@@ -1623,6 +1801,10 @@ def main():
                     help="write models/tiny-sd-inpaint and the img2img and inpainting references only")
     ap.add_argument("--few-step", action="store_true",
                     help="write the few-step schedulers' (Euler ancestral, LCM) references only")
+    ap.add_argument("--flags", action="store_true",
+                    help="write the scheduler and prompt flags' (--eta, --karras, --timestep-spacing, "
+                         "--guidance-rescale, --clip-skip) references only")
+    ap.add_argument("--lcm", action="store_true", help="write models/tiny-lcm and its references only")
     ap.add_argument("--pixart-other", type=Path, metavar="DIR",
                     help="write only a second tiny PixArt pipeline (diffusers format) and its references to DIR")
     args = ap.parse_args()
@@ -1634,6 +1816,14 @@ def main():
     refs.mkdir(parents=True, exist_ok=True)
     if args.few_step:
         save_few_step_fixtures(models, refs)
+        print("done")
+        return
+    if args.flags:
+        save_flag_fixtures(models, refs)
+        print("done")
+        return
+    if args.lcm:
+        save_lcm_fixtures(models, refs)
         print("done")
         return
     if args.img2img:

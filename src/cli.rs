@@ -16,7 +16,7 @@ use dfast::passes::registry;
 use dfast::pipeline::from_hub::Components;
 use dfast::pipeline::{self, GenerateOptions, Pipeline, PipelineDir};
 use dfast::runtime::Runtime;
-use dfast::scheduler::SchedulerKind;
+use dfast::scheduler::{SchedulerKind, SchedulerOptions, TimestepSpacing};
 use dfast::settings::{EpOptions, ExecutionProvider, Precision, PrecisionHint};
 use dfast::{Error, Result};
 
@@ -73,6 +73,22 @@ fn finite(text: &str) -> std::result::Result<f32, String> {
     match text.parse::<f32>() {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err("expected a finite number".into()),
+    }
+}
+
+/// A number of at least 0 (DDIM's eta).
+fn non_negative(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err("expected a finite number of at least 0".into()),
+    }
+}
+
+/// A number in [0, 1] (guidance rescale).
+fn unit_interval(text: &str) -> std::result::Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("expected a number in [0, 1]".into()),
     }
 }
 
@@ -175,6 +191,23 @@ pub struct GenerateArgs {
     /// A scheduler_config.json to use instead of the pipeline's own.
     #[arg(long, value_name = "FILE")]
     pub scheduler_config: Option<PathBuf>,
+    /// Karras sigmas (diffusers' `use_karras_sigmas`; euler and dpm++ only).
+    #[arg(long)]
+    pub karras: bool,
+    /// How the steps' timesteps are spaced over the training ones (diffusers' `timestep_spacing`); default:
+    /// the scheduler config's. SDXL-Turbo's is trailing.
+    #[arg(long, value_enum, value_name = "SPACING")]
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// DDIM's eta (--scheduler ddim): 0 is deterministic, 1 adds DDPM's noise at each step, drawn from --seed.
+    #[arg(long, allow_negative_numbers = true, value_parser = non_negative)]
+    pub eta: Option<f64>,
+    /// diffusers' `guidance_rescale`, in [0, 1] (under guidance, i.e. --guidance above 1): scales the guided
+    /// prediction toward the text prediction's standard deviation, as zero-SNR v-prediction models need.
+    #[arg(long, allow_negative_numbers = true, value_parser = unit_interval, value_name = "F")]
+    pub guidance_rescale: Option<f32>,
+    /// diffusers' `clip_skip`: condition on the text encoder's output N layers before its last (SD, SDXL).
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<usize>,
     /// Initial latents (.npy, float32, [1, 4, H/8, W/8]) as diffusers' `latents=` argument takes them.
     #[arg(long, value_name = "FILE.npy")]
     pub latents: Option<PathBuf>,
@@ -1016,6 +1049,13 @@ fn job_options(args: &GenerateArgs, job: pipeline::prompt_file::PromptJob, seed:
         height: job.height.or(args.size.height),
         scheduler: args.size.scheduler,
         scheduler_config: args.scheduler_config.clone(),
+        scheduler_options: SchedulerOptions {
+            karras: args.karras,
+            timestep_spacing: args.timestep_spacing,
+            eta: args.eta,
+        },
+        guidance_rescale: args.guidance_rescale,
+        clip_skip: args.clip_skip,
         latents: args.latents.clone(),
         batch_size: args.num_images,
         no_resolution_binning: args.no_resolution_binning,
@@ -1060,7 +1100,7 @@ fn generate_one(
 
     let bar = progress("{msg} [{bar:30}] {pos}/{len} steps, {elapsed} ({per_sec})");
     // The first frame shows 0/N, not a full bar at 0/0.
-    bar.set_length(opts.steps.unwrap_or(pipe.dir().kind.defaults().steps) as u64);
+    bar.set_length(opts.steps.unwrap_or(pipe.dir().defaults().steps) as u64);
     bar.set_message("denoising");
     let result = pipe.generate(opts, &mut |i, n| {
         bar.set_length(n as u64);

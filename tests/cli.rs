@@ -147,6 +147,28 @@ fn a_bad_scheduler_config_names_its_file() {
     }
 }
 
+/// A scheduler or prompt flag that the scheduler, the guidance or the pipeline has no use for is refused in
+/// one sentence naming the flag (diffusers would drop it silently), and no image is written.
+#[test]
+fn flags_a_scheduler_or_pipeline_lacks_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let pixart = common::model("tiny-pixart");
+    for (flags, says) in [
+        (vec!["--scheduler", "ddim", "--karras"], "--karras needs a scheduler with Karras sigmas"),
+        (vec!["--scheduler", "euler-a", "--karras"], "EulerAncestralDiscreteScheduler has none"),
+        (vec!["--eta", "0.5"], "--eta is DDIM's (--scheduler ddim); PNDMScheduler takes no eta"),
+        (vec!["--scheduler", "lcm", "--timestep-spacing", "trailing"], "does not apply to LCMScheduler"),
+        (vec!["--guidance", "1", "--guidance-rescale", "0.5"], "which is off at --guidance 1"),
+        (vec!["--clip-skip", "5"], "--clip-skip 5 cannot be applied: the text encoder has no residual stream 5"),
+        (vec!["--model", pixart.to_str().unwrap(), "--clip-skip", "1"], "--clip-skip is for SD and SDXL"),
+    ] {
+        let run = dfast(&generate_args(out.to_str().unwrap(), &flags));
+        assert_clear_error(&run, says);
+        assert!(!out.exists(), "{flags:?}");
+    }
+}
+
 #[test]
 fn latents_of_wrong_shape_or_dtype_are_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -106,6 +106,122 @@ fn tiny_sdxl_lcm_4_steps_guidance_0() {
     check("tiny-sdxl", "lcm-guidance0");
 }
 
+/// Generates reference case `tests/references/<pipeline>/<case>` from `models/<pipeline>` (its own scheduler
+/// config) with the run options `options` as dfast's flags set them (`make_tiny_pipelines.py --flags`):
+/// `scheduler`, `karras`, `timestep_spacing`, `eta`, `guidance_rescale`, `clip_skip`. Returns the latents'
+/// relative L2 error against diffusers' and the fraction of image values within one level.
+fn flagged_error(pipeline: &str, case: &str, options: &serde_json::Value) -> (f64, f64) {
+    use dfast::scheduler::{SchedulerKind, SchedulerOptions, TimestepSpacing};
+    let params = common::read_json(&common::references().join(pipeline).join(case).join("params.json"));
+    let opts = dfast::pipeline::GenerateOptions {
+        scheduler: options["scheduler"].as_str().map(|s| SchedulerKind::from_name(s).unwrap()),
+        scheduler_options: SchedulerOptions {
+            karras: options["karras"].as_bool().unwrap_or(false),
+            timestep_spacing: options["timestep_spacing"].as_str().map(|s| TimestepSpacing::parse(s).unwrap()),
+            eta: options["eta"].as_f64(),
+        },
+        guidance_rescale: options["guidance_rescale"].as_f64().map(|r| r as f32),
+        clip_skip: options["clip_skip"].as_u64().map(|k| k as usize),
+        ..common::reference_options(&params)
+    };
+    case_error(pipeline, case, &opts)
+}
+
+/// Generates with `opts` from `models/<pipeline>` and compares with reference case
+/// `tests/references/<pipeline>/<case>`: the latents' relative L2 error and the fraction of image values
+/// within one level.
+fn case_error(pipeline: &str, case: &str, opts: &dfast::pipeline::GenerateOptions) -> (f64, f64) {
+    use dfast::pipeline::{Pipeline, PipelineDir};
+    use dfast::runtime::Runtime;
+    use dfast::settings::ExecutionProvider;
+    let refs = common::references().join(pipeline).join(case);
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
+    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(&common::model(pipeline)).unwrap()).unwrap();
+    let out = pipe.generate(opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{pipeline}/{case}: {e}"));
+    let err = common::relative_l2(&out.latents, &common::read_npy(&refs.join("latents.npy")));
+    let want_image = image::open(refs.join("image.png")).unwrap().to_rgb8();
+    (err, common::fraction_within_one_level(out.image(), &want_image))
+}
+
+/// A flag's case matches diffusers given the same option, and the same run without the flag misses
+/// diffusers' latents by more than ten times the tolerance (so that the test can fail).
+fn check_flag(pipeline: &str, case: &str) {
+    let params = common::read_json(&common::references().join(pipeline).join(case).join("params.json"));
+    let options = &params["options"];
+    let (err, close) = flagged_error(pipeline, case, options);
+    assert!(err <= 1e-3, "{pipeline}/{case}: latents relative L2 {err:.2e} > 1e-3");
+    assert!(close >= 0.999, "{pipeline}/{case}: only {:.4}% of pixel values within one level", close * 100.0);
+    let without = serde_json::json!({ "scheduler": options["scheduler"] });
+    let (unflagged, _) = flagged_error(pipeline, case, &without);
+    assert!(unflagged > 1e-2, "{pipeline}/{case}: without the flag, still within {unflagged:.2e} of diffusers");
+    eprintln!(
+        "{pipeline}/{case}: latents relative L2 {err:.2e} ({unflagged:.2e} without the flag), {:.3}% of values within one level",
+        close * 100.0
+    );
+}
+
+#[test]
+fn ddim_eta_draws_its_noise_from_the_seed() {
+    check_flag("tiny-sd", "ddim-eta0.7");
+}
+#[test]
+fn karras_sigmas_on_euler_and_dpm() {
+    check_flag("tiny-sd", "euler-karras");
+    check_flag("tiny-sdxl", "dpm++-karras");
+}
+#[test]
+fn timestep_spacing_leading_trailing_linspace() {
+    check_flag("tiny-sd", "euler-leading");
+    check_flag("tiny-sd", "ddim-trailing");
+    check_flag("tiny-sdxl", "euler-linspace");
+}
+#[test]
+fn guidance_rescale_on_sd_and_sdxl() {
+    check_flag("tiny-sd", "pndm-guidance-rescale0.7");
+    check_flag("tiny-sdxl", "euler-guidance-rescale0.7");
+}
+#[test]
+fn clip_skip_on_sd_and_sdxl() {
+    check_flag("tiny-sd", "pndm-clip-skip1");
+    check_flag("tiny-sdxl", "euler-clip-skip1");
+}
+
+/// SDXL-Turbo's configuration from the command line's flags alone (`--scheduler euler-a --timestep-spacing
+/// trailing`, 1 and 4 steps, guidance 0) over the pipeline's own Euler config: diffusers' Turbo images, which
+/// the config's leading spacing misses.
+#[test]
+fn sdxl_turbo_from_flags() {
+    let turbo = serde_json::json!({ "scheduler": "euler-a", "timestep_spacing": "trailing" });
+    let leading = serde_json::json!({ "scheduler": "euler-a" });
+    for case in ["euler-a-turbo-1step", "euler-a-turbo-4step"] {
+        let (err, close) = flagged_error("tiny-sdxl", case, &turbo);
+        assert!(err <= 1e-3 && close >= 0.999, "tiny-sdxl/{case}: {err:.2e}, {close}");
+        let (unflagged, _) = flagged_error("tiny-sdxl", case, &leading);
+        assert!(unflagged > 1e-2, "tiny-sdxl/{case}: leading spacing within {unflagged:.2e}");
+        eprintln!("tiny-sdxl/{case} from flags: latents relative L2 {err:.2e} ({unflagged:.2e} leading)");
+    }
+}
+
+/// An LCM UNet (`time_cond_proj_dim`; models/tiny-lcm, `make_tiny_pipelines.py --lcm`) takes the guidance
+/// scale as its input `timestep_cond` (diffusers' `get_guidance_scale_embedding`), without classifier-free
+/// guidance: diffusers' LatentConsistencyModelPipeline at its own defaults (4 steps, guidance 8.5, which dfast
+/// takes for that class) and at 2 steps, guidance 2. The embedding matters: guidance 1 (w = 0) misses the
+/// 8.5 reference by far more than the tolerance.
+#[test]
+fn tiny_lcm_unet_takes_the_guidance_embedding() {
+    let params = common::read_json(&common::references().join("tiny-lcm/lcm-4step-guidance8.5/params.json"));
+    let defaults =
+        dfast::pipeline::GenerateOptions { steps: None, guidance: None, ..common::reference_options(&params) };
+    let (err, close) = case_error("tiny-lcm", "lcm-4step-guidance8.5", &defaults);
+    assert!(err <= 1e-3 && close >= 0.999, "tiny-lcm at its defaults: {err:.2e}, {close}");
+    eprintln!("tiny-lcm/lcm-4step-guidance8.5 (the class's defaults): latents relative L2 {err:.2e}");
+    check("tiny-lcm", "lcm-2step-guidance2");
+    let unguided = dfast::pipeline::GenerateOptions { guidance: Some(1.0), ..defaults };
+    let (off, _) = case_error("tiny-lcm", "lcm-4step-guidance8.5", &unguided);
+    assert!(off > 1e-2, "guidance 1 is within {off:.2e} of the guidance 8.5 reference");
+    eprintln!("tiny-lcm at guidance 1 against the 8.5 reference: {off:.2e}");
+}
+
 #[test]
 fn references_cover_every_scheduler() {
     for pipeline in ["tiny-sd", "tiny-sdxl"] {

@@ -13,6 +13,7 @@
 //!     x = [latents; latents] under guidance, else latents
 //!     x = scheduler.scale_model_input(x)            (+ mask and masked-image latents: 9-channel inpainting)
 //!     e = denoiser(x, t);  e = e_uncond + scale * (e_text - e_uncond) under guidance
+//!     e = rescale * e * std(e_text) / std(e) + (1 - rescale) * e      (guidance_rescale, under guidance)
 //!     latents = scheduler.step(e, latents, generator)   (PixArt, one step: its pred_original_sample)
 //!     latents = (1 - mask) * add_noise(image, noise, next t) + mask * latents   (4-channel inpainting;
 //!                                                           the clean image after the last step)
@@ -74,6 +75,11 @@ pub(crate) struct Run {
     start: Instant,
     pub steps: usize,
     pub guidance_scale: f32,
+    /// diffusers' `guidance_rescale`: 0 leaves the guided prediction as it is.
+    pub guidance_rescale: f32,
+    /// The UNet takes the guidance scale as an embedding (an LCM UNet's `timestep_cond`): no classifier-free
+    /// guidance, whatever the scale, as diffusers' `do_classifier_free_guidance`.
+    pub embedded_guidance: bool,
     /// Images per prompt.
     pub batch: usize,
     pub scheduler: Box<dyn Scheduler>,
@@ -88,9 +94,9 @@ pub(crate) struct Run {
 impl Run {
     /// The options' steps and guidance, or the pipeline class's defaults ([`super::defaults`]), and the
     /// scheduler set to those steps.
-    pub fn new(dir: &PipelineDir, opts: &GenerateOptions) -> Result<Self> {
+    pub fn new(dir: &PipelineDir, opts: &GenerateOptions, embedded_guidance: bool) -> Result<Self> {
         let start = Instant::now();
-        let defaults = dir.kind.defaults();
+        let defaults = dir.defaults();
         let steps = opts.steps.unwrap_or(defaults.steps);
         if steps == 0 {
             return Err(Error::bad_input("--steps must be at least 1"));
@@ -106,17 +112,40 @@ impl Run {
             None => config.class_kind()?,
         };
         let guidance_scale = opts.guidance.unwrap_or(defaults.guidance);
+        let guidance_rescale = match opts.guidance_rescale {
+            None => 0.0,
+            Some(r) if !(0.0..=1.0).contains(&r) => {
+                return Err(Error::bad_input(format!("--guidance-rescale {r} must lie between 0 and 1")));
+            }
+            Some(r) if r > 0.0 && embedded_guidance => {
+                return Err(Error::bad_input(
+                    "--guidance-rescale rescales classifier-free guidance, which this UNet does not run (it takes \
+                     the guidance scale as an embedding, as LCM UNets do); drop --guidance-rescale",
+                ));
+            }
+            Some(r) if r > 0.0 && guidance_scale <= 1.0 => {
+                return Err(Error::bad_input(format!(
+                    "--guidance-rescale rescales classifier-free guidance, which is off at --guidance \
+                     {guidance_scale}; give a guidance above 1 or drop --guidance-rescale"
+                )));
+            }
+            Some(r) => r,
+        };
         let mut notes = Vec::new();
-        if guidance_scale <= 1.0 && opts.negative_prompt.as_deref().is_some_and(|n| !n.is_empty()) {
+        if (guidance_scale <= 1.0 || embedded_guidance)
+            && opts.negative_prompt.as_deref().is_some_and(|n| !n.is_empty())
+        {
             notes.push(format!(
                 "the negative prompt has no effect at guidance {guidance_scale} (classifier-free guidance is off at \
-                 1 or less), so it is not used"
+                 1 or less, and for UNets that take the guidance scale as an embedding), so it is not used"
             ));
         }
         Ok(Run {
             start,
             steps,
             guidance_scale,
+            guidance_rescale,
+            embedded_guidance,
             batch: opts.batch_size.max(1),
             scheduler,
             scheduler_name: name,
@@ -126,9 +155,9 @@ impl Run {
         })
     }
 
-    /// Classifier-free guidance is on above a scale of 1, as in diffusers.
+    /// Classifier-free guidance is on above a scale of 1 unless the UNet embeds the scale, as in diffusers.
     pub fn guidance(&self) -> bool {
-        self.guidance_scale > 1.0
+        self.guidance_scale > 1.0 && !self.embedded_guidance
     }
 
     /// Rows the denoiser sees: the batch, twice under guidance.
@@ -151,6 +180,7 @@ impl Run {
         let end = timesteps.len();
         let begin = options.begin.min(end);
         let (guidance, scale, batch) = (self.guidance(), self.guidance_scale, self.batch);
+        let rescale = self.guidance_rescale;
         denoiser.take_transfer_seconds();
         for (i, step_index) in (begin..end).enumerate() {
             let t_step = Instant::now();
@@ -177,7 +207,11 @@ impl Run {
                     ),
                 ));
             }
-            let noise_pred = if guidance { apply_guidance(&out, batch, scale) } else { out };
+            let noise_pred = match guidance {
+                true if rescale > 0.0 => rescale_noise_cfg(&apply_guidance(&out, batch, scale), &out, batch, rescale),
+                true => apply_guidance(&out, batch, scale),
+                false => out,
+            };
             latents = if options.one_step_takes_pred_original && end == 1 {
                 self.scheduler
                     .pred_original_sample(&noise_pred, step_index, &latents)
@@ -280,6 +314,25 @@ fn apply_guidance(out: &ArrayD<f32>, batch: usize, scale: f32) -> ArrayD<f32> {
     &uncond + &((&text - &uncond) * scale)
 }
 
+/// diffusers' `rescale_noise_cfg` (Lin et al. 2023, section 3.4): each image's guided prediction `noise_cfg`
+/// scaled to the standard deviation of its text prediction (the second half of `out`), blended with the
+/// unscaled one by `guidance_rescale`. torch's `std` is the unbiased one, accumulated in float64.
+fn rescale_noise_cfg(noise_cfg: &ArrayD<f32>, out: &ArrayD<f32>, batch: usize, guidance_rescale: f32) -> ArrayD<f32> {
+    let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
+    let std = |x: ndarray::ArrayViewD<f32>| -> f32 {
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        var.sqrt() as f32
+    };
+    let mut rescaled = noise_cfg.clone();
+    for (i, mut row) in rescaled.axis_iter_mut(Axis(0)).enumerate() {
+        let ratio = std(text.index_axis(Axis(0), i)) / std(noise_cfg.index_axis(Axis(0), i));
+        row.mapv_inplace(|v| guidance_rescale * (v * ratio) + (1.0 - guidance_rescale) * v);
+    }
+    rescaled
+}
+
 /// `[x; x]` along the batch.
 pub(crate) fn stack2(x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     concatenate(Axis(0), &[x.view(), x.view()]).map_err(|e| Error::internal(format!("batching latents: {e}")))
@@ -316,6 +369,8 @@ mod tests {
             start: Instant::now(),
             steps: 3,
             guidance_scale,
+            guidance_rescale: 0.0,
+            embedded_guidance: false,
             batch: 1,
             scheduler,
             scheduler_name: "EulerDiscreteScheduler".into(),

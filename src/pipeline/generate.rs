@@ -7,7 +7,7 @@ use ndarray::ArrayD;
 
 use super::model_dir::PipelineDir;
 use crate::runtime::{HostTensor, Model};
-use crate::scheduler::{self, SchedulerConfig, SchedulerKind};
+use crate::scheduler::{self, SchedulerConfig, SchedulerKind, SchedulerOptions};
 use crate::{Error, Result};
 
 /// What to generate. `None` fields take diffusers' pipeline defaults (`PipelineKind::defaults`).
@@ -26,6 +26,13 @@ pub struct GenerateOptions {
     pub scheduler: Option<SchedulerKind>,
     /// A scheduler_config.json to use instead of the pipeline's own.
     pub scheduler_config: Option<PathBuf>,
+    /// Karras sigmas, another timestep spacing, DDIM's eta.
+    pub scheduler_options: SchedulerOptions,
+    /// diffusers' `guidance_rescale` (Lin et al. 2023), in [0, 1]; only under classifier-free guidance.
+    pub guidance_rescale: Option<f32>,
+    /// diffusers' `clip_skip`: the prompt's embedding from this many layers before the text encoder's last
+    /// (SD and SDXL).
+    pub clip_skip: Option<usize>,
     /// Initial noise as diffusers' `latents=` takes it; else drawn from `seed` as torch does.
     pub latents: Option<PathBuf>,
     /// Images per prompt (diffusers' `num_images_per_prompt`); 0 means 1. The UNet sees twice as many
@@ -108,14 +115,27 @@ pub(crate) struct ChosenScheduler {
 
 impl ChosenScheduler {
     pub(crate) fn new(dir: &PipelineDir, opts: &GenerateOptions, steps: usize) -> Result<Self> {
+        let mut chosen = Self::unset(dir, opts)?;
+        chosen.scheduler.set_timesteps(steps)?;
+        Ok(chosen)
+    }
+
+    /// The scheduler before `set_timesteps`. A flag the class lacks is refused naming the flag; a bad
+    /// config, naming its file.
+    pub(crate) fn unset(dir: &PipelineDir, opts: &GenerateOptions) -> Result<Self> {
         let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
         let config = SchedulerConfig::from_file(&config_path)?;
+        let kind = match opts.scheduler {
+            Some(kind) => kind,
+            None => config.class_kind().map_err(|e| e.in_file(&config_path))?,
+        };
+        opts.scheduler_options.check(kind)?;
         let name = match opts.scheduler {
             Some(kind) => kind.class_name().to_string(),
             None => config.class_name.clone().unwrap_or_default(),
         };
-        let mut scheduler = scheduler::from_config(&config, opts.scheduler).map_err(|e| e.in_file(&config_path))?;
-        scheduler.set_timesteps(steps)?;
+        let scheduler = scheduler::with_options(&config, Some(kind), &opts.scheduler_options)
+            .map_err(|e| e.in_file(&config_path))?;
         Ok(ChosenScheduler { scheduler, name, config })
     }
 }

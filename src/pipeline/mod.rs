@@ -2,6 +2,7 @@
 //! img2img and inpainting.
 
 pub mod binning;
+mod clip_skip;
 pub mod conditioning;
 pub mod defaults;
 mod denoise;
@@ -27,12 +28,13 @@ use std::time::Instant;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::runtime::{HostTensor, Model, Runtime, SessionRole};
-use crate::scheduler::{self, SchedulerConfig};
+use crate::scheduler::SchedulerConfig;
 use crate::settings::EpOptions;
 use crate::{Error, Result};
 use conditioning::{Conditioning, TextEncoder};
 pub use defaults::CallDefaults;
 use denoise::{Denoiser, LoopOptions, Run, ShapeCheck, check_static_shapes};
+use generate::ChosenScheduler;
 pub(crate) use generate::take_output;
 pub use generate::{GenerateOptions, Generated, HostShare, Timings, UnetRecorder};
 use img2img::{ImageTask, Start};
@@ -59,6 +61,12 @@ pub struct UnetPipeline {
     default_size: usize,
     /// The UNet's inputs and output in device memory, bound once (IoBinding).
     io_binding: bool,
+    /// An LCM UNet's guidance embedding width: the UNet takes the scale as `timestep_cond`, not by
+    /// classifier-free guidance.
+    guidance_embedding: Option<usize>,
+    /// For sessions created after loading (the `--clip-skip` text encoder).
+    runtime: Runtime,
+    session_defaults: EpOptions,
     /// Sees every UNet call's inputs (calibration).
     unet_recorder: Option<UnetRecorder>,
     /// Warnings from loading (a folder converted for another EP), handed out with the first image.
@@ -163,8 +171,24 @@ impl UnetPipeline {
         let unet_config: DenoiserConfig = dir.config("unet").unwrap_or_default();
         let unet_channels = unet_config.in_channels.unwrap_or(vae.latent_channels);
         let default_size = unet_config.sample_size.map_or(dir.kind.defaults().size, |s| s * vae.scale_factor);
+        let guidance_embedding = match unet.input("timestep_cond") {
+            None => None,
+            Some(input) => {
+                let declared = input.dims.last().copied().filter(|&d| d > 0).map(|d| d as usize);
+                Some(unet_config.time_cond_proj_dim.or(declared).ok_or_else(|| {
+                    Error::bad_file(
+                        unet.path(),
+                        "the UNet takes `timestep_cond` (the guidance scale's embedding) but neither its \
+                         config.json's time_cond_proj_dim nor the input's shape says its width",
+                    )
+                })?)
+            }
+        };
         Ok(UnetPipeline {
+            runtime: runtime.clone(),
+            session_defaults: defaults.clone(),
             dir,
+            guidance_embedding,
             text_encoders,
             unet,
             vae,
@@ -301,7 +325,7 @@ impl UnetPipeline {
     }
 
     fn generate_once(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
-        let mut run = Run::new(&self.dir, opts)?;
+        let mut run = Run::new(&self.dir, opts, self.guidance_embedding.is_some())?;
         let task = ImageTask::read(opts, self.dir.kind)?;
         self.check_task(task.as_ref())?;
         let size = self.size_for(opts, task.as_ref())?;
@@ -318,7 +342,10 @@ impl UnetPipeline {
 
         let t0 = Instant::now();
         let guidance = run.guidance();
-        let cond = self.encode_prompt(opts, guidance, size)?.repeat_per_prompt(run.batch, guidance)?;
+        let mut cond = self.encode_prompt(opts, guidance, size)?.repeat_per_prompt(run.batch, guidance)?;
+        if let Some(dim) = self.guidance_embedding {
+            cond.timestep_cond = Some(conditioning::guidance_scale_embedding(run.guidance_scale, dim, run.rows()));
+        }
         run.timings.text_encoding = t0.elapsed().as_secs_f64();
         let mut warnings: Vec<String> = std::mem::take(&mut self.warnings);
         warnings.extend(self.text_encoders.iter_mut().flat_map(|e| e.warnings.drain(..)));
@@ -390,18 +417,38 @@ impl UnetPipeline {
         check_static_shapes(&checks, &what, run.batch, run.guidance())
     }
 
+    /// SD's text encoder with the output `--clip-skip k` reads: the folder's own, else a rewritten copy
+    /// ([`clip_skip`]) loaded in its place (it keeps every output of the original).
+    fn expose_clip_skip(&mut self, k: usize) -> Result<()> {
+        let output = conditioning::clip_skip_output(k);
+        if self.text_encoders[0].model.output_names().contains(&output) {
+            return Ok(());
+        }
+        let path = self.dir.component_model("text_encoder");
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), "cannot create a folder in", e))?;
+        let rewritten = clip_skip::rewrite_copy(&path, k, tmp.path())?;
+        self.text_encoders[0].model = self.runtime.load_with(&rewritten, &self.session_defaults, SessionRole::Other)?;
+        Ok(())
+    }
+
     fn encode_prompt(&mut self, opts: &GenerateOptions, guidance: bool, size: (usize, usize)) -> Result<Conditioning> {
         let negative = opts.negative_prompt.as_deref();
+        // diffusers' clip_skip 0 is its default embedding.
+        let clip_skip = opts.clip_skip.filter(|&k| k > 0);
         match self.dir.kind {
             PipelineKind::StableDiffusion => {
-                conditioning::encode_sd(&mut self.text_encoders[0], &opts.prompt, negative, guidance)
+                if let Some(k) = clip_skip {
+                    self.expose_clip_skip(k)?;
+                }
+                let encoder = &mut self.text_encoders[0];
+                conditioning::encode_sd(encoder, &opts.prompt, negative, guidance, clip_skip)
             }
             PipelineKind::StableDiffusionXl => {
                 let force_zeros = self.dir.force_zeros_for_empty_prompt();
                 let encoders: &mut [TextEncoder; 2] = (&mut self.text_encoders[..])
                     .try_into()
                     .map_err(|_| Error::internal("an SDXL pipeline needs two text encoders"))?;
-                conditioning::encode_sdxl(encoders, &opts.prompt, negative, guidance, force_zeros, size)
+                conditioning::encode_sdxl(encoders, &opts.prompt, negative, guidance, force_zeros, size, clip_skip)
             }
             PipelineKind::PixArtAlpha => Err(Error::internal("a PixArt pipeline is not a UNet pipeline")),
         }
@@ -456,14 +503,14 @@ impl Denoiser for UnetDenoiser<'_> {
 /// A warning for more steps than the scheduler's training timesteps (diffusers runs them, so dfast does too;
 /// only DDIM refuses), with the number of denoiser calls that will run; for the caller to show first.
 fn steps_warning(dir: &PipelineDir, opts: &GenerateOptions) -> Result<Option<String>> {
-    let steps = opts.steps.unwrap_or(dir.kind.defaults().steps);
+    let steps = opts.steps.unwrap_or(dir.defaults().steps);
     let config_path = opts.scheduler_config.clone().unwrap_or_else(|| dir.scheduler_config());
     let config = SchedulerConfig::from_file(&config_path)?;
     let trained = config.train_timesteps().map_err(|e| e.in_file(&config_path))?;
     if steps <= trained {
         return Ok(None);
     }
-    let mut scheduler = scheduler::from_config(&config, opts.scheduler).map_err(|e| e.in_file(&config_path))?;
+    let mut scheduler = ChosenScheduler::unset(dir, opts)?.scheduler;
     scheduler.set_timesteps(steps)?;
     let calls = scheduler.timesteps().len();
     let denoiser = if dir.kind == PipelineKind::PixArtAlpha { "transformer" } else { "UNet" };
@@ -502,6 +549,9 @@ fn unet_conditioning(cond: &Conditioning) -> Vec<(&'static str, HostTensor)> {
     if let Some((text_embeds, time_ids)) = &cond.added {
         feeds.push(("text_embeds", HostTensor::F32(text_embeds.clone())));
         feeds.push(("time_ids", HostTensor::F32(time_ids.clone())));
+    }
+    if let Some(timestep_cond) = &cond.timestep_cond {
+        feeds.push(("timestep_cond", HostTensor::F32(timestep_cond.clone())));
     }
     feeds
 }

@@ -76,8 +76,10 @@ impl PipelineKind {
 /// The `_class_name`s of `model_index.json` that dfast runs, and their family. A family's text-to-image,
 /// img2img and inpainting pipelines hold the same components (an inpainting UNet aside), so any of them runs
 /// any task; the ONNX names are diffusers' legacy ONNX pipelines and Optimum's.
-const CLASSES: [(&str, PipelineKind); 18] = [
+const CLASSES: [(&str, PipelineKind); 19] = [
     ("StableDiffusionPipeline", PipelineKind::StableDiffusion),
+    // An SD pipeline whose UNet takes the guidance scale's embedding (LCM-distilled), with LCMScheduler.
+    ("LatentConsistencyModelPipeline", PipelineKind::StableDiffusion),
     ("StableDiffusionImg2ImgPipeline", PipelineKind::StableDiffusion),
     ("StableDiffusionInpaintPipeline", PipelineKind::StableDiffusion),
     ("OnnxStableDiffusionPipeline", PipelineKind::StableDiffusion),
@@ -188,6 +190,16 @@ impl PipelineDir {
         let path = self.root.join(component).join("config.json");
         serde_json::from_value(read_json(&path)?)
             .map_err(|e| Error::parse_file(&path, "a field dfast reads has an unexpected type", e))
+    }
+
+    /// diffusers' `__call__` defaults for this folder's class: its family's ([`PipelineKind::defaults`]), but
+    /// `LatentConsistencyModelPipeline`'s own 4 steps and guidance 8.5.
+    pub fn defaults(&self) -> super::CallDefaults {
+        let family = self.kind.defaults();
+        match self.model_index.get("_class_name").and_then(Value::as_str) {
+            Some("LatentConsistencyModelPipeline") => super::CallDefaults { steps: 4, guidance: 8.5, ..family },
+            _ => family,
+        }
     }
 
     pub fn scheduler_config(&self) -> PathBuf {
@@ -345,6 +357,8 @@ pub struct DenoiserConfig {
     /// A UNet's down blocks; each but the last halves the latents' size.
     pub down_block_types: Option<Vec<String>>,
     pub block_out_channels: Option<Vec<usize>>,
+    /// An LCM UNet's guidance embedding width (its input `timestep_cond`).
+    pub time_cond_proj_dim: Option<usize>,
 }
 
 /// What dfast reads of the VAE decoder's `config.json`.

@@ -242,7 +242,14 @@ impl PixArtPipeline {
 
     pub fn generate(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
         let ((orig_height, orig_width), (height, width)) = self.sizes(opts)?;
-        let mut run = Run::new(&self.dir, opts)?;
+        // PixArtAlphaPipeline has neither: T5 is not CLIP, and its call takes no guidance_rescale.
+        if opts.clip_skip.is_some() || opts.guidance_rescale.is_some() {
+            let flag = if opts.clip_skip.is_some() { "--clip-skip" } else { "--guidance-rescale" };
+            return Err(Error::bad_input(format!(
+                "{flag} is for SD and SDXL pipelines; PixArt-α's has no such option"
+            )));
+        }
+        let mut run = Run::new(&self.dir, opts, false)?;
         if run.steps == 1
             && !matches!(
                 run.scheduler_kind,

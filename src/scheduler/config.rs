@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::SchedulerKind;
+use crate::settings::named_enum;
 use crate::{Error, Result};
 
 /// The subset of a diffusers scheduler config that dfast's schedulers read.
@@ -92,12 +93,14 @@ pub enum PredictionType {
     Sample,
 }
 
-/// How inference timesteps are picked among the training timesteps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepSpacing {
-    Leading,
-    Trailing,
-    Linspace,
+named_enum! {
+    /// How inference timesteps are picked among the training timesteps.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TimestepSpacing {
+        Leading = "leading",
+        Trailing = "trailing",
+        Linspace = "linspace",
+    }
 }
 
 impl SchedulerConfig {

@@ -1,4 +1,5 @@
-//! diffusers' `DDIMScheduler` with `eta = 0` (deterministic DDIM).
+//! diffusers' `DDIMScheduler`: deterministic at `eta = 0`, with fresh noise of `eta` times DDPM's standard
+//! deviation at each step otherwise (`eta = 1` is DDPM's variance).
 
 use ndarray::ArrayD;
 
@@ -12,7 +13,7 @@ use crate::{Error, Result};
 
 const CLASS: &str = "DDIMScheduler";
 
-/// Denoising Diffusion Implicit Models (Song et al. 2020), deterministic variant.
+/// Denoising Diffusion Implicit Models (Song et al. 2020).
 #[derive(Debug, Clone)]
 pub struct DdimScheduler {
     num_train_timesteps: usize,
@@ -24,12 +25,19 @@ pub struct DdimScheduler {
     alphas_cumprod: Vec<f32>,
     /// alpha_cumprod used past the last timestep: 1 with `set_alpha_to_one`, else `alphas_cumprod[0]`.
     final_alpha_cumprod: f32,
+    /// The step's `eta`, which diffusers' pipelines pass to `step` (default 0).
+    eta: f32,
     num_inference_steps: usize,
     timesteps: Vec<i64>,
     timesteps_f64: Vec<f64>,
 }
 
 impl DdimScheduler {
+    /// The same scheduler stepping with `eta` (diffusers' pipelines' `eta=` argument).
+    pub fn with_eta(self, eta: f64) -> Self {
+        Self { eta: eta as f32, ..self }
+    }
+
     /// Builds the scheduler, applying DDIMScheduler's defaults to missing config keys.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         config.reject_unsupported(CLASS)?;
@@ -48,6 +56,7 @@ impl DdimScheduler {
             clip_sample_range: config.clip_sample_range.unwrap_or(1.0) as f32,
             alphas_cumprod,
             final_alpha_cumprod,
+            eta: 0.0,
             num_inference_steps: 0,
             timesteps_f64: timesteps.iter().map(|&t| t as f64).collect(),
             timesteps,
@@ -98,7 +107,7 @@ impl Scheduler for DdimScheduler {
         model_output: &ArrayD<f32>,
         step_index: usize,
         sample: &ArrayD<f32>,
-        _noise: &mut dyn NoiseSource,
+        noise: &mut dyn NoiseSource,
     ) -> ArrayD<f32> {
         let timestep = self.timesteps[step_index];
         // diffusers steps back by the nominal ratio even when the spacing is not uniform (trailing/linspace).
@@ -109,18 +118,24 @@ impl Scheduler for DdimScheduler {
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
 
-        // eta = 0, but diffusers still folds the (zero) noise level into the direction coefficient; keep it so
+        // At eta = 0 diffusers still folds the (zero) noise level into the direction coefficient; keep it so
         // degenerate schedules produce the same NaNs.
         let variance = (beta_prod_t_prev / beta_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev);
-        let std_dev_t = 0.0 * variance.sqrt();
+        let std_dev_t = self.eta * variance.sqrt();
         let direction_coeff = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
         let sqrt_alpha_prev = alpha_prod_t_prev.sqrt();
 
         let predict = self.predict(timestep);
-        zip_map(sample, model_output, |s, m| {
+        let prev_sample = zip_map(sample, model_output, |s, m| {
             let (pred_original_sample, pred_epsilon) = predict(s, m);
             sqrt_alpha_prev * pred_original_sample + direction_coeff * pred_epsilon
-        })
+        });
+        if self.eta <= 0.0 {
+            return prev_sample;
+        }
+        // Drawn only when eta > 0, as diffusers draws it.
+        let variance_noise = noise.randn(model_output.shape());
+        zip_map(&prev_sample, &variance_noise, |p, n| p + std_dev_t * n)
     }
 
     fn pred_original_sample(

@@ -10,6 +10,7 @@ mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod lcm;
+mod options;
 mod pndm;
 mod select;
 #[cfg(test)]
@@ -21,8 +22,9 @@ pub use dpm_solver::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;
 pub use euler_ancestral::EulerAncestralDiscreteScheduler;
 pub use lcm::LcmScheduler;
+pub use options::SchedulerOptions;
 pub use pndm::PndmScheduler;
-pub use select::from_config;
+pub use select::{from_config, with_options};
 
 use ndarray::ArrayD;
 
@@ -69,7 +71,7 @@ impl SchedulerKind {
     }
 }
 
-/// Where a stochastic step (Euler ancestral, LCM) draws its noise: `torch.randn(shape, generator=...)` from
+/// Where a stochastic step (Euler ancestral, LCM, DDIM with eta) draws its noise: `torch.randn(shape, generator=...)` from
 /// the run's one generator, which diffusers' pipelines pass to `scheduler.step` after drawing the initial
 /// latents (and img2img's draws) from it, so that a seed gives diffusers' image.
 pub trait NoiseSource {
