@@ -298,6 +298,13 @@ pub struct ConvertArgs {
     /// call, as `unet-step --inputs` reads them), to calibrate other tools on the same set.
     #[arg(long, value_name = "DIR")]
     pub save_calibration_inputs: Option<PathBuf>,
+    /// A LoRA (.safetensors, diffusers/PEFT or kohya format) merged into the UNet's and text encoders' weights
+    /// before the profile's passes (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub lora: Vec<PathBuf>,
+    /// The scale of a LoRA (repeatable: the first --lora-scale is the first --lora's, and so on; default 1).
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = finite)]
+    pub lora_scale: Vec<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -770,6 +777,7 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
             save_inputs: args.save_calibration_inputs,
         },
         force: args.force,
+        loras: lora_sources(&args.lora, &args.lora_scale)?,
     };
     let bar = progress("{msg:24} [{bar:30}] {pos}/{len} components, {elapsed}");
     let result = convert::convert(&opts, &mut |event| match event {
@@ -802,6 +810,22 @@ fn convert(args: ConvertArgs, ort_lib: Option<PathBuf>) -> Result<()> {
         manifest.seconds
     );
     Ok(())
+}
+
+/// Pairs each --lora with its --lora-scale (in the order given; 1 where none is left).
+fn lora_sources(files: &[PathBuf], scales: &[f32]) -> Result<Vec<convert::LoraSource>> {
+    if scales.len() > files.len() {
+        return Err(Error::bad_input(format!(
+            "{} --lora-scale values for {} --lora files: give one scale per LoRA, after its --lora",
+            scales.len(),
+            files.len()
+        )));
+    }
+    Ok(files
+        .iter()
+        .enumerate()
+        .map(|(i, path)| convert::LoraSource { path: path.clone(), scale: scales.get(i).copied().unwrap_or(1.0) })
+        .collect())
 }
 
 fn report(args: ReportArgs) -> Result<()> {

@@ -53,6 +53,15 @@ impl PassRecord {
     }
 }
 
+/// One LoRA file merged into the weights at conversion (`convert --lora`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraRecord {
+    /// The file's name.
+    pub file: String,
+    pub sha256: String,
+    pub scale: f32,
+}
+
 /// How int8-static was calibrated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -98,6 +107,9 @@ pub struct Manifest {
     pub seconds: f64,
     /// Everything that decides the converted files (not the session options): equal keys, equal files.
     pub conversion_key: serde_json::Value,
+    /// The LoRA files merged into the weights (`convert --lora`), in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRecord>,
     /// The conversion whose files this folder links (`dfast bench` relabels instead of converting again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relabelled_from: Option<String>,

@@ -81,6 +81,7 @@ fn convert_dir(source: &Path, profile: &str, out: &Path) -> convert::Manifest {
         vae_half: false,
         calibration: Default::default(),
         force: false,
+        loras: Vec::new(),
     };
     convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{} with {profile}: {e}", source.display()))
 }
@@ -220,6 +221,7 @@ fn manifest_reads_back_and_records_the_applied_exclude_list() {
         vae_half: false,
         calibration: Default::default(),
         force: false,
+        loras: Vec::new(),
     };
     let written = convert::convert(&opts, &mut |_| {}).unwrap();
     let read = Manifest::read(&out).unwrap().expect("a conversion has a manifest");
@@ -472,6 +474,7 @@ fn fused_emits_cuda_only_ops_only_when_allowed() {
             vae_half: false,
             calibration: Default::default(),
             force: true,
+            loras: Vec::new(),
         };
         let manifest = convert::convert(&opts, &mut |_| {}).unwrap();
         manifest.components.into_iter().find(|c| c.component == "unet").unwrap().ops
@@ -514,6 +517,7 @@ fn fused_with_cuda_only_fusions_op_counts_on_both_export_styles() {
             vae_half: false,
             calibration: Default::default(),
             force: false,
+            loras: Vec::new(),
         };
         let manifest = convert::convert(&opts, &mut |_| {}).unwrap();
         let ops = manifest.components.into_iter().find(|c| c.component == "unet").unwrap().ops;

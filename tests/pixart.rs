@@ -326,6 +326,7 @@ fn converted_tiny_pixart_matches_the_source_graphs() {
                 vae_half: false,
                 calibration: Default::default(),
                 force: false,
+                loras: Vec::new(),
             };
             let manifest = convert::convert(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("{pipeline}/{profile}: {e}"));
             let tolerance = if profile == "int8-dynamic" { 5e-2 } else { 1e-5 };
@@ -391,6 +392,7 @@ fn fp16_conversion_keeps_t5_fp32_by_the_model_card() {
         vae_half: false,
         calibration: Default::default(),
         force: true,
+        loras: Vec::new(),
     };
     let manifest = convert::convert(&opts, &mut |_| {}).unwrap();
     let precision = |name: &str| manifest.components.iter().find(|c| c.component == name).unwrap().precision;

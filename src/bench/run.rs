@@ -413,6 +413,7 @@ fn converted(
         vae_half: false,
         calibration: Default::default(),
         force: false,
+        loras: Vec::new(),
     };
     let key = convert::conversion_key(&convert_opts, card);
     let manifest = |dir: &Path| Manifest::read(dir).ok().flatten();

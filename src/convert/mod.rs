@@ -25,6 +25,7 @@ use crate::manifest::PassRecord;
 pub use crate::manifest::{ComponentReport, MANIFEST, Manifest};
 use crate::onnx::OnnxModel;
 use crate::passes::int8_static::Int8Static;
+use crate::passes::lora::{LoraFile, LoraMerge};
 use crate::passes::{BuildContext, PassContext, PassManager, PassSpec, PrecisionPass, registry};
 use crate::pipeline::PipelineDir;
 use crate::settings::{ExecutionProvider, Precision, PrecisionHint};
@@ -46,6 +47,15 @@ pub struct ConvertOptions {
     pub calibration: calibrate::CalibrationOptions,
     /// Convert with a profile made for other execution providers (a warning instead of an error).
     pub force: bool,
+    /// LoRA files merged into the UNet's and text encoders' weights before the profile's passes, in order.
+    pub loras: Vec<LoraSource>,
+}
+
+/// A LoRA file to merge and its scale (`--lora FILE --lora-scale S`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSource {
+    pub path: PathBuf,
+    pub scale: f32,
 }
 
 /// Progress of a conversion, for a progress bar.
@@ -63,6 +73,8 @@ pub enum Event<'a> {
 /// with the calibrated ranges, or activation ranges measured followed by the precision pass with them
 /// (range islands).
 enum Step {
+    /// LoRA files merged into the weights, once.
+    Merge(LoraMerge),
     Passes(PassManager),
     Calibrated(Int8Static),
     Ranged(PrecisionPass),
@@ -119,6 +131,7 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
         None => ModelCard::detect_dir(&dir),
     };
     let components = onnx_components(&opts.source)?;
+    let loras = read_loras(&opts.loras, &components)?;
     let exclude = ModelCard::exclude_or_seed(card.as_ref());
     // Every pass is built (and its options checked) before anything is written.
     let mut plans = Vec::new();
@@ -145,8 +158,11 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
             int8_exclude: exclude.clone(),
             cuda_only_fusions: opts.profile.cuda_only_fusions,
         };
-        let steps = plan(&opts.profile, component, &ctx)
+        let mut steps = plan(&opts.profile, component, &ctx)
             .map_err(|e| e.in_context(format!("profile {}", opts.profile.source)))?;
+        if let Some(merge) = LoraMerge::new(component, &loras) {
+            steps.insert(0, Step::Merge(merge));
+        }
         plans.push(Plan { component: component.clone(), precision, steps });
     }
 
@@ -210,6 +226,7 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
         components: reports,
         seconds: start.elapsed().as_secs_f64(),
         conversion_key: conversion_key(opts, card.as_ref()),
+        loras: loras.iter().map(LoraMerge::record).collect(),
         relabelled_from: None,
     };
     publish(&staging, &opts.out, &manifest)?;
@@ -228,6 +245,10 @@ fn run_plan(
     let mut records = Vec::new();
     for step in steps {
         let manager = match step {
+            Step::Merge(merge) => {
+                records.push(crate::passes::run_once(LoraMerge::NAME, &merge, model, &ctx)?);
+                continue;
+            }
             Step::Passes(manager) => manager,
             Step::Calibrated(pass) => {
                 let targets = pass.targets(model);
@@ -310,7 +331,42 @@ pub fn conversion_key(opts: &ConvertOptions, card: Option<&ModelCard>) -> serde_
         "cuda_only_fusions": opts.profile.cuda_only_fusions,
         "calibration": opts.profile.passes.iter().any(|p| p == Int8Static::NAME).then(|| serde_json::json!(opts.calibration.settings)),
         "dfast_version": env!("CARGO_PKG_VERSION"),
+        "loras": lora_key(&opts.loras),
     })
+}
+
+/// The LoRAs of a conversion as its key holds them: each file's sha256 and scale (a file that cannot be read
+/// fails the conversion itself).
+fn lora_key(loras: &[LoraSource]) -> serde_json::Value {
+    use sha2::{Digest, Sha256};
+    loras
+        .iter()
+        .map(|l| {
+            let sha = std::fs::read(&l.path)
+                .map(|b| Sha256::digest(&b).iter().map(|b| format!("{b:02x}")).collect::<String>())
+                .unwrap_or_else(|_| l.path.display().to_string());
+            serde_json::json!({"sha256": sha, "scale": l.scale})
+        })
+        .collect()
+}
+
+/// Reads the LoRA files; each must change only components the pipeline has.
+fn read_loras(sources: &[LoraSource], components: &[String]) -> Result<Vec<LoraFile>> {
+    let mut files = Vec::new();
+    for source in sources {
+        let file = LoraFile::read(&source.path, source.scale)?;
+        if let Some(missing) = file.components().into_iter().find(|c| !components.iter().any(|have| have == c)) {
+            let key = file.modules.iter().find(|m| m.component == missing).map(|m| m.key.clone()).unwrap_or_default();
+            return Err(Error::bad_file(
+                &source.path,
+                format!(
+                    "key `{key}` changes the {missing}, which this pipeline does not have (a LoRA for another architecture?)"
+                ),
+            ));
+        }
+        files.push(file);
+    }
+    Ok(files)
 }
 
 /// A copy of an earlier conversion with another profile's name and session options: the ONNX files are

@@ -32,6 +32,7 @@ fn convert_measures_ranges_for_the_decoder_only() {
         vae_half: false,
         calibration: Default::default(),
         force: true,
+        loras: Vec::new(),
     };
     let manifest = convert(&opts, &mut |_| {}).unwrap();
     let record = |component: &str| {

@@ -15,6 +15,10 @@
 //! - take its options as a serde struct with `deny_unknown_fields` ([`PassSpec::Options`]) and be listed
 //!   once in [`registry::PASSES`]: profiles, `convert --help` and the README's table read that list;
 //! - have a test that compares outputs with the unrewritten graph.
+//!
+//! One pass stands outside the registry: [`lora::LoraMerge`], which `convert --lora` adds in front of a
+//! component's passes (its input is a file named on the command line, not a profile's options) and which runs
+//! once, not to a fixed point ([`run_once`]).
 
 pub mod attention;
 pub mod bias_add;
@@ -30,6 +34,7 @@ mod infer_tests;
 pub mod int8_dynamic;
 pub mod int8_static;
 pub mod layout;
+pub mod lora;
 pub mod nhwc_conv;
 mod options;
 pub(crate) mod pattern;
@@ -258,6 +263,31 @@ impl PassManager {
         }
         Ok(records)
     }
+}
+
+/// Runs `pass` once, applying at most one patch: for a pass that is no rewrite to a fixed point (a LoRA merge
+/// adds to weights, so running it again would add again). Returns its record as [`PassManager::run`] does.
+pub fn run_once(name: &str, pass: &dyn Pass, model: &mut OnnxModel, ctx: &PassContext) -> Result<PassRecord> {
+    let mut record = PassRecord {
+        pass: name.to_string(),
+        nodes_before: model.node_count(),
+        nodes_after: 0,
+        initializers_before: model.graph().initializer.len(),
+        initializers_after: 0,
+        rewrites: 0,
+        rounds: 0,
+        settings: pass.settings(),
+    };
+    if let Some(patch) = pass.run(model, ctx).map_err(|e| in_pass(name, e))?
+        && !patch.is_empty()
+    {
+        record.rewrites = patch.rewrites();
+        apply_patch(model, patch).map_err(|e| in_pass(name, e))?;
+        record.rounds = 1;
+    }
+    record.nodes_after = model.node_count();
+    record.initializers_after = model.graph().initializer.len();
+    Ok(record)
 }
 
 /// Prefixes an error with the pass it came from.
