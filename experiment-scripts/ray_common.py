@@ -117,8 +117,10 @@ def read_prompt_file(path):
     reports it and goes on with the others), and keeps its place in the seed count."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read the prompt file ({e})") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read the prompt file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text; expected one prompt per line") from None
     text = text.removeprefix("\ufeff")
     jobs = []
     for number, raw in enumerate(text.splitlines(), start=1):

@@ -108,7 +108,7 @@ class Generator:
         path = self.out / image_name(job["index"])
         ray_common.write_atomic(path, png)
         seconds = time.perf_counter() - start
-        print(f"line {job['line']}: wrote {path.name} in {seconds:.2f} s", flush=True)
+        print(f"line {job['line']}: wrote {path.name} in {seconds:.2f} s in pid {os.getpid()}", flush=True)
         return {"index": job["index"], "line": job["line"], "path": str(path), "seconds": seconds}
 
     def encode(self, image, config, job):
