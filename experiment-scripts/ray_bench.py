@@ -99,6 +99,7 @@ def read_matrix(path):
             value = entry.get(key)
             if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
                 raise BadInput(f"{where}: `{key}` must be a list of names, e.g. {key} = [\"cpu\"]")
+        entry["model"] = ray_common.model_path(entry["model"])
         entries.append(entry)
     return entries
 

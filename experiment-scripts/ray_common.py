@@ -167,6 +167,13 @@ def parse_json_line(line):
     return obj["prompt"], settings, ""
 
 
+def model_path(model):
+    """A pipeline folder that exists here as an absolute path (a worker's working folder is not the driver's);
+    anything else (a repo id, a folder only the workers have) as given."""
+    path = Path(model)
+    return str(path.resolve()) if path.exists() else model
+
+
 # -- files -------------------------------------------------------------------------------------------------------
 
 

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--actor-resources", type=json.loads, default=None, metavar="JSON",
                    help='custom resources each actor needs, e.g. \'{"xeon": 1}\'')
     p.add_argument("--ep", default="cpu", help="execution provider (default cpu)")
+    p.add_argument("--ep-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an execution provider option, as generate's (repeatable)")
     p.add_argument("--steps", type=positive_int, help="denoising steps (default: the model's, as generate)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--seed", type=seed_int, help="seed of prompt 0; prompt i gets seed + i (default: random)")
@@ -48,6 +50,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.actor_resources is not None and not isinstance(args.actor_resources, dict):
         p.error("--actor-resources: expected a JSON object of resource names and amounts")
+    if any("=" not in o for o in args.ep_option):
+        p.error("--ep-option: expected KEY=VALUE, e.g. threads=2")
+    args.ep_options = dict(o.split("=", 1) for o in args.ep_option)
     return args
 
 
@@ -74,11 +79,11 @@ def job_settings(job: PromptJob, args, base_seed):
 class Generator:
     """One actor of the pool: loads the pipeline once, then generates and writes one image per row."""
 
-    def __init__(self, model, ep, out):
+    def __init__(self, model, ep, ep_options, out):
         import dfast
         import ray
 
-        self.pipe = dfast.Pipeline(model, ep=ep)
+        self.pipe = dfast.Pipeline(model, ep=ep, ep_options=ep_options)
         self.model, self.ep, self.out = model, ep, Path(out)
         self.version = getattr(dfast, "__version__", "")
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -166,7 +171,9 @@ def run(args):
         remote_args = {"resources": args.actor_resources} if args.actor_resources else {}
         ds = ds.map_batches(
             Generator,
-            fn_constructor_kwargs={"model": args.model, "ep": args.ep, "out": str(args.out.resolve())},
+            fn_constructor_kwargs={
+                "model": ray_common.model_path(args.model), "ep": args.ep, "ep_options": args.ep_options, "out": str(args.out.resolve())
+            },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=args.actors),
             num_cpus=args.actor_cpus,

@@ -134,7 +134,7 @@ def app(args):
         cpus = float(args.get("replica_cpus", 1))
     except (argparse.ArgumentTypeError, ValueError) as e:
         raise ValueError(f"replicas= / replica_cpus=: {e}") from None
-    model = args.get("model", "models/tiny-sd")
+    model = ray_common.model_path(args.get("model", "models/tiny-sd"))
     deployment = Generate.options(num_replicas=replicas, ray_actor_options={"num_cpus": cpus})
     return deployment.bind(model, args.get("ep", "cpu"))
 
@@ -142,6 +142,7 @@ def app(args):
 if __name__ != "__main__":
     # `serve run` imports this module by name; its replicas get it by value, so a node needs no checkout.
     ray_common.ship(sys.modules[__name__])
+    ray_common.ship(ray_common)
 
 
 def main(argv=None):
