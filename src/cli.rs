@@ -648,7 +648,8 @@ fn bench(args: BenchArgs, ort_lib: Option<PathBuf>, ep_options: EpOptions) -> Re
     let bar = progress("{msg:40} [{bar:30}] {pos}/{len} combinations, {elapsed}");
     bar.set_length(bench_run::combinations(&opts)?.len() as u64);
     let exe = std::env::current_exe().map_err(|e| Error::io("dfast", "cannot find the dfast binary", e))?;
-    let outcomes = bench_run::run_bench(&opts, &exe, &mut |event| match event {
+    let worker = bench_run::WorkerCommand::binary(exe);
+    let outcomes = bench_run::run_bench(&opts, &worker, &mut |event| match event {
         BenchEvent::Converting(c) => bar.set_message(format!("converting {}", c.label())),
         BenchEvent::Measuring(c) => bar.set_message(format!("measuring {}", c.label())),
         BenchEvent::Done(outcome) => {

@@ -119,8 +119,35 @@ pub fn combinations(opts: &BenchOptions) -> Result<Vec<Combination>> {
     Ok(out)
 }
 
-/// Runs the benchmark; `worker_exe` is the dfast binary that measures each combination.
-pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMut(Event)) -> Result<Vec<Outcome>> {
+/// How the measuring process is started: `program` with `args`, then `bench-worker --job JOB --answer ANSWER`.
+/// The `dfast` binary is its own worker (`current_exe()`, no args); a host without it (the Python package,
+/// where `current_exe()` is the interpreter) starts a program that hands the job to [`answer_job`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<std::ffi::OsString>,
+}
+
+impl WorkerCommand {
+    /// The `dfast` binary at `exe` as the worker.
+    pub fn binary(exe: impl Into<PathBuf>) -> Self {
+        WorkerCommand { program: exe.into(), args: Vec::new() }
+    }
+
+    /// The command that answers the job at `job_path` into `answer_path`.
+    fn command(&self, job_path: &Path, answer_path: &Path) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).arg("bench-worker").arg("--job").arg(job_path).arg("--answer").arg(answer_path);
+        command
+    }
+}
+
+/// Runs the benchmark; `worker_cmd` starts the process that measures each combination.
+pub fn run_bench(
+    opts: &BenchOptions,
+    worker_cmd: &WorkerCommand,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Vec<Outcome>> {
     if opts.runs == 0 {
         return Err(Error::bad_input("--runs must be at least 1"));
     }
@@ -169,7 +196,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
             probe: true,
             log_verbosity: opts.log_verbosity,
         };
-        match run_worker(worker_exe, &job, &opts.out, &format!("probe-{}", ep.name())) {
+        match run_worker(worker_cmd, &job, &opts.out, &format!("probe-{}", ep.name())) {
             Ok(Ok(_)) => {}
             Ok(Err(reason)) => {
                 unusable.insert(ep, reason);
@@ -189,7 +216,7 @@ pub fn run_bench(opts: &BenchOptions, worker_exe: &Path, on_event: &mut dyn FnMu
         let profile =
             &profiles.iter().find(|(spec, _)| *spec == combination.profile).expect("every profile was loaded").1;
         let outcome =
-            match measure(opts, &combination, profile, &source, &dir, card.as_ref(), steps, worker_exe, on_event)? {
+            match measure(opts, &combination, profile, &source, &dir, card.as_ref(), steps, worker_cmd, on_event)? {
                 Ok(mut row) => {
                     row.model = model_name.clone();
                     row.model_card = card.as_ref().map(|c| c.name.clone()).unwrap_or_default();
@@ -257,7 +284,7 @@ fn measure(
     dir: &PipelineDir,
     card: Option<&ModelCard>,
     steps: usize,
-    worker_exe: &Path,
+    worker_cmd: &WorkerCommand,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<std::result::Result<Row, String>> {
     let ep = combination.ep;
@@ -296,7 +323,7 @@ fn measure(
         log_verbosity: opts.log_verbosity,
     };
     lock::track(&partial)?;
-    let m = match run_worker(worker_exe, &job, &opts.out, &label)? {
+    let m = match run_worker(worker_cmd, &job, &opts.out, &label)? {
         Ok(Some(m)) => m,
         failed => {
             let _ = std::fs::remove_file(&partial);
@@ -543,7 +570,7 @@ pub enum WorkerAnswer {
 /// process so that benches never read each other's): `Ok(Ok(None))` for a probe that succeeded,
 /// `Ok(Err(reason))` where no measurement came back, `Err` on an interrupt.
 fn run_worker(
-    worker_exe: &Path,
+    worker_cmd: &WorkerCommand,
     job: &WorkerJob,
     out: &Path,
     name: &str,
@@ -564,12 +591,8 @@ fn run_worker(
         return done(Ok(Err(format!("{}: cannot write the job: {e}", job_path.display()))));
     }
     let _ = std::fs::remove_file(&answer_path);
-    let child = Command::new(worker_exe)
-        .arg("bench-worker")
-        .arg("--job")
-        .arg(&job_path)
-        .arg("--answer")
-        .arg(&answer_path)
+    let child = worker_cmd
+        .command(&job_path, &answer_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -716,6 +739,18 @@ mod tests {
         let now = rfc3339_now();
         assert_eq!(now.len(), 20);
         assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+
+    #[test]
+    fn the_worker_command_puts_its_args_before_the_job() {
+        let worker =
+            WorkerCommand { program: "/usr/bin/python3".into(), args: vec!["-m".into(), "dfast._worker".into()] };
+        let command = worker.command(Path::new("j.json"), Path::new("a.json"));
+        assert_eq!(command.get_program(), "/usr/bin/python3");
+        let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["-m", "dfast._worker", "bench-worker", "--job", "j.json", "--answer", "a.json"]);
+        let dfast = WorkerCommand::binary("/bin/dfast").command(Path::new("j"), Path::new("a"));
+        assert_eq!(dfast.get_args().count(), 5);
     }
 
     #[test]

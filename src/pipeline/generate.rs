@@ -85,8 +85,9 @@ pub struct Generated {
     pub strength: Option<f64>,
 }
 
-/// Called with the inputs of every UNet call.
-pub type UnetRecorder = Box<dyn FnMut(&[(&str, HostTensor)])>;
+/// Called with the inputs of every UNet call. `Send`, so that a loaded pipeline can move to another thread
+/// (the Python package runs it with the interpreter's lock released).
+pub type UnetRecorder = Box<dyn FnMut(&[(&str, HostTensor)]) + Send>;
 
 impl Generated {
     /// The first image.

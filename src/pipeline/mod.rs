@@ -482,3 +482,16 @@ fn unet_conditioning(cond: &Conditioning) -> Vec<(&'static str, HostTensor)> {
     }
     feeds
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loaded pipeline moves to another thread (the Python package runs it with the interpreter's lock
+    /// released); this fails to compile when a field stops being `Send`.
+    #[test]
+    fn a_loaded_pipeline_is_send() {
+        fn send<T: Send>() {}
+        send::<Pipeline>();
+    }
+}
