@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,9 +238,12 @@ def convert(
     ort_lib: str | os.PathLike | None = None,
     revision: str | None = None,
     subfolder: str | None = None,
+    lora: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = (),
 ) -> dict[str, Any]:
     """Rewrites a pipeline for one execution provider and precision (`dfast convert`); returns the manifest
-    (dfast-manifest.json) as a dict. `ort_lib` is used by int8-static calibration (the CPU build)."""
+    (dfast-manifest.json) as a dict. `ort_lib` is used by int8-static calibration (the CPU build). `lora`:
+    LoRA files merged into the weights first (`--lora`), each a path (scale 1) or a (path, scale) pair."""
+    loras = [(os.fspath(f[0]), float(f[1])) if isinstance(f, tuple) else (os.fspath(f), 1.0) for f in lora]
     lib = ort_library("cpu", ort_lib) if profile == "int8-static" or ort_lib is not None else None
     manifest, notes = _dfast.convert(
         os.fspath(model),
@@ -253,6 +257,7 @@ def convert(
         ort_lib=lib,
         revision=revision,
         subfolder=subfolder,
+        loras=loras,
     )
     for note in notes:
         warnings.warn(note, stacklevel=2)

@@ -55,6 +55,7 @@ def convert(
     ort_lib: str | None = None,
     revision: str | None = None,
     subfolder: str | None = None,
+    loras: Sequence[tuple[str, float]] = ...,
 ) -> tuple[str, list[str]]: ...
 def report(folders: Sequence[str], out: str, title: str = ...) -> dict[str, Any]: ...
 def bench(

@@ -214,7 +214,7 @@ fn image_from(data: &[u8], width: u32, height: u32) -> PyResult<image::RgbImage>
 /// Converts a pipeline (`dfast convert`); returns the manifest as JSON.
 #[pyfunction]
 #[pyo3(signature = (model, out, profile, precision=None, ep="cpu", force=false, card=None, vae_half=false,
-    ort_lib=None, revision=None, subfolder=None))]
+    ort_lib=None, revision=None, subfolder=None, loras=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn convert(
     py: Python<'_>,
@@ -229,6 +229,7 @@ fn convert(
     ort_lib: Option<PathBuf>,
     revision: Option<String>,
     subfolder: Option<String>,
+    loras: Vec<(PathBuf, f32)>,
 ) -> PyResult<(String, Vec<String>)> {
     let target = ExecutionProvider::from_name(ep).map_err(err)?;
     let precision = match precision {
@@ -251,6 +252,7 @@ fn convert(
             vae_half,
             calibration: CalibrationOptions { settings: Default::default(), ort_lib, save_inputs: None },
             force,
+            loras: loras.into_iter().map(|(path, scale)| dfast::convert::LoraSource { path, scale }).collect(),
         };
         let mut warnings = Vec::new();
         let manifest = converting::convert(&opts, &mut |event| {
