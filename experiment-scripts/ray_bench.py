@@ -165,7 +165,8 @@ def run(args):
             entry_rows, images = ray.get(ref)
         except Exception as e:  # noqa: BLE001 -- one entry's failure is reported; the others still count
             cause = getattr(e, "cause", None) or e
-            failures.append(f"entry `{name}`: {str(cause).strip().splitlines()[-1]}")
+            lines = str(cause).strip().splitlines() or [repr(cause)]
+            failures.append(f"entry `{name}`: {lines[-1]}")
             continue
         folder = args.out / "images" / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,8 @@ def run(args):
         nodes = sorted({r["node_id"] for r in entry_rows})
         print(f"entry {name}: {len(entry_rows)} rows from node {', '.join(nodes)}", flush=True)
         rows.extend(entry_rows)
+    if not rows and not failures:
+        failures.append("no entry measured anything (every combination was skipped; see the warnings above)")
     if rows:
         results = args.out / "results.csv"
         write_rows(rows, results)

@@ -123,7 +123,8 @@ def read_prompt_file(path):
         raise BadInput(f"{path}: not UTF-8 text; expected one prompt per line") from None
     text = text.removeprefix("\ufeff")
     jobs = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines as Rust's str::lines splits them (on \n, a \r before it dropped), so that numbers match generate's.
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

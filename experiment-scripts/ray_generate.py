@@ -9,9 +9,10 @@ The prompt file is `dfast generate --prompt-file`'s: one prompt per line, or one
 (`prompt`, `negative_prompt`, `seed`, `width`, `height`, `steps`); the flags fill what a line leaves out, and
 prompt i (from 0) is seeded --seed + i unless its line sets a seed, so each image is the one `generate` makes.
 Prompt i is written to OUT/i.png (five digits), with how it was made in PNG text chunks, through a temporary
-file and a rename; a rerun skips the images already there. A prompt that fails is named by its line and the
-others are still written; the exit status is then 1. An actor that dies is restarted by Ray and its prompt run
-again.
+file and a rename; a rerun skips the images already there (without --seed the seed is random, and printed:
+give it to a rerun so that the images still missing get the seeds they would have had). A prompt that fails
+is named by its line and the others are still written; the exit status is then 1. An actor that dies is
+restarted by Ray and its prompt run again.
 """
 
 import argparse
@@ -172,7 +173,10 @@ def run(args):
         ds = ds.map_batches(
             Generator,
             fn_constructor_kwargs={
-                "model": ray_common.model_path(args.model), "ep": args.ep, "ep_options": args.ep_options, "out": str(args.out.resolve())
+                "model": ray_common.model_path(args.model),
+                "ep": args.ep,
+                "ep_options": args.ep_options,
+                "out": str(args.out.resolve()),
             },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=args.actors),
