@@ -111,6 +111,11 @@ fn tiny_sdxl_lcm_4_steps_guidance_0() {
 /// `scheduler`, `karras`, `timestep_spacing`, `eta`, `guidance_rescale`, `clip_skip`. Returns the latents'
 /// relative L2 error against diffusers' and the fraction of image values within one level.
 fn flagged_error(pipeline: &str, case: &str, options: &serde_json::Value) -> (f64, f64) {
+    flagged_error_from(pipeline, pipeline, case, options)
+}
+
+/// As [`flagged_error`], generating from `models/<model>` (another export of the reference's weights).
+fn flagged_error_from(model: &str, pipeline: &str, case: &str, options: &serde_json::Value) -> (f64, f64) {
     use dfast::scheduler::{SchedulerKind, SchedulerOptions, TimestepSpacing};
     let params = common::read_json(&common::references().join(pipeline).join(case).join("params.json"));
     let opts = dfast::pipeline::GenerateOptions {
@@ -124,19 +129,24 @@ fn flagged_error(pipeline: &str, case: &str, options: &serde_json::Value) -> (f6
         clip_skip: options["clip_skip"].as_u64().map(|k| k as usize),
         ..common::reference_options(&params)
     };
-    case_error(pipeline, case, &opts)
+    case_error_from(model, pipeline, case, &opts)
 }
 
 /// Generates with `opts` from `models/<pipeline>` and compares with reference case
 /// `tests/references/<pipeline>/<case>`: the latents' relative L2 error and the fraction of image values
 /// within one level.
 fn case_error(pipeline: &str, case: &str, opts: &dfast::pipeline::GenerateOptions) -> (f64, f64) {
+    case_error_from(pipeline, pipeline, case, opts)
+}
+
+/// As [`case_error`], generating from `models/<model>`.
+fn case_error_from(model: &str, pipeline: &str, case: &str, opts: &dfast::pipeline::GenerateOptions) -> (f64, f64) {
     use dfast::pipeline::{Pipeline, PipelineDir};
     use dfast::runtime::Runtime;
     use dfast::settings::ExecutionProvider;
     let refs = common::references().join(pipeline).join(case);
     let runtime = Runtime::new(ExecutionProvider::Cpu, None).expect("ONNX Runtime loads");
-    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(&common::model(pipeline)).unwrap()).unwrap();
+    let mut pipe = Pipeline::load(&runtime, PipelineDir::open(&common::model(model)).unwrap()).unwrap();
     let out = pipe.generate(opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{pipeline}/{case}: {e}"));
     let err = common::relative_l2(&out.latents, &common::read_npy(&refs.join("latents.npy")));
     let want_image = image::open(refs.join("image.png")).unwrap().to_rgb8();
@@ -184,6 +194,20 @@ fn guidance_rescale_on_sd_and_sdxl() {
 fn clip_skip_on_sd_and_sdxl() {
     check_flag("tiny-sd", "pndm-clip-skip1");
     check_flag("tiny-sdxl", "euler-clip-skip1");
+}
+
+/// The dynamo exports of the same weights: SD's text encoder rewritten from that exporter's graph, SDXL's
+/// `hidden_states.N` outputs.
+#[test]
+fn clip_skip_on_the_dynamo_exports() {
+    for (model, pipeline, case) in
+        [("tiny-sd-dynamo", "tiny-sd", "pndm-clip-skip1"), ("tiny-sdxl-dynamo", "tiny-sdxl", "euler-clip-skip1")]
+    {
+        let params = common::read_json(&common::references().join(pipeline).join(case).join("params.json"));
+        let (err, close) = flagged_error_from(model, pipeline, case, &params["options"]);
+        assert!(err <= 1e-3 && close >= 0.999, "{model}/{case}: {err:.2e}, {close}");
+        eprintln!("{model}/{case}: latents relative L2 {err:.2e}");
+    }
 }
 
 /// SDXL-Turbo's configuration from the command line's flags alone (`--scheduler euler-a --timestep-spacing

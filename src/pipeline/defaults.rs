@@ -4,7 +4,7 @@
 //! These are not the model cards' benchmark settings (`models/*.toml`: the seed's 30 steps, its sizes), which
 //! `bench` and the experiment scripts read.
 
-use super::model_dir::PipelineKind;
+use super::model_dir::{PipelineDir, PipelineKind};
 
 /// One pipeline class's `__call__` defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +45,18 @@ impl PipelineKind {
             PipelineKind::PixArtAlpha => {
                 CallDefaults { steps: 20, guidance: 4.5, size: 1024, img2img_strength: None, inpaint_strength: None }
             }
+        }
+    }
+}
+
+impl PipelineDir {
+    /// diffusers' `__call__` defaults for this folder's class: its family's ([`PipelineKind::defaults`]), but
+    /// `LatentConsistencyModelPipeline`'s own 4 steps and guidance 8.5.
+    pub fn defaults(&self) -> CallDefaults {
+        let family = self.kind.defaults();
+        match self.model_index.get("_class_name").and_then(serde_json::Value::as_str) {
+            Some("LatentConsistencyModelPipeline") => CallDefaults { steps: 4, guidance: 8.5, ..family },
+            _ => family,
         }
     }
 }

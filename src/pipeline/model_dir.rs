@@ -192,16 +192,6 @@ impl PipelineDir {
             .map_err(|e| Error::parse_file(&path, "a field dfast reads has an unexpected type", e))
     }
 
-    /// diffusers' `__call__` defaults for this folder's class: its family's ([`PipelineKind::defaults`]), but
-    /// `LatentConsistencyModelPipeline`'s own 4 steps and guidance 8.5.
-    pub fn defaults(&self) -> super::CallDefaults {
-        let family = self.kind.defaults();
-        match self.model_index.get("_class_name").and_then(Value::as_str) {
-            Some("LatentConsistencyModelPipeline") => super::CallDefaults { steps: 4, guidance: 8.5, ..family },
-            _ => family,
-        }
-    }
-
     pub fn scheduler_config(&self) -> PathBuf {
         self.root.join("scheduler").join("scheduler_config.json")
     }
