@@ -10,10 +10,30 @@ use std::path::Path;
 const TOLERANCE: f64 = 1e-3;
 
 fn dfast_convert(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["convert", "--model", model.to_str().unwrap(), "--profile", "baseline", "--precision", "fp32"];
+    dfast_convert_with(model, out, "baseline", extra)
+}
+
+fn dfast_convert_with(model: &Path, out: &Path, profile: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["convert", "--model", model.to_str().unwrap(), "--profile", profile, "--precision", "fp32"];
     args.extend_from_slice(&["--out", out.to_str().unwrap()]);
     args.extend_from_slice(extra);
     common::dfast(&args)
+}
+
+/// Converts `pipeline` with `profile` and the reference case's LoRA at its scale into `dir/<profile>`.
+fn convert_with_lora(pipeline: &str, case: &str, profile: &str, dir: &Path) -> std::path::PathBuf {
+    let params = common::read_json(&common::references().join("tiny-sd").join(case).join("params.json"));
+    let lora = common::root().join(params["lora"].as_str().unwrap());
+    let scale = params["lora_scale"].as_f64().unwrap().to_string();
+    let out = dir.join(profile);
+    let run = dfast_convert_with(
+        &common::model(pipeline),
+        &out,
+        profile,
+        &["--lora", lora.to_str().unwrap(), "--lora-scale", &scale],
+    );
+    assert!(run.status.success(), "convert {profile} failed: {}", String::from_utf8_lossy(&run.stderr));
+    out
 }
 
 /// Converts `pipeline` with the reference case's LoRA at its scale, and checks the result against diffusers.
@@ -21,12 +41,8 @@ fn check(pipeline: &str, case: &str) {
     let refs = common::references().join("tiny-sd").join(case);
     let params = common::read_json(&refs.join("params.json"));
     let lora = common::root().join(params["lora"].as_str().unwrap());
-    let scale = params["lora_scale"].as_f64().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("merged");
-    let run =
-        dfast_convert(&common::model(pipeline), &out, &["--lora", lora.to_str().unwrap(), "--lora-scale", &scale]);
-    assert!(run.status.success(), "convert failed: {}", String::from_utf8_lossy(&run.stderr));
+    let out = convert_with_lora(pipeline, case, "baseline", tmp.path());
 
     let (err, close) = common::reference_error(&out, "tiny-sd", case);
     eprintln!("{pipeline} + {case}: latents relative L2 {err:.2e}, {:.3}% of values within one level", close * 100.0);
@@ -72,6 +88,71 @@ fn kohya_lora_torchscript_export() {
 #[test]
 fn kohya_lora_dynamo_export() {
     check("tiny-sd-dynamo", "lora-kohya-euler");
+}
+
+/// Repeated --lora flags, each with its own --lora-scale, add up: the PEFT LoRA twice at half the scale gives
+/// the reference of once at the whole scale, and the manifest lists both.
+#[test]
+fn repeated_loras_add_up() {
+    let refs = common::references().join("tiny-sd").join("lora-peft-lcm");
+    let params = common::read_json(&refs.join("params.json"));
+    let lora = common::root().join(params["lora"].as_str().unwrap());
+    let half = (params["lora_scale"].as_f64().unwrap() / 2.0).to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("twice");
+    let lora = lora.to_str().unwrap();
+    let run = dfast_convert(
+        &common::model("tiny-sd"),
+        &out,
+        &["--lora", lora, "--lora-scale", &half, "--lora", lora, "--lora-scale", &half],
+    );
+    assert!(run.status.success(), "convert failed: {}", String::from_utf8_lossy(&run.stderr));
+    let (err, _) = common::reference_error(&out, "tiny-sd", "lora-peft-lcm");
+    eprintln!("twice at half the scale: latents relative L2 {err:.2e}");
+    assert!(err <= TOLERANCE, "twice at half the scale: latents relative L2 {err:.2e} > {TOLERANCE}");
+    let manifest = dfast::manifest::Manifest::read(&out).unwrap().unwrap();
+    let scales: Vec<f32> = manifest.loras.iter().map(|l| l.scale).collect();
+    assert_eq!(scales, [half.parse::<f32>().unwrap(); 2]);
+}
+
+/// The LoRA is merged before the seed progression's passes (fuse-qkv concatenates the merged q, k, v): the fp32
+/// profiles still give diffusers' latents and image, and int8-dynamic's components stay within tests/convert.rs's
+/// int8 tolerance (5e-2 relative L2) of the merged fp32 components.
+#[test]
+fn lora_survives_the_seed_progression_profiles() {
+    use dfast::runtime::Runtime;
+    use dfast::settings::ExecutionProvider;
+    let runtime = Runtime::new(ExecutionProvider::Cpu, None).unwrap();
+    let outputs = |dir: &Path, component: &str| {
+        let path = dir.join(component).join("model.onnx");
+        let inputs = common::inputs_for(&runtime, &path);
+        let mut model = runtime.load(&path).unwrap();
+        let feeds = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        model.run(feeds).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    for case in ["lora-peft-lcm", "lora-kohya-euler"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let baseline = convert_with_lora("tiny-sd", case, "baseline", tmp.path());
+        for profile in ["sdpa", "fuse-qkv", "conv1x1", "fused", "int8-dynamic"] {
+            let out = convert_with_lora("tiny-sd", case, profile, tmp.path());
+            if profile == "int8-dynamic" {
+                for component in ["unet", "text_encoder"] {
+                    let want = outputs(&baseline, component);
+                    let got = outputs(&out, component);
+                    for (name, w) in &want {
+                        let err = common::relative_l2(&got[name], w);
+                        eprintln!("{case} {profile} {component}/{name}: relative L2 {err:.2e} to the merged fp32");
+                        assert!(err <= 5e-2, "{case} {profile} {component}/{name}: relative L2 {err:.2e} > 5e-2");
+                    }
+                }
+                continue;
+            }
+            let (err, close) = common::reference_error(&out, "tiny-sd", case);
+            eprintln!("{case} {profile}: latents relative L2 {err:.2e}, {:.3}% within one level", close * 100.0);
+            assert!(err <= TOLERANCE, "{case} {profile}: latents relative L2 {err:.2e} > {TOLERANCE}");
+            assert!(close >= 0.999, "{case} {profile}: only {:.4}% of values within one level", close * 100.0);
+        }
+    }
 }
 
 /// Writes a safetensors file of f32 tensors.

@@ -248,7 +248,6 @@ impl Pass for LoraMerge {
                 merged += 1;
             }
             if let Some(first) = problems.first() {
-                let name = file.name();
                 if merged == 0 {
                     return Err(Error::bad_file(
                         &file.path,
@@ -261,10 +260,11 @@ impl Pass for LoraMerge {
                         ),
                     ));
                 }
-                return Err(Error::bad_file(
-                    &file.path,
-                    format!("{first} ({name}, {} of its modules)", problems.len()),
-                ));
+                let more = match problems.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more keys that do not fit)", n - 1),
+                };
+                return Err(Error::bad_file(&file.path, format!("{first}{more}")));
             }
         }
         for (weight, (update, nodes)) in updates {
@@ -305,5 +305,90 @@ impl Pass for LoraMerge {
                 .map(|f| serde_json::json!({"file": f.name(), "sha256": f.sha256, "scale": f.scale, "modules": f.modules.len()}))
                 .collect::<Vec<_>>()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array2, ArrayD};
+
+    use super::file::{KeyStyle, LoraFile, LoraModule};
+    use super::*;
+    use crate::onnx::proto::onnx::ModelProto;
+    use crate::onnx::{NodeBuilder, make_tensor_value_info, tensor};
+    use crate::passes::testing::noise;
+    use crate::settings::ExecutionProvider;
+
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+        Array2::from_shape_vec((rows, cols), noise(rows * cols, seed)).unwrap()
+    }
+
+    /// x [2, 3] read by `/m/lin/MatMul` and `/m/other/MatMul` through one weight `w` [3, 4] (as the TorchScript
+    /// exporter shares equal weights), and by `/m/gemm/Gemm` with `g` [3, 4] and no transB.
+    fn graph(w: &Array2<f32>, g: &Array2<f32>) -> OnnxModel {
+        let mut m = ModelProto::new();
+        m.set_ir_version(8);
+        m.opset_import.push(crate::onnx::make_opset("", 17));
+        let graph = m.graph.mut_or_insert_default();
+        graph.input.push(make_tensor_value_info("x", dtype::FLOAT, Some(&[Some(2), Some(3)])));
+        for out in ["y", "z", "v"] {
+            graph.output.push(make_tensor_value_info(out, dtype::FLOAT, None));
+        }
+        graph.initializer.push(tensor::tensor_from_f32("w", &w.clone().into_dyn()));
+        graph.initializer.push(tensor::tensor_from_f32("g", &g.clone().into_dyn()));
+        for (name, op, weight, out) in [
+            ("/m/lin/MatMul", "MatMul", "w", "y"),
+            ("/m/other/MatMul", "MatMul", "w", "z"),
+            ("/m/gemm/Gemm", "Gemm", "g", "v"),
+        ] {
+            graph.node.push(NodeBuilder::new(op).name(name).inputs(["x", weight]).outputs([out]).build());
+        }
+        OnnxModel::from_proto(m, None)
+    }
+
+    fn module(path: &str, down: &Array2<f32>, up: &Array2<f32>) -> LoraModule {
+        LoraModule {
+            component: "unet",
+            path: path.into(),
+            style: KeyStyle::Dotted,
+            key: format!("unet.{path}.lora_A.weight"),
+            down: (down.shape().to_vec(), down.iter().copied().collect()),
+            up: (up.shape().to_vec(), up.iter().copied().collect()),
+            alpha_scale: 0.5,
+        }
+    }
+
+    /// A MatMul's weight is stored [in, out], so the update is added transposed; a weight another node also reads
+    /// is copied for the LoRA's node only; a Gemm without transB is transposed too.
+    #[test]
+    fn updates_land_transposed_and_shared_weights_are_copied() {
+        let (w, g) = (matrix(3, 4, 1), matrix(3, 4, 2));
+        let (down, up) = (matrix(2, 3, 3), matrix(4, 2, 4));
+        let mut model = graph(&w, &g);
+        let file = LoraFile {
+            path: "t.safetensors".into(),
+            sha256: String::new(),
+            scale: 3.0,
+            modules: vec![module("lin", &down, &up), module("gemm", &down, &up)],
+        };
+        let merge = LoraMerge::new("unet", &[file]).unwrap();
+        let ctx = PassContext::new(ExecutionProvider::Cpu);
+        let record = crate::passes::run_once(LoraMerge::NAME, &merge, &mut model, &ctx).unwrap();
+        assert_eq!(record.rewrites, 2);
+        let update = (up.dot(&down) * 1.5).t().to_owned();
+        let weight_of = |node: &str| {
+            let n = model.graph().node.iter().find(|n| n.name() == node).unwrap();
+            (n.input[1].clone(), model.initializer_f32(&n.input[1]).unwrap())
+        };
+        let close = |a: &ArrayD<f32>, b: &Array2<f32>| a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-6);
+        let (lin, merged) = weight_of("/m/lin/MatMul");
+        assert_ne!(lin, "w", "the shared weight is copied");
+        assert!(close(&merged, &(&w + &update)));
+        let (other, kept) = weight_of("/m/other/MatMul");
+        assert_eq!(other, "w");
+        assert!(close(&kept, &w), "the other reader keeps the unmerged weight");
+        let (_, gemm) = weight_of("/m/gemm/Gemm");
+        assert!(close(&gemm, &(&g + &update)));
+        assert_eq!(gemm.shape(), &[3, 4]);
     }
 }
