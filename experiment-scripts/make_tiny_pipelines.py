@@ -1393,21 +1393,28 @@ def build_sd_inpaint_unet() -> UNet2DConditionModel:
     """The smallest UNet that still exercises the inpainting path: 9 input channels (latents, mask, masked-image
     latents) and the text through the mid block's cross-attention (tiny-sd's 8-wide encoder); one block of 8
     channels each way, no downsampling (146 KB; tiny-sd's two-block layout at these widths was 377 KB)."""
-    torch.manual_seed(3)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("DownBlock2D",),
-        up_block_types=("UpBlock2D",),
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=(8,),
-        layers_per_block=1,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        use_linear_projection=False,
-    )
+    return smallest_unet(3, in_channels=9)
+
+
+def smallest_unet(seed: int, **extra) -> UNet2DConditionModel:
+    """One block of 8 channels each way, no downsampling, the text (tiny-sd's 8-wide encoder) through the mid
+    block's cross-attention; `extra` sets or adds config fields. Weights drawn after manual_seed(seed)."""
+    torch.manual_seed(seed)
+    config = {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",),
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "block_out_channels": (8,),
+        "layers_per_block": 1,
+        "cross_attention_dim": 8,
+        "attention_head_dim": 2,
+        "norm_num_groups": 4,
+        "use_linear_projection": False,
+    }
+    return UNet2DConditionModel(**{**config, **extra})
 
 
 def rebuilt_committed(models: Path):
@@ -1623,22 +1630,7 @@ def build_lcm_unet():
     """A UNet as LCM distils one (`time_cond_proj_dim`: the guidance scale's embedding joins the timestep's),
     on tiny-sd's text encoder (cross_attention_dim 8), in build_sd_inpaint_unet's smallest layout: one block
     of 8 channels each way and the text through the mid block's cross-attention."""
-    torch.manual_seed(23)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D",),
-        up_block_types=("UpBlock2D",),
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=(8,),
-        layers_per_block=1,
-        cross_attention_dim=8,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        use_linear_projection=False,
-        time_cond_proj_dim=8,
-    ).eval()
+    return smallest_unet(23, time_cond_proj_dim=8).eval()
 
 
 def save_lcm(sd, unet, dest: Path):

@@ -192,15 +192,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        failures = run(args)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return ray_common.main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,20 @@ class BadInput(Exception):
     """One sentence for the user: which file or flag, what was expected."""
 
 
+def main(parse_args, run, argv=None):
+    """A script's entry point: `run(parse_args(argv))` returns the failures to name; bad input is one sentence
+    and exit 2, failures exit 1."""
+    args = parse_args(argv)
+    try:
+        failures = run(args)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def add_ray_flags(parser):
     parser.add_argument(
         "--address",

@@ -231,16 +231,7 @@ impl PassManager {
         let mut records = Vec::with_capacity(self.passes.len());
         for (name, pass) in &self.passes {
             let name = *name;
-            let mut record = PassRecord {
-                pass: name.to_string(),
-                nodes_before: model.node_count(),
-                nodes_after: 0,
-                initializers_before: model.graph().initializer.len(),
-                initializers_after: 0,
-                rewrites: 0,
-                rounds: 0,
-                settings: pass.settings(),
-            };
+            let mut record = record_before(name, pass.as_ref(), model);
             loop {
                 let patch = match pass.run(model, ctx).map_err(|e| in_pass(name, e))? {
                     Some(p) if !p.is_empty() => p,
@@ -257,9 +248,7 @@ impl PassManager {
                 apply_patch(model, patch).map_err(|e| in_pass(name, e))?;
                 record.rounds += 1;
             }
-            record.nodes_after = model.node_count();
-            record.initializers_after = model.graph().initializer.len();
-            records.push(record);
+            records.push(record_after(record, model));
         }
         Ok(records)
     }
@@ -268,7 +257,20 @@ impl PassManager {
 /// Runs `pass` once, applying at most one patch: for a pass that is no rewrite to a fixed point (a LoRA merge
 /// adds to weights, so running it again would add again). Returns its record as [`PassManager::run`] does.
 pub fn run_once(name: &str, pass: &dyn Pass, model: &mut OnnxModel, ctx: &PassContext) -> Result<PassRecord> {
-    let mut record = PassRecord {
+    let mut record = record_before(name, pass, model);
+    if let Some(patch) = pass.run(model, ctx).map_err(|e| in_pass(name, e))?
+        && !patch.is_empty()
+    {
+        record.rewrites = patch.rewrites();
+        apply_patch(model, patch).map_err(|e| in_pass(name, e))?;
+        record.rounds = 1;
+    }
+    Ok(record_after(record, model))
+}
+
+/// A pass's record before it runs: the graph's size and the pass's settings.
+fn record_before(name: &str, pass: &dyn Pass, model: &OnnxModel) -> PassRecord {
+    PassRecord {
         pass: name.to_string(),
         nodes_before: model.node_count(),
         nodes_after: 0,
@@ -277,17 +279,12 @@ pub fn run_once(name: &str, pass: &dyn Pass, model: &mut OnnxModel, ctx: &PassCo
         rewrites: 0,
         rounds: 0,
         settings: pass.settings(),
-    };
-    if let Some(patch) = pass.run(model, ctx).map_err(|e| in_pass(name, e))?
-        && !patch.is_empty()
-    {
-        record.rewrites = patch.rewrites();
-        apply_patch(model, patch).map_err(|e| in_pass(name, e))?;
-        record.rounds = 1;
     }
-    record.nodes_after = model.node_count();
-    record.initializers_after = model.graph().initializer.len();
-    Ok(record)
+}
+
+/// `record` with the graph's size after the pass.
+fn record_after(record: PassRecord, model: &OnnxModel) -> PassRecord {
+    PassRecord { nodes_after: model.node_count(), initializers_after: model.graph().initializer.len(), ..record }
 }
 
 /// Prefixes an error with the pass it came from.
