@@ -1429,6 +1429,16 @@ def rebuilt_committed(models: Path):
     return sd, sdxl
 
 
+def with_committed_parts(sd, sdxl, models: Path):
+    """As every reference run: the rebuilt tiny-sd and tiny-sdxl take the committed folders' tokenizers and
+    schedulers."""
+    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
+    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
+    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
+    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
+    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+
+
 def check_committed(pipe, folder: Path, sdxl: bool):
     """The rebuilt pipeline's VAE encoder and UNet compute what the committed ONNX components of `folder` do, so
     that diffusers' references made here apply to them."""
@@ -1556,11 +1566,7 @@ def save_image_fixtures(models: Path, refs: Path):
     print("exporting tiny-sd-inpaint (9-channel UNet) ...")
     sd_inpaint = save_sd_inpaint(sd, build_sd_inpaint_unet().to(torch.float32), models / "tiny-sd-inpaint")
     # As the other references: tokenizers and schedulers loaded from the committed folders.
-    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
-    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
-    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
-    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
-    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+    with_committed_parts(sd, sdxl, models)
     sd_inpaint.tokenizer, sd_inpaint.scheduler = sd.tokenizer, sd.scheduler
     print("img2img and inpainting reference runs ...")
     save_image_references({"tiny-sd": sd, "tiny-sdxl": sdxl, "tiny-sd-inpaint": sd_inpaint}, refs)
@@ -1617,11 +1623,7 @@ def save_few_step_fixtures(models: Path, refs: Path):
     """--few-step: the few-step schedulers' references on tiny-sd and tiny-sdxl; nothing else is written."""
     sd, sdxl = rebuilt_committed(models)
     # As the other references: tokenizers and schedulers loaded from the committed folders.
-    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
-    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
-    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
-    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
-    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+    with_committed_parts(sd, sdxl, models)
     print("few-step reference runs ...")
     save_few_step_references({"tiny-sd": sd, "tiny-sdxl": sdxl}, refs)
 
@@ -1747,11 +1749,7 @@ def save_flag_references(pipes: dict, refs: Path):
 def save_flag_fixtures(models: Path, refs: Path):
     """--flags: the scheduler and prompt flags' references on tiny-sd and tiny-sdxl; nothing else is written."""
     sd, sdxl = rebuilt_committed(models)
-    sd.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sd" / "tokenizer")
-    sdxl.tokenizer = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer")
-    sdxl.tokenizer_2 = CLIPTokenizer.from_pretrained(models / "tiny-sdxl" / "tokenizer_2")
-    sd.scheduler = PNDMScheduler.from_pretrained(models / "tiny-sd" / "scheduler")
-    sdxl.scheduler = EulerDiscreteScheduler.from_pretrained(models / "tiny-sdxl" / "scheduler")
+    with_committed_parts(sd, sdxl, models)
     # diffusers 0.42.1's clip_skip reads `text_encoder.text_model.final_layer_norm`, which transformers 5 moved
     # to `text_encoder.final_layer_norm`: the same module, reached where diffusers looks for it.
     if not hasattr(sd.text_encoder, "text_model"):
