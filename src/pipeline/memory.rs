@@ -75,71 +75,91 @@ fn folder_bytes(dir: &Path) -> f64 {
         .sum()
 }
 
-/// The estimate of what `run` needs with the pipeline in `dir`.
-pub fn need(dir: &PipelineDir, run: Run) -> Result<Need> {
-    let f = dir.vae_scale_factor()? as f64;
-    let (lh, lw) = (run.height as f64 / f, run.width as f64 / f);
-    let rows = run.rows.max(1) as f64;
-    let denoiser = dir.denoiser();
-    let config = dir.component_config(denoiser)?;
-    let field = |name: &str| config.get(name).filter(|v| !v.is_null());
+/// What the estimate reads of a pipeline folder once (configs, file sizes); [`Estimator::need`] is then
+/// arithmetic only, for the many sizes [`largest_fitting`] tries.
+#[derive(Debug, Clone)]
+pub struct Estimator {
+    /// The VAE's scale factor: image pixels per latent pixel on a side.
+    vae_factor: f64,
+    /// `UNet` or `transformer`, for the sentence.
+    denoiser: &'static str,
+    /// Per attention of the denoiser: latent pixels per token on a side (2^level, or PixArt's patch) and heads.
+    attentions: Vec<(f64, f64)>,
+    /// The VAE decoder's mid-block attention (diffusers' default: present).
+    vae_attention: bool,
+    /// The VAE decoder's channels at full size (`block_out_channels[0]`).
+    vae_channels: f64,
+    /// Bytes of the components every run loads, and of the VAE encoder img2img adds.
+    weights: f64,
+    vae_encoder_weights: f64,
+}
 
-    // The denoiser's widest attention.
-    let (mut attention, mut tokens_at) = (0.0f64, 0.0f64);
-    if dir.kind == PipelineKind::PixArtAlpha {
-        let patch = per_block(field("patch_size"), 0).unwrap_or(2.0);
-        let heads = per_block(field("num_attention_heads"), 0).unwrap_or(16.0);
-        let tokens = (lh / patch).ceil() * (lw / patch).ceil();
-        (attention, tokens_at) = (scores(rows, heads, tokens), tokens);
-    } else {
-        let blocks: Vec<String> = field("down_block_types")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_else(|| vec!["CrossAttnDownBlock2D".into()]);
-        let heads_field = field("num_attention_heads").or(field("attention_head_dim"));
-        let mid_attention = field("mid_block_type").and_then(Value::as_str).is_none_or(|t| t.contains("Attn"));
-        for (i, block) in blocks.iter().enumerate() {
-            let deepest = i + 1 == blocks.len();
-            if !(block.contains("Attn") || deepest && mid_attention) {
-                continue;
-            }
-            let scale = (1u64 << i.min(62)) as f64;
-            let tokens = (lh / scale).ceil() * (lw / scale).ceil();
-            let heads = per_block(heads_field, i).unwrap_or(8.0);
+impl Estimator {
+    /// Reads the denoiser's and the VAE decoder's configs and the components' file sizes.
+    pub fn of(dir: &PipelineDir) -> Result<Self> {
+        let vae_factor = dir.vae_scale_factor()? as f64;
+        let denoiser = dir.denoiser();
+        let config = dir.component_config(denoiser)?;
+        let field = |name: &str| config.get(name).filter(|v| !v.is_null());
+        let attentions = if dir.kind == PipelineKind::PixArtAlpha {
+            let patch = per_block(field("patch_size"), 0).unwrap_or(2.0);
+            vec![(patch, per_block(field("num_attention_heads"), 0).unwrap_or(16.0))]
+        } else {
+            let blocks: Vec<String> = field("down_block_types")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_else(|| vec!["CrossAttnDownBlock2D".into()]);
+            let heads_field = field("num_attention_heads").or(field("attention_head_dim"));
+            let mid_attention = field("mid_block_type").and_then(Value::as_str).is_none_or(|t| t.contains("Attn"));
+            let deepest = blocks.len().saturating_sub(1);
+            (blocks.iter().enumerate())
+                .filter(|&(i, block)| block.contains("Attn") || i == deepest && mid_attention)
+                .map(|(i, _)| ((1u64 << i.min(62)) as f64, per_block(heads_field, i).unwrap_or(8.0)))
+                .collect()
+        };
+        let vae = dir.component_config("vae_decoder")?;
+        let mut components = vec![denoiser, "vae_decoder", "text_encoder"];
+        if dir.kind == PipelineKind::StableDiffusionXl {
+            components.push("text_encoder_2");
+        }
+        Ok(Estimator {
+            vae_factor,
+            denoiser: if denoiser == "unet" { "UNet" } else { "transformer" },
+            attentions,
+            vae_attention: vae.get("mid_block_add_attention").and_then(Value::as_bool) != Some(false),
+            vae_channels: per_block(vae.get("block_out_channels"), 0).unwrap_or(128.0),
+            weights: components.iter().map(|c| folder_bytes(&dir.root.join(c))).sum(),
+            vae_encoder_weights: folder_bytes(&dir.root.join("vae_encoder")),
+        })
+    }
+
+    /// The estimate of what `run` needs.
+    pub fn need(&self, run: Run) -> Need {
+        let (lh, lw) = (run.height as f64 / self.vae_factor, run.width as f64 / self.vae_factor);
+        let rows = run.rows.max(1) as f64;
+        // The denoiser's widest attention (the first of equals).
+        let (mut attention, mut tokens_at) = (0.0f64, 0.0f64);
+        for &(per_token, heads) in &self.attentions {
+            let tokens = (lh / per_token).ceil() * (lw / per_token).ceil();
             let bytes = scores(rows, heads, tokens);
             if bytes > attention {
                 (attention, tokens_at) = (bytes, tokens);
             }
         }
+        // The VAE decoder: its mid-block attention (one head) or its full-resolution activations.
+        let images = run.images.max(1) as f64;
+        let latent_pixels = lh.ceil() * lw.ceil();
+        let vae_attention = if self.vae_attention { scores(images, 1.0, latent_pixels) } else { 0.0 };
+        let vae_pixels = images * self.vae_channels * run.height as f64 * run.width as f64 * 4.0 * 3.0;
+        let weights = self.weights + if run.vae_encoder { self.vae_encoder_weights } else { 0.0 };
+        let candidates = [
+            (attention, format!("the {}'s attention over {tokens_at:.0} positions", self.denoiser)),
+            (vae_attention, format!("the VAE decoder's attention over {latent_pixels:.0} positions")),
+            (vae_pixels, format!("the VAE decoder's {:.0}-channel activations at full size", self.vae_channels)),
+        ];
+        let (activations, largest) =
+            candidates.into_iter().max_by(|a, b| a.0.total_cmp(&b.0)).expect("three candidates");
+        Need { weights, activations, largest }
     }
-
-    // The VAE decoder: its mid-block attention (one head) or its full-resolution activations.
-    let vae = dir.component_config("vae_decoder")?;
-    let images = run.images.max(1) as f64;
-    let vae_attention = if vae.get("mid_block_add_attention").and_then(Value::as_bool) == Some(false) {
-        0.0
-    } else {
-        scores(images, 1.0, lh.ceil() * lw.ceil())
-    };
-    let channels = per_block(vae.get("block_out_channels"), 0).unwrap_or(128.0);
-    let vae_pixels = images * channels * run.height as f64 * run.width as f64 * 4.0 * 3.0;
-
-    let mut components = vec![denoiser, "vae_decoder", "text_encoder"];
-    if dir.kind == PipelineKind::StableDiffusionXl {
-        components.push("text_encoder_2");
-    }
-    if run.vae_encoder {
-        components.push("vae_encoder");
-    }
-    let weights = components.iter().map(|c| folder_bytes(&dir.root.join(c))).sum();
-
-    let name = if denoiser == "unet" { "UNet" } else { "transformer" };
-    let candidates = [
-        (attention, format!("the {name}'s attention over {tokens_at:.0} positions")),
-        (vae_attention, format!("the VAE decoder's attention over {:.0} positions", lh.ceil() * lw.ceil())),
-        (vae_pixels, format!("the VAE decoder's {:.0}-channel activations at full size", channels)),
-    ];
-    let (activations, largest) = candidates.into_iter().max_by(|a, b| a.0.total_cmp(&b.0)).expect("three candidates");
-    Ok(Need { weights, activations, largest })
 }
 
 /// The memory runs on `ep` can take (bytes) and what bounds it: host memory on the CPU and OpenVINO, the
@@ -166,7 +186,7 @@ fn gib(bytes: f64) -> String {
 
 /// The largest size of `run`'s shape, in multiples of `step`, whose estimate is at most `budget` bytes; `None`
 /// when not even `step` x `step` is.
-pub fn largest_fitting(dir: &PipelineDir, run: Run, step: usize, budget: f64) -> Result<Option<(usize, usize)>> {
+pub fn largest_fitting(estimator: &Estimator, run: Run, step: usize, budget: f64) -> Option<(usize, usize)> {
     let step = step.max(1);
     let (w, h) = (run.width.max(step), run.height.max(step));
     // Sizes by the multiple of `step` of the longer side, the other side in proportion.
@@ -176,26 +196,27 @@ pub fn largest_fitting(dir: &PipelineDir, run: Run, step: usize, budget: f64) ->
         let s = ((short as f64 * l as f64 / long as f64) / step as f64).floor().max(1.0) as usize * step;
         if w >= h { (s, l) } else { (l, s) }
     };
-    let fits = |m: usize| -> Result<bool> {
+    let fits = |m: usize| {
         let (height, width) = size(m);
-        Ok(need(dir, Run { height, width, ..run })?.total() <= budget)
+        estimator.need(Run { height, width, ..run }).total() <= budget
     };
     let (mut lo, mut hi) = (1usize, long / step);
-    if !fits(lo)? {
-        return Ok(None);
+    if !fits(lo) {
+        return None;
     }
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        if fits(mid)? { lo = mid } else { hi = mid - 1 }
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
     }
-    Ok(Some(size(lo)))
+    Some(size(lo))
 }
 
 /// Refuses, before anything loads, a run whose estimate exceeds the memory `ep` has, in one sentence with the
 /// largest size of the same shape that fits (a multiple of `step`). Passes where the memory cannot be read.
 pub fn check(dir: &PipelineDir, ep: ExecutionProvider, run: Run, step: usize) -> Result<()> {
     let Some((budget, bound)) = available(ep) else { return Ok(()) };
-    let need = need(dir, run)?;
+    let estimator = Estimator::of(dir)?;
+    let need = estimator.need(run);
     if need.total() <= budget {
         return Ok(());
     }
@@ -211,7 +232,7 @@ pub fn check(dir: &PipelineDir, ep: ExecutionProvider, run: Run, step: usize) ->
         need.largest,
         gib(budget)
     );
-    let advice = match largest_fitting(dir, run, step, budget)? {
+    let advice = match largest_fitting(&estimator, run, step, budget) {
         Some((height, width)) => {
             format!("; the largest size of this shape that fits is --width {width} --height {height}")
         }

@@ -318,10 +318,10 @@ impl UnetPipeline {
         let guidance = opts.guidance.unwrap_or(self.dir.kind.defaults().guidance) > 1.0;
         let rows = if guidance { 2 * images } else { images };
         let run = memory::Run { height, width, rows, images, vae_encoder: opts.image.is_some() };
-        let need = memory::need(&self.dir, run).ok()?.total();
-        let budget = self.memory_budget?.min(need / 2.0);
+        let estimator = memory::Estimator::of(&self.dir).ok()?;
+        let budget = self.memory_budget?.min(estimator.need(run).total() / 2.0);
         let step = self.dir.size_step(true).ok()?.multiple();
-        memory::largest_fitting(&self.dir, run, step, budget).ok()?
+        memory::largest_fitting(&estimator, run, step, budget)
     }
 
     fn generate_once(&mut self, opts: &GenerateOptions, on_step: &mut dyn FnMut(usize, usize)) -> Result<Generated> {
