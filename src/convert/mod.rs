@@ -173,14 +173,15 @@ pub fn convert(opts: &ConvertOptions, on_event: &mut dyn FnMut(Event)) -> Result
     let result = (|| -> Result<Vec<ComponentReport>> {
         copy_non_onnx(&opts.source, &staging)?;
         let mut reports = Vec::new();
+        let mut recording = calibrate::Recording::default();
         for (i, plan) in plans.into_iter().enumerate() {
             let component = plan.component.as_str();
             on_event(Event::Component { name: component, index: i, total: components.len() });
             let t0 = Instant::now();
             let mut model = OnnxModel::load(opts.source.join(component).join("model.onnx"))?;
             let nodes_before = model.node_count();
-            let records =
-                run_plan(opts, component, plan.steps, &mut model, &staging).map_err(|e| in_component(component, e))?;
+            let records = run_plan(opts, component, plan.steps, &mut model, &staging, &mut recording)
+                .map_err(|e| in_component(component, e))?;
             model.save(staging.join(component).join("model.onnx"))?;
             reports.push(ComponentReport {
                 component: component.to_string(),
@@ -240,6 +241,7 @@ fn run_plan(
     steps: Vec<Step>,
     model: &mut OnnxModel,
     staging: &Path,
+    recording: &mut calibrate::Recording,
 ) -> Result<Vec<PassRecord>> {
     let ctx = PassContext::new(opts.target);
     let mut records = Vec::new();
@@ -255,8 +257,15 @@ fn run_plan(
                 let save_to = staging.join(component).join(calibrate::RANGES_FILE);
                 std::fs::create_dir_all(staging.join(component))
                     .map_err(|e| Error::io(staging.join(component), "cannot create", e))?;
-                let ranges =
-                    calibrate::calibrate(component, &opts.source, model, &targets, &opts.calibration, &save_to)?;
+                let ranges = calibrate::calibrate(
+                    component,
+                    &opts.source,
+                    model,
+                    &targets,
+                    &opts.calibration,
+                    recording,
+                    &save_to,
+                )?;
                 PassManager::new().with(pass.with_ranges(ranges))
             }
             Step::Ranged(pass) => {

@@ -32,15 +32,17 @@ use crate::settings::{EpOptions, ExecutionProvider};
 use crate::{Error, Result};
 
 /// The profiles that ship with dfast, in the order of the seed's progression.
-pub const BUILTIN: [(&str, &str); 11] = [
+pub const BUILTIN: [(&str, &str); 13] = [
     ("baseline", include_str!("../../profiles/baseline.toml")),
     ("sdpa", include_str!("../../profiles/sdpa.toml")),
     ("fuse-qkv", include_str!("../../profiles/fuse-qkv.toml")),
     ("conv1x1", include_str!("../../profiles/conv1x1.toml")),
+    ("upsample-conv", include_str!("../../profiles/upsample-conv.toml")),
     ("int8-dynamic", include_str!("../../profiles/int8-dynamic.toml")),
     ("int8-static", include_str!("../../profiles/int8-static.toml")),
     ("int8-mixed", include_str!("../../profiles/int8-mixed.toml")),
     ("int8-conv", include_str!("../../profiles/int8-conv.toml")),
+    ("int8-conv-vae", include_str!("../../profiles/int8-conv-vae.toml")),
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
     ("fused", include_str!("../../profiles/fused.toml")),
     ("fused-graph", include_str!("../../profiles/fused-graph.toml")),

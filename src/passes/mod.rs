@@ -44,6 +44,7 @@ pub mod registry;
 pub mod skip_layer_norm;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod upsample_conv;
 
 pub use attention::Attention;
 pub use bias_add::BiasAdd;
@@ -59,6 +60,7 @@ pub use int8_static::Int8Static;
 pub use nhwc_conv::NhwcConv;
 pub use precision::{OpPolicy, PrecisionPass};
 pub use skip_layer_norm::SkipLayerNorm;
+pub use upsample_conv::UpsampleConv;
 
 use crate::manifest::PassRecord;
 use crate::onnx::{OnnxModel, Patch, apply_patch};

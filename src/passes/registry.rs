@@ -44,6 +44,7 @@ pub static PASSES: &[PassInfo] = &[
     PassInfo::of::<Attention>(),
     PassInfo::of::<FuseQkv>(),
     PassInfo::of::<Conv1x1>(),
+    PassInfo::of::<super::UpsampleConv>(),
     PassInfo::of::<Int8Dynamic>(),
     PassInfo::of::<Int8Static>(),
     PassInfo::of::<super::Geglu>(),

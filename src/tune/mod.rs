@@ -235,7 +235,8 @@ fn record_unet_inputs(
     say("recording the UNet's inputs of one step (fp32, CPU EP)".into());
     let settings =
         Calibration { prompts: 1, steps: 1, width: opts.width, height: opts.height, from: None, percentile: 100.0 };
-    crate::convert::calibrate::record_unet_inputs(cpu, &opts.model, &settings)?
+    crate::convert::calibrate::record_inputs(cpu, &opts.model, &settings)?
+        .unet
         .into_iter()
         .next()
         .ok_or_else(|| Error::runtime("the pipeline made no UNet call to record"))
