@@ -19,9 +19,11 @@ One pipeline for both tools (built once under --work, each step skipped when its
   ov-fp32/          `optimum-cli export openvino --weight-format fp32` of diffusers/: the peer's own model,
                     tokenizer included (openvino-tokenizers)
   onnx/             `export_onnx.py --model diffusers/`: dfast's source
-  dfast/PROFILE/    `dfast convert --ep openvino` of onnx/ for fuse-qkv, upsample-conv and int8-conv-vae
-                    (calibrated: --calibrate N prompts of --calibrate-steps steps, the UNet inputs saved to
-                    calib/, the VAE decoder calibrated on the same images' final latents)
+  dfast/PROFILE/    `dfast convert --ep openvino` of onnx/ for fuse-qkv, upsample-conv, int8-conv-vae (a
+                    profile of this script's, written to profiles/: int8-conv-upsample with the VAE decoder
+                    quantized too; calibrated: --calibrate N prompts of --calibrate-steps steps, the UNet
+                    inputs saved to calib/, the decoder's on the same images' final latents) and
+                    int8-conv-upsample (the same UNet ranges, --calibration-from)
   ov-int8/          the peer's int8: optimum-intel's hybrid recipe (what `optimum-cli export openvino
                     --weight-format int8 --dataset ...` runs) through its own functions: the UNet quantized by
                     _get_hybrid_mixed_quantization_config + _mixed_quantization on calib/, the very UNet inputs
@@ -43,7 +45,8 @@ Rows (--rows, default all), each in a fresh process, one after the other:
   genai-int8-static    ov-int8/ (hybrid), reshaped
   dfast-fuse-qkv       dfast generate --ep openvino on dfast/fuse-qkv (the seed's fused QKV, f32)
   dfast-upsample-conv  ... on dfast/upsample-conv (f32, exact), with --ep-option static_shapes=true and
-                       streams=2 (int8-conv-vae's OpenVINO settings, so that the two rows differ by int8 alone)
+                       streams=2 (int8-conv-upsample's OpenVINO settings: the two rows differ by int8 alone)
+  dfast-int8-conv-upsample  ... on dfast/int8-conv-upsample (int8 convolutions in the UNet)
   dfast-int8-conv-vae  ... on dfast/int8-conv-vae (int8 convolutions in the UNet and the VAE decoder)
 Per row: --warmup calls (steps min(2, steps), same shapes, untimed), then --runs timed calls of the generate
 call alone (GenAI's generate(); dfast's runs after the pipeline is loaded, from `--json`): text encoder, UNet
@@ -84,9 +87,15 @@ import cpu_peers  # machine facts, versions, relative L2
 
 CONFIGS = ("20-step", "1-step")
 ROWS = ("genai-f32", "genai-f32-static", "genai-int8-static", "dfast-fuse-qkv", "dfast-upsample-conv",
-        "dfast-int8-conv-vae")
-DFAST_PROFILES = ("fuse-qkv", "upsample-conv", "int8-conv-vae")
-# Session options of a dfast row beyond its folder's own: upsample-conv with int8-conv-vae's OpenVINO
+        "dfast-int8-conv-upsample", "dfast-int8-conv-vae")
+DFAST_PROFILES = ("fuse-qkv", "upsample-conv", "int8-conv-vae", "int8-conv-upsample")
+# int8-conv-upsample with the VAE decoder quantized as well, to measure what int8 does to the decoder.
+INT8_VAE_PROFILE = """name = "int8-conv-vae"
+extends = "int8-conv-upsample"
+[int8-static]
+components = ["unet", "vae_decoder"]
+"""
+# Session options of a dfast row beyond its folder's own: upsample-conv with int8-conv-upsample's OpenVINO
 # settings (the guidance pair as two one-row requests on statically shaped sessions), so that the f32 row
 # and the int8 row differ by int8 alone.
 DFAST_OPTIONS = {"dfast-upsample-conv": ["static_shapes=true", "streams=2"]}
@@ -143,11 +152,18 @@ def build(args, log):
         dest = w / "dfast" / profile
         if dest.exists():
             continue
-        cmd = [args.dfast, "convert", "--model", w / "onnx", "--profile", profile, "--ep", "openvino", "--out", dest]
+        name = profile
+        if profile == "int8-conv-vae":
+            (w / "profiles").mkdir(exist_ok=True)
+            name = w / "profiles" / "int8-conv-vae.toml"
+            name.write_text(INT8_VAE_PROFILE)
+        cmd = [args.dfast, "convert", "--model", w / "onnx", "--profile", name, "--ep", "openvino", "--out", dest]
         if profile == "int8-conv-vae":
             shutil.rmtree(w / "calib", ignore_errors=True)
             cmd += ["--calibrate", args.calibrate, "--calibrate-steps", args.calibrate_steps,
                     "--save-calibration-inputs", w / "calib"]
+        elif profile == "int8-conv-upsample":
+            cmd += ["--calibration-from", w / "dfast" / "int8-conv-vae"]
         run(cmd, log)
     if not (w / "ov-int8").exists():
         hybrid_int8(w, log)
@@ -197,18 +213,26 @@ def hybrid_int8(w: Path, log):
     t = time.perf_counter()
     config = _get_hybrid_mixed_quantization_config(unet, OVWeightQuantizationConfig(bits=8, num_samples=len(samples)))
     q = _mixed_quantization(unet, config, nncf.Dataset(samples))
-    ov.save_model(q, str(tmp / "unet" / "openvino_model.xml"), compress_to_fp16=False)
+    save_beside(ov, q, tmp / "unet" / "openvino_model.xml")
     log(f"UNet: hybrid int8 on {len(samples)} calibration samples in {time.perf_counter() - t:.0f} s")
     for component in ("text_encoder", "vae_decoder", "vae_encoder"):
         path = tmp / component / "openvino_model.xml"
         if not path.exists():
             continue
         model = _weight_only_quantization(core.read_model(str(path)), OVWeightQuantizationConfig(bits=8))
-        ov.save_model(model, str(path.with_suffix(".int8.xml")), compress_to_fp16=False)
-        for suffix in (".xml", ".bin"):
-            path.with_suffix(".int8" + suffix).replace(path.with_suffix(suffix))
+        save_beside(ov, model, path)
         log(f"{component}: weight-only int8")
     tmp.rename(w / "ov-int8")
+
+
+def save_beside(ov, model, path: Path):
+    """Saves `model` over `path` (.xml and .bin) by way of new files: the model read from `path` still maps
+    its weights from the old .bin, which writing in place would cut from under it (SIGBUS)."""
+    new = path.with_name(path.stem + ".new.xml")
+    ov.save_model(model, str(new), compress_to_fp16=False)
+    del model
+    for suffix in (".xml", ".bin"):
+        new.with_suffix(suffix).replace(path.with_suffix(suffix))
 
 
 def write_scheduler_configs(w: Path):
@@ -338,7 +362,8 @@ def dfast_row(args, row: str, config: str, log) -> dict:
 
     image = np.asarray(Image.open(dest / f"image{last}.png").convert("RGB"))
     latents = np.load(dest / f"latents{last}.npy")
-    return {"load_s": wall - sum(r["total"] for r in reports), "runs": runs, "image": image, "latents": latents}
+    return {"load_s": wall - sum(r["timings_s"]["total"] for r in reports), "runs": runs, "image": image,
+            "latents": latents}
 
 
 def child(args):

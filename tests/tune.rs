@@ -144,16 +144,21 @@ fn conv_profile_quantizes_only_convs_with_7_bit_weights() {
     assert!(err <= 6e-2 && err > 1e-5, "int8-conv: relative L2 {err:.2e}");
 }
 
-/// `int8-conv-vae`: the VAE decoder calibrated on what it decodes (each calibration prompt's final latents
+/// A profile that quantizes the VAE decoder too (`int8-conv-upsample` with `components = ["unet",
+/// "vae_decoder"]`): the decoder calibrated on what it decodes (each calibration prompt's final latents
 /// divided by `scaling_factor`, as the pipeline feeds it) and run with int8 convolutions. With the UNet left
-/// float (the test's own profile), the same seed gives the float pipeline's latents, so the images differ by
-/// the int8 decoder alone: within the int8 class (2.8e-2 measured on an AMD EPYC Zen 2), where ranges
+/// float (a second profile), the same seed gives the float pipeline's latents, so the images differ by the
+/// int8 decoder alone: within the int8 class (2.8e-2 measured on an AMD EPYC Zen 2), where ranges
 /// calibrated on latents left unscaled gave 6.7e-1, and on unfinished latents (2-step images) 4.8e-1.
 #[test]
-fn conv_vae_profile_calibrates_the_decoder_on_its_own_inputs() {
+fn a_profile_can_calibrate_the_decoder_on_its_own_inputs() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("conv-vae");
-    convert("int8-conv-vae", &out, &[]);
+    let both = tmp.path().join("both.toml");
+    let text =
+        "name = \"both\"\nextends = \"int8-conv-upsample\"\n[int8-static]\ncomponents = [\"unet\", \"vae_decoder\"]\n";
+    std::fs::write(&both, text).unwrap();
+    let out = tmp.path().join("both");
+    convert(both.to_str().unwrap(), &out, &[]);
     let manifest = common::read_json(&out.join("dfast-manifest.json"));
     for component in ["unet", "vae_decoder"] {
         let c = manifest["components"].as_array().unwrap().iter().find(|c| c["component"] == component).unwrap();
@@ -166,7 +171,7 @@ fn conv_vae_profile_calibrates_the_decoder_on_its_own_inputs() {
     let profile = tmp.path().join("decoder-only.toml");
     std::fs::write(
         &profile,
-        "name = \"decoder-only\"\nextends = \"int8-conv-vae\"\n[int8-static]\ncomponents = [\"vae_decoder\"]\n",
+        "name = \"decoder-only\"\nextends = \"int8-conv-upsample\"\n[int8-static]\ncomponents = [\"vae_decoder\"]\n",
     )
     .unwrap();
     // Calibrated on images made as the reference case makes its own (10 steps): the decoder's ranges are

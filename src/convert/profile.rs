@@ -42,7 +42,7 @@ pub const BUILTIN: [(&str, &str); 13] = [
     ("int8-static", include_str!("../../profiles/int8-static.toml")),
     ("int8-mixed", include_str!("../../profiles/int8-mixed.toml")),
     ("int8-conv", include_str!("../../profiles/int8-conv.toml")),
-    ("int8-conv-vae", include_str!("../../profiles/int8-conv-vae.toml")),
+    ("int8-conv-upsample", include_str!("../../profiles/int8-conv-upsample.toml")),
     ("cuda-graph", include_str!("../../profiles/cuda-graph.toml")),
     ("fused", include_str!("../../profiles/fused.toml")),
     ("fused-graph", include_str!("../../profiles/fused-graph.toml")),
