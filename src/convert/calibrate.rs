@@ -88,7 +88,7 @@ pub fn record_inputs(runtime: &Runtime, source: &Path, opts: &Calibration) -> Re
         let owned = feeds.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
         sink.lock().expect("not poisoned").push(owned);
     })));
-    let scale = 1.0 / vae_scaling_factor(source, "vae_decoder").unwrap_or(DEFAULT_SCALING_FACTOR);
+    let scale = 1.0 / vae_scaling_factor(source, "vae_decoder").unwrap_or(crate::pipeline::DEFAULT_SCALING_FACTOR);
     let mut vae_decoder = Vec::new();
     for (i, prompt) in PROMPTS.iter().take(opts.prompts).enumerate() {
         let options = GenerateOptions {
@@ -106,9 +106,6 @@ pub fn record_inputs(runtime: &Runtime, source: &Path, opts: &Calibration) -> Re
     let unet = std::mem::take(&mut *recorded.lock().expect("not poisoned"));
     Ok(Recorded { unet, vae_decoder })
 }
-
-/// diffusers' `scaling_factor` default (SD 1.x), for a VAE config without one.
-const DEFAULT_SCALING_FACTOR: f32 = 0.18215;
 
 /// `scaling_factor` from `component`'s config.json in `source`, if it says.
 fn vae_scaling_factor(source: &Path, component: &str) -> Option<f32> {

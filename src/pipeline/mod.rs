@@ -41,6 +41,7 @@ use img2img::{ImageTask, Start};
 pub use model_dir::{DenoiserConfig, HubLocation, PipelineDir, PipelineKind, VaeConfig};
 use tokenizer::ClipTokenizer;
 use torch_rng::TorchGenerator;
+pub(crate) use vae::DEFAULT_SCALING_FACTOR;
 use vae::Vae;
 
 /// A loaded pipeline, reusable for many images: a UNet pipeline (SD, SDXL) or PixArt-α.

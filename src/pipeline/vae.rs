@@ -20,7 +20,7 @@ use crate::settings::EpOptions;
 use crate::{Error, Result};
 
 /// diffusers' `scaling_factor` default (SD 1.x).
-const DEFAULT_SCALING_FACTOR: f32 = 0.18215;
+pub(crate) const DEFAULT_SCALING_FACTOR: f32 = 0.18215;
 
 /// The VAE's two halves; the encoder's session is created when a run first needs it.
 pub(crate) struct Vae {
